@@ -1,0 +1,99 @@
+"""What the sans-IO IKE cores ask the daemon to do.
+
+The cores (ike/v1, ike/v2, behind ike/manager.py) never touch sockets, the event loop or the
+wall clock: they take datagrams and the time, and return a list of these actions. The daemon
+carries them out in order. Keys are bytes in the layout of docs/internals.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
+
+Network = IPv4Network | IPv6Network
+Address = tuple[str, int]  # (ip, port)
+
+
+@dataclass(frozen=True)
+class SendDatagram:
+    """Send an IKE message. On port 4500 the daemon prepends the non-ESP marker (RFC 3948 2.2)."""
+
+    data: bytes
+    local: Address
+    remote: Address
+
+
+@dataclass(frozen=True, repr=False)
+class ChildKeys:
+    """One direction of a CHILD_SA / IPsec SA (one protocol of a bundle)."""
+
+    spi: int
+    protocol: str  # "esp" | "ah"
+    encryption: str | None  # canonical name, None for AH
+    integrity: str | None  # canonical name, None for AEAD
+    enc_key: bytes = b""
+    auth_key: bytes = b""
+
+    def __repr__(self) -> str:  # keys never reach logs
+        return f"ChildKeys(spi={self.spi:#010x}, {self.protocol}, {self.encryption}, {self.integrity})"
+
+
+@dataclass(frozen=True)
+class InstallChildSA:
+    """Install a negotiated CHILD_SA (IKEv2) or Quick Mode SA pair (IKEv1).
+
+    `inbound`/`outbound` hold one ChildKeys per protocol of the bundle, ESP first, AH second.
+    The daemon installs inbound first, then switches outbound (make-before-break on rekey:
+    `replaces` names the child whose outbound traffic moves to this one).
+    """
+
+    connection: str
+    child_id: int  # unique within the daemon run; used by DeleteChildSA and status
+    ike_id: int
+    mode: str  # "tunnel" | "transport"
+    local: Address  # outer addresses (port matters only with udp_encap)
+    remote: Address
+    udp_encap: bool
+    esn: bool
+    replay_window: int
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+    inbound: tuple[ChildKeys, ...]
+    outbound: tuple[ChildKeys, ...]
+    proposal: str  # human description, e.g. "AES_GCM_16-128/MODP_2048"
+    lifetime_seconds: int = 0
+    soft_kilobytes: int = 0  # soft byte limit: data plane reports, core rekeys
+    hard_kilobytes: int = 0
+    replaces: int | None = None
+
+
+@dataclass(frozen=True)
+class DeleteChildSA:
+    child_id: int
+
+
+@dataclass(frozen=True)
+class UpdateChildAddresses:
+    """Peer moved (NAT mapping changed, or floated to 4500): retarget outbound ESP."""
+
+    child_id: int
+    local: Address
+    remote: Address
+    udp_encap: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth a log line and the status/control socket.
+
+    kind: "ike_up", "ike_down", "child_up", "child_down", "peer_dead", "auth_failed",
+    "no_proposal", "error", ... `message` is for humans and never contains secrets.
+    """
+
+    kind: str
+    connection: str | None
+    message: str
+    data: dict = field(default_factory=dict)
+
+
+Action = SendDatagram | InstallChildSA | DeleteChildSA | UpdateChildAddresses | Event
