@@ -1,0 +1,21 @@
+"""Suite-wide hooks: skip namespace tests when not root; let fixtures see a test's outcome."""
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0 and os.path.exists("/dev/net/tun"):
+        return
+    skip = pytest.mark.skip(reason="needs root and /dev/net/tun (network namespaces)")
+    for item in items:
+        if "netns" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # item.rep_setup / rep_call / rep_teardown: fixtures attach logs when rep_call.failed.
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
