@@ -32,3 +32,24 @@ def make_topology():
     yield make
     for t in made:
         t.close()
+
+
+@pytest.fixture
+def make_charon(request):
+    """make_charon(topo, "gwb", debug=2) -> a started Charon; stopped at teardown, and its
+    log appended to the failure report when the test failed."""
+    from .charon import Charon
+
+    started = []
+
+    def make(topology, role, **kw):
+        ch = Charon(topology, role, **kw)
+        started.append(ch)
+        return ch.start()
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    for ch in started:
+        if rep is not None and rep.failed:
+            rep.sections.append((f"charon log ({ch.role})", ch.log()[-20000:]))
+        ch.stop()
