@@ -1,0 +1,226 @@
+"""The control socket protocol: request validation, the server's answers, socket permissions."""
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+
+import pytest
+
+from vpnd.control import (ControlClientError, ControlServer, ProtocolError, parse_request,
+                          request)
+from vpnd.daemon import CommandError
+
+
+# -- parse_request ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line,expected", [
+    (b'{"command": "status"}', {"command": "status"}),
+    (b'{"command": "reload"}\n', {"command": "reload"}),
+    (b'{"command": "up", "name": "site-b"}', {"command": "up", "name": "site-b"}),
+    (b'{"command": "down", "name": "x", "timeout": 5}', {"command": "down", "name": "x", "timeout": 5.0}),
+    (b'{"command": "rekey", "name": "x"}', {"command": "rekey", "name": "x", "ike": False}),
+    (b'{"command": "rekey", "name": "x", "ike": true}', {"command": "rekey", "name": "x", "ike": True}),
+])
+def test_valid_requests(line, expected):
+    assert parse_request(line) == expected
+
+
+@pytest.mark.parametrize("line,reason", [
+    (b"not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"command": "shutdown"}', "unknown command 'shutdown'"),
+    (b'{}', "unknown command None"),
+    (b'{"command": "up"}', "up needs a connection name"),
+    (b'{"command": "down", "name": ""}', "needs a connection name"),
+    (b'{"command": "up", "name": 7}', "needs a connection name"),
+    (b'{"command": "rekey", "name": "x", "ike": "yes"}', "'ike' must be true or false"),
+    (b'{"command": "up", "name": "x", "timeout": 0}', "timeout"),
+    (b'{"command": "up", "name": "x", "timeout": true}', "timeout"),
+    (b'{"command": "up", "name": "x", "timeout": 9999}', "timeout"),
+])
+def test_invalid_requests(line, reason):
+    with pytest.raises(ProtocolError, match=None) as e:
+        parse_request(line)
+    assert reason in str(e.value)
+
+
+# -- server ----------------------------------------------------------------------------------
+
+class Handler:
+    """Records calls; answers like the daemon would."""
+
+    def __init__(self):
+        self.calls = []
+
+    def status(self):
+        self.calls.append(("status",))
+        return {"connections": [{"name": "site-b", "state": "up"}], "ike_sas": []}
+
+    async def cmd_up(self, name, timeout=30.0):
+        self.calls.append(("up", name, timeout))
+        if name == "nope":
+            raise CommandError("no connection named 'nope'")
+        await asyncio.sleep(0.01)
+        return {"connection": name, "state": "up"}
+
+    async def cmd_down(self, name, timeout=15.0):
+        self.calls.append(("down", name, timeout))
+        return {"connection": name, "state": "down"}
+
+    async def cmd_rekey(self, name, ike=False, timeout=30.0):
+        self.calls.append(("rekey", name, ike))
+        raise RuntimeError("bug with a secret key deadbeef")
+
+    async def cmd_reload(self):
+        self.calls.append(("reload",))
+        return {"reloaded": True}
+
+
+class Server:
+    """A ControlServer on its own event loop thread, for blocking clients in the test."""
+
+    def __init__(self, path, group=None):
+        self.handler = Handler()
+        self.loop = asyncio.new_event_loop()
+        self.srv = ControlServer(str(path), self.handler, group=group)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.srv.start(), self.loop).result(5)
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.srv.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "sub" / "dir" / "vpnd.sock")
+    yield s
+    s.close()
+
+
+def test_socket_directory_created_and_mode_0600(server):
+    st = os.stat(server.srv.path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_group_mode_0660(tmp_path):
+    gid = os.getgid()
+    s = Server(tmp_path / "g.sock", group=gid)
+    try:
+        st = os.stat(s.srv.path)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == gid
+    finally:
+        s.close()
+
+
+def test_unknown_group_refused(tmp_path):
+    loop = asyncio.new_event_loop()
+    try:
+        srv = ControlServer(str(tmp_path / "x.sock"), Handler(), group="no-such-group-vpnd")
+        with pytest.raises(OSError, match="does not exist"):
+            loop.run_until_complete(srv.start())
+    finally:
+        loop.close()
+
+
+def test_status_roundtrip(server):
+    resp = request(server.srv.path, {"command": "status"})
+    assert resp == {"ok": True, "result": {"connections": [{"name": "site-b", "state": "up"}],
+                                           "ike_sas": []}}
+
+
+def test_up_passes_name_and_timeout(server):
+    resp = request(server.srv.path, {"command": "up", "name": "site-b", "timeout": 3})
+    assert resp == {"ok": True, "result": {"connection": "site-b", "state": "up"}}
+    assert ("up", "site-b", 3.0) in server.handler.calls
+
+
+def test_command_error_is_reason(server):
+    resp = request(server.srv.path, {"command": "up", "name": "nope"})
+    assert resp == {"ok": False, "error": "no connection named 'nope'"}
+
+
+def test_internal_error_does_not_leak_message(server):
+    resp = request(server.srv.path, {"command": "rekey", "name": "x"})
+    assert resp["ok"] is False
+    assert resp["error"] == "internal error: RuntimeError"
+    assert "deadbeef" not in json.dumps(resp)
+    # and the server still answers
+    assert request(server.srv.path, {"command": "reload"})["ok"] is True
+
+
+def test_several_requests_on_one_connection_and_garbage(server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(server.srv.path)
+        s.sendall(b'garbage\n\n{"command": "down", "name": "a"}\n{"command": "status"}\n')
+        buf = b""
+        while buf.count(b"\n") < 3:
+            buf += s.recv(65536)
+    lines = [json.loads(x) for x in buf.splitlines()]
+    assert lines[0] == {"ok": False, "error": "request is not valid JSON"}
+    assert lines[1] == {"ok": True, "result": {"connection": "a", "state": "down"}}
+    assert lines[2]["ok"] is True and "connections" in lines[2]["result"]
+
+
+def test_oversized_request_answered(server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(server.srv.path)
+        try:
+            s.sendall(b"x" * (200 * 1024))
+        except OSError:
+            pass
+        buf = s.recv(65536)
+    assert json.loads(buf.splitlines()[0]) == {"ok": False, "error": "request too long"}
+
+
+def test_stale_socket_replaced_and_live_one_refused(tmp_path):
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # file stays, nobody listens
+    s = Server(path)
+    try:
+        assert request(str(path), {"command": "status"})["ok"]
+        loop = asyncio.new_event_loop()
+        try:
+            with pytest.raises(OSError, match="another daemon"):
+                loop.run_until_complete(ControlServer(str(path), Handler()).start())
+        finally:
+            loop.close()
+    finally:
+        s.close()
+    assert not path.exists()  # close() removes the socket file
+
+
+def test_client_errors(tmp_path):
+    with pytest.raises(ControlClientError, match="no such socket"):
+        request(str(tmp_path / "missing.sock"), {"command": "status"})
+    # a server that closes without answering
+    path = str(tmp_path / "mute.sock")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(path)
+    ls.listen(1)
+
+    def mute():
+        c, _ = ls.accept()
+        c.recv(100)
+        c.close()
+    t = threading.Thread(target=mute)
+    t.start()
+    try:
+        with pytest.raises(ControlClientError, match="without an answer"):
+            request(path, {"command": "status"}, timeout=5)
+    finally:
+        t.join(5)
+        ls.close()

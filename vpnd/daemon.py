@@ -1,0 +1,1125 @@
+"""The daemon: glue between the kernel (net/), the data plane (esp/) and the IKE core (ike/).
+
+It owns no protocol logic. Packets move in bursts from file-descriptor readiness callbacks
+(no task and no log line per packet): TUN → DataPlane.encap → wire, wire → DataPlane.decap
+→ TUN. The IKE core is sans-IO: the daemon feeds it datagrams and one loop timer, and
+carries out the actions it returns. Manual keying connections (the seed's ipsec-manual
+crypto maps) are turned into the same InstallChildSA actions the IKE core produces, so one
+install path serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, SendDatagram,
+                              UpdateChildAddresses)
+from vpnd.net import notify
+from vpnd.net.mtu import max_inner_size
+from vpnd.net.routes import RouteManager, RouteOptions
+from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, SocketError,
+                              WireSockets, classify_natt)
+from vpnd.net.tun import Tun, TunError, link_mtu_towards
+
+log = logging.getLogger("vpnd")
+
+ACQUIRE_QUEUE = 32  # packets kept per connection while a trap negotiation runs
+DEFAULT_OUTER_MTU = 1500
+
+
+class StartupError(Exception):
+    """A start-up step failed; the message is one line for the user."""
+
+
+# -- reading the config (field names are the YAML keys of the contract) ------------------
+
+def _get(obj, key, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _key_bytes(v) -> bytes:
+    """Key material from the config: a Secret (.value), bytes, or a hex string."""
+    if v is None:
+        return b""
+    v = getattr(v, "value", v)
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    s = str(v).strip().lower()
+    if s.startswith("0x"):
+        s = s[2:]
+    return bytes.fromhex(s.replace(":", ""))
+
+
+def _first(seq, default=None):
+    return seq[0] if seq else default
+
+
+def _proposals(conn, key):
+    v = _get(conn, key)
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        from vpnd.proposals import parse_proposals
+        return parse_proposals(v, key)
+    if not isinstance(v, (tuple, list)):
+        return (v,)
+    return tuple(v)
+
+
+def child_algorithms(conn) -> dict:
+    """The algorithms of a manual connection: first alternatives of its first esp/ah proposal."""
+    esp = _first(_proposals(conn, "esp"))
+    ah = _first(_proposals(conn, "ah"))
+    enc = _first(_get(esp, "encryption", ())) if esp else None
+    integ = _first(_get(esp, "integrity", ())) if esp else None
+    ah_integ = None
+    if esp is not None:
+        ah_integ = _first(_get(esp, "ah_integrity", ()))
+    if ah is not None and ah_integ is None:
+        ah_integ = _first(_get(ah, "integrity", ())) or _first(_get(ah, "ah_integrity", ()))
+    esn = bool(_first(_get(esp or ah, "esn", (False,)), False)) if (esp or ah) else False
+    has_esp = esp is not None and (enc is not None or integ is not None)
+    return {"esp": has_esp, "encryption": enc if has_esp else None, "integrity": integ if has_esp else None,
+            "ah_integrity": ah_integ, "esn": esn}
+
+
+def conn_transforms(conn) -> list[dict]:
+    """Every transform a connection may use (all alternatives), for the worst-case MTU."""
+    out = []
+    encap = bool(_get(conn, "encap", False)) or _get(conn, "version", 2) in (1, 2)  # NAT may force UDP
+    if _get(conn, "manual") is not None:
+        encap = bool(_get(conn, "encap", False))
+    mode = _get(conn, "mode", "tunnel") or "tunnel"
+    esps = _proposals(conn, "esp")
+    ahs = _proposals(conn, "ah")
+    for p in esps:
+        encs = _get(p, "encryption", ()) or (None,)
+        integs = _get(p, "integrity", ()) or (None,)
+        ah_i = _get(p, "ah_integrity", ()) or (None,)
+        for e in encs:
+            for i in integs:
+                for a in ah_i:
+                    out.append({"encryption": e or ("null" if i else None), "integrity": i,
+                                "ah_integrity": a, "udp_encap": encap, "mode": mode})
+    if not esps:
+        for p in ahs:
+            for a in (_get(p, "integrity", ()) or _get(p, "ah_integrity", ()) or ()):
+                out.append({"encryption": None, "integrity": None, "ah_integrity": a,
+                            "udp_encap": False, "mode": mode})
+    if not out:  # IKE defaults are AES-GCM/CBC: assume the widest common one
+        out.append({"encryption": "aes256", "integrity": "sha512", "udp_encap": True, "mode": mode})
+    return out
+
+
+def _networks(v) -> tuple:
+    return tuple(ipaddress.ip_network(str(n), strict=False) for n in (v or ()))
+
+
+def source_address_towards(peer: str) -> str | None:
+    from pyroute2 import IPRoute
+    try:
+        with IPRoute() as ipr:
+            r = ipr.route("get", dst=peer)
+            return r[0].get_attr("RTA_PREFSRC") if r else None
+    except Exception:
+        return None
+
+
+def manual_install_action(conn, child_id: int) -> InstallChildSA:
+    """The InstallChildSA that a manual connection stands for (inbound+outbound keys)."""
+    name = _get(conn, "name")
+    algs = child_algorithms(conn)
+    manual = _get(conn, "manual")
+    peer = str(_get(conn, "peer"))
+    local = _get(conn, "local")
+    local = str(local) if local else (source_address_towards(peer) or "0.0.0.0")
+    encap = bool(_get(conn, "encap", False))
+    natt_port = 4500
+
+    def keys(direction):
+        d = _get(manual, direction)
+        out = []
+        esp = _get(d, "esp")
+        if algs["esp"] and esp is not None:
+            out.append(ChildKeys(spi=int(_get(esp, "spi")), protocol="esp",
+                                 encryption=algs["encryption"],
+                                 integrity=None if algs["encryption"] in AEAD_NAMES else algs["integrity"],
+                                 enc_key=_key_bytes(_get(esp, "enc_key")),
+                                 auth_key=_key_bytes(_get(esp, "auth_key"))))
+        ah = _get(d, "ah")
+        if algs["ah_integrity"] and ah is not None:
+            out.append(ChildKeys(spi=int(_get(ah, "spi")), protocol="ah", encryption=None,
+                                 integrity=algs["ah_integrity"],
+                                 auth_key=_key_bytes(_get(ah, "key", _get(ah, "auth_key")))))
+        return tuple(out)
+
+    from vpnd.proposals import describe_child
+    proposal = describe_child(algs["encryption"], algs["integrity"], None, algs["esn"],
+                              ah_integrity=algs["ah_integrity"]) if algs["esp"] else \
+        describe_child(None, algs["ah_integrity"], None, algs["esn"])
+    rw = _get(conn, "replay_window", 64)
+    return InstallChildSA(
+        connection=name, child_id=child_id, ike_id=0, mode=_get(conn, "mode", "tunnel") or "tunnel",
+        local=(local, natt_port), remote=(peer, natt_port), udp_encap=encap, esn=algs["esn"],
+        replay_window=64 if rw is None else int(rw),
+        local_ts=_networks(_get(conn, "local_ts")), remote_ts=_networks(_get(conn, "remote_ts")),
+        inbound=keys("inbound"), outbound=keys("outbound"), proposal=proposal)
+
+
+AEAD_NAMES = ("aes128gcm16", "aes192gcm16", "aes256gcm16", "chacha20poly1305")
+
+
+def _manual_fingerprint(conn) -> tuple:
+    """What decides whether a reloaded manual connection must be reinstalled."""
+    import hashlib
+    act = manual_install_action(conn, 0)
+    h = hashlib.sha256()
+    for k in act.inbound + act.outbound:
+        h.update(k.enc_key + b"|" + k.auth_key + b"|")
+    return (act.mode, act.local, act.remote, act.udp_encap, act.esn, act.replay_window,
+            act.local_ts, act.remote_ts,
+            tuple((k.spi, k.protocol, k.encryption, k.integrity) for k in act.inbound + act.outbound),
+            h.hexdigest(), RouteOptions.from_config(_get(conn, "rri")).__dict__.items().__repr__())
+
+
+# -- installed child SAs -----------------------------------------------------------------
+
+@dataclass
+class Child:
+    action: InstallChildSA
+    inbound: list  # esp.SA objects, ESP first
+    outbound: list
+    policy_id: int | None
+    installed_at: float
+    manual: bool
+    routes: list = field(default_factory=list)  # (network, RouteOptions) held by this child
+    last_in: float = 0.0
+    last_out: float = 0.0
+
+    @property
+    def child_id(self) -> int:
+        return self.action.child_id
+
+    @property
+    def connection(self) -> str:
+        return self.action.connection
+
+
+class Daemon:
+    def __init__(self, config, config_path: str | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tun: Tun | None = None
+        self.wire: WireSockets | None = None
+        self.routes: RouteManager | None = None
+        self.dp = None
+        self.ike = None  # vpnd.ike.manager.IkeManager when available
+        self.control = None
+        self.children: dict[int, Child] = {}
+        self.by_inbound: dict[tuple[str, int], Child] = {}
+        self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
+        self._manual: dict[str, tuple] = {}  # connection name -> fingerprint of what is installed
+        self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
+        self._static_routes: list = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._acquire_q: dict[str, deque] = {}
+        self._waiters: list[tuple[str, str, asyncio.Future]] = []  # (connection, "up"|"down", fut)
+        self._stop = None
+        self.started_at = time.monotonic()
+        self.counters = {"tun_in": 0, "tun_out": 0, "wire_in": 0, "wire_out": 0,
+                         "decap_drops": 0, "encap_drops": 0, "natt_invalid": 0, "keepalives_in": 0}
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def _conns(self, config=None):
+        return tuple(_get(config or self.config, "connections", ()) or ())
+
+    def compute_mtu(self) -> tuple[int, int]:
+        """(tun_mtu, outer_mtu): configured or 'auto' from the outer interface's MTU."""
+        d = self.config.daemon
+        peers = [str(_get(c, "peer")) for c in self._conns()
+                 if _get(c, "peer") and str(_get(c, "peer")) != "%any"]
+        outer = [m for m in (link_mtu_towards(p) for p in peers) if m]
+        outer_mtu = min(outer) if outer else DEFAULT_OUTER_MTU
+        mtu = _get(d, "mtu", "auto")
+        if mtu in (None, "auto", 0):
+            sizes = [max_inner_size(outer_mtu, **t) for c in self._conns() for t in conn_transforms(c)]
+            mtu = min(sizes) if sizes else outer_mtu - 80
+            mtu = max(576, mtu)
+        return int(mtu), outer_mtu
+
+    def setup(self) -> None:
+        """Everything that touches the kernel; on failure, undoes what it did and raises."""
+        from vpnd import esp
+        d = self.config.daemon
+        try:
+            tun_mtu, outer_mtu = self.compute_mtu()
+            self.dp = esp.DataPlane(outer_mtu=outer_mtu)
+            self.tun = Tun(_get(d, "tun", "vpnd0"), tun_mtu)
+            self.wire = WireSockets(str(_get(d, "listen", "0.0.0.0")), int(_get(d, "ike_port", 500)),
+                                    int(_get(d, "natt_port", 4500)))
+            self.routes = RouteManager(self.tun.index)
+            log.info("TUN %s up, MTU %d (outer MTU %d)", self.tun.name, tun_mtu, outer_mtu)
+        except (TunError, SocketError) as e:
+            self.teardown()
+            raise StartupError(str(e)) from None
+        except BaseException:
+            self.teardown()
+            raise
+
+    def teardown(self) -> None:
+        """Delete SAs, remove our routes and the TUN device; idempotent."""
+        for cid in list(self.children):
+            self._delete_child(cid, quiet=True)
+        if self.routes is not None:
+            self.routes.close()
+            self.routes = None
+        if self.wire is not None:
+            self.wire.close()
+            self.wire = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._stop = self.loop.create_future()
+        self.setup()
+        try:
+            await self._start_control()
+            self._attach_readers()
+            for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                                 (signal.SIGHUP, self._sighup)):
+                self.loop.add_signal_handler(sig, handler)
+            self._start_ike()
+            self._apply_connections(initial=True)
+            self._arm_timer()
+            notify.ready(f"{len(self.children)} SAs installed")
+            log.info("vpnd ready: %d connection(s), %d SA(s) installed",
+                     len(self._conns()), len(self.children))
+            await self._stop
+        finally:
+            notify.stopping()
+            log.info("stopping: deleting SAs, removing routes and %s",
+                     self.tun.name if self.tun else "TUN")
+            if self.loop is not None:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    self.loop.remove_signal_handler(sig)
+            self._detach_readers()
+            if self._timer:
+                self._timer.cancel()
+            self._stop_ike()
+            if self.control is not None:
+                await self.control.close()
+                self.control = None
+            self.teardown()
+        return 0
+
+    def stop(self) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+
+    async def _start_control(self):
+        from vpnd.control import ControlServer
+        d = self.config.daemon
+        path = _get(d, "control_socket", "/run/vpnd/vpnd.sock")
+        self.control = ControlServer(path, self, group=_get(d, "control_group"))
+        try:
+            await self.control.start()
+        except OSError as e:
+            raise StartupError(f"cannot open control socket {path}: {e.strerror or e}") from None
+
+    def _attach_readers(self):
+        lp = self.loop
+        lp.add_reader(self.tun.fileno(), self._on_tun)
+        lp.add_reader(self.wire.esp_raw.fileno(), self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
+        lp.add_reader(self.wire.ah_raw.fileno(), self._on_raw, self.wire.ah_raw, IPPROTO_AH)
+        lp.add_reader(self.wire.natt.fileno(), self._on_natt)
+        lp.add_reader(self.wire.ike.fileno(), self._on_ike_socket)
+
+    def _detach_readers(self):
+        if self.loop is None:
+            return
+        for obj in (self.tun, self.wire and self.wire.esp_raw, self.wire and self.wire.ah_raw,
+                    self.wire and self.wire.natt, self.wire and self.wire.ike):
+            if obj is not None:
+                try:
+                    self.loop.remove_reader(obj.fileno())
+                except (ValueError, OSError):
+                    pass
+
+    # -- hot path ------------------------------------------------------------------------
+
+    def _on_tun(self):
+        pkts = self.tun.read_burst()
+        if not pkts:
+            return
+        self.counters["tun_in"] += len(pkts)
+        encap = self.dp.encap
+        self._send_outputs([encap(p) for p in pkts])
+        if self.dp.events:
+            self._drain_events()
+
+    def _send_outputs(self, outs):
+        wire = self.wire
+        run_addr = None
+        run: list = []
+        sent = 0
+        for out in outs:
+            if out is None:
+                continue
+            kind = out[0]
+            if kind == "udp":
+                addr, data = out[1], out[2]
+                # collect runs of equal-size datagrams to one peer for one UDP_SEGMENT send
+                if run and (addr != run_addr or len(data) != len(run[0])):
+                    wire.send_esp_udp_run(run_addr, run)
+                    run = []
+                run_addr = addr
+                run.append(data)
+                if len(run) >= 32:
+                    wire.send_esp_udp_run(run_addr, run)
+                    run = []
+                sent += 1
+            elif kind == "raw":
+                if run:
+                    wire.send_esp_udp_run(run_addr, run)
+                    run = []
+                wire.send_ipv4(out[1], out[2])
+                sent += 1
+            elif kind == "tun":
+                self.tun.write(out[1])
+        if run:
+            wire.send_esp_udp_run(run_addr, run)
+        self.counters["wire_out"] += sent
+
+    def _on_raw(self, sock, proto):
+        pkts = self.wire.recv_raw(sock)
+        if not pkts:
+            return
+        self.counters["wire_in"] += len(pkts)
+        decap = self.dp.decap
+        write = self.tun.write
+        for data, src in pkts:
+            try:
+                inner = decap(data, proto, src, 0)
+            except Exception:  # the engine should never raise; never let it reach the loop
+                inner = None
+            if inner is None:
+                self.counters["decap_drops"] += 1
+            else:
+                write(inner)
+        if self.dp.events:
+            self._drain_events()
+
+    def _on_natt(self):
+        items = self.wire.recv_udp(self.wire.natt)
+        if not items:
+            return
+        decap = self.dp.decap
+        write = self.tun.write
+        port = self.wire.natt_port
+        for data, addr, local in items:
+            kind = classify_natt(data)
+            if kind == KIND_ESP:
+                self.counters["wire_in"] += 1
+                try:
+                    inner = decap(data, 17, addr[0], addr[1])
+                except Exception:
+                    inner = None
+                if inner is None:
+                    self.counters["decap_drops"] += 1
+                else:
+                    write(inner)
+            elif kind == KIND_IKE:
+                self._ike_receive(data[4:], (local, port), addr)
+            elif kind == 2:
+                self.counters["keepalives_in"] += 1
+            else:
+                self.counters["natt_invalid"] += 1
+        if self.dp.events:
+            self._drain_events()
+
+    def _on_ike_socket(self):
+        port = self.wire.ike_port
+        for data, addr, local in self.wire.recv_udp(self.wire.ike, 16):
+            self._ike_receive(data, (local, port), addr)
+
+    # -- data plane events ---------------------------------------------------------------
+
+    def _drain_events(self):
+        events = self.dp.events
+        while events:
+            ev = events.popleft()
+            try:
+                self._handle_dp_event(ev)
+            except Exception:
+                log.exception("error handling data plane event %r", _event_kind(ev))
+
+    def _handle_dp_event(self, ev):
+        kind = _event_kind(ev)
+        now = self.loop.time()
+        if kind in ("soft_lifetime", "hard_lifetime", "lifetime_soft", "lifetime_hard", "soft", "hard"):
+            hard = "hard" in kind
+            child = self._child_of_sa(_event_field(ev, "sa"), _event_field(ev, "spi"),
+                                      _event_field(ev, "protocol"))
+            if child is None:
+                return
+            if child.manual:
+                if hard:
+                    log.warning("%s: manual SA reached its hard lifetime", child.connection)
+                return
+            if self.ike is not None:
+                self._run_actions(self.ike.child_expiring(child.child_id, hard, now))
+        elif kind in ("unknown_spi", "no_sa"):
+            if self.ike is not None:
+                spi = _event_field(ev, "spi")
+                src = _event_field(ev, "src") or _event_field(ev, "remote")
+                sport = _event_field(ev, "sport") or 0
+                if spi is not None and src is not None:
+                    remote = src if isinstance(src, tuple) else (src, sport or 500)
+                    self._run_actions(self.ike.unknown_spi(spi, remote, now))
+        elif kind in ("acquire", "no_policy"):
+            packet = _event_field(ev, "packet")
+            if packet:
+                self._acquire(packet, now)
+
+    def _child_of_sa(self, sa, spi, protocol):
+        for child in self.children.values():
+            for s in child.inbound + child.outbound:
+                if (sa is not None and s is sa) or (sa is None and spi is not None and s.spi == spi
+                                                     and (protocol is None or s.protocol == protocol)):
+                    return child
+        return None
+
+    def _acquire(self, packet: bytes, now: float):
+        """A packet matched no outbound SA: start its trap connection, keep the packet."""
+        if len(packet) < 20:
+            return
+        dst = ipaddress.ip_address(packet[16:20])
+        src = ipaddress.ip_address(packet[12:16])
+        for conn in self._conns():
+            if _get(conn, "manual") is not None or _get(conn, "start") != "trap":
+                continue
+            if any(dst in n for n in _networks(_get(conn, "remote_ts"))) and \
+                    any(src in n for n in _networks(_get(conn, "local_ts"))):
+                name = _get(conn, "name")
+                q = self._acquire_q.get(name)
+                first = q is None
+                if first:
+                    q = self._acquire_q[name] = deque(maxlen=ACQUIRE_QUEUE)
+                q.append(packet)
+                if first and self.ike is not None:
+                    self._run_actions(self.ike.acquire(name, packet, now))
+                return
+
+    # -- child SAs -----------------------------------------------------------------------
+
+    def _make_sa(self, keys: ChildKeys, act: InstallChildSA, inbound: bool):
+        from vpnd import esp
+        local, remote = act.local, act.remote
+        encap = None
+        if act.udp_encap and keys.protocol == "esp":
+            encap = (local[1], remote[1])
+        lifetime = esp.Lifetime(soft_bytes=act.soft_kilobytes * 1024,
+                                hard_bytes=act.hard_kilobytes * 1024)
+        return esp.SA(keys.spi, protocol=keys.protocol, mode=act.mode,
+                      encryption=keys.encryption, integrity=keys.integrity,
+                      enc_key=keys.enc_key, auth_key=keys.auth_key, esn=act.esn,
+                      replay_window=act.replay_window,
+                      local=local[0] if not inbound else local[0],
+                      remote=remote[0], encap=encap, lifetime=lifetime)
+
+    def _install_child(self, act: InstallChildSA, manual: bool = False) -> Child | None:
+        if act.child_id in self.children:
+            self._delete_child(act.child_id, quiet=True)
+        try:
+            inbound = [self._make_sa(k, act, True) for k in act.inbound]
+            outbound = [self._make_sa(k, act, False) for k in act.outbound]
+        except Exception as e:
+            log.error("%s: cannot install SA: %s", act.connection, _safe_error(e))
+            return None
+        for sa in inbound:
+            self.dp.add_inbound(sa)
+        child = Child(act, inbound, outbound, None, self.loop.time() if self.loop else time.monotonic(),
+                      manual)
+        old = self.children.get(act.replaces) if act.replaces is not None else None
+        if outbound:
+            if old is not None and old.policy_id is not None:
+                # make-before-break: the old inbound SAs stay until DeleteChildSA
+                child.policy_id = old.policy_id
+                old.policy_id = None
+                self.dp.remove_outbound(child.policy_id)
+            else:
+                child.policy_id = act.child_id
+            self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
+        self.children[act.child_id] = child
+        for sa in inbound:
+            self.by_inbound[(sa.protocol, sa.spi)] = child
+        conn = self._conn(act.connection)
+        opts = RouteOptions.from_config(_get(conn, "rri"))
+        if opts.enabled and act.mode == "tunnel" and self.routes is not None:
+            for net in act.remote_ts:
+                self.routes.add(net, opts)
+                child.routes.append((net, opts))
+        log.info("%s: SA installed, %s, SPIs in %s out %s%s", act.connection,
+                 act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
+                 "/".join(f"{k.spi:08x}" for k in act.outbound),
+                 " (UDP-encapsulated)" if act.udp_encap else "")
+        q = self._acquire_q.pop(act.connection, None)
+        if q:
+            self._send_outputs([self.dp.encap(p) for p in q])
+        self._wake(act.connection, "up")
+        return child
+
+    def _delete_child(self, child_id: int, quiet: bool = False) -> None:
+        child = self.children.pop(child_id, None)
+        if child is None:
+            return
+        for sa in child.inbound:
+            self.by_inbound.pop((sa.protocol, sa.spi), None)
+            try:
+                self.dp.remove_inbound(sa.protocol, sa.spi)
+            except Exception:
+                pass
+        if child.policy_id is not None:
+            try:
+                self.dp.remove_outbound(child.policy_id)
+            except Exception:
+                pass
+        if self.routes is not None:
+            for net, opts in child.routes:
+                self.routes.remove(net, opts)
+        if not quiet:
+            log.info("%s: SA deleted (SPIs in %s)", child.connection,
+                     "/".join(f"{s.spi:08x}" for s in child.inbound))
+        if not any(c.connection == child.connection for c in self.children.values()):
+            self._wake(child.connection, "down")
+
+    def _conn(self, name):
+        for c in self._conns():
+            if _get(c, "name") == name:
+                return c
+        return None
+
+    # -- manual keying -------------------------------------------------------------------
+
+    def _apply_connections(self, initial: bool = False):
+        """Install manual connections and static/trap routes; reinstall what changed."""
+        conns = {(_get(c, "name")): c for c in self._conns()}
+        # removed or changed manual connections go first
+        for name in list(self._manual):
+            c = conns.get(name)
+            if c is None or _get(c, "manual") is None or _manual_fingerprint(c) != self._manual[name]:
+                self._remove_manual(name)
+        self._manual_down &= set(conns)
+        for name, c in conns.items():
+            if _get(c, "manual") is None or name in self._manual or name in self._manual_down:
+                continue
+            self._install_manual(c)
+        self._apply_static_routes()
+
+    def _install_manual(self, conn) -> bool:
+        name = _get(conn, "name")
+        cid = self._next_child_id
+        self._next_child_id += 1
+        try:
+            act = manual_install_action(conn, cid)
+        except Exception as e:
+            log.error("%s: cannot build manual SA: %s", name, _safe_error(e))
+            return False
+        if self._install_child(act, manual=True) is None:
+            return False
+        self._manual[name] = _manual_fingerprint(conn)
+        return True
+
+    def _remove_manual(self, name):
+        for cid, child in list(self.children.items()):
+            if child.manual and child.connection == name:
+                self._delete_child(cid)
+        self._manual.pop(name, None)
+
+    def _apply_static_routes(self):
+        """rri.static routes (and the routes that let trap connections see packets)."""
+        if self.routes is None:
+            return
+        want = []
+        for c in self._conns():
+            opts = RouteOptions.from_config(_get(c, "rri"))
+            if not opts.enabled or (_get(c, "mode", "tunnel") or "tunnel") != "tunnel":
+                continue
+            if opts.static or (_get(c, "start") == "trap" and _get(c, "manual") is None):
+                for net in _networks(_get(c, "remote_ts")):
+                    want.append((net, opts))
+        for net, opts in self._static_routes:
+            self.routes.remove(net, opts)
+        for net, opts in want:
+            self.routes.add(net, opts)
+        self._static_routes = want
+
+    # -- IKE -----------------------------------------------------------------------------
+    # Everything IKE goes through the IkeManager façade (docs/internals.md). Without
+    # vpnd/ike/manager.py the daemon runs manual keying only.
+
+    def _start_ike(self):
+        if not any(_get(c, "manual") is None for c in self._conns()):
+            return
+        try:
+            from vpnd.ike.manager import IkeManager
+        except ImportError:
+            log.warning("IKE is not available in this build: only manual connections run")
+            return
+        now = self.loop.time()
+        self.ike = IkeManager(self.config, now=now)
+        for c in self._conns():
+            if _get(c, "manual") is None and _get(c, "start") == "start":
+                self._run_actions(self.ike.initiate(_get(c, "name"), now))
+
+    def _stop_ike(self):
+        if self.ike is None:
+            return
+        now = self.loop.time()
+        for c in self._conns():
+            if _get(c, "manual") is None:
+                try:
+                    self._run_actions(self.ike.terminate(_get(c, "name"), now))
+                except Exception:
+                    log.exception("error terminating %s", _get(c, "name"))
+
+    def _ike_receive(self, data: bytes, local, remote):
+        if self.ike is None:
+            return
+        try:
+            actions = self.ike.receive(data, local, remote, self.loop.time())
+        except Exception:
+            log.exception("IKE core failed on a datagram from %s:%d (dropped)", *remote)
+            return
+        self._run_actions(actions)
+
+    def _on_timer(self):
+        self._timer = None
+        if self.ike is not None:
+            try:
+                self._run_actions(self.ike.handle_timer(self.loop.time()), rearm=False)
+            except Exception:
+                log.exception("IKE timer handling failed")
+            self._report_activity()
+        self._arm_timer()
+
+    def _report_activity(self):
+        """Tell the IKE core when each child last saw traffic (idle_time, on-demand DPD)."""
+        now = self.loop.time()
+        for child in self.children.values():
+            if child.manual:
+                continue
+            pin = sum(_counter(s, "packets") for s in child.inbound)
+            pout = sum(_counter(s, "packets") for s in child.outbound)
+            prev = getattr(child, "_prev", (0, 0))
+            if pin != prev[0]:
+                child.last_in = now
+            if pout != prev[1]:
+                child.last_out = now
+            child._prev = (pin, pout)
+            try:
+                self.ike.child_activity(child.child_id, child.last_in, child.last_out)
+            except Exception:
+                pass
+
+    def _arm_timer(self):
+        if self.ike is None or self.loop is None:
+            return
+        when = self.ike.next_timer()
+        # activity reports need a tick even when the core has nothing scheduled
+        tick = self.loop.time() + 1.0
+        when = tick if when is None else min(when, tick)
+        if self._timer is not None:
+            if abs(self._timer.when() - when) < 1e-3:
+                return
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _run_actions(self, actions, rearm: bool = True):
+        for a in actions or ():
+            try:
+                if isinstance(a, SendDatagram):
+                    self.wire.send_ike(a.data, a.local, a.remote)
+                elif isinstance(a, InstallChildSA):
+                    self._install_child(a)
+                elif isinstance(a, DeleteChildSA):
+                    self._delete_child(a.child_id)
+                elif isinstance(a, UpdateChildAddresses):
+                    self._update_child(a)
+                elif isinstance(a, Event):
+                    self._on_event(a)
+                else:
+                    log.debug("ignoring action %s", type(a).__name__)
+            except Exception:
+                log.exception("error carrying out %s", type(a).__name__)
+        if rearm:
+            self._arm_timer()
+
+    def _update_child(self, a: UpdateChildAddresses):
+        child = self.children.get(a.child_id)
+        if child is None:
+            return
+        import dataclasses
+        act = dataclasses.replace(child.action, local=a.local, remote=a.remote, udp_encap=a.udp_encap,
+                                  replaces=a.child_id)
+        # reinstall with the same keys and sequence state is the engine's; rebuild the
+        # outbound bundle towards the new address (inbound SAs are keyed by SPI only)
+        outbound = [self._make_sa(k, act, False) for k in act.outbound]
+        for old, new in zip(child.outbound, outbound):
+            _copy_seq(old, new)
+        if child.policy_id is not None:
+            self.dp.remove_outbound(child.policy_id)
+            self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
+        child.outbound = outbound
+        child.action = dataclasses.replace(act, replaces=child.action.replaces)
+        log.info("%s: peer now at %s:%d%s", act.connection, a.remote[0], a.remote[1],
+                 " (UDP-encapsulated)" if a.udp_encap else "")
+
+    def _on_event(self, ev: Event):
+        level = logging.WARNING if ev.kind in ("peer_dead", "auth_failed", "no_proposal", "error") \
+            else logging.INFO
+        log.log(level, "%s%s", f"{ev.connection}: " if ev.connection else "", ev.message)
+        if ev.connection and ev.kind in ("auth_failed", "no_proposal", "error", "peer_dead",
+                                         "ts_unacceptable", "failed"):
+            self._fail(ev.connection, ev.message)
+
+    # -- control commands (called by control.py) ----------------------------------------
+
+    def _wake(self, connection: str, what: str):
+        for item in list(self._waiters):
+            c, w, fut = item
+            if c == connection and w == what and not fut.done():
+                fut.set_result(True)
+
+    def _fail(self, connection: str, reason: str):
+        for c, w, fut in list(self._waiters):
+            if c == connection and not fut.done():
+                fut.set_exception(CommandError(reason))
+
+    async def _wait(self, connection: str, what: str, timeout: float):
+        fut = self.loop.create_future()
+        item = (connection, what, fut)
+        self._waiters.append(item)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise CommandError(f"{connection}: timed out after {timeout:g}s waiting for the "
+                               f"CHILD_SA to be {'installed' if what == 'up' else 'deleted'}") from None
+        finally:
+            self._waiters.remove(item)
+
+    def _has_child(self, name: str) -> bool:
+        return any(c.connection == name for c in self.children.values())
+
+    def _require(self, name: str):
+        conn = self._conn(name)
+        if conn is None:
+            raise CommandError(f"no connection named {name!r}")
+        return conn
+
+    async def cmd_up(self, name: str, timeout: float = 30.0) -> dict:
+        conn = self._require(name)
+        if _get(conn, "manual") is not None:
+            self._manual_down.discard(name)
+            if name not in self._manual and not self._install_manual(conn):
+                raise CommandError(f"{name}: manual SA could not be installed (see the daemon's log)")
+            return {"connection": name, "state": "up"}
+        if self.ike is None:
+            raise CommandError("IKE is not available in this build")
+        if _get(conn, "peer") in (None, "%any"):
+            raise CommandError(f"{name}: peer is %any: this connection only responds")
+        wait = asyncio.ensure_future(self._wait(name, "up", timeout))
+        await asyncio.sleep(0)
+        self._run_actions(self.ike.initiate(name, self.loop.time()))
+        await wait
+        return {"connection": name, "state": "up"}
+
+    async def cmd_down(self, name: str, timeout: float = 15.0) -> dict:
+        conn = self._require(name)
+        if _get(conn, "manual") is not None:
+            self._remove_manual(name)
+            self._manual_down.add(name)
+            return {"connection": name, "state": "down"}
+        if self.ike is None:
+            raise CommandError("IKE is not available in this build")
+        wait = None
+        if self._has_child(name):
+            wait = asyncio.ensure_future(self._wait(name, "down", timeout))
+            await asyncio.sleep(0)
+        self._run_actions(self.ike.terminate(name, self.loop.time()))
+        if wait is not None:
+            await wait
+        return {"connection": name, "state": "down"}
+
+    async def cmd_rekey(self, name: str, ike: bool = False, timeout: float = 30.0) -> dict:
+        conn = self._require(name)
+        if _get(conn, "manual") is not None:
+            raise CommandError(f"{name}: manual keying has no rekey (change the keys in the config and reload)")
+        if self.ike is None:
+            raise CommandError("IKE is not available in this build")
+        before = {c.child_id for c in self.children.values() if c.connection == name}
+        fut = self.loop.create_future()
+        item = (name, "up", fut)
+        self._waiters.append(item)
+        try:
+            self._run_actions(self.ike.rekey(name, self.loop.time(), ike=ike))
+            deadline = self.loop.time() + timeout
+            while True:
+                now_ids = {c.child_id for c in self.children.values() if c.connection == name}
+                if now_ids - before:
+                    break
+                remaining = deadline - self.loop.time()
+                if remaining <= 0:
+                    raise CommandError(f"{name}: timed out after {timeout:g}s waiting for the new CHILD_SA")
+                fut = self.loop.create_future()
+                self._waiters.remove(item)
+                item = (name, "up", fut)
+                self._waiters.append(item)
+                try:
+                    await asyncio.wait_for(fut, remaining)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if item in self._waiters:
+                self._waiters.remove(item)
+        return {"connection": name, "rekeyed": "ike" if ike else "child"}
+
+    async def cmd_reload(self) -> dict:
+        return self.reload()
+
+    def _sighup(self):
+        try:
+            self.reload()
+        except CommandError:
+            pass
+
+    def reload(self) -> dict:
+        from vpnd.config import ConfigError, load_config
+        notify.reloading()
+        try:
+            if not self.config_path:
+                raise CommandError("no config file to reload")
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as e:
+                for p in e.problems:
+                    log.error("reload: %s", p)
+                raise CommandError("reload failed: invalid config, still running the old one: "
+                                   + "; ".join(e.problems)) from None
+            except OSError as e:
+                log.error("reload: cannot read %s: %s", self.config_path, e.strerror)
+                raise CommandError(f"reload failed: cannot read {self.config_path}: {e.strerror}") from None
+            self._reload_daemon_section(new)
+            self.config = new
+            self._apply_connections()
+            if self.ike is not None:
+                self._run_actions(self.ike.reload(new, self.loop.time()))
+            elif any(_get(c, "manual") is None for c in self._conns()):
+                self._start_ike()
+            log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
+            return {"reloaded": True, "connections": [_get(c, "name") for c in self._conns()]}
+        finally:
+            notify.ready()
+
+    def _reload_daemon_section(self, new):
+        old_d, new_d = self.config.daemon, new.daemon
+        level = _get(new_d, "log_level", "info")
+        logging.getLogger().setLevel(_level(level))
+        for key in ("tun", "listen", "ike_port", "natt_port", "control_socket"):
+            if _get(old_d, key) != _get(new_d, key):
+                log.warning("reload: daemon.%s changed; it takes effect on restart", key)
+        if _get(old_d, "mtu") != _get(new_d, "mtu") and self.tun is not None:
+            old_cfg = self.config
+            self.config = new
+            try:
+                mtu, _ = self.compute_mtu()
+                self.tun.set_mtu_and_up(mtu)
+                log.info("TUN %s MTU now %d", self.tun.name, mtu)
+            except Exception as e:
+                log.error("reload: cannot change MTU: %s", e)
+            finally:
+                self.config = old_cfg
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        now = self.loop.time()
+        conns_out, ike_sas = [], []
+        ike_status = None
+        if self.ike is not None:
+            try:
+                ike_status = self.ike.status(now)
+            except Exception:
+                log.exception("IKE status failed")
+        by_spi_in = {}
+        for child in self.children.values():
+            if child.inbound:
+                by_spi_in[f"{child.inbound[0].spi:08x}"] = child
+        ike_conn_entries = {}
+        if ike_status:
+            for e in ike_status.get("connections", []):
+                ike_conn_entries[e.get("name")] = e
+            for sa in ike_status.get("ike_sas", []):
+                for ch in sa.get("child_sas", []):
+                    child = self.children.get(ch.get("child_id")) or by_spi_in.get(str(ch.get("spi_in", "")))
+                    if child is not None:
+                        ch.update(self._child_counters(child, now))
+                ike_sas.append(sa)
+        for c in self._conns():
+            name = _get(c, "name")
+            peer = str(_get(c, "peer"))
+            if _get(c, "manual") is not None:
+                mine = [ch for ch in self.children.values() if ch.manual and ch.connection == name]
+                conns_out.append({"name": name, "version": _get(c, "version", 2), "peer": peer,
+                                  "state": "up" if mine else "down", "ike_sas": 0,
+                                  "child_sas": len(mine), "keying": "manual"})
+                for ch in mine:
+                    ike_sas.append(self._manual_ike_entry(c, ch, now))
+            elif name in ike_conn_entries:
+                conns_out.append(ike_conn_entries[name])
+            else:
+                n = sum(1 for ch in self.children.values() if ch.connection == name)
+                conns_out.append({"name": name, "version": _get(c, "version", 2), "peer": peer,
+                                  "state": "up" if n else "down", "ike_sas": 0, "child_sas": n})
+        out = {"connections": conns_out, "ike_sas": ike_sas}
+        out["daemon"] = {"tun": self.tun.name if self.tun else None,
+                         "mtu": self.tun.mtu if self.tun else None,
+                         "uptime_s": int(time.monotonic() - self.started_at),
+                         "routes": self.routes.installed() if self.routes else [],
+                         **self.counters, **self._dp_counters()}
+        return out
+
+    def _dp_counters(self) -> dict:
+        c = getattr(self.dp, "counters", None)
+        if c is None:
+            return {}
+        if isinstance(c, dict):
+            items = c.items()
+        else:
+            items = ((k, getattr(c, k)) for k in dir(c) if not k.startswith("_"))
+        return {f"dp_{k}": v for k, v in items if isinstance(v, int) and not isinstance(v, bool)}
+
+    def _child_counters(self, child: Child, now: float) -> dict:
+        inn = child.inbound[0] if child.inbound else None
+        out = child.outbound[0] if child.outbound else None
+        replay = sum(_counter(s, "replay_drops") for s in child.inbound)
+        auth = sum(_counter(s, "auth_failures") for s in child.inbound)
+        return {"bytes_in": _counter(inn, "bytes"), "packets_in": _counter(inn, "packets"),
+                "bytes_out": _counter(out, "bytes"), "packets_out": _counter(out, "packets"),
+                "replay_drops": replay, "auth_failures": auth}
+
+    def _manual_ike_entry(self, conn, child: Child, now: float) -> dict:
+        """Manual SAs have no IKE SA: a pseudo entry in the contract's shape, state MANUAL."""
+        act = child.action
+        port = 4500 if act.udp_encap else 0
+        protos = [k.protocol for k in act.inbound]
+        ch = {"name": act.connection, "state": "INSTALLED", "mode": act.mode,
+              "protocol": "+".join(protos) if protos else "esp", "udp_encap": act.udp_encap,
+              "spi_in": "/".join(f"{k.spi:08x}" for k in act.inbound),
+              "spi_out": "/".join(f"{k.spi:08x}" for k in act.outbound),
+              "proposal": act.proposal,
+              "local_ts": [str(n) for n in act.local_ts], "remote_ts": [str(n) for n in act.remote_ts],
+              **self._child_counters(child, now), "rekey_in_s": 0,
+              "child_id": child.child_id, "installed_s": int(now - child.installed_at)}
+        return {"connection": act.connection, "version": _get(conn, "version", 2), "state": "MANUAL",
+                "keying": "manual",
+                "local": f"{act.local[0]}:{port}", "remote": f"{act.remote[0]}:{port}",
+                "nat_detected": False, "initiator": False, "spi_i": "0" * 16, "spi_r": "0" * 16,
+                "proposal": "manual keying", "established_s": int(now - child.installed_at),
+                "rekey_in_s": 0, "child_sas": [ch]}
+
+
+class CommandError(Exception):
+    """A control command failed; the message is the reason given to vpnctl."""
+
+
+def _counter(sa, name: str) -> int:
+    if sa is None:
+        return 0
+    c = getattr(sa, "counters", None)
+    if c is None:
+        return 0
+    v = c.get(name, 0) if isinstance(c, dict) else getattr(c, name, 0)
+    return int(v or 0)
+
+
+def _copy_seq(old, new):
+    for attr in ("seq", "seq_out", "next_seq"):
+        if hasattr(old, attr):
+            try:
+                setattr(new, attr, getattr(old, attr))
+            except Exception:
+                pass
+
+
+def _event_kind(ev) -> str:
+    if isinstance(ev, tuple):
+        return str(ev[0]) if ev else ""
+    if isinstance(ev, dict):
+        return str(ev.get("kind", ev.get("type", "")))
+    return str(getattr(ev, "kind", getattr(ev, "type", type(ev).__name__)))
+
+
+def _event_field(ev, name):
+    if isinstance(ev, dict):
+        return ev.get(name)
+    if isinstance(ev, tuple):
+        return None
+    return getattr(ev, name, None)
+
+
+def _safe_error(e: Exception) -> str:
+    """An exception's message for the log; key material never appears in our messages."""
+    return f"{type(e).__name__}: {e}"
+
+
+def _level(name) -> int:
+    return {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+            "error": logging.ERROR}.get(str(name).lower(), logging.INFO)
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s vpnd[%(process)d] %(levelname)s %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(_level(level))
+
+
+def run_daemon(config, config_path: str | None) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
+    setup_logging(_get(config.daemon, "log_level", "info"))
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    daemon = Daemon(config, config_path)
+    try:
+        return runner(daemon.run())
+    except StartupError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        daemon.teardown()
+        return 0
+
+
+__all__ = ["Daemon", "run_daemon", "StartupError", "CommandError", "manual_install_action"]

@@ -1,0 +1,137 @@
+"""Reverse route injection (the seed's `reverse-route`): kernel routes to the remote subnets.
+
+Routes point into the TUN device, so that traffic for remote_ts reaches the data plane:
+- default: `DST dev TUN`;
+- `next_hop`: `DST via NEXT_HOP dev TUN onlink` (Cisco `reverse-route remote-peer NEXT-HOP`:
+  the route names that next hop, e.g. for redistribution, and still leads into the tunnel);
+- `metric`: the route's priority (`ip route ... metric N`);
+- `tag`: the route's protocol number (1-255; `ip route show proto TAG` lists exactly vpnd's
+  routes of that tag, and routing daemons such as FRR/BIRD can redistribute kernel routes by
+  protocol). Without a tag the routes carry proto `static` (4), like Cisco's RRI routes;
+- `static`: routes are installed at start-up, before any SA exists.
+
+Routes are reference counted: several child SAs of one connection (make-before-break
+rekeys, per-host SAs) share one route, removed when the last goes. Only routes this
+manager installed are ever removed; a route that already existed is left alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("vpnd.routes")
+
+RTPROT_STATIC = 4
+RTNH_F_ONLINK = 4
+EEXIST = 17
+ESRCH = 3
+
+
+class RouteOptions:
+    """The rri options of one connection, read from its config (attributes or a dict)."""
+
+    def __init__(self, enabled=True, next_hop=None, metric=None, tag=None, static=False):
+        self.enabled = bool(enabled)
+        self.next_hop = str(next_hop) if next_hop else None
+        self.metric = int(metric) if metric not in (None, "") else None
+        self.tag = int(tag) if tag not in (None, "") else None
+        self.static = bool(static)
+
+    @classmethod
+    def from_config(cls, rri) -> "RouteOptions":
+        if rri is None:
+            return cls()
+        if isinstance(rri, dict):
+            get = rri.get
+        else:
+            def get(k, d=None):
+                return getattr(rri, k, d)
+        return cls(get("enabled", True), get("next_hop"), get("metric"), get("tag"), get("static", False))
+
+    def key(self) -> tuple:
+        return (self.next_hop, self.metric, self.tag)
+
+
+class RouteManager:
+    """Installs and removes routes into one TUN device; remembers what it installed."""
+
+    def __init__(self, tun_index: int):
+        self.tun_index = tun_index
+        self._ipr = IPRoute()
+        # (dst, next_hop, metric, tag) -> number of holders; present only for routes we added
+        self._refs: dict[tuple, int] = {}
+        self._foreign: dict[tuple, int] = {}  # routes that existed before us: counted, never removed
+
+    def _spec(self, dst: str, opts: RouteOptions) -> dict:
+        spec = {"dst": dst, "oif": self.tun_index,
+                "proto": opts.tag if opts.tag is not None else RTPROT_STATIC}
+        if opts.metric is not None:
+            spec["priority"] = opts.metric
+        if opts.next_hop:
+            spec["gateway"] = opts.next_hop
+            spec["flags"] = RTNH_F_ONLINK
+        return spec
+
+    def add(self, network, opts: RouteOptions) -> None:
+        dst = str(ipaddress.ip_network(network, strict=False))
+        key = (dst,) + opts.key()
+        if key in self._refs:
+            self._refs[key] += 1
+            return
+        if key in self._foreign:
+            self._foreign[key] += 1
+            return
+        try:
+            self._ipr.route("add", **self._spec(dst, opts))
+        except NetlinkError as e:
+            if e.code == EEXIST:
+                log.warning("route %s already exists and is not vpnd's: left as it is", dst)
+                self._foreign[key] = 1
+                return
+            log.error("cannot add route %s: %s", dst, e.args[-1] if e.args else e)
+            return
+        self._refs[key] = 1
+        log.info("route %s added via %s", dst, opts.next_hop or "tunnel")
+
+    def remove(self, network, opts: RouteOptions) -> None:
+        dst = str(ipaddress.ip_network(network, strict=False))
+        key = (dst,) + opts.key()
+        if key in self._foreign:
+            self._foreign[key] -= 1
+            if self._foreign[key] <= 0:
+                del self._foreign[key]
+            return
+        n = self._refs.get(key)
+        if n is None:
+            return
+        if n > 1:
+            self._refs[key] = n - 1
+            return
+        del self._refs[key]
+        self._delete(dst, opts)
+
+    def _delete(self, dst: str, opts: RouteOptions) -> None:
+        try:
+            self._ipr.route("del", **self._spec(dst, opts))
+            log.info("route %s removed", dst)
+        except NetlinkError as e:
+            if e.code != ESRCH:  # already gone (e.g. with the TUN device): nothing to do
+                log.warning("cannot remove route %s: %s", dst, e.args[-1] if e.args else e)
+
+    def installed(self) -> list[str]:
+        return sorted(k[0] for k in self._refs)
+
+    def remove_all(self) -> None:
+        for key in list(self._refs):
+            dst, next_hop, metric, tag = key
+            self._delete(dst, RouteOptions(True, next_hop, metric, tag))
+        self._refs.clear()
+        self._foreign.clear()
+
+    def close(self) -> None:
+        self.remove_all()
+        self._ipr.close()

@@ -1,0 +1,208 @@
+"""The daemon's wire: UDP for IKE and ESP-in-UDP, raw sockets for ESP/AH.
+
+- UDP listen:ike_port carries IKE only.
+- UDP listen:natt_port carries IKE, NAT keepalives and ESP, told apart by the first bytes
+  (RFC 3948 section 2.2-2.3): 4 zero bytes (the non-ESP marker) = IKE, a single 0xff byte =
+  NAT keepalive, anything else = ESP whose first 4 bytes are its non-zero SPI.
+- Raw sockets for IP protocols 50 (ESP) and 51 (AH) receive whole IPv4 packets (the
+  engine needs the outer header for AH's ICV and for the peer's address).
+- One IPPROTO_RAW socket (IP_HDRINCL implied) sends the full IPv4 packets the engine builds.
+
+All sockets are non-blocking; receive functions read bursts until EAGAIN.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SOL_UDP = 17
+UDP_SEGMENT = 103
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+RECV_SIZE = 65535
+MAX_BURST = 64
+
+KIND_ESP = 0
+KIND_IKE = 1
+KIND_KEEPALIVE = 2
+KIND_INVALID = 3
+
+
+class SocketError(Exception):
+    """A socket could not be opened (message is for humans)."""
+
+
+def classify_natt(data: bytes) -> int:
+    """Which of IKE, keepalive or ESP a datagram on the NAT-T port is (RFC 3948 2.2, 2.3)."""
+    if len(data) == 1 and data[0] == 0xFF:
+        return KIND_KEEPALIVE
+    if len(data) < 4:
+        return KIND_INVALID
+    if data[:4] == NON_ESP_MARKER:
+        return KIND_IKE if len(data) > 4 else KIND_INVALID
+    return KIND_ESP
+
+
+def _udp_socket(addr: str, port: int, what: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.setblocking(False)
+        s.bind((addr, port))
+    except OSError as e:
+        s.close()
+        if e.errno == errno.EADDRINUSE:
+            raise SocketError(f"cannot listen on {addr}:{port} ({what}): address already in use") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise SocketError(f"cannot listen on {addr}:{port} ({what}): permission denied") from None
+        raise SocketError(f"cannot listen on {addr}:{port} ({what}): {e.strerror}") from None
+    return s
+
+
+def _raw_socket(proto: int, bind_addr: str | None, what: str) -> socket.socket:
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise SocketError(f"cannot open raw {what} socket: permission denied (needs CAP_NET_RAW)") from None
+        raise SocketError(f"cannot open raw {what} socket: {e.strerror}") from None
+    try:
+        s.setblocking(False)
+        if bind_addr:
+            s.bind((bind_addr, 0))
+    except OSError as e:
+        s.close()
+        raise SocketError(f"cannot bind raw {what} socket to {bind_addr}: {e.strerror}") from None
+    return s
+
+
+def _local_from_ancdata(ancdata, default: str) -> str:
+    for level, ctype, cdata in ancdata:
+        if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
+            return socket.inet_ntoa(cdata[8:12])  # ipi_addr: the header's destination
+    return default
+
+
+class WireSockets:
+    """UDP 500/4500, raw ESP/AH receive, raw IPv4 send. close() releases everything."""
+
+    def __init__(self, listen: str, ike_port: int, natt_port: int):
+        self.listen = listen
+        self.ike_port = ike_port
+        self.natt_port = natt_port
+        self._all: list[socket.socket] = []
+        try:
+            self.ike = self._keep(_udp_socket(listen, ike_port, "IKE"))
+            self.natt = self._keep(_udp_socket(listen, natt_port, "NAT-T"))
+            bind = None if listen in ("0.0.0.0", "") else listen
+            self.esp_raw = self._keep(_raw_socket(IPPROTO_ESP, bind, "ESP"))
+            self.ah_raw = self._keep(_raw_socket(IPPROTO_AH, bind, "AH"))
+            self.send_raw = self._keep(_raw_socket(socket.IPPROTO_RAW, None, "IPv4 send"))
+            # the send socket must never receive: IPPROTO_RAW receives nothing on Linux anyway
+            self.send_raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            for s in (self.natt, self.esp_raw, self.ah_raw):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.natt.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        except BaseException:
+            self.close()
+            raise
+        self.by_port = {ike_port: self.ike, natt_port: self.natt}
+        self.send_errors = 0
+
+    def _keep(self, s: socket.socket) -> socket.socket:
+        self._all.append(s)
+        return s
+
+    def close(self) -> None:
+        for s in self._all:
+            s.close()
+        self._all.clear()
+
+    # -- receive -------------------------------------------------------------------------
+
+    def recv_udp(self, sock: socket.socket, limit: int = MAX_BURST):
+        """[(data, (src_ip, src_port), local_ip)] until EAGAIN or `limit`."""
+        out = []
+        default = self.listen
+        try:
+            for _ in range(limit):
+                data, anc, _flags, addr = sock.recvmsg(RECV_SIZE, 64)
+                out.append((data, addr, _local_from_ancdata(anc, default)))
+        except BlockingIOError:
+            pass
+        except OSError:  # ICMP errors surface here as ECONNREFUSED and similar: not fatal
+            pass
+        return out
+
+    @staticmethod
+    def recv_raw(sock: socket.socket, limit: int = MAX_BURST):
+        """[(ipv4_packet, src_ip)] until EAGAIN or `limit`."""
+        out = []
+        try:
+            for _ in range(limit):
+                data, addr = sock.recvfrom(RECV_SIZE)
+                out.append((data, addr[0]))
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        return out
+
+    # -- send ----------------------------------------------------------------------------
+
+    def send_ipv4(self, dst: str, packet: bytes) -> None:
+        try:
+            self.send_raw.sendto(packet, (dst, 0))
+        except OSError:
+            self.send_errors += 1
+
+    def send_esp_udp(self, addr, data: bytes) -> None:
+        try:
+            self.natt.sendto(data, addr)
+        except OSError:
+            self.send_errors += 1
+
+    def send_esp_udp_run(self, addr, datagrams: list[bytes]) -> None:
+        """Send equal-size ESP-in-UDP datagrams to one peer with one UDP_SEGMENT sendmsg.
+
+        All but the last must have the same length (the segment size); the kernel splits.
+        """
+        if len(datagrams) == 1:
+            self.send_esp_udp(addr, datagrams[0])
+            return
+        size = len(datagrams[0])
+        try:
+            self.natt.sendmsg([b"".join(datagrams)],
+                              [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
+        except OSError:
+            for d in datagrams:
+                self.send_esp_udp(addr, d)
+
+    def send_ike(self, data: bytes, local, remote) -> None:
+        """Send an IKE message from local=(ip, port) to remote; on the NAT-T port with marker."""
+        sock = self.by_port.get(local[1])
+        if sock is None:
+            sock = self.ike
+        if sock is self.natt:
+            data = NON_ESP_MARKER + data
+        anc = []
+        if local[0] and local[0] != "0.0.0.0" and self.listen in ("0.0.0.0", ""):
+            pktinfo = struct.pack("=I4s4s", 0, socket.inet_aton(local[0]), b"\x00" * 4)
+            anc = [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
+        try:
+            sock.sendmsg([data], anc, 0, tuple(remote))
+        except OSError:
+            self.send_errors += 1
+
+    def send_keepalive(self, remote) -> None:
+        """NAT keepalive: one 0xff byte on the NAT-T port (RFC 3948 section 2.3)."""
+        try:
+            self.natt.sendto(b"\xff", tuple(remote))
+        except OSError:
+            self.send_errors += 1

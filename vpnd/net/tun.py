@@ -1,0 +1,123 @@
+"""The TUN device between the protected subnets and the data plane.
+
+Plain IPv4 packets cross it (IFF_TUN | IFF_NO_PI: no packet-information header). The device
+is not persistent, so the kernel removes it when the last file descriptor closes: also when
+the daemon dies without cleaning up. Reads are non-blocking and done in bursts.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+from pyroute2 import IPRoute
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFNAMSIZ = 16
+
+READ_SIZE = 65535
+MAX_BURST = 64
+
+
+class TunError(Exception):
+    """The TUN device could not be created or configured (message is for humans)."""
+
+
+class Tun:
+    """An up, address-less TUN device; routes point at it by index."""
+
+    def __init__(self, name: str, mtu: int):
+        if not name or len(name.encode()) >= IFNAMSIZ:
+            raise TunError(f"invalid TUN device name {name!r}")
+        self.name = name
+        self.fd = -1
+        self.index = 0
+        try:
+            self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise TunError(f"cannot open /dev/net/tun: {e.strerror}") from None
+        try:
+            ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
+            try:
+                fcntl.ioctl(self.fd, TUNSETIFF, ifr)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise TunError(f"TUN device {name} already exists and is in use") from None
+                if e.errno == errno.EPERM:
+                    raise TunError(f"no permission to create TUN device {name} (needs CAP_NET_ADMIN)") from None
+                raise TunError(f"cannot create TUN device {name}: {e.strerror}") from None
+            self.set_mtu_and_up(mtu)
+        except BaseException:
+            self.close()
+            raise
+
+    def set_mtu_and_up(self, mtu: int) -> None:
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=self.name)
+            if not links:
+                raise TunError(f"TUN device {self.name} vanished")
+            self.index = links[0]
+            try:
+                ipr.link("set", index=self.index, mtu=int(mtu), state="up")
+            except Exception as e:  # pyroute2 NetlinkError: invalid MTU and the like
+                raise TunError(f"cannot set MTU {mtu} on {self.name}: {e}") from None
+        self.mtu = int(mtu)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_burst(self, limit: int = MAX_BURST) -> list[bytes]:
+        """Up to `limit` packets, stopping at EAGAIN."""
+        out = []
+        read = os.read
+        fd = self.fd
+        try:
+            for _ in range(limit):
+                out.append(read(fd, READ_SIZE))
+        except BlockingIOError:
+            pass
+        return out
+
+    def write(self, packet: bytes) -> None:
+        try:
+            os.write(self.fd, packet)
+        except (BlockingIOError, OSError):
+            # TUN queue full or a packet the kernel refuses (malformed inner header): drop it,
+            # as a router would; never let it reach the event loop.
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)  # non-persistent: the kernel removes the device here
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def link_mtu_towards(address: str) -> int | None:
+    """MTU of the interface the kernel routes `address` through (None when unroutable)."""
+    try:
+        with IPRoute() as ipr:
+            routes = ipr.route("get", dst=address)
+            if not routes:
+                return None
+            oif = routes[0].get_attr("RTA_OIF")
+            if oif is None:
+                return None
+            link = ipr.link("get", index=oif)[0]
+            route_mtu = None
+            metrics = routes[0].get_attr("RTA_METRICS")
+            if metrics is not None:
+                route_mtu = metrics.get_attr("RTAX_MTU")
+            mtu = link.get_attr("IFLA_MTU")
+            return min(x for x in (mtu, route_mtu) if x) if (mtu or route_mtu) else None
+    except Exception:
+        return None

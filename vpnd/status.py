@@ -1,0 +1,79 @@
+"""`vpnctl status` as a human table, in the spirit of Cisco's `show crypto isakmp sa`
+followed by `show crypto ipsec sa`: first one line per connection and IKE SA, then one
+block per IPsec (child) SA with its SPIs, transform and counters."""
+
+from __future__ import annotations
+
+
+def _table(headers: list[str], rows: list[list]) -> list[str]:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in cells]
+
+
+def _ip(endpoint: str) -> str:
+    return endpoint.rsplit(":", 1)[0] if endpoint and ":" in endpoint else (endpoint or "-")
+
+
+def format_status(st: dict) -> str:
+    out: list[str] = []
+    conns = st.get("connections", [])
+    ike_sas = st.get("ike_sas", [])
+
+    out.append("connections")
+    rows = [[c.get("name", "?"), c.get("keying", f"ikev{c.get('version', '?')}"), c.get("peer", "-"),
+             c.get("state", "?"), c.get("ike_sas", 0), c.get("child_sas", 0)] for c in conns]
+    out += ["  " + line for line in _table(["name", "keying", "peer", "state", "ike", "ipsec"], rows)]
+    if not conns:
+        out.append("  (none configured)")
+
+    out.append("")
+    out.append("IKE SAs (isakmp sa)")
+    rows = []
+    for sa in ike_sas:
+        if sa.get("keying") == "manual":
+            continue
+        rows.append([_ip(sa.get("remote", "")), _ip(sa.get("local", "")), sa.get("state", "?"),
+                     sa.get("connection", "?"), f"v{sa.get('version', '?')}",
+                     "yes" if sa.get("nat_detected") else "no",
+                     f"{sa.get('spi_i', '-')}/{sa.get('spi_r', '-')}", sa.get("proposal", "-"),
+                     sa.get("rekey_in_s", "-")])
+    if rows:
+        out += ["  " + line for line in _table(
+            ["dst", "src", "state", "conn", "ver", "nat", "spi_i/spi_r", "proposal", "rekey_s"], rows)]
+    else:
+        out.append("  (none)")
+
+    out.append("")
+    out.append("IPsec SAs (ipsec sa)")
+    n = 0
+    for sa in ike_sas:
+        for ch in sa.get("child_sas", []):
+            n += 1
+            keyed = "manual keys" if sa.get("keying") == "manual" else f"IKE SA {sa.get('spi_i', '-')}"
+            out.append(f"  {ch.get('name', sa.get('connection', '?'))}: "
+                       f"local {_ip(sa.get('local', ''))} peer {_ip(sa.get('remote', ''))} ({keyed})")
+            out.append(f"    local  ident: {', '.join(ch.get('local_ts', [])) or '-'}")
+            out.append(f"    remote ident: {', '.join(ch.get('remote_ts', [])) or '-'}")
+            out.append(f"    state {ch.get('state', '?')}, {ch.get('protocol', 'esp')} {ch.get('mode', '?')} mode"
+                       f"{', UDP-encapsulated' if ch.get('udp_encap') else ''}, transform {ch.get('proposal', '-')}")
+            out.append(f"    inbound  spi 0x{ch.get('spi_in', '-')}: #pkts decaps {ch.get('packets_in', 0)}, "
+                       f"#bytes {ch.get('bytes_in', 0)}")
+            out.append(f"    outbound spi 0x{ch.get('spi_out', '-')}: #pkts encaps {ch.get('packets_out', 0)}, "
+                       f"#bytes {ch.get('bytes_out', 0)}")
+            rekey = ch.get("rekey_in_s", 0)
+            out.append(f"    #replay drops {ch.get('replay_drops', 0)}, #auth failures {ch.get('auth_failures', 0)}"
+                       + (f", rekey in {rekey}s" if rekey else ""))
+    if not n:
+        out.append("  (none)")
+    d = st.get("daemon")
+    if d:
+        out.append("")
+        extra = [f"{k} {v}" for k, v in d.items()
+                 if k.startswith("dp_") or k in ("decap_drops", "natt_invalid")]
+        out.append(f"daemon: tun {d.get('tun')} mtu {d.get('mtu')}, uptime {d.get('uptime_s', 0)}s, "
+                   f"routes {', '.join(d.get('routes', [])) or '-'}")
+        if extra:
+            out.append("  " + ", ".join(extra))
+    return "\n".join(out) + "\n"
