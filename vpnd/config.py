@@ -1,0 +1,1256 @@
+"""The YAML configuration, checked as a whole and turned into frozen, typed objects.
+
+`load_config(path)` / `parse_config(data)` return a `Config` or raise `ConfigError`, whose
+`.problems` lists EVERY problem found, one line each, prefixed by the key path
+(`connections.site-b.esp: unknown algorithm 'aes999'`). Field names are the YAML keys of
+the contract (../shared/design/contract.md); conf/vpnd.yaml documents every key.
+
+Secrets (PSKs, manual keys) are `Secret` objects whose repr/str print `***`; no error
+message ever quotes a secret value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import hmac
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from vpnd.proposals import AEAD, Proposal, ProposalError, parse_proposals
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_PATH = "/etc/vpnd/vpnd.yaml"
+DEFAULT_SOCKET = "/run/vpnd/vpnd.sock"
+# strongSwan-like defaults: modern, no legacy algorithm (proposals.py module docstring).
+DEFAULT_IKE_V2 = "aes128-sha256-modp2048, aes256gcm16-prfsha384-ecp384"
+DEFAULT_IKE_V1 = "aes128-sha256-modp2048, aes256-sha384-ecp384"  # IKEv1 has no AEAD for phase 1
+DEFAULT_ESP = "aes128gcm16, aes128-sha256"
+
+SPI_MIN = 256          # RFC 4303 2.1: SPIs 1..255 are reserved by IANA, 0 is local use
+SPI_MAX = 2**32 - 1
+
+
+class ConfigError(Exception):
+    """All problems of a configuration, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class Secret:
+    """Bytes that never print: repr/str give `***`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes):
+        self._value = bytes(value)
+
+    @property
+    def value(self) -> bytes:
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = lambda self: "***"  # noqa: E731
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+    def __reduce__(self):  # keep pickling explicit rather than leaking via __dict__
+        return (Secret, (self._value,))
+
+
+# -- identities (RFC 7296 3.5, RFC 2407 4.6.2.1; the seed's `crypto isakmp identity`) -------
+
+_DN_ATTRS = {
+    "C": "C", "ST": "ST", "S": "ST", "L": "L", "O": "O", "OU": "OU", "CN": "CN",
+    "E": "E", "EMAIL": "E", "EMAILADDRESS": "E", "DC": "DC", "SN": "SN",
+    "SERIALNUMBER": "serialNumber", "G": "G", "GN": "G", "T": "T", "TITLE": "T",
+    "UID": "UID", "STREET": "STREET", "POSTALCODE": "postalCode",
+}
+_FQDN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
+                   r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An IKE identity.
+
+    kind: "ipv4" | "ipv6" | "fqdn" | "email" | "dn" | "any".
+    value: canonical text ("10.200.0.1", "gw.example.com", "C=CH, O=Example, CN=gw").
+    rdns: for "dn", the (attribute, value) pairs in order.
+    """
+
+    kind: str
+    value: str
+    rdns: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return self.value if self.kind != "fqdn" else "@" + self.value
+
+    def x509_name(self):
+        """The DN as a cryptography x509.Name (for DER encoding in ID payloads)."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+        oids = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
+                "L": NameOID.LOCALITY_NAME, "O": NameOID.ORGANIZATION_NAME,
+                "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "CN": NameOID.COMMON_NAME,
+                "E": NameOID.EMAIL_ADDRESS, "DC": NameOID.DOMAIN_COMPONENT,
+                "SN": NameOID.SURNAME, "serialNumber": NameOID.SERIAL_NUMBER,
+                "G": NameOID.GIVEN_NAME, "T": NameOID.TITLE, "UID": NameOID.USER_ID,
+                "STREET": NameOID.STREET_ADDRESS, "postalCode": NameOID.POSTAL_CODE}
+        if self.kind != "dn":
+            raise ValueError("not a DN identity")
+        return x509.Name([x509.NameAttribute(oids[a], v) for a, v in self.rdns])
+
+
+ANY_IDENTITY = Identity("any", "%any")
+
+
+def parse_identity(text: str) -> Identity:
+    """`10.0.0.1`, `2001:db8::1`, `@gw.example.com`, `user@example.com`, `C=CH, O=X, CN=gw`,
+    `%any`; a bare host name is an FQDN as in strongSwan. Raises ValueError."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty identity")
+    if text in ("%any", "%any6"):
+        return ANY_IDENTITY
+    try:
+        ip = ipaddress.ip_address(text)
+        return Identity("ipv4" if ip.version == 4 else "ipv6", str(ip))
+    except ValueError:
+        pass
+    if "=" in text:
+        rdns = []
+        # RDNs separated by commas (or '/' in the OpenSSL one-line form); "\," escapes.
+        parts = re.split(r"(?<!\\)[,/]", text.lstrip("/"))
+        for part in parts:
+            part = part.strip()
+            if not part:
+                continue
+            attr, sep, value = part.partition("=")
+            key = _DN_ATTRS.get(attr.strip().upper())
+            if not sep or key is None:
+                raise ValueError(f"'{attr.strip()}' is not a DN attribute (C, ST, L, O, OU, CN, E, DC, ...)")
+            value = value.strip().replace("\\,", ",")
+            if not value:
+                raise ValueError(f"empty value for DN attribute '{attr.strip()}'")
+            if key == "C" and len(value) != 2:
+                raise ValueError(f"country code '{value}' must have two letters")
+            rdns.append((key, value))
+        return Identity("dn", ", ".join(f"{a}={v}" for a, v in rdns), tuple(rdns))
+    if text.startswith("@"):
+        name = text[1:].lstrip("#")
+        if not _FQDN.match(name):
+            raise ValueError(f"'{text}' is not a valid host name")
+        return Identity("fqdn", name.rstrip(".").lower())
+    if "@" in text:
+        user, _, domain = text.rpartition("@")
+        if not user or not _FQDN.match(domain):
+            raise ValueError(f"'{text}' is not a valid e-mail identity")
+        return Identity("email", text)
+    if _FQDN.match(text):
+        return Identity("fqdn", text.rstrip(".").lower())
+    raise ValueError(f"'{text}' is not an IP address, @fqdn, user@fqdn or DN")
+
+
+# -- the typed configuration --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    tun: str = "vpnd0"
+    mtu: int | None = None                 # None = auto: outer MTU minus worst-case overhead
+    mss_clamp: int | str | None = None     # None = off, "auto" = from the TUN MTU, or an MSS
+    control_socket: str = DEFAULT_SOCKET
+    control_group: str | None = None       # group allowed on the socket (mode 0660), else 0600
+    listen: str = "0.0.0.0"
+    ike_port: int = 500
+    natt_port: int = 4500
+    log_level: str = "info"
+    aggressive_mode: bool = True           # false = Cisco `crypto isakmp aggressive-mode disable`
+    invalid_spi_recovery: bool = True      # the seed's `crypto isakmp invalid-spi-recovery`
+    cookie_threshold: int = 10             # half-open IKE SAs before IKEv2 cookies (RFC 7296 2.6)
+    half_open_limit: int = 1000            # half-open IKE SAs beyond which new ones are dropped
+
+
+@dataclass(frozen=True)
+class Auth:
+    """How the IKE SA is authenticated.
+
+    method "psk": `psk`; "cert" (rsa-sig / ECDSA, X.509): `cert`, `key`, `ca`;
+    "rsa_encr" (IKEv1 RSA-encrypted nonces, RFC 2409 5.2): `key` (ours) and `peer_pubkey`,
+    optionally `cert`/`ca` too. Paths are absolute (relative ones resolved against the
+    config file's directory).
+    """
+
+    method: str
+    psk: Secret | None = None
+    cert: str | None = None
+    key: str | None = None
+    ca: tuple[str, ...] = ()
+    peer_pubkey: str | None = None
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    ike: int = 86400           # seconds of the IKE / ISAKMP SA
+    seconds: int = 3600        # CHILD_SA / IPsec SA (Cisco `set security-association lifetime`)
+    kilobytes: int = 4608000   # Cisco's default; 0 = no volume limit
+
+
+@dataclass(frozen=True)
+class Dpd:
+    interval: int = 30         # 0 = off
+    retry: int = 5
+    mode: str = "on-demand"    # periodic | on-demand
+    action: str = "restart"    # restart | clear | hold (hold = back to trap)
+
+
+@dataclass(frozen=True)
+class Rri:
+    """Reverse route injection (the seed's `reverse-route`)."""
+
+    enabled: bool = True
+    next_hop: str | None = None
+    metric: int | None = None
+    tag: int | None = None
+    static: bool = False       # routes from the config at start-up, not only while an SA is up
+    remote_peer: bool = False  # also a host route to the peer via the outer interface
+
+
+@dataclass(frozen=True, repr=False)
+class ManualEsp:
+    spi: int
+    encryption: str
+    integrity: str | None
+    enc_key: Secret
+    auth_key: Secret
+
+    def __repr__(self) -> str:
+        return f"ManualEsp(spi={self.spi:#x}, {self.encryption}, {self.integrity})"
+
+
+@dataclass(frozen=True, repr=False)
+class ManualAh:
+    spi: int
+    integrity: str
+    key: Secret
+
+    def __repr__(self) -> str:
+        return f"ManualAh(spi={self.spi:#x}, {self.integrity})"
+
+
+@dataclass(frozen=True)
+class ManualDirection:
+    esp: ManualEsp | None = None
+    ah: ManualAh | None = None
+
+
+@dataclass(frozen=True)
+class Manual:
+    """`ipsec-manual`: static SAs; algorithms from the first alternatives of the first
+    `esp:` / `ah:` proposal (docs/internals.md)."""
+
+    inbound: ManualDirection
+    outbound: ManualDirection
+    esn: bool = False
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    version: int = 2
+    aggressive: bool = False
+    local: str | None = None
+    peer: str = "%any"
+    psk: Secret | None = None
+    psk_file: str | None = None
+    auth: Auth | None = None                 # None only for manual keying
+    local_id: Identity | None = None         # None: the local address (or the cert's DN)
+    remote_id: Identity | None = None        # None: the peer address; ANY_IDENTITY for %any
+    ike: tuple[Proposal, ...] = ()
+    esp: tuple[Proposal, ...] = ()           # ESP (maybe +AH bundle via ah_integrity)
+    ah: tuple[Proposal, ...] = ()            # AH alone when esp is empty
+    local_ts: tuple[Network, ...] = ()       # empty = the local outer address
+    remote_ts: tuple[Network, ...] = ()      # empty = the peer address
+    mode: str = "tunnel"
+    start: str = "trap"
+    lifetime: Lifetime = field(default_factory=Lifetime)
+    idle_time: int = 0
+    replay_window: int = 64
+    per_host: bool = False
+    dpd: Dpd = field(default_factory=Dpd)
+    nat_keepalive: int = 20
+    encap: bool = False
+    rri: Rri = field(default_factory=Rri)
+    allow_legacy: bool = False
+    manual: Manual | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        """A dynamic crypto map: peer %any, respond only."""
+        return self.peer == "%any"
+
+    @property
+    def child_proposals(self) -> tuple[Proposal, ...]:
+        """What phase 2 / CHILD_SA negotiation offers: ESP (bundles included) or AH alone."""
+        return self.esp or self.ah
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    connections: tuple[Connection, ...] = ()
+    path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def connection(self, name: str) -> Connection:
+        for c in self.connections:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+# -- YAML loading -------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reports duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        try:
+            key = loader.construct_object(key_node, deep=True)
+            hash(key)
+        except Exception:  # unhashable keys: let the normal constructor report it
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen[key] = True
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(source: str, e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{source}: {where}{what}"
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError([_yaml_error(path, e)]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+    return parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)), path=path)
+
+
+def parse_config(data: Any, *, base_dir: str | None = None, path: str | None = None) -> Config:
+    """Check `data` (the YAML document) and build a Config; raises ConfigError."""
+    p = _Parser(base_dir or os.getcwd())
+    try:
+        cfg = p.config(data, path)
+    except RecursionError:
+        p.err("", "nested too deeply")
+        cfg = None
+    if p.problems:
+        raise ConfigError(p.problems)
+    assert cfg is not None
+    return cfg
+
+
+# -- the checker ----------------------------------------------------------------------------
+
+_MISSING = object()
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _tname(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "list", dict: "mapping"}.get(type(v), type(v).__name__)
+
+
+def _show(v: Any) -> str:
+    """A short quote of a user value for messages (never used for secrets)."""
+    s = repr(v) if isinstance(v, str) else str(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+class _Bad(Exception):
+    """One problem at the current key; already recorded."""
+
+
+class _Parser:
+    def __init__(self, base_dir: str):
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    # --- problem bookkeeping
+    def err(self, path: str, msg: str) -> None:
+        line = f"{path}: {msg}" if path else msg
+        if line not in self.problems:
+            self.problems.append(line)
+
+    def fail(self, path: str, msg: str):
+        self.err(path, msg)
+        raise _Bad()
+
+    def mapping(self, v: Any, path: str, keys: dict[str, Any]) -> dict:
+        """Check v is a mapping with only `keys`; unknown keys are reported with a hint."""
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            self.fail(path, f"expected a mapping, got {_tname(v)}")
+        out = {}
+        for k, val in v.items():
+            if not isinstance(k, str):
+                self.err(path, f"key {_show(k)} must be a string")
+                continue
+            if k not in keys:
+                near = difflib.get_close_matches(k, list(keys), n=1, cutoff=0.6)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                self.err(_join(path, k), f"unknown key{hint}")
+                continue
+            out[k] = val
+        return out
+
+    def field(self, m: dict, key: str, path: str, conv: Callable, default: Any) -> Any:
+        """Convert m[key] with conv(value, path); on a problem record it and return default."""
+        if key not in m:
+            return default
+        try:
+            return conv(m[key], _join(path, key))
+        except _Bad:
+            return default
+
+    # --- scalar converters (value, path) -> value, raise _Bad via fail
+    def boolean(self, v, path):
+        if not isinstance(v, bool):
+            self.fail(path, f"expected true or false, got {_tname(v)} {_show(v)}")
+        return v
+
+    def integer(self, lo: int, hi: int | None = None):
+        def conv(v, path):
+            if isinstance(v, bool) or not isinstance(v, int):
+                self.fail(path, f"expected an integer, got {_tname(v)} {_show(v)}")
+            if v < lo or (hi is not None and v > hi):
+                rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+                self.fail(path, f"{v} is out of range (must be {rng})")
+            return v
+        return conv
+
+    def string(self, v, path):
+        if not isinstance(v, str):
+            hint = " (quote it)" if isinstance(v, (int, float, bool)) else ""
+            self.fail(path, f"expected a string, got {_tname(v)}{hint}")
+        if not v.strip():
+            self.fail(path, "must not be empty")
+        return v
+
+    def choice(self, *options: str):
+        def conv(v, path):
+            if not isinstance(v, str) or v not in options:
+                self.fail(path, f"{_show(v)} is not one of: {', '.join(options)}")
+            return v
+        return conv
+
+    def ip(self, v, path):
+        if not isinstance(v, str):
+            self.fail(path, f"expected an IP address, got {_tname(v)} {_show(v)}")
+        try:
+            return str(ipaddress.ip_address(v.strip()))
+        except ValueError:
+            self.fail(path, f"{_show(v)} is not an IP address")
+
+    def subnet(self, v, path) -> Network:
+        if not isinstance(v, str):
+            self.fail(path, f"expected a subnet like 10.1.0.0/16, got {_tname(v)} {_show(v)}")
+        try:
+            return ipaddress.ip_network(v.strip())
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(v.strip(), strict=False)
+            except ValueError:
+                self.fail(path, f"{_show(v)} is not a subnet (like 10.1.0.0/16)")
+            self.fail(path, f"{_show(v)} has host bits set (did you mean {loose}?)")
+
+    def file_path(self, v, path) -> str:
+        s = self.string(v, path)
+        p = Path(s).expanduser()
+        if not p.is_absolute():
+            p = Path(self.base_dir) / p
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as e:
+            self.fail(path, f"cannot read '{s}': {e.strerror}")
+        return str(p)
+
+    # --- sections
+    def config(self, data: Any, path: str | None) -> Config | None:
+        if data is None:
+            data = {}
+        try:
+            top = self.mapping(data, "", {"daemon": 1, "connections": 1})
+        except _Bad:
+            return None
+        daemon = self.daemon(top.get("daemon"))
+        conns: list[Connection] = []
+        raw = top.get("connections")
+        if raw is not None and not isinstance(raw, dict):
+            self.err("connections", f"expected a mapping of connection names, got {_tname(raw)}")
+            raw = {}
+        for name, body in (raw or {}).items():
+            cpath = _join("connections", str(name))
+            if not isinstance(name, str) or not _NAME.match(name):
+                self.err(cpath, "connection name must be letters, digits, '.', '_' or '-' "
+                               "(at most 64, starting with a letter or digit)")
+                continue
+            try:
+                c = self.connection(name, body, cpath, daemon)
+            except _Bad:
+                continue
+            if c is not None:
+                conns.append(c)
+        self.cross_checks(conns)
+        return Config(daemon=daemon, connections=tuple(conns), path=path,
+                      warnings=tuple(self.warnings))
+
+    def daemon(self, v: Any) -> DaemonConfig:
+        d = DaemonConfig()
+        path = "daemon"
+        try:
+            m = self.mapping(v, path, {f: 1 for f in DaemonConfig.__dataclass_fields__})
+        except _Bad:
+            return d
+
+        def tun(v, p):
+            s = self.string(v, p)
+            # IFNAMSIZ is 16 with the NUL; '/' and blanks are not allowed in names.
+            if len(s) > 15 or re.search(r"[\s/:]", s) or s in (".", ".."):
+                self.fail(p, f"{_show(s)} is not a valid interface name (max 15 characters)")
+            return s
+
+        def mtu(v, p):
+            if v == "auto" or v is None:
+                return None
+            # 576: the minimum IPv4 datagram every host accepts (RFC 791); 1280 for IPv6.
+            return self.integer(576, 65535)(v, p)
+
+        def mss(v, p):
+            if v is False or v is None:
+                return None
+            if v == "auto":
+                return "auto"
+            if isinstance(v, bool) or not isinstance(v, int):
+                self.fail(p, f"expected auto, false or an integer MSS, got {_tname(v)} {_show(v)}")
+            return self.integer(536, 65495)(v, p)
+
+        def group(v, p):
+            s = self.string(v, p)
+            try:
+                import grp
+                grp.getgrnam(s)
+            except KeyError:
+                if not s.isdigit():
+                    self.fail(p, f"no such group '{s}'")
+            return s
+
+        def socket_path(v, p):
+            s = self.string(v, p)
+            if not os.path.isabs(s):
+                self.fail(p, f"{_show(s)} must be an absolute path")
+            if len(s.encode()) > 107:  # sun_path is 108 bytes with the NUL
+                self.fail(p, "path too long for a unix socket (max 107 bytes)")
+            return s
+
+        f = self.field
+        d = DaemonConfig(
+            tun=f(m, "tun", path, tun, d.tun),
+            mtu=f(m, "mtu", path, mtu, d.mtu),
+            mss_clamp=f(m, "mss_clamp", path, mss, d.mss_clamp),
+            control_socket=f(m, "control_socket", path, socket_path, d.control_socket),
+            control_group=f(m, "control_group", path, group, d.control_group),
+            listen=f(m, "listen", path, self.ip, d.listen),
+            ike_port=f(m, "ike_port", path, self.integer(1, 65535), d.ike_port),
+            natt_port=f(m, "natt_port", path, self.integer(1, 65535), d.natt_port),
+            log_level=f(m, "log_level", path,
+                        self.choice("debug", "info", "warning", "error"), d.log_level),
+            aggressive_mode=f(m, "aggressive_mode", path, self.boolean, d.aggressive_mode),
+            invalid_spi_recovery=f(m, "invalid_spi_recovery", path, self.boolean,
+                                   d.invalid_spi_recovery),
+            cookie_threshold=f(m, "cookie_threshold", path, self.integer(0), d.cookie_threshold),
+            half_open_limit=f(m, "half_open_limit", path, self.integer(1), d.half_open_limit),
+        )
+        if "natt_port" in m and d.natt_port == d.ike_port:
+            self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")
+        return d
+
+    _CONN_KEYS = {f: 1 for f in Connection.__dataclass_fields__ if f != "name"} | {"pfs": 1}
+
+    def connection(self, name: str, body: Any, path: str, daemon: DaemonConfig
+                   ) -> Connection | None:
+        m = self.mapping(body, path, self._CONN_KEYS)
+        f = self.field
+        before = len(self.problems)
+
+        version = f(m, "version", path, self._version, 2)
+        manual_raw = m.get("manual")
+        is_manual = manual_raw is not None
+        allow_legacy = f(m, "allow_legacy", path, self.boolean, False)
+        local = f(m, "local", path, self.ip, None)
+        if "peer" not in m:
+            self.err(_join(path, "peer"), "required: the peer's address, or %any to respond only")
+        peer = f(m, "peer", path, self._peer, None)
+        dynamic = peer == "%any"
+
+        if is_manual:
+            for key in ("psk", "psk_file", "auth", "ike", "aggressive", "local_id", "remote_id",
+                        "dpd", "pfs", "start", "idle_time", "per_host"):
+                if key in m:
+                    self.err(_join(path, key), "not used with manual keying (manual:)")
+            if dynamic:
+                self.err(_join(path, "peer"), "manual keying needs a peer address, not %any")
+
+        aggressive = f(m, "aggressive", path, self.boolean, False)
+        if aggressive and version == 2:
+            self.err(_join(path, "aggressive"), "Aggressive Mode exists only in IKEv1 (version: 1)")
+        if aggressive and not daemon.aggressive_mode:
+            self.err(_join(path, "aggressive"),
+                     "Aggressive Mode is disabled by daemon.aggressive_mode: false")
+
+        auth = None if is_manual else self._auth(m, path, version)
+        psk = auth.psk if auth else None
+        psk_file = None
+        if "psk_file" in m and isinstance(m["psk_file"], str):
+            psk_file = str(Path(self.base_dir) / Path(m["psk_file"]).expanduser())
+
+        local_id = f(m, "local_id", path, self._identity, None)
+        remote_id = f(m, "remote_id", path, self._identity, None)
+        if remote_id is None and dynamic and not is_manual:
+            remote_id = ANY_IDENTITY
+
+        ike = () if is_manual else f(
+            m, "ike", path, self._ike(version, allow_legacy),
+            parse_proposals(DEFAULT_IKE_V1 if version == 1 else DEFAULT_IKE_V2, "ike"))
+        esp, ah = self._child(m, path, allow_legacy, is_manual)
+
+        local_ts = f(m, "local_ts", path, self._subnets, ())
+        remote_ts = f(m, "remote_ts", path, self._subnets, ())
+        mode = f(m, "mode", path, self.choice("tunnel", "transport"), "tunnel")
+        start = f(m, "start", path, self.choice("start", "trap", "none"),
+                  "none" if dynamic else "trap")
+        if dynamic and start != "none" and "start" in m and not is_manual:
+            self.err(_join(path, "start"),
+                     f"'{start}' needs a peer address; peer %any can only respond (start: none)")
+        if mode == "transport" and (local_ts or remote_ts):
+            self._transport_ts(path, local, peer, local_ts, remote_ts)
+
+        lifetime = f(m, "lifetime", path, self._lifetime, Lifetime())
+        dpd = f(m, "dpd", path, self._dpd, Dpd())
+        rri = f(m, "rri", path, self._rri, Rri())
+
+        manual = None
+        if is_manual:
+            manual = self._manual(manual_raw, _join(path, "manual"), esp, ah)
+        idle_time = f(m, "idle_time", path, self.integer(0), 0)
+        replay_window = f(m, "replay_window", path, self.integer(0, 65536), 64)
+        per_host = f(m, "per_host", path, self.boolean, False)
+        nat_keepalive = f(m, "nat_keepalive", path, self.integer(0, 3600), 20)
+        encap = f(m, "encap", path, self.boolean, False)
+
+        if len(self.problems) > before:
+            return None
+        return Connection(
+            name=name, version=version, aggressive=aggressive, local=local, peer=peer,
+            psk=psk, psk_file=psk_file, auth=auth, local_id=local_id, remote_id=remote_id,
+            ike=ike, esp=esp, ah=ah, local_ts=local_ts, remote_ts=remote_ts, mode=mode,
+            start=start if not is_manual else "start", lifetime=lifetime,
+            idle_time=idle_time, replay_window=replay_window, per_host=per_host, dpd=dpd,
+            nat_keepalive=nat_keepalive, encap=encap, rri=rri,
+            allow_legacy=allow_legacy, manual=manual)
+
+    def _version(self, v, path):
+        if v not in (1, 2) or isinstance(v, bool):
+            self.fail(path, f"{_show(v)} is not 1 (IKEv1) or 2 (IKEv2)")
+        return v
+
+    def _peer(self, v, path):
+        if v == "%any":
+            return v
+        return self.ip(v, path)
+
+    def _identity(self, v, path):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            self.fail(path, f"expected an identity string, got {_tname(v)} (quote it)")
+        s = self.string(v, path)
+        try:
+            return parse_identity(s)
+        except ValueError as e:
+            self.fail(path, str(e))
+
+    def _psk(self, v, path) -> Secret:
+        if not isinstance(v, str):
+            # Never quote the value: it is a secret.
+            self.fail(path, f"expected a string, got {_tname(v)} (quote it)")
+        return _decode_psk(v, lambda msg: self.fail(path, msg))
+
+    def _auth(self, m: dict, path: str, version: int) -> Auth | None:
+        given = [k for k in ("psk", "psk_file", "auth") if k in m]
+        if len(given) > 1:
+            self.err(path, f"give only one of psk, psk_file, auth (found {', '.join(given)})")
+            return None
+        if not given:
+            self.err(path, "needs authentication: psk, psk_file or auth")
+            return None
+        key = given[0]
+        try:
+            if key == "psk":
+                return Auth("psk", psk=self._psk(m["psk"], _join(path, "psk")))
+            if key == "psk_file":
+                p = _join(path, "psk_file")
+                fp = self.file_path(m["psk_file"], p)
+                try:
+                    with open(fp, "rb") as fh:
+                        raw = fh.read()
+                except OSError as e:
+                    self.fail(p, f"cannot read: {e.strerror}")
+                try:
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    self.fail(p, "the file is not UTF-8 text")
+                if not text:
+                    self.fail(p, "the file is empty")
+                if os.stat(fp).st_mode & 0o004:
+                    self.warnings.append(f"{p}: '{fp}' is readable by everyone; chmod 600 it")
+                return Auth("psk", psk=_decode_psk(text, lambda msg: self.fail(p, msg)))
+            return self._auth_block(m["auth"], _join(path, "auth"), version)
+        except _Bad:
+            return None
+
+    def _auth_block(self, v, path, version) -> Auth:
+        m = self.mapping(v, path, {"cert": 1, "key": 1, "ca": 1, "rsa_encr": 1, "psk": 1})
+        if not m:
+            self.fail(path, "empty: give cert, key and ca (or rsa_encr for IKEv1)")
+        if "psk" in m:
+            if len(m) > 1:
+                self.fail(path, "psk cannot be combined with cert, key, ca or rsa_encr")
+            return Auth("psk", psk=self._psk(m["psk"], _join(path, "psk")))
+        f = self.field
+        before = len(self.problems)
+        cert = f(m, "cert", path, self._cert_file, None)
+        key = f(m, "key", path, self._key_file, None)
+        ca = f(m, "ca", path, self._ca_files, ())
+        if "rsa_encr" in m:
+            rp = _join(path, "rsa_encr")
+            if version != 1:
+                self.fail(rp, "RSA-encrypted nonces exist only in IKEv1 (version: 1)")
+            rm = self.mapping(m["rsa_encr"], rp, {"key": 1, "peer_pubkey": 1})
+            for k in ("key", "peer_pubkey"):
+                if k not in rm:
+                    self.err(_join(rp, k), "required")
+            rkey = f(rm, "key", rp, self._key_file, None)
+            if key and rkey and key != rkey:
+                self.err(_join(rp, "key"), "differs from auth.key; give the key once")
+            pub = f(rm, "peer_pubkey", rp, self._pubkey_file, None)
+            if len(self.problems) > before:
+                raise _Bad()
+            return Auth("rsa_encr", cert=cert, key=rkey or key, ca=ca, peer_pubkey=pub)
+        for k in ("cert", "key", "ca"):
+            if k not in m:
+                self.err(_join(path, k), "required for certificate authentication")
+        if len(self.problems) > before:
+            raise _Bad()
+        return Auth("cert", cert=cert, key=key, ca=ca)
+
+    # PEM/DER files are parsed here so that a wrong file is a config error, not a failed
+    # handshake later.
+    def _cert_file(self, v, path):
+        fp = self.file_path(v, path)
+        _load_pem_or_der(fp, "certificate", lambda msg: self.fail(path, msg))
+        return fp
+
+    def _key_file(self, v, path):
+        fp = self.file_path(v, path)
+        _load_pem_or_der(fp, "private key", lambda msg: self.fail(path, msg))
+        if os.stat(fp).st_mode & 0o004:
+            self.warnings.append(f"{path}: '{fp}' is readable by everyone; chmod 600 it")
+        return fp
+
+    def _pubkey_file(self, v, path):
+        fp = self.file_path(v, path)
+        _load_pem_or_der(fp, "public key", lambda msg: self.fail(path, msg))
+        return fp
+
+    def _ca_files(self, v, path):
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            self.fail(path, "empty list")
+        out = []
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]" if isinstance(v, list) else path
+            try:
+                out.append(self._cert_file(item, p))
+            except _Bad:
+                pass
+        return tuple(out)
+
+    def _proposal_text(self, v, path) -> str:
+        if isinstance(v, list):
+            if not v or not all(isinstance(i, str) for i in v):
+                self.fail(path, "expected a proposal string or a list of proposal strings")
+            return ", ".join(v)
+        if not isinstance(v, str):
+            self.fail(path, f"expected a proposal string, got {_tname(v)}")
+        return v
+
+    def _ike(self, version: int, allow_legacy: bool):
+        def conv(v, path):
+            if isinstance(v, list) and v and all(isinstance(i, dict) for i in v):
+                return self._isakmp_policies(v, path, version, allow_legacy)
+            text = self._proposal_text(v, path)
+            try:
+                props = parse_proposals(text, "ike", allow_legacy=allow_legacy)
+            except ProposalError as e:
+                self.fail(path, str(e))
+            if version == 1:
+                for p in props:
+                    if p.aead:
+                        self.fail(path, f"IKEv1 has no AEAD ISAKMP transform: "
+                                        f"'{p.encryption[0]}' (use it in esp:)")
+            return props
+        return conv
+
+    # Cisco `crypto isakmp policy SEQ`: a list of {seq, encryption, hash, group, lifetime,
+    # authentication}, tried in SEQ order.
+    _POLICY_ENC = {"des": "des", "3des": "3des", "aes": "aes128", "aes 128": "aes128",
+                   "aes 192": "aes192", "aes 256": "aes256", "aes128": "aes128",
+                   "aes192": "aes192", "aes256": "aes256"}
+    _POLICY_HASH = {"md5": "md5", "sha": "sha1", "sha1": "sha1", "sha256": "sha256",
+                    "sha384": "sha384", "sha512": "sha512"}
+
+    def _isakmp_policies(self, items, path, version, allow_legacy):
+        if version != 1:
+            self.fail(path, "ISAKMP policy lists are IKEv1 (version: 1); "
+                            "for IKEv2 write proposals like aes128-sha256-modp2048")
+        out: list[tuple[int, Proposal]] = []
+        seqs: set[int] = set()
+        keys = {"seq": 1, "encryption": 1, "hash": 1, "group": 1, "authentication": 1,
+                "lifetime": 1}
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]"
+            try:
+                pm = self.mapping(item, p, keys)
+                seq = self.field(pm, "seq", p, self.integer(1, 10000), i + 1)
+                if seq in seqs:
+                    self.err(_join(p, "seq"), f"duplicate seq {seq}")
+                seqs.add(seq)
+                for k in ("encryption", "group"):
+                    if k not in pm:
+                        # Cisco's defaults (des, group 1) are broken; vpnd wants them named.
+                        self.err(_join(p, k), "required (Cisco's default is not assumed)")
+                enc = self.field(pm, "encryption", p, self._policy_word(self._POLICY_ENC), None)
+                hsh = self.field(pm, "hash", p, self._policy_word(self._POLICY_HASH), "sha1")
+                grp = self.field(pm, "group", p, self._policy_group, None)
+                if "authentication" in pm:
+                    self.field(pm, "authentication", p,
+                               self.choice("pre-share", "rsa-sig", "rsa-encr"), None)
+                if "lifetime" in pm:
+                    self.field(pm, "lifetime", p, self.integer(60, 86400 * 7), None)
+                if enc and hsh and grp:
+                    text = f"{enc}-{hsh}-{grp}"
+                    try:
+                        (prop,) = parse_proposals(text, "ike", allow_legacy=allow_legacy)
+                        out.append((seq, prop))
+                    except ProposalError as e:
+                        self.err(p, str(e))
+            except _Bad:
+                continue
+        if not out:
+            raise _Bad()
+        return tuple(prop for _, prop in sorted(out, key=lambda t: t[0]))
+
+    def _policy_word(self, table):
+        def conv(v, path):
+            key = " ".join(str(v).lower().split()) if isinstance(v, (str, int)) else None
+            if key not in table:
+                self.fail(path, f"{_show(v)} is not one of: {', '.join(sorted(table))}")
+            return table[key]
+        return conv
+
+    def _policy_group(self, v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            self.fail(path, f"expected a group number, got {_tname(v)}")
+        s = str(v).lower()
+        return s if s.startswith(("group", "modp", "ecp", "x25519", "curve")) else f"group{s}"
+
+    def _child(self, m, path, allow_legacy, is_manual):
+        """esp:/ah:/pfs: -> (esp proposals with AH bundles folded in, ah-only proposals)."""
+        esp: tuple[Proposal, ...] = ()
+        ah: tuple[Proposal, ...] = ()
+        ok = True
+        esp_given = "esp" in m and m["esp"] is not None and m["esp"] != "none"
+        if esp_given:
+            try:
+                text = self._proposal_text(m["esp"], _join(path, "esp"))
+                esp = parse_proposals(text, "esp", allow_legacy=allow_legacy)
+            except _Bad:
+                ok = False
+            except ProposalError as e:
+                self.err(_join(path, "esp"), str(e))
+                ok = False
+            if esp and esp[0].protocol == "ah":  # a Cisco transform set of AH words only
+                ah, esp = esp, ()
+        if "ah" in m and m["ah"] is not None:
+            try:
+                text = self._proposal_text(m["ah"], _join(path, "ah"))
+                ah_extra = parse_proposals(text, "ah", allow_legacy=allow_legacy)
+                if ah:
+                    self.err(_join(path, "ah"), "AH is already given by the esp: transform set")
+                    ok = False
+                elif any(p.ah_integrity for p in esp):
+                    self.err(_join(path, "ah"), "AH is already given by the esp: transform set")
+                    ok = False
+                elif esp:
+                    # ESP+AH bundle (the seed's "ESP + AH"): AH integrity alternatives on
+                    # every ESP proposal.
+                    integ = tuple(dict.fromkeys(i for p in ah_extra for i in p.integrity))
+                    esp = tuple(Proposal("esp", p.encryption, p.integrity, p.prf, p.dh, p.esn,
+                                         integ) for p in esp)
+                    ah = ah_extra
+                else:
+                    ah = ah_extra
+            except _Bad:
+                ok = False
+            except ProposalError as e:
+                self.err(_join(path, "ah"), str(e))
+                ok = False
+        elif not esp_given and not ah and "esp" in m:
+            self.err(_join(path, "esp"), "none given: name ESP proposals or an ah: proposal")
+            ok = False
+        if ok and not esp_given and not ah and not is_manual:
+            esp = parse_proposals(DEFAULT_ESP, "esp")
+        if ok and not esp_given and not ah and is_manual:
+            self.err(_join(path, "esp"), "manual keying needs esp: (or ah:) naming the algorithms")
+        if "pfs" in m:
+            pp = _join(path, "pfs")
+            v = m["pfs"]
+            if is_manual:
+                pass  # reported with the other IKE-only keys
+            elif v is False or v is None:
+                pass
+            elif v is True:
+                self.err(pp, "name the group, e.g. pfs: group14 "
+                             "(Cisco's default group1 is not assumed)")
+            elif not isinstance(v, (str, int)):
+                self.err(pp, f"expected a DH group like group14 or modp2048, got {_tname(v)}")
+            else:
+                word = f"group{v}" if isinstance(v, int) else v.strip()
+                try:
+                    (dhp,) = parse_proposals(f"aes128-sha256-{word}", "ike",
+                                             allow_legacy=allow_legacy)
+                    if len(dhp.dh) != 1 or "-" in word:
+                        raise ProposalError(f"{_show(v)} is not one DH group")
+                except ProposalError as e:
+                    self.err(pp, str(e))
+                else:
+                    if any(p.dh for p in esp + ah):
+                        self.err(pp, "the esp:/ah: proposals already name a DH group")
+                    else:
+                        esp = tuple(_with_dh(p, dhp.dh) for p in esp)
+                        ah = tuple(_with_dh(p, dhp.dh) for p in ah)
+        return esp, ah
+
+    def _subnets(self, v, path):
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            self.fail(path, "empty list")
+        out = []
+        bad = False
+        for i, item in enumerate(items):
+            try:
+                out.append(self.subnet(item, f"{path}[{i}]" if isinstance(v, list) else path))
+            except _Bad:
+                bad = True
+        if bad:
+            raise _Bad()
+        if len({n.version for n in out}) > 1:
+            pass  # mixed families are fine: one SA per family pair is negotiated
+        return tuple(dict.fromkeys(out))
+
+    def _transport_ts(self, path, local, peer, local_ts, remote_ts):
+        # Transport mode protects the peers' own traffic (RFC 4301 4.1): selectors are hosts.
+        for key, nets in (("local_ts", local_ts), ("remote_ts", remote_ts)):
+            for n in nets:
+                if n.num_addresses != 1:
+                    self.err(_join(path, key),
+                             f"transport mode protects the gateways' own addresses; {n} is a subnet")
+                    break
+
+    def _lifetime(self, v, path):
+        m = self.mapping(v, path, {"ike": 1, "seconds": 1, "kilobytes": 1})
+        d = Lifetime()
+        f = self.field
+        lt = Lifetime(ike=f(m, "ike", path, self.integer(1, 2**31 - 1), d.ike),
+                      seconds=f(m, "seconds", path, self.integer(1, 2**31 - 1), d.seconds),
+                      kilobytes=f(m, "kilobytes", path, self.integer(0, 2**42), d.kilobytes))
+        return lt
+
+    def _dpd(self, v, path):
+        m = self.mapping(v, path, {"interval": 1, "retry": 1, "mode": 1, "action": 1})
+        d = Dpd()
+        f = self.field
+        return Dpd(interval=f(m, "interval", path, self.integer(0, 86400), d.interval),
+                   retry=f(m, "retry", path, self.integer(1, 100), d.retry),
+                   mode=f(m, "mode", path, self.choice("periodic", "on-demand"), d.mode),
+                   action=f(m, "action", path, self.choice("restart", "clear", "hold"), d.action))
+
+    def _rri(self, v, path):
+        if isinstance(v, bool):
+            return Rri(enabled=v)
+        m = self.mapping(v, path, {k: 1 for k in Rri.__dataclass_fields__})
+        d = Rri()
+        f = self.field
+        return Rri(enabled=f(m, "enabled", path, self.boolean, d.enabled),
+                   next_hop=f(m, "next_hop", path, self.ip, None),
+                   metric=f(m, "metric", path, self.integer(0, 2**32 - 1), None),
+                   tag=f(m, "tag", path, self.integer(1, 255), None),  # Linux route protocol (net/routes.py)
+                   static=f(m, "static", path, self.boolean, d.static),
+                   remote_peer=f(m, "remote_peer", path, self.boolean, d.remote_peer))
+
+    # --- manual keying (the seed's `set session-key`)
+    def _manual(self, v, path, esp: tuple[Proposal, ...], ah: tuple[Proposal, ...]
+                ) -> Manual | None:
+        try:
+            m = self.mapping(v, path, {"inbound": 1, "outbound": 1})
+        except _Bad:
+            return None
+        esp_alg = (esp[0].encryption[0], esp[0].integrity[0] if esp[0].integrity else None) \
+            if esp else None
+        ah_alg = (esp[0].ah_integrity[0] if esp and esp[0].ah_integrity
+                  else ah[0].integrity[0] if ah else None)
+        dirs = {}
+        for d in ("inbound", "outbound"):
+            dp = _join(path, d)
+            if d not in m:
+                self.err(dp, "required")
+                continue
+            try:
+                dirs[d] = self._manual_direction(m[d], dp, esp_alg, ah_alg)
+            except _Bad:
+                pass
+        if len(dirs) != 2:
+            return None
+        return Manual(inbound=dirs["inbound"], outbound=dirs["outbound"],
+                      esn=bool(esp and esp[0].esn[0]) or bool(ah and ah[0].esn[0]))
+
+    def _manual_direction(self, v, path, esp_alg, ah_alg) -> ManualDirection:
+        m = self.mapping(v, path, {"esp": 1, "ah": 1})
+        before = len(self.problems)
+        esp = ah = None
+        if esp_alg and "esp" not in m:
+            self.err(_join(path, "esp"), "required: the connection's esp: names ESP")
+        if ah_alg and "ah" not in m:
+            self.err(_join(path, "ah"), "required: the connection's ah: names AH")
+        if "esp" in m and not esp_alg:
+            self.err(_join(path, "esp"), "the connection has no ESP proposal (esp:)")
+        if "ah" in m and not ah_alg:
+            self.err(_join(path, "ah"), "the connection has no AH proposal (ah:)")
+        if "esp" in m and esp_alg:
+            esp = self._manual_esp(m["esp"], _join(path, "esp"), *esp_alg)
+        if "ah" in m and ah_alg:
+            ah = self._manual_ah(m["ah"], _join(path, "ah"), ah_alg)
+        if len(self.problems) > before:
+            raise _Bad()
+        return ManualDirection(esp=esp, ah=ah)
+
+    def _manual_esp(self, v, path, enc: str, integ: str | None) -> ManualEsp | None:
+        from vpnd.crypto.ciphers import cipher_key_size, integrity_key_size
+        try:
+            m = self.mapping(v, path, {"spi": 1, "enc_key": 1, "auth_key": 1})
+        except _Bad:
+            return None
+        before = len(self.problems)
+        if "spi" not in m:
+            self.err(_join(path, "spi"), "required")
+        spi = self.field(m, "spi", path, self._spi, None)
+        enc_len = cipher_key_size(enc)
+        enc_key = Secret(b"")
+        if enc_len:
+            if "enc_key" not in m:
+                self.err(_join(path, "enc_key"), f"required: {enc_len} bytes for {enc}")
+            enc_key = self.field(m, "enc_key", path, self._hex_key(enc_len, enc), enc_key)
+        elif "enc_key" in m:
+            self.err(_join(path, "enc_key"), f"{enc} takes no key")
+        auth_key = Secret(b"")
+        if integ:
+            alen = integrity_key_size(integ)
+            if "auth_key" not in m:
+                self.err(_join(path, "auth_key"), f"required: {alen} bytes for {integ}")
+            auth_key = self.field(m, "auth_key", path, self._hex_key(alen, integ), auth_key)
+        elif "auth_key" in m:
+            self.err(_join(path, "auth_key"),
+                     f"{enc} is an AEAD cipher: its key ({enc_len} bytes with the salt) "
+                     "authenticates too")
+        if len(self.problems) > before:
+            return None
+        return ManualEsp(spi=spi, encryption=enc, integrity=integ, enc_key=enc_key,
+                         auth_key=auth_key)
+
+    def _manual_ah(self, v, path, integ: str) -> ManualAh | None:
+        from vpnd.crypto.ciphers import integrity_key_size
+        try:
+            m = self.mapping(v, path, {"spi": 1, "key": 1})
+        except _Bad:
+            return None
+        before = len(self.problems)
+        for k in ("spi", "key"):
+            if k not in m:
+                self.err(_join(path, k), "required")
+        spi = self.field(m, "spi", path, self._spi, None)
+        key = self.field(m, "key", path, self._hex_key(integrity_key_size(integ), integ), None)
+        if len(self.problems) > before:
+            return None
+        return ManualAh(spi=spi, integrity=integ, key=key)
+
+    def _spi(self, v, path) -> int:
+        if isinstance(v, str):
+            try:
+                v = int(v.strip(), 0)
+            except ValueError:
+                self.fail(path, f"{_show(v)} is not a number (like 0x1000)")
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(path, f"expected a number like 0x1000, got {_tname(v)}")
+        if not SPI_MIN <= v <= SPI_MAX:
+            # RFC 4303 2.1: 1..255 are reserved by IANA; 0 means "no SA".
+            self.fail(path, f"SPI {v:#x} is out of range (0x100..0xffffffff; 1-255 are reserved)")
+        return v
+
+    def _hex_key(self, length: int, alg: str):
+        def conv(v, path) -> Secret:
+            if not isinstance(v, str):
+                self.fail(path, f"expected a hex string, got {_tname(v)} (quote it)")
+            s = re.sub(r"[\s:]", "", v)
+            if s[:2].lower() == "0x":
+                s = s[2:]
+            try:
+                key = binascii.unhexlify(s)
+            except (binascii.Error, ValueError):
+                self.fail(path, "is not a hex string")
+            if len(key) != length:
+                what = " (key plus 4-byte salt, RFC 4106 8.1 / RFC 7634 2)" if alg in AEAD else ""
+                self.fail(path, f"{alg} needs {length} bytes{what}, got {len(key)}")
+            return Secret(key)
+        return conv
+
+    def cross_checks(self, conns: list[Connection]) -> None:
+        # Inbound manual SAs are looked up by (protocol, SPI): they must be unique.
+        seen: dict[tuple[str, int], str] = {}
+        for c in conns:
+            if not c.manual:
+                continue
+            for proto, sa in (("esp", c.manual.inbound.esp), ("ah", c.manual.inbound.ah)):
+                if sa is None:
+                    continue
+                key = (proto, sa.spi)
+                if key in seen:
+                    self.err(f"connections.{c.name}.manual.inbound.{proto}.spi",
+                             f"SPI {sa.spi:#x} is already used by connection '{seen[key]}'")
+                else:
+                    seen[key] = c.name
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _with_dh(p: Proposal, dh: tuple[str, ...]) -> Proposal:
+    return Proposal(p.protocol, p.encryption, p.integrity, p.prf, dh, p.esn, p.ah_integrity)
+
+
+def _decode_psk(text: str, fail: Callable[[str], None]) -> Secret:
+    """strongSwan's secret encodings: `0x` hex, `0s` base64, else the UTF-8 text itself."""
+    if not text:
+        fail("must not be empty")
+    if text.startswith("0x"):
+        try:
+            value = binascii.unhexlify(re.sub(r"[\s:]", "", text[2:]))
+        except (binascii.Error, ValueError):
+            fail("starts with 0x but is not valid hex")
+    elif text.startswith("0s"):
+        try:
+            value = base64.b64decode(text[2:], validate=True)
+        except (binascii.Error, ValueError):
+            fail("starts with 0s but is not valid base64")
+    else:
+        value = text.encode("utf-8")
+    if not value:
+        fail("must not be empty")
+    return Secret(value)
+
+
+def _load_pem_or_der(path: str, kind: str, fail: Callable[[str], None]) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        fail(f"cannot read: {e.strerror}")
+        return
+    pem = b"-----BEGIN" in data
+    try:
+        if kind == "certificate":
+            if pem:
+                x509.load_pem_x509_certificate(data)
+            else:
+                x509.load_der_x509_certificate(data)
+        elif kind == "private key":
+            if pem:
+                serialization.load_pem_private_key(data, password=None)
+            else:
+                serialization.load_der_private_key(data, password=None)
+        else:
+            if pem and b"CERTIFICATE" in data:
+                x509.load_pem_x509_certificate(data)
+            elif pem:
+                serialization.load_pem_public_key(data)
+            else:
+                serialization.load_der_public_key(data)
+    except TypeError:
+        fail(f"'{path}' is encrypted; vpnd needs an unencrypted {kind}")
+    except Exception:  # cryptography raises ValueError and friends on bad input
+        fail(f"'{path}' is not a PEM or DER {kind}")
