@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, SendDatagram,
                               UpdateChildAddresses)
 from vpnd.net import notify
-from vpnd.net.mtu import max_inner_size
 from vpnd.net.routes import RouteManager, RouteOptions
 from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, SocketError,
                               WireSockets, classify_natt)
-from vpnd.net.tun import Tun, TunError, link_mtu_towards
+from vpnd.net.tun import Tun, TunError, link_mtu_towards, source_address_towards
 
 log = logging.getLogger("vpnd")
 
@@ -76,23 +75,6 @@ def _proposals(conn, key):
     return tuple(v)
 
 
-def child_algorithms(conn) -> dict:
-    """The algorithms of a manual connection: first alternatives of its first esp/ah proposal."""
-    esp = _first(_proposals(conn, "esp"))
-    ah = _first(_proposals(conn, "ah"))
-    enc = _first(_get(esp, "encryption", ())) if esp else None
-    integ = _first(_get(esp, "integrity", ())) if esp else None
-    ah_integ = None
-    if esp is not None:
-        ah_integ = _first(_get(esp, "ah_integrity", ()))
-    if ah is not None and ah_integ is None:
-        ah_integ = _first(_get(ah, "integrity", ())) or _first(_get(ah, "ah_integrity", ()))
-    esn = bool(_first(_get(esp or ah, "esn", (False,)), False)) if (esp or ah) else False
-    has_esp = esp is not None and (enc is not None or integ is not None)
-    return {"esp": has_esp, "encryption": enc if has_esp else None, "integrity": integ if has_esp else None,
-            "ah_integrity": ah_integ, "esn": esn}
-
-
 def conn_transforms(conn) -> list[dict]:
     """Every transform a connection may use (all alternatives), for the worst-case MTU."""
     out = []
@@ -125,55 +107,38 @@ def _networks(v) -> tuple:
     return tuple(ipaddress.ip_network(str(n), strict=False) for n in (v or ()))
 
 
-def source_address_towards(peer: str) -> str | None:
-    from pyroute2 import IPRoute
-    try:
-        with IPRoute() as ipr:
-            r = ipr.route("get", dst=peer)
-            return r[0].get_attr("RTA_PREFSRC") if r else None
-    except Exception:
-        return None
+def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> InstallChildSA:
+    """The InstallChildSA that a manual connection stands for (the seed's ipsec-manual map)."""
+    from vpnd.proposals import describe_child
+    manual = conn.manual
+    peer = str(conn.peer)
+    local = str(conn.local) if conn.local else (source_address_towards(peer) or "0.0.0.0")
 
-
-def manual_install_action(conn, child_id: int) -> InstallChildSA:
-    """The InstallChildSA that a manual connection stands for (inbound+outbound keys)."""
-    name = _get(conn, "name")
-    algs = child_algorithms(conn)
-    manual = _get(conn, "manual")
-    peer = str(_get(conn, "peer"))
-    local = _get(conn, "local")
-    local = str(local) if local else (source_address_towards(peer) or "0.0.0.0")
-    encap = bool(_get(conn, "encap", False))
-    natt_port = 4500
-
-    def keys(direction):
-        d = _get(manual, direction)
+    def keys(d):
         out = []
-        esp = _get(d, "esp")
-        if algs["esp"] and esp is not None:
-            out.append(ChildKeys(spi=int(_get(esp, "spi")), protocol="esp",
-                                 encryption=algs["encryption"],
-                                 integrity=None if algs["encryption"] in AEAD_NAMES else algs["integrity"],
-                                 enc_key=_key_bytes(_get(esp, "enc_key")),
-                                 auth_key=_key_bytes(_get(esp, "auth_key"))))
-        ah = _get(d, "ah")
-        if algs["ah_integrity"] and ah is not None:
-            out.append(ChildKeys(spi=int(_get(ah, "spi")), protocol="ah", encryption=None,
-                                 integrity=algs["ah_integrity"],
-                                 auth_key=_key_bytes(_get(ah, "key", _get(ah, "auth_key")))))
+        if d.esp is not None:
+            e = d.esp
+            out.append(ChildKeys(spi=e.spi, protocol="esp", encryption=e.encryption,
+                                 integrity=e.integrity, enc_key=_key_bytes(e.enc_key),
+                                 auth_key=_key_bytes(e.auth_key)))
+        if d.ah is not None:
+            out.append(ChildKeys(spi=d.ah.spi, protocol="ah", encryption=None,
+                                 integrity=d.ah.integrity, auth_key=_key_bytes(d.ah.key)))
         return tuple(out)
 
-    from vpnd.proposals import describe_child
-    proposal = describe_child(algs["encryption"], algs["integrity"], None, algs["esn"],
-                              ah_integrity=algs["ah_integrity"]) if algs["esp"] else \
-        describe_child(None, algs["ah_integrity"], None, algs["esn"])
-    rw = _get(conn, "replay_window", 64)
+    inbound, outbound = keys(manual.inbound), keys(manual.outbound)
+    ref = manual.outbound if (manual.outbound.esp or manual.outbound.ah) else manual.inbound
+    if ref.esp is not None:
+        proposal = describe_child(ref.esp.encryption, ref.esp.integrity, None, manual.esn,
+                                  ah_integrity=ref.ah.integrity if ref.ah else None)
+    else:
+        proposal = "AH:" + describe_child(None, ref.ah.integrity if ref.ah else None, None, manual.esn)
     return InstallChildSA(
-        connection=name, child_id=child_id, ike_id=0, mode=_get(conn, "mode", "tunnel") or "tunnel",
-        local=(local, natt_port), remote=(peer, natt_port), udp_encap=encap, esn=algs["esn"],
-        replay_window=64 if rw is None else int(rw),
-        local_ts=_networks(_get(conn, "local_ts")), remote_ts=_networks(_get(conn, "remote_ts")),
-        inbound=keys("inbound"), outbound=keys("outbound"), proposal=proposal)
+        connection=conn.name, child_id=child_id, ike_id=0, mode=conn.mode or "tunnel",
+        local=(local, natt_port), remote=(peer, natt_port), udp_encap=bool(conn.encap),
+        esn=bool(manual.esn), replay_window=int(conn.replay_window),
+        local_ts=_networks(conn.local_ts), remote_ts=_networks(conn.remote_ts),
+        inbound=inbound, outbound=outbound, proposal=proposal)
 
 
 AEAD_NAMES = ("aes128gcm16", "aes192gcm16", "aes256gcm16", "chacha20poly1305")
@@ -227,11 +192,11 @@ class Daemon:
         self.ike = None  # vpnd.ike.manager.IkeManager when available
         self.control = None
         self.children: dict[int, Child] = {}
-        self.by_inbound: dict[tuple[str, int], Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
         self._manual: dict[str, tuple] = {}  # connection name -> fingerprint of what is installed
         self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
         self._static_routes: list = []
+        self._traps: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._acquire_q: dict[str, deque] = {}
         self._waiters: list[tuple[str, str, asyncio.Future]] = []  # (connection, "up"|"down", fut)
@@ -254,6 +219,7 @@ class Daemon:
         outer_mtu = min(outer) if outer else DEFAULT_OUTER_MTU
         mtu = _get(d, "mtu", "auto")
         if mtu in (None, "auto", 0):
+            from vpnd.esp.overhead import max_inner_size
             sizes = [max_inner_size(outer_mtu, **t) for c in self._conns() for t in conn_transforms(c)]
             mtu = min(sizes) if sizes else outer_mtu - 80
             mtu = max(576, mtu)
@@ -265,7 +231,10 @@ class Daemon:
         d = self.config.daemon
         try:
             tun_mtu, outer_mtu = self.compute_mtu()
-            self.dp = esp.DataPlane(outer_mtu=outer_mtu)
+            mss = _get(d, "mss_clamp")
+            if mss == "auto":
+                mss = tun_mtu - 40  # IPv4 + TCP headers without options
+            self.dp = esp.DataPlane(outer_mtu=outer_mtu, mss_clamp=int(mss) if mss else None)
             self.tun = Tun(_get(d, "tun", "vpnd0"), tun_mtu)
             self.wire = WireSockets(str(_get(d, "listen", "0.0.0.0")), int(_get(d, "ike_port", 500)),
                                     int(_get(d, "natt_port", 4500)))
@@ -366,8 +335,8 @@ class Daemon:
         if not pkts:
             return
         self.counters["tun_in"] += len(pkts)
-        encap = self.dp.encap
-        self._send_outputs([encap(p) for p in pkts])
+        self.dp.now = self.loop.time()
+        self._send_outputs(self.dp.encap_many(pkts))
         if self.dp.events:
             self._drain_events()
 
@@ -409,13 +378,11 @@ class Daemon:
         if not pkts:
             return
         self.counters["wire_in"] += len(pkts)
+        self.dp.now = self.loop.time()
         decap = self.dp.decap
         write = self.tun.write
         for data, src in pkts:
-            try:
-                inner = decap(data, proto, src, 0)
-            except Exception:  # the engine should never raise; never let it reach the loop
-                inner = None
+            inner = decap(data, proto, src, 0)  # never raises: drops are counted
             if inner is None:
                 self.counters["decap_drops"] += 1
             else:
@@ -427,6 +394,7 @@ class Daemon:
         items = self.wire.recv_udp(self.wire.natt)
         if not items:
             return
+        self.dp.now = self.loop.time()
         decap = self.dp.decap
         write = self.tun.write
         port = self.wire.natt_port
@@ -434,10 +402,7 @@ class Daemon:
             kind = classify_natt(data)
             if kind == KIND_ESP:
                 self.counters["wire_in"] += 1
-                try:
-                    inner = decap(data, 17, addr[0], addr[1])
-                except Exception:
-                    inner = None
+                inner = decap(data, 17, addr[0], addr[1])
                 if inner is None:
                     self.counters["decap_drops"] += 1
                 else:
@@ -465,108 +430,90 @@ class Daemon:
             try:
                 self._handle_dp_event(ev)
             except Exception:
-                log.exception("error handling data plane event %r", _event_kind(ev))
+                log.exception("error handling data plane event %r", ev[0])
 
     def _handle_dp_event(self, ev):
-        kind = _event_kind(ev)
+        """Events of esp.DataPlane (see its docstring): lifetimes, unknown SPIs, acquires."""
+        kind = ev[0]
         now = self.loop.time()
-        if kind in ("soft_lifetime", "hard_lifetime", "lifetime_soft", "lifetime_hard", "soft", "hard"):
-            hard = "hard" in kind
-            child = self._child_of_sa(_event_field(ev, "sa"), _event_field(ev, "spi"),
-                                      _event_field(ev, "protocol"))
+        if kind in ("soft_expire", "hard_expire"):
+            hard = kind == "hard_expire"
+            child = self.children.get(ev[1].tag)
             if child is None:
                 return
             if child.manual:
                 if hard:
-                    log.warning("%s: manual SA reached its hard lifetime", child.connection)
+                    log.warning("%s: manual SA %08x reached its hard lifetime", child.connection, ev[1].spi)
                 return
             if self.ike is not None:
                 self._run_actions(self.ike.child_expiring(child.child_id, hard, now))
-        elif kind in ("unknown_spi", "no_sa"):
-            if self.ike is not None:
-                spi = _event_field(ev, "spi")
-                src = _event_field(ev, "src") or _event_field(ev, "remote")
-                sport = _event_field(ev, "sport") or 0
-                if spi is not None and src is not None:
-                    remote = src if isinstance(src, tuple) else (src, sport or 500)
-                    self._run_actions(self.ike.unknown_spi(spi, remote, now))
-        elif kind in ("acquire", "no_policy"):
-            packet = _event_field(ev, "packet")
-            if packet:
-                self._acquire(packet, now)
+        elif kind == "unknown_spi":
+            _, protocol, spi, src = ev
+            log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
+            if self.ike is not None and protocol == "esp":
+                self._run_actions(self.ike.unknown_spi(spi, (src, self.wire.ike_port), now))
+        elif kind == "acquire":
+            _, policy_id, packet = ev
+            if isinstance(policy_id, tuple) and policy_id[0] == "trap":
+                self._acquire(policy_id[1], packet, now)
 
-    def _child_of_sa(self, sa, spi, protocol):
-        for child in self.children.values():
-            for s in child.inbound + child.outbound:
-                if (sa is not None and s is sa) or (sa is None and spi is not None and s.spi == spi
-                                                     and (protocol is None or s.protocol == protocol)):
-                    return child
-        return None
-
-    def _acquire(self, packet: bytes, now: float):
-        """A packet matched no outbound SA: start its trap connection, keep the packet."""
-        if len(packet) < 20:
-            return
-        dst = ipaddress.ip_address(packet[16:20])
-        src = ipaddress.ip_address(packet[12:16])
-        for conn in self._conns():
-            if _get(conn, "manual") is not None or _get(conn, "start") != "trap":
-                continue
-            if any(dst in n for n in _networks(_get(conn, "remote_ts"))) and \
-                    any(src in n for n in _networks(_get(conn, "local_ts"))):
-                name = _get(conn, "name")
-                q = self._acquire_q.get(name)
-                first = q is None
-                if first:
-                    q = self._acquire_q[name] = deque(maxlen=ACQUIRE_QUEUE)
-                q.append(packet)
-                if first and self.ike is not None:
-                    self._run_actions(self.ike.acquire(name, packet, now))
-                return
+    def _acquire(self, name: str, packet: bytes, now: float):
+        """A packet hit the trap policy of `name`: start it, keep the packet until it is up."""
+        q = self._acquire_q.get(name)
+        first = q is None
+        if first:
+            q = self._acquire_q[name] = deque(maxlen=ACQUIRE_QUEUE)
+        q.append(packet)
+        if first and self.ike is not None:
+            log.info("%s: traffic for the tunnel, initiating", name)
+            self._run_actions(self.ike.acquire(name, packet, now))
 
     # -- child SAs -----------------------------------------------------------------------
 
-    def _make_sa(self, keys: ChildKeys, act: InstallChildSA, inbound: bool):
+    def _make_sa(self, keys: ChildKeys, act: InstallChildSA):
+        """One esp.SA; its tag is the child id, so data plane events name their child."""
         from vpnd import esp
-        local, remote = act.local, act.remote
-        encap = None
-        if act.udp_encap and keys.protocol == "esp":
-            encap = (local[1], remote[1])
+        encap = (act.local[1], act.remote[1]) if act.udp_encap and keys.protocol == "esp" else None
         lifetime = esp.Lifetime(soft_bytes=act.soft_kilobytes * 1024,
                                 hard_bytes=act.hard_kilobytes * 1024)
         return esp.SA(keys.spi, protocol=keys.protocol, mode=act.mode,
                       encryption=keys.encryption, integrity=keys.integrity,
                       enc_key=keys.enc_key, auth_key=keys.auth_key, esn=act.esn,
-                      replay_window=act.replay_window,
-                      local=local[0] if not inbound else local[0],
-                      remote=remote[0], encap=encap, lifetime=lifetime)
+                      replay_window=act.replay_window, local=act.local[0], remote=act.remote[0],
+                      encap=encap, lifetime=lifetime, tag=act.child_id)
 
     def _install_child(self, act: InstallChildSA, manual: bool = False) -> Child | None:
+        """Inbound first, then the outbound policy (make-before-break for `replaces`), then
+        the RRI routes."""
         if act.child_id in self.children:
             self._delete_child(act.child_id, quiet=True)
         try:
-            inbound = [self._make_sa(k, act, True) for k in act.inbound]
-            outbound = [self._make_sa(k, act, False) for k in act.outbound]
-        except Exception as e:
-            log.error("%s: cannot install SA: %s", act.connection, _safe_error(e))
+            inbound = [self._make_sa(k, act) for k in act.inbound]
+            outbound = [self._make_sa(k, act) for k in act.outbound]
+            if inbound:
+                # inner packets must match the SA's selectors (RFC 4301 5.2 step 4)
+                check = act.mode == "tunnel" and act.local_ts and act.remote_ts
+                self.dp.add_inbound(inbound, local_ts=act.local_ts if check else None,
+                                    remote_ts=act.remote_ts if check else None)
+            child = Child(act, inbound, outbound, None, self.loop.time() if self.loop else time.monotonic(),
+                          manual)
+            old = self.children.get(act.replaces) if act.replaces is not None else None
+            if outbound:
+                if old is not None and old.policy_id is not None:
+                    # make-before-break: traffic moves now; the old inbound SAs stay until
+                    # the core deletes the old child
+                    child.policy_id = old.policy_id
+                    old.policy_id = None
+                else:
+                    child.policy_id = act.child_id
+                    self.dp.remove_outbound(("trap", act.connection))
+                self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
+        except ValueError as e:
+            for sa in act.inbound:
+                self.dp.remove_inbound(sa.protocol, sa.spi)
+            log.error("%s: cannot install SA: %s", act.connection, e)
             return None
-        for sa in inbound:
-            self.dp.add_inbound(sa)
-        child = Child(act, inbound, outbound, None, self.loop.time() if self.loop else time.monotonic(),
-                      manual)
-        old = self.children.get(act.replaces) if act.replaces is not None else None
-        if outbound:
-            if old is not None and old.policy_id is not None:
-                # make-before-break: the old inbound SAs stay until DeleteChildSA
-                child.policy_id = old.policy_id
-                old.policy_id = None
-                self.dp.remove_outbound(child.policy_id)
-            else:
-                child.policy_id = act.child_id
-            self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
         self.children[act.child_id] = child
-        for sa in inbound:
-            self.by_inbound[(sa.protocol, sa.spi)] = child
         conn = self._conn(act.connection)
         opts = RouteOptions.from_config(_get(conn, "rri"))
         if opts.enabled and act.mode == "tunnel" and self.routes is not None:
@@ -579,7 +526,7 @@ class Daemon:
                  " (UDP-encapsulated)" if act.udp_encap else "")
         q = self._acquire_q.pop(act.connection, None)
         if q:
-            self._send_outputs([self.dp.encap(p) for p in q])
+            self._send_outputs(self.dp.encap_many(q))
         self._wake(act.connection, "up")
         return child
 
@@ -588,16 +535,9 @@ class Daemon:
         if child is None:
             return
         for sa in child.inbound:
-            self.by_inbound.pop((sa.protocol, sa.spi), None)
-            try:
-                self.dp.remove_inbound(sa.protocol, sa.spi)
-            except Exception:
-                pass
+            self.dp.remove_inbound(sa.protocol, sa.spi)
         if child.policy_id is not None:
-            try:
-                self.dp.remove_outbound(child.policy_id)
-            except Exception:
-                pass
+            self.dp.remove_outbound(child.policy_id)
         if self.routes is not None:
             for net, opts in child.routes:
                 self.routes.remove(net, opts)
@@ -605,7 +545,14 @@ class Daemon:
             log.info("%s: SA deleted (SPIs in %s)", child.connection,
                      "/".join(f"{s.spi:08x}" for s in child.inbound))
         if not any(c.connection == child.connection for c in self.children.values()):
+            self._restore_trap(child.connection)
             self._wake(child.connection, "down")
+
+    def _restore_trap(self, name: str) -> None:
+        """A trap connection without SAs gets its trap policy back (acquire on next packet)."""
+        conn = self._conn(name)
+        if conn is not None and conn.manual is None and conn.start == "trap" and self.dp is not None:
+            self.dp.add_outbound(("trap", name), conn.local_ts, conn.remote_ts, [])
 
     def _conn(self, name):
         for c in self._conns():
@@ -651,22 +598,30 @@ class Daemon:
         self._manual.pop(name, None)
 
     def _apply_static_routes(self):
-        """rri.static routes (and the routes that let trap connections see packets)."""
+        """rri.static routes, and trap policies with their routes (so that the first packet
+        of a `start: trap` connection reaches the TUN and triggers the negotiation)."""
         if self.routes is None:
             return
         want = []
+        traps = set()
         for c in self._conns():
-            opts = RouteOptions.from_config(_get(c, "rri"))
-            if not opts.enabled or (_get(c, "mode", "tunnel") or "tunnel") != "tunnel":
-                continue
-            if opts.static or (_get(c, "start") == "trap" and _get(c, "manual") is None):
-                for net in _networks(_get(c, "remote_ts")):
-                    want.append((net, opts))
+            opts = RouteOptions.from_config(c.rri)
+            trap = c.manual is None and c.start == "trap"
+            if trap:
+                traps.add(c.name)
+            if opts.enabled and c.mode == "tunnel" and (opts.static or trap):
+                want.extend((net, opts) for net in _networks(c.remote_ts))
+        for net, opts in want:  # add before removing: a route that stays is never dropped
+            self.routes.add(net, opts)
         for net, opts in self._static_routes:
             self.routes.remove(net, opts)
-        for net, opts in want:
-            self.routes.add(net, opts)
         self._static_routes = want
+        for name in self._traps - traps:
+            self.dp.remove_outbound(("trap", name))
+        for name in traps:
+            if not self._has_child(name):
+                self._restore_trap(name)
+        self._traps = traps
 
     # -- IKE -----------------------------------------------------------------------------
     # Everything IKE goes through the IkeManager façade (docs/internals.md). Without
@@ -719,22 +674,14 @@ class Daemon:
 
     def _report_activity(self):
         """Tell the IKE core when each child last saw traffic (idle_time, on-demand DPD)."""
-        now = self.loop.time()
         for child in self.children.values():
             if child.manual:
                 continue
-            pin = sum(_counter(s, "packets") for s in child.inbound)
-            pout = sum(_counter(s, "packets") for s in child.outbound)
-            prev = getattr(child, "_prev", (0, 0))
-            if pin != prev[0]:
-                child.last_in = now
-            if pout != prev[1]:
-                child.last_out = now
-            child._prev = (pin, pout)
-            try:
-                self.ike.child_activity(child.child_id, child.last_in, child.last_out)
-            except Exception:
-                pass
+            last_in = max((s.last_in or 0.0 for s in child.inbound), default=0.0)
+            last_out = max((s.last_out or 0.0 for s in child.outbound), default=0.0)
+            if (last_in, last_out) != (child.last_in, child.last_out):
+                child.last_in, child.last_out = last_in, last_out
+                self.ike.child_activity(child.child_id, last_in, last_out)
 
     def _arm_timer(self):
         if self.ike is None or self.loop is None:
@@ -778,9 +725,9 @@ class Daemon:
                                   replaces=a.child_id)
         # reinstall with the same keys and sequence state is the engine's; rebuild the
         # outbound bundle towards the new address (inbound SAs are keyed by SPI only)
-        outbound = [self._make_sa(k, act, False) for k in act.outbound]
+        outbound = [self._make_sa(k, act) for k in act.outbound]
         for old, new in zip(child.outbound, outbound):
-            _copy_seq(old, new)
+            _carry_state(old, new)
         if child.policy_id is not None:
             self.dp.remove_outbound(child.policy_id)
             self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
@@ -1016,11 +963,13 @@ class Daemon:
     def _child_counters(self, child: Child, now: float) -> dict:
         inn = child.inbound[0] if child.inbound else None
         out = child.outbound[0] if child.outbound else None
-        replay = sum(_counter(s, "replay_drops") for s in child.inbound)
-        auth = sum(_counter(s, "auth_failures") for s in child.inbound)
-        return {"bytes_in": _counter(inn, "bytes"), "packets_in": _counter(inn, "packets"),
-                "bytes_out": _counter(out, "bytes"), "packets_out": _counter(out, "packets"),
-                "replay_drops": replay, "auth_failures": auth}
+        return {"bytes_in": _counter(inn, "bytes_in"), "packets_in": _counter(inn, "packets_in"),
+                "bytes_out": _counter(out, "bytes_out"), "packets_out": _counter(out, "packets_out"),
+                "replay_drops": sum(_counter(s, "replay_drops") for s in child.inbound),
+                "auth_failures": sum(_counter(s, "auth_failures") for s in child.inbound),
+                # beyond the contract: the other per-SA drop reasons of the data plane
+                **{k: sum(_counter(s, k) for s in child.inbound + child.outbound)
+                   for k in ("malformed", "pad_errors", "policy_drops", "expired_drops")}}
 
     def _manual_ike_entry(self, conn, child: Child, now: float) -> dict:
         """Manual SAs have no IKE SA: a pseudo entry in the contract's shape, state MANUAL."""
@@ -1048,38 +997,15 @@ class CommandError(Exception):
 
 
 def _counter(sa, name: str) -> int:
-    if sa is None:
-        return 0
-    c = getattr(sa, "counters", None)
-    if c is None:
-        return 0
-    v = c.get(name, 0) if isinstance(c, dict) else getattr(c, name, 0)
-    return int(v or 0)
+    return 0 if sa is None else int(getattr(sa, name, 0) or 0)
 
 
-def _copy_seq(old, new):
-    for attr in ("seq", "seq_out", "next_seq"):
-        if hasattr(old, attr):
-            try:
-                setattr(new, attr, getattr(old, attr))
-            except Exception:
-                pass
-
-
-def _event_kind(ev) -> str:
-    if isinstance(ev, tuple):
-        return str(ev[0]) if ev else ""
-    if isinstance(ev, dict):
-        return str(ev.get("kind", ev.get("type", "")))
-    return str(getattr(ev, "kind", getattr(ev, "type", type(ev).__name__)))
-
-
-def _event_field(ev, name):
-    if isinstance(ev, dict):
-        return ev.get(name)
-    if isinstance(ev, tuple):
-        return None
-    return getattr(ev, name, None)
+def _carry_state(old, new):
+    """A rebuilt outbound SA continues the old one's sequence numbers and counters."""
+    from vpnd.esp.sa import COUNTER_NAMES
+    new.seq = old.seq
+    for name in COUNTER_NAMES:
+        setattr(new, name, getattr(old, name))
 
 
 def _safe_error(e: Exception) -> str:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from vpnd.net import netlink
 
 log = logging.getLogger("vpnd.routes")
 
@@ -61,7 +62,6 @@ class RouteManager:
 
     def __init__(self, tun_index: int):
         self.tun_index = tun_index
-        self._ipr = IPRoute()
         # (dst, next_hop, metric, tag) -> number of holders; present only for routes we added
         self._refs: dict[tuple, int] = {}
         self._foreign: dict[tuple, int] = {}  # routes that existed before us: counted, never removed
@@ -86,7 +86,8 @@ class RouteManager:
             self._foreign[key] += 1
             return
         try:
-            self._ipr.route("add", **self._spec(dst, opts))
+            spec = self._spec(dst, opts)
+            netlink.call(lambda ipr: ipr.route("add", **spec))
         except NetlinkError as e:
             if e.code == EEXIST:
                 log.warning("route %s already exists and is not vpnd's: left as it is", dst)
@@ -116,7 +117,8 @@ class RouteManager:
 
     def _delete(self, dst: str, opts: RouteOptions) -> None:
         try:
-            self._ipr.route("del", **self._spec(dst, opts))
+            spec = self._spec(dst, opts)
+            netlink.call(lambda ipr: ipr.route("del", **spec))
             log.info("route %s removed", dst)
         except NetlinkError as e:
             if e.code != ESRCH:  # already gone (e.g. with the TUN device): nothing to do
@@ -134,4 +136,3 @@ class RouteManager:
 
     def close(self) -> None:
         self.remove_all()
-        self._ipr.close()

@@ -12,7 +12,7 @@ import fcntl
 import os
 import struct
 
-from pyroute2 import IPRoute
+from vpnd.net import netlink
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -56,15 +56,16 @@ class Tun:
             raise
 
     def set_mtu_and_up(self, mtu: int) -> None:
-        with IPRoute() as ipr:
+        def do(ipr):
             links = ipr.link_lookup(ifname=self.name)
             if not links:
                 raise TunError(f"TUN device {self.name} vanished")
-            self.index = links[0]
             try:
-                ipr.link("set", index=self.index, mtu=int(mtu), state="up")
+                ipr.link("set", index=links[0], mtu=int(mtu), state="up")
             except Exception as e:  # pyroute2 NetlinkError: invalid MTU and the like
                 raise TunError(f"cannot set MTU {mtu} on {self.name}: {e}") from None
+            return links[0]
+        self.index = netlink.call(do)
         self.mtu = int(mtu)
 
     def fileno(self) -> int:
@@ -102,22 +103,36 @@ class Tun:
         self.close()
 
 
+def _route_get(ipr, address: str):
+    routes = ipr.route("get", dst=address)
+    return routes[0] if routes else None
+
+
 def link_mtu_towards(address: str) -> int | None:
-    """MTU of the interface the kernel routes `address` through (None when unroutable)."""
+    """MTU of the path the kernel routes `address` through (None when unroutable)."""
+    def do(ipr):
+        route = _route_get(ipr, address)
+        if route is None or route.get_attr("RTA_OIF") is None:
+            return None
+        link = ipr.link("get", index=route.get_attr("RTA_OIF"))[0]
+        mtus = [link.get_attr("IFLA_MTU")]
+        metrics = route.get_attr("RTA_METRICS")
+        if metrics is not None:
+            mtus.append(metrics.get_attr("RTAX_MTU"))
+        mtus = [m for m in mtus if m]
+        return min(mtus) if mtus else None
     try:
-        with IPRoute() as ipr:
-            routes = ipr.route("get", dst=address)
-            if not routes:
-                return None
-            oif = routes[0].get_attr("RTA_OIF")
-            if oif is None:
-                return None
-            link = ipr.link("get", index=oif)[0]
-            route_mtu = None
-            metrics = routes[0].get_attr("RTA_METRICS")
-            if metrics is not None:
-                route_mtu = metrics.get_attr("RTAX_MTU")
-            mtu = link.get_attr("IFLA_MTU")
-            return min(x for x in (mtu, route_mtu) if x) if (mtu or route_mtu) else None
+        return netlink.call(do)
+    except Exception:
+        return None
+
+
+def source_address_towards(address: str) -> str | None:
+    """The local address the kernel would use to reach `address`."""
+    try:
+        def do(ipr):
+            route = _route_get(ipr, address)
+            return route.get_attr("RTA_PREFSRC") if route is not None else None
+        return netlink.call(do)
     except Exception:
         return None
