@@ -489,7 +489,8 @@ class _Parser:
 
     def ip(self, v, path):
         if not isinstance(v, str):
-            self.fail(path, f"expected an IP address, got {_tname(v)} {_show(v)}")
+            hint = " (quote it)" if isinstance(v, (int, float)) else ""
+            self.fail(path, f"expected an IP address, got {_tname(v)} {_show(v)}{hint}")
         try:
             return str(ipaddress.ip_address(v.strip()))
         except ValueError:
@@ -639,11 +640,15 @@ class _Parser:
 
         if is_manual:
             for key in ("psk", "psk_file", "auth", "ike", "aggressive", "local_id", "remote_id",
-                        "dpd", "pfs", "start", "idle_time", "per_host"):
+                        "dpd", "pfs", "start", "idle_time", "per_host", "lifetime"):
                 if key in m:
                     self.err(_join(path, key), "not used with manual keying (manual:)")
             if dynamic:
                 self.err(_join(path, "peer"), "manual keying needs a peer address, not %any")
+
+        if local and peer and peer != "%any" and \
+                ipaddress.ip_address(local).version != ipaddress.ip_address(peer).version:
+            self.err(_join(path, "local"), f"{local} and peer {peer} are of different IP versions")
 
         aggressive = f(m, "aggressive", path, self.boolean, False)
         if aggressive and version == 2:
@@ -664,7 +669,7 @@ class _Parser:
             remote_id = ANY_IDENTITY
 
         ike = () if is_manual else f(
-            m, "ike", path, self._ike(version, allow_legacy),
+            m, "ike", path, self._ike(version, allow_legacy, auth.method if auth else None),
             parse_proposals(DEFAULT_IKE_V1 if version == 1 else DEFAULT_IKE_V2, "ike"))
         esp, ah = self._child(m, path, allow_legacy, is_manual)
 
@@ -837,10 +842,10 @@ class _Parser:
             self.fail(path, f"expected a proposal string, got {_tname(v)}")
         return v
 
-    def _ike(self, version: int, allow_legacy: bool):
+    def _ike(self, version: int, allow_legacy: bool, auth_method: str | None):
         def conv(v, path):
             if isinstance(v, list) and v and all(isinstance(i, dict) for i in v):
-                return self._isakmp_policies(v, path, version, allow_legacy)
+                return self._isakmp_policies(v, path, version, allow_legacy, auth_method)
             text = self._proposal_text(v, path)
             try:
                 props = parse_proposals(text, "ike", allow_legacy=allow_legacy)
@@ -851,6 +856,10 @@ class _Parser:
                     if p.aead:
                         self.fail(path, f"IKEv1 has no AEAD ISAKMP transform: "
                                         f"'{p.encryption[0]}' (use it in esp:)")
+                    # IKEv1's PRF is the HMAC of the negotiated hash (RFC 2409 section 4).
+                    if p.prf != tuple("prf" + i for i in p.integrity):
+                        self.fail(path, f"IKEv1 has no separate PRF: '{p.prf[0]}' must follow "
+                                        f"the hash ('prf{p.integrity[0]}') or be left out")
             return props
         return conv
 
@@ -862,7 +871,9 @@ class _Parser:
     _POLICY_HASH = {"md5": "md5", "sha": "sha1", "sha1": "sha1", "sha256": "sha256",
                     "sha384": "sha384", "sha512": "sha512"}
 
-    def _isakmp_policies(self, items, path, version, allow_legacy):
+    _POLICY_AUTH = {"pre-share": "psk", "rsa-sig": "cert", "rsa-encr": "rsa_encr"}
+
+    def _isakmp_policies(self, items, path, version, allow_legacy, auth_method):
         if version != 1:
             self.fail(path, "ISAKMP policy lists are IKEv1 (version: 1); "
                             "for IKEv2 write proposals like aes128-sha256-modp2048")
@@ -886,8 +897,14 @@ class _Parser:
                 hsh = self.field(pm, "hash", p, self._policy_word(self._POLICY_HASH), "sha1")
                 grp = self.field(pm, "group", p, self._policy_group, None)
                 if "authentication" in pm:
-                    self.field(pm, "authentication", p,
-                               self.choice("pre-share", "rsa-sig", "rsa-encr"), None)
+                    a = self.field(pm, "authentication", p,
+                                   self.choice("pre-share", "rsa-sig", "rsa-encr"), None)
+                    # One connection has one set of credentials (psk / auth.cert /
+                    # auth.rsa_encr); a policy may only name that method.
+                    if a and auth_method and self._POLICY_AUTH[a] != auth_method:
+                        self.err(_join(p, "authentication"),
+                                 f"{a} does not match the connection's credentials "
+                                 f"({auth_method})")
                 if "lifetime" in pm:
                     self.field(pm, "lifetime", p, self.integer(60, 86400 * 7), None)
                 if enc and hsh and grp:

@@ -234,6 +234,18 @@ def test_psk_encodings():
      "(at most 64, starting with a letter or digit)"),
     ({"connections": {"x": "oops"}}, "connections.x: expected a mapping, got string"),
     ([1, 2], "expected a mapping, got list"),
+    (conn(version=1, ike="aes128-sha256-prfsha384-modp2048"),
+     "connections.site-b.ike: IKEv1 has no separate PRF: 'prfsha384' must follow the hash "
+     "('prfsha256') or be left out"),
+    (conn(version=1, ike=[{"encryption": "aes", "group": 14, "authentication": "rsa-sig"}]),
+     "connections.site-b.ike[0].authentication: rsa-sig does not match the connection's "
+     "credentials (psk)"),
+    (conn(ike=[{"encryption": "aes", "group": 14}]),
+     "connections.site-b.ike: ISAKMP policy lists are IKEv1 (version: 1); for IKEv2 write "
+     "proposals like aes128-sha256-modp2048"),
+    (conn(local="10.0.0.1", peer="2001:db8::1"),
+     "connections.site-b.local: 10.0.0.1 and peer 2001:db8::1 are of different IP versions"),
+    (conn(peer=1234), "connections.site-b.peer: expected an IP address, got integer 1234 (quote it)"),
 ])
 def test_each_error_is_one_line_with_its_key_path(data, line):
     assert one_problem(data) == line
@@ -482,9 +494,11 @@ def test_manual_key_errors(esp, inbound, line):
 
 
 def test_manual_rejects_ike_keys_and_needs_peer():
-    ps = problems_of(manual_conn(psk="x", ike="aes128-sha256-modp2048", peer="%any"))
+    ps = problems_of(manual_conn(psk="x", ike="aes128-sha256-modp2048", peer="%any",
+                                 lifetime={"seconds": 10}))
     assert ps == ["connections.m.psk: not used with manual keying (manual:)",
                   "connections.m.ike: not used with manual keying (manual:)",
+                  "connections.m.lifetime: not used with manual keying (manual:)",
                   "connections.m.peer: manual keying needs a peer address, not %any"]
 
 
