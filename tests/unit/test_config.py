@@ -560,3 +560,29 @@ def test_fuzz_mutated_valid_configs(base, key_path, value):
         node = nxt
     node[key_path[-1]] = value
     _must_only_raise_config_error(data)
+
+
+_yaml_chars = st.sampled_from(list("ab: -[]{}\n\t'\"!&*#%@0x1,.?|>\\") +
+                              ["connections:", "\n  site-b:", "\n    peer: ", "psk: ", "!!python/object:os.system",
+                               "&a ", "*a", "? ", "!!binary ", "\xff", "\x00", "esp: "])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.lists(_yaml_chars, max_size=40).map("".join))
+def test_fuzz_yaml_text(tmp_path, text):
+    f = tmp_path / "fuzz.yaml"
+    f.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        load_config(f)
+    except ConfigError as e:
+        assert e.problems and all("\n" not in p for p in e.problems)
+
+
+def test_python_tags_are_not_executed(tmp_path):
+    f = tmp_path / "evil.yaml"
+    f.write_text("daemon: !!python/object/apply:os.system ['false']\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    (line,) = e.value.problems
+    assert line.startswith(f"{f}: line 1, column 9: ")
