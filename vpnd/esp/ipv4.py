@@ -154,7 +154,12 @@ def clamp_mss(pkt, mss: int):
             out = bytearray(pkt)
             out[i + 2:i + 4] = U16.pack(mss)
             csum = U16.unpack_from(out, off + 16)[0]
-            s = (~csum & 0xFFFF) + (~old & 0xFFFF) + mss
+            o, m = old, mss
+            if (i + 2 - off) & 1:
+                # an odd offset puts the value's bytes in swapped halves of two words
+                o = ((o & 0xFF) << 8) | (o >> 8)
+                m = ((m & 0xFF) << 8) | (m >> 8)
+            s = (~csum & 0xFFFF) + (~o & 0xFFFF) + m
             out[off + 16:off + 18] = U16.pack(fold(s))
             return bytes(out)
         i += olen
