@@ -1,0 +1,579 @@
+"""The sans-IO IKEv1 core: datagrams and the time in, actions out (docs/internals.md).
+
+It owns the ISAKMP SAs, Quick Mode exchanges and IPsec SA pairs of every `version: 1`
+connection; the exchanges themselves live in phase1.py, quick.py and info.py. ike/manager.py
+hands it version-1 datagrams and the calls of the IkeManager façade.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import itertools
+import os
+
+from vpnd.ike import codec
+from vpnd.ike.actions import Event, SendDatagram
+from vpnd.ike.v1 import constants as C
+from vpnd.ike.v1 import identity, keys
+from vpnd.ike.v1 import payloads as P
+from vpnd.ike.v1.info import InfoMixin
+from vpnd.ike.v1.phase1 import Phase1Failed, Phase1Mixin, _digest
+from vpnd.ike.v1.quick import QuickMixin
+from vpnd.ike.v1.state import IsakmpSA, Retransmit
+
+RETRANSMIT_BASE = 4.0  # seconds, doubled per try (strongSwan's default timing, 5 tries)
+RETRANSMIT_TRIES = 5
+HALF_OPEN_TIMEOUT = 60.0
+
+
+class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
+    def __init__(self, config, *, now: float, rng=os.urandom, new_id=None, wallclock=None):
+        self.rng = rng
+        self._ids = itertools.count(1)
+        self._new_id = new_id or (lambda: next(self._ids))
+        self._wallclock = wallclock or (lambda: datetime.datetime.now(datetime.timezone.utc))
+        self.sas: dict[bytes, IsakmpSA] = {}  # by initiator cookie
+        self.children: dict = {}
+        self.qms: dict[int, dict] = {}  # ike_id -> {message ID: QuickMode}
+        self._done_mids: dict[int, set] = {}
+        self._lingering: list = []
+        self._spis_in: set[int] = set()
+        self._cred_cache: dict = {}
+        self._had_contact: dict = {}
+        self._restart_at: dict[str, float] = {}
+        self._out: list = []
+        self._now = now
+        self._last_raw = b""
+        self._peer_draft_vid = None
+        self.drops = 0
+        self.retransmit_base = RETRANSMIT_BASE
+        self.rekeyed_linger = 5.0
+        self._apply_config(config)
+
+    def _apply_config(self, config) -> None:
+        self.config = config
+        d = config.daemon
+        self.listen = d.listen if d.listen not in ("", "0.0.0.0") else "0.0.0.0"
+        self.ike_port = d.ike_port
+        self.natt_port = d.natt_port
+        self.aggressive_allowed = getattr(d, "aggressive_mode", True)
+        self.invalid_spi_recovery = getattr(d, "invalid_spi_recovery", True)
+        self.v1_conns = [c for c in config.connections if c.version == 1 and c.manual is None]
+
+    # ------------------------------------------------------------------ public API
+
+    def receive_datagram(self, data: bytes, local, remote, now: float) -> list:
+        self._begin(now)
+        try:
+            self._receive(bytes(data), tuple(local), tuple(remote), now)
+        except (codec.CodecError, Phase1Failed) as e:
+            self.drops += 1
+            self._event("drop", None, f"IKEv1 message from {remote[0]} dropped: {e}")
+        return self._end()
+
+    def initiate(self, name: str, now: float) -> list:
+        self._begin(now)
+        conn = self._conn(name)
+        if conn is not None:
+            self._initiate_conn(conn, now)
+        return self._end()
+
+    def terminate(self, name: str, now: float) -> list:
+        self._begin(now)
+        self._restart_at.pop(name, None)
+        for c in list(self.children.values()):
+            if c.conn.name == name:
+                self._delete_child(c, now, reason="terminated")
+        for sa in list(self.sas.values()):
+            if sa.conn.name == name:
+                self._drop_isakmp(sa, now, reason="terminated")
+        return self._end()
+
+    def rekey(self, name: str, now: float, *, ike: bool = False) -> list:
+        self._begin(now)
+        conn = self._conn(name)
+        if conn is not None:
+            if ike:
+                self._rekey_isakmp(conn, now)
+            else:
+                for c in list(self.children.values()):
+                    if c.conn.name == name and c.state == "INSTALLED":
+                        self._rekey_child(c, now)
+        return self._end()
+
+    def acquire(self, name: str, packet: bytes, now: float) -> list:
+        self._begin(now)
+        conn = self._conn(name)
+        if conn is not None:
+            if conn.per_host and len(packet) >= 20 and packet[0] >> 4 == 4:
+                src = ipaddress.ip_network(ipaddress.IPv4Address(packet[12:16]))
+                dst = ipaddress.ip_network(ipaddress.IPv4Address(packet[16:20]))
+                if not any(c.conn.name == name and c.local_ts == src and c.remote_ts == dst
+                           for c in self.children.values()):
+                    self._start_child(conn, src, dst, now, per_host=True)
+            elif not any(c.conn.name == name for c in self.children.values()):
+                self._initiate_conn(conn, now)
+        return self._end()
+
+    def child_expiring(self, child_id: int, hard: bool, now: float) -> list:
+        self._begin(now)
+        c = self.children.get(child_id)
+        if c is not None:
+            if hard:
+                self._delete_child(c, now, reason="volume limit reached")
+            elif c.state == "INSTALLED":
+                self._rekey_child(c, now)
+        return self._end()
+
+    def child_activity(self, child_id: int, last_in: float, last_out: float) -> None:
+        c = self.children.get(child_id)
+        if c is not None:
+            c.last_in = max(c.last_in, last_in)
+            c.last_out = max(c.last_out, last_out)
+
+    def unknown_spi(self, spi: int, remote, now: float) -> list:
+        self._begin(now)
+        if self.invalid_spi_recovery:
+            self._send_invalid_spi(spi, remote, now)
+        return self._end()
+
+    def reload(self, config, now: float) -> list:
+        self._begin(now)
+        old = {c.name: c for c in self.v1_conns}
+        self._apply_config(config)
+        new = {c.name: c for c in self.v1_conns}
+        self._cred_cache.clear()
+        for name, c in old.items():
+            if name not in new or new[name] != c:
+                self._out += self.terminate(name, now)
+                self._begin(now)
+        for name, c in new.items():
+            if (name not in old or old[name] != c) and c.start == "start":
+                self._initiate_conn(c, now)
+        return self._end()
+
+    def next_timer(self) -> float | None:
+        times = []
+        for sa in self.sas.values():
+            for t in (sa.retx.due if sa.retx else None, sa.expire_at, sa.rekey_at, sa.dpd_due,
+                      sa.keepalive_at):
+                if t is not None:
+                    times.append(t)
+            if not sa.is_established:
+                times.append(sa.created + HALF_OPEN_TIMEOUT)
+            for qm in self.qms.get(sa.ike_id, {}).values():
+                if qm.retx and qm.retx.due is not None:
+                    times.append(qm.retx.due)
+        for c in self.children.values():
+            for t in (c.rekey_at if c.state == "INSTALLED" else None, c.expire_at, c.delete_at):
+                if t is not None:
+                    times.append(t)
+            if c.conn.idle_time:
+                times.append(max(c.last_in, c.last_out) + c.conn.idle_time)
+        times += list(self._restart_at.values())
+        times += [t for _, _, t in self._lingering]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list:
+        self._begin(now)
+        for name, t in list(self._restart_at.items()):
+            if t <= now:
+                del self._restart_at[name]
+                conn = self._conn(name)
+                if conn is not None and not self._established_for_conn(name) and \
+                        not any(s.conn.name == name for s in self.sas.values()):
+                    self._initiate_conn(conn, now)
+        self._lingering = [x for x in self._lingering if not self._linger_done(x, now)]
+        for sa in list(self.sas.values()):
+            if sa.cky_i not in self.sas:
+                continue
+            self._sa_timers(sa, now)
+        for c in list(self.children.values()):
+            if c.child_id not in self.children:
+                continue
+            if c.delete_at is not None and now >= c.delete_at:
+                self._delete_child(c, now, reason="replaced by rekeyed SA", notify_peer=c.initiator)
+            elif c.expire_at is not None and now >= c.expire_at:
+                self._delete_child(c, now, reason="lifetime expired")
+            elif c.state == "INSTALLED" and c.rekey_at is not None and now >= c.rekey_at:
+                self._rekey_child(c, now)
+            elif c.conn.idle_time and now - max(c.last_in, c.last_out) >= c.conn.idle_time:
+                self._delete_child(c, now, reason=f"idle for {c.conn.idle_time} s")
+        return self._end()
+
+    # ------------------------------------------------------------------ status
+
+    def connection_status(self, name: str) -> dict:
+        sas = [s for s in self.sas.values() if s.conn.name == name]
+        children = [c for c in self.children.values() if c.conn.name == name]
+        up = any(s.is_established for s in sas) or bool(children)
+        state = "up" if children else ("connecting" if sas else "down")
+        if up and not children:
+            state = "up" if any(s.is_established for s in sas) else state
+        return {"state": state, "ike_sas": sum(1 for s in sas if s.is_established),
+                "child_sas": sum(1 for c in children if c.state != "REKEYED")}
+
+    def status_ike_sas(self, now: float) -> list[dict]:
+        out = []
+        shown_children = set()
+        by_conn = {}
+        for sa in self.sas.values():
+            if sa.is_established and not sa.replaced:
+                by_conn.setdefault(sa.conn.name, sa)
+        for sa in sorted(self.sas.values(), key=lambda s: s.ike_id):
+            entry = {
+                "connection": sa.conn.name, "version": 1,
+                "state": "ESTABLISHED" if sa.is_established else "CONNECTING",
+                "isakmp_state": sa.state,
+                "exchange": "Aggressive" if sa.aggressive else "Main",
+                "local": f"{sa.local[0]}:{sa.local[1]}", "remote": f"{sa.remote[0]}:{sa.remote[1]}",
+                "nat_detected": sa.nat, "nat_local": sa.nat_local, "nat_remote": sa.nat_remote,
+                "initiator": sa.initiator, "spi_i": sa.cky_i.hex(), "spi_r": sa.cky_r.hex(),
+                "proposal": sa.policy.describe() if sa.policy else "",
+                "auth": C.AUTH_NAMES.get(sa.policy.auth, "") if sa.policy else "",
+                "remote_id": identity.describe_id(sa.peer_id) if sa.peer_id else None,
+                "established_s": int(now - sa.established) if sa.established else 0,
+                "rekey_in_s": max(0, int(sa.rekey_at - now)) if sa.rekey_at else None,
+                "dpd": bool(sa.peer_dpd and sa.conn.dpd.interval),
+                "child_sas": [],
+            }
+            if by_conn.get(sa.conn.name) is sa:
+                for c in sorted(self.children.values(), key=lambda c: c.child_id):
+                    if c.conn.name == sa.conn.name:
+                        entry["child_sas"].append(self._child_status(c, now))
+                        shown_children.add(c.child_id)
+            out.append(entry)
+        # IKEv1 IPsec SAs outlive their ISAKMP SA: show orphans under a placeholder
+        for c in self.children.values():
+            if c.child_id not in shown_children:
+                out.append({"connection": c.conn.name, "version": 1, "state": "NONE",
+                            "isakmp_state": "MM_NO_STATE", "local": "", "remote": c.conn.peer,
+                            "nat_detected": c.udp, "initiator": c.initiator, "spi_i": "", "spi_r": "",
+                            "proposal": "", "established_s": 0, "rekey_in_s": None,
+                            "child_sas": [self._child_status(c, now)]})
+        return out
+
+    def _child_status(self, c, now: float) -> dict:
+        esp = c.spis_in.get(C.PROTO_ESP)
+        proto = C.PROTO_ESP if esp else C.PROTO_AH
+        return {"name": c.conn.name, "child_id": c.child_id, "state": c.state, "mode": c.mode,
+                "protocol": "esp" if proto == C.PROTO_ESP else "ah",
+                "bundle": sorted("esp" if p == C.PROTO_ESP else "ah" for p in c.spis_in),
+                "udp_encap": c.udp, "spi_in": c.spis_in[proto].hex(), "spi_out": c.spis_out[proto].hex(),
+                "proposal": c.proposal(), "local_ts": [str(c.local_ts)], "remote_ts": [str(c.remote_ts)],
+                "bytes_in": 0, "packets_in": 0, "bytes_out": 0, "packets_out": 0,
+                "replay_drops": 0, "auth_failures": 0,
+                "rekey_in_s": max(0, int(c.rekey_at - now)) if c.rekey_at and c.state == "INSTALLED" else None,
+                "lifetime_s": c.life_s, "lifetime_kb": c.life_kb, "installed_s": int(now - c.installed)}
+
+    # ------------------------------------------------------------------ receive
+
+    def _receive(self, data: bytes, local, remote, now: float) -> None:
+        hdr = codec.decode_header(data)
+        if hdr.major != 1:
+            return
+        if hdr.length != len(data):
+            raise codec.MalformedMessage("header length differs from the datagram")
+        self._last_raw = data
+        sa = self.sas.get(hdr.spi_i)
+        zero = b"\x00" * 8
+        if sa is not None and sa.cky_r != zero and hdr.spi_r != sa.cky_r:
+            if not (hdr.spi_r == zero and not sa.initiator):
+                return  # not ours
+        if sa is not None and sa.remote[0] != remote[0]:
+            return  # cookies are bound to the peer address (RFC 2408 2.5.3)
+        ex = hdr.exchange
+        if ex in (C.EXCH_MAIN, C.EXCH_AGGRESSIVE):
+            if sa is None:
+                if hdr.spi_r != zero or hdr.message_id != 0 or hdr.flags & codec.FLAG_V1_ENCRYPTION:
+                    return
+                pls = codec.decode_chain(data, hdr.next_payload, P.REGISTRY, start=codec.HEADER_LEN)
+                if len(self.sas) - self._established_count() > 1000:
+                    return  # half-open cap
+                self._p1_respond_new(hdr, pls, local, remote, now)
+                return
+            if hdr.spi_r == zero:
+                if not sa.initiator and _digest(data) == sa.last_in and sa.retx:
+                    self._resend(sa.retx)  # a repeated message 1
+                return
+            if (ex == C.EXCH_AGGRESSIVE) != sa.aggressive:
+                return
+            self._p1_receive(sa, hdr, data, local, remote, now)
+        elif ex == C.EXCH_QUICK:
+            if sa is not None:
+                self._adopt_if_moved(sa, local, remote)
+                self._qm_receive(sa, hdr, data, now)
+        elif ex == C.EXCH_INFO:
+            self._info_receive(sa, hdr, data, local, remote, now)
+        else:
+            self.drops += 1
+
+    def _adopt_if_moved(self, sa: IsakmpSA, local, remote) -> None:
+        if sa.is_established and (local, remote) != (sa.local, sa.remote) and local[1] == self.natt_port:
+            self._adopt_addresses_established(sa, local, remote)
+
+    # ------------------------------------------------------------------ framing
+
+    def _plain(self, sa: IsakmpSA, exch: int, mid: int, pls: list, flags: int = 0) -> bytes:
+        h = codec.Header(sa.cky_i, sa.cky_r, 0, 1, 0, exch, flags, mid)
+        return codec.encode_message(h, pls)
+
+    def _encrypted(self, sa: IsakmpSA, exch: int, mid: int, pls: list, flags: int = 0) -> bytes:
+        first, body = codec.encode_chain(pls)
+        return self._encrypted_raw(sa, exch, mid, first, body, flags)
+
+    def _encrypted_raw(self, sa: IsakmpSA, exch: int, mid: int, first: int, body: bytes,
+                       flags: int = 0) -> bytes:
+        """Encrypt with the IV of the exchange and advance its CBC chain (RFC 2409 app. B)."""
+        iv = sa.iv if mid == 0 else sa.p2_iv[mid]
+        ct = keys.encrypt(sa.cipher, iv, body)
+        bs = sa.cipher.block_size
+        if mid == 0:
+            sa.iv = ct[-bs:]
+        else:
+            sa.p2_iv[mid] = ct[-bs:]
+        h = codec.Header(sa.cky_i, sa.cky_r, first, 1, 0, exch, flags | codec.FLAG_V1_ENCRYPTION, mid)
+        return codec.encode_header(h, codec.HEADER_LEN + len(ct)) + ct
+
+    def _decrypt(self, sa: IsakmpSA, data: bytes, iv: bytes) -> tuple[bytes, bytes]:
+        """(plaintext, next IV); raises ValueError on a ciphertext of the wrong size."""
+        ct = data[codec.HEADER_LEN:]
+        bs = sa.cipher.block_size
+        if not ct or len(ct) % bs:
+            raise ValueError("ciphertext is not a multiple of the block size")
+        try:
+            plain = keys.decrypt(sa.cipher, iv, ct)
+        except Exception as e:  # CipherError
+            raise ValueError(str(e)) from None
+        return plain, ct[-bs:]
+
+    def _make_retx(self, sa: IsakmpSA, data: bytes, now: float, *, expect_reply: bool) -> Retransmit:
+        return Retransmit(data, sa.local, sa.remote, now + self.retransmit_base if expect_reply else None)
+
+    def _send(self, sa: IsakmpSA, data: bytes, now: float, *, expect_reply: bool) -> None:
+        sa.retx = self._make_retx(sa, data, now, expect_reply=expect_reply)
+        self._out_send(sa, data)
+
+    def _out_send(self, sa: IsakmpSA, data: bytes) -> None:
+        self._out.append(SendDatagram(data, sa.local, sa.remote))
+
+    def _resend(self, r: Retransmit) -> None:
+        self._out.append(SendDatagram(r.data, r.local, r.remote))
+
+    # ------------------------------------------------------------------ timers
+
+    def _sa_timers(self, sa: IsakmpSA, now: float) -> None:
+        if not sa.is_established and now >= sa.created + HALF_OPEN_TIMEOUT:
+            self._p1_fail(sa, Phase1Failed("negotiation timed out"), now)
+            return
+        r = sa.retx
+        if r is not None and r.due is not None and now >= r.due:
+            if r.tries >= RETRANSMIT_TRIES:
+                self._p1_fail(sa, Phase1Failed(f"no answer from {sa.remote[0]} after {r.tries} retransmissions"), now)
+                return
+            r.tries += 1
+            r.due = now + self.retransmit_base * (2 ** r.tries)
+            self._resend(r)
+        for qm in list(self.qms.get(sa.ike_id, {}).values()):
+            q = qm.retx
+            if q is not None and q.due is not None and now >= q.due:
+                if q.tries >= RETRANSMIT_TRIES:
+                    self._event("error", qm.conn.name, f"Quick Mode {qm.mid:#010x} got no answer", ike_id=sa.ike_id)
+                    self.qms[sa.ike_id].pop(qm.mid, None)
+                    sa.p2_iv.pop(qm.mid, None)
+                    continue
+                q.tries += 1
+                q.due = now + self.retransmit_base * (2 ** q.tries)
+                self._resend(q)
+        if sa.expire_at is not None and now >= sa.expire_at:
+            self._event("ike_down", sa.conn.name, "ISAKMP SA lifetime expired", ike_id=sa.ike_id)
+            self._drop_isakmp(sa, now, reason="expired")
+            return
+        if sa.rekey_at is not None and now >= sa.rekey_at:
+            sa.rekey_at = None
+            if not sa.replaced:
+                self._rekey_isakmp(sa.conn, now)
+        if sa.dpd_due is not None and now >= sa.dpd_due:
+            self._dpd_timer(sa, now)
+        if sa.cky_i in self.sas and sa.keepalive_at is not None and now >= sa.keepalive_at:
+            self._keepalive_timer(sa, now)
+
+    def _linger_done(self, item, now: float) -> bool:
+        ike_id, mid, t = item
+        if now < t:
+            return False
+        self.qms.get(ike_id, {}).pop(mid, None)
+        for sa in self.sas.values():
+            if sa.ike_id == ike_id:
+                sa.p2_iv.pop(mid, None)
+        self._done_mids.setdefault(ike_id, set()).add(mid)
+        return True
+
+    # ------------------------------------------------------------------ connections & SAs
+
+    def _conn(self, name: str):
+        for c in self.v1_conns:
+            if c.name == name:
+                return c
+        return None
+
+    def _conns_for_peer(self, ip: str, peer_idp) -> list:
+        exact = [c for c in self.v1_conns if c.peer == ip]
+        if exact:
+            return exact
+        dyn = [c for c in self.v1_conns if c.peer == "%any"]
+        if peer_idp is not None:
+            dyn = [c for c in dyn if identity.id_matches(c.remote_id, peer_idp)] or dyn
+        return dyn
+
+    def _conn_for_ts(self, sa: IsakmpSA, local_ts, remote_ts):
+        cands = [sa.conn] + [c for c in self.v1_conns if c is not sa.conn and c.peer in (sa.conn.peer, "%any")
+                             and c.auth == sa.conn.auth]
+        for conn in cands:
+            for l, r in self._ts_pairs(conn) if conn.peer != "%any" else self._ts_pairs_dyn(conn, sa):
+                if l.version == local_ts.version and r.version == remote_ts.version and \
+                        local_ts.subnet_of(l) and remote_ts.subnet_of(r):
+                    return conn
+        return None
+
+    def _ts_pairs_dyn(self, conn, sa: IsakmpSA):
+        local = conn.local_ts or (ipaddress.ip_network(sa.local[0]),)
+        remote = conn.remote_ts or (ipaddress.ip_network(sa.remote[0]),)
+        return [(l, r) for l in local for r in remote]
+
+    def _established_for_conn(self, name: str) -> IsakmpSA | None:
+        best = None
+        for sa in self.sas.values():
+            if sa.conn.name == name and sa.is_established and not sa.replaced:
+                if best is None or sa.established > best.established:
+                    best = sa
+        return best
+
+    def _established_for_ip(self, ip: str) -> IsakmpSA | None:
+        best = None
+        for sa in self.sas.values():
+            if sa.remote[0] == ip and sa.is_established and not sa.replaced:
+                if best is None or sa.established > best.established:
+                    best = sa
+        return best
+
+    def _established_count(self) -> int:
+        return sum(1 for s in self.sas.values() if s.is_established)
+
+    def _initiate_conn(self, conn, now: float) -> None:
+        if conn.peer == "%any":
+            self._event("error", conn.name, "cannot initiate: peer is %any")
+            return
+        if conn.aggressive and not self.aggressive_allowed:
+            self._event("error", conn.name, "Aggressive Mode is disabled (daemon.aggressive_mode: false)")
+            return
+        pairs = self._ts_pairs(conn)
+        if conn.per_host:
+            pairs = []  # per-host SAs come from traffic (acquire)
+        sa = self._established_for_conn(conn.name)
+        if sa is not None:
+            for l, r in pairs:
+                if not any(c.conn.name == conn.name and c.local_ts == l and c.remote_ts == r
+                           for c in self.children.values()):
+                    self._qm_initiate(sa, conn, l, r, now)
+            return
+        pending = [s for s in self.sas.values() if s.conn.name == conn.name and not s.is_established]
+        if pending:
+            return
+        self._p1_initiate(conn, now, [(l, r, None, False) for l, r in pairs])
+
+    def _start_child(self, conn, local_ts, remote_ts, now: float, *, rekey_of=None, per_host=False) -> None:
+        sa = self._established_for_conn(conn.name)
+        if sa is not None:
+            self._qm_initiate(sa, conn, local_ts, remote_ts, now, rekey_of=rekey_of, per_host=per_host)
+            return
+        pend = next((s for s in self.sas.values() if s.conn.name == conn.name and not s.is_established
+                     and s.initiator), None)
+        if pend is not None:
+            pend.pending.append((local_ts, remote_ts, rekey_of, per_host))
+        elif conn.peer != "%any":
+            self._p1_initiate(conn, now, [(local_ts, remote_ts, rekey_of, per_host)])
+
+    def _rekey_child(self, c, now: float) -> None:
+        c.state = "REKEYING"
+        self._start_child(c.conn, c.local_ts, c.remote_ts, now, rekey_of=c.child_id, per_host=c.per_host)
+
+    def _rekey_isakmp(self, conn, now: float) -> None:
+        """IKEv1 has no in-place rekey: a new phase 1 takes over, then the old one is deleted."""
+        if conn.peer == "%any":
+            return
+        if any(s.conn.name == conn.name and not s.is_established and s.initiator for s in self.sas.values()):
+            return
+        self._p1_initiate(conn, now, [])
+
+    def _on_isakmp_up(self, sa: IsakmpSA, now: float) -> None:
+        # a newer ISAKMP SA for the same connection replaces older ones (rekey)
+        for other in list(self.sas.values()):
+            if other is not sa and other.conn.name == sa.conn.name and other.is_established \
+                    and other.remote[0] == sa.remote[0]:
+                other.replaced = True
+                if sa.initiator:
+                    self._send_delete_isakmp(other, now)
+                    self._drop_isakmp(other, now, reason="rekeyed", notify_peer=False)
+        for c in self.children.values():
+            if c.conn.name == sa.conn.name:
+                c.ike_id = sa.ike_id
+        pending, sa.pending = sa.pending, []
+        for l, r, rekey_of, per_host in pending:
+            self._qm_initiate(sa, sa.conn, l, r, now, rekey_of=rekey_of, per_host=per_host)
+
+    def _drop_isakmp(self, sa: IsakmpSA, now: float, *, reason: str, notify_peer: bool = True) -> None:
+        if self.sas.get(sa.cky_i) is not sa:
+            return
+        if notify_peer:
+            self._send_delete_isakmp(sa, now)
+        del self.sas[sa.cky_i]
+        self.qms.pop(sa.ike_id, None)
+        self._done_mids.pop(sa.ike_id, None)
+        for c in self.children.values():
+            if c.state == "REKEYING" and c.ike_id == sa.ike_id:
+                c.state = "INSTALLED"
+        if sa.is_established:
+            sa.state = "DELETED"
+            self._event("ike_down", sa.conn.name, f"ISAKMP SA with {sa.remote[0]} deleted ({reason})",
+                        ike_id=sa.ike_id)
+
+    def _after_failure(self, sa: IsakmpSA, now: float) -> None:
+        """A failed phase 1 we started: try again later if the connection wants to be up."""
+        conn = sa.conn
+        if sa.initiator and conn.peer != "%any" and (conn.start == "start" or conn.dpd.action == "restart"
+                                                     and self._was_up(conn.name)):
+            self._restart_at[conn.name] = now + 10.0
+        for c in self.children.values():
+            if c.conn.name == conn.name and c.state == "REKEYING":
+                c.state = "INSTALLED"
+
+    def _was_up(self, name: str) -> bool:
+        return self._had_contact.get(self._conn(name).peer, False) if self._conn(name) else False
+
+    def _has_children(self, sa: IsakmpSA) -> bool:
+        return any(c.conn.name == sa.conn.name for c in self.children.values())
+
+    def _last_in_for(self, sa: IsakmpSA) -> float:
+        return max((c.last_in for c in self.children.values() if c.conn.name == sa.conn.name), default=0.0)
+
+    def _last_out_for(self, sa: IsakmpSA) -> float:
+        return max((c.last_out for c in self.children.values() if c.conn.name == sa.conn.name), default=0.0)
+
+    def _count_drop(self, sa: IsakmpSA | None, why: str) -> None:
+        self.drops += 1
+        self._event("drop", sa.conn.name if sa else None, why, ike_id=sa.ike_id if sa else None)
+
+    # ------------------------------------------------------------------ actions
+
+    def _begin(self, now: float) -> None:
+        self._out = []
+        self._now = now
+
+    def _end(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    def _event(self, kind: str, conn: str | None, message: str, **data) -> None:
+        self._out.append(Event(kind, conn, message, {k: v for k, v in data.items() if v is not None}))

@@ -1,0 +1,257 @@
+"""Phase-1 identities (RFC 2407 4.6.2.1) and X.509 handling for rsa-sig / rsa-encr.
+
+Identity strings follow the contract: an IP address, an FQDN written "@name" (or a bare
+hostname), "user@domain", or a DN "C=CH, O=Org, CN=host" (RDNs in the order written, as
+strongSwan writes them). `%any` matches every identity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from vpnd.ike.v1 import constants as C
+from vpnd.ike.v1.payloads import ID
+
+_DN_OIDS = {
+    "C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
+    "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "CN": NameOID.COMMON_NAME, "E": NameOID.EMAIL_ADDRESS, "EMAIL": NameOID.EMAIL_ADDRESS,
+    "SN": NameOID.SERIAL_NUMBER, "DC": NameOID.DOMAIN_COMPONENT, "UID": NameOID.USER_ID,
+}
+
+
+class IdentityError(ValueError):
+    pass
+
+
+def parse_dn(text: str) -> x509.Name:
+    rdns = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        k, sep, v = part.partition("=")
+        oid = _DN_OIDS.get(k.strip().upper())
+        if not sep or oid is None:
+            raise IdentityError(f"bad DN component {part!r}")
+        rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(oid, v.strip())]))
+    if not rdns:
+        raise IdentityError("empty DN")
+    return x509.Name(rdns)
+
+
+def looks_like_dn(text: str) -> bool:
+    head = text.split("=", 1)[0].strip().upper()
+    return "=" in text and head in _DN_OIDS
+
+
+def id_payload(ident) -> ID:
+    """ID payload for our identity (a config.Identity or its text). Phase-1 IDs carry
+    protocol 0 / port 0 (RFC 2407 4.6.2: both MAY be zero), as strongSwan sends them."""
+    kind = getattr(ident, "kind", None)
+    if kind == "dn":
+        return ID(C.ID_DER_ASN1_DN, 0, 0, ident.x509_name().public_bytes())
+    if kind == "fqdn":
+        return ID(C.ID_FQDN, 0, 0, ident.value.encode())
+    if kind == "email":
+        return ID(C.ID_USER_FQDN, 0, 0, ident.value.encode())
+    text = str(ident.value) if kind else str(ident)
+    try:
+        ip = ipaddress.ip_address(text)
+        if ip.version == 4:
+            return ID(C.ID_IPV4_ADDR, 0, 0, ip.packed)
+        return ID(C.ID_IPV6_ADDR, 0, 0, ip.packed)
+    except ValueError:
+        pass
+    if looks_like_dn(text):
+        return ID(C.ID_DER_ASN1_DN, 0, 0, parse_dn(text).public_bytes())
+    if text.startswith("@"):
+        return ID(C.ID_FQDN, 0, 0, text[1:].encode())
+    if "@" in text:
+        return ID(C.ID_USER_FQDN, 0, 0, text.encode())
+    return ID(C.ID_FQDN, 0, 0, text.encode())
+
+
+def describe_id(p: ID) -> str:
+    """Human form of a received identity (for logs and status)."""
+    try:
+        if p.id_type == C.ID_IPV4_ADDR and len(p.data) == 4:
+            return str(ipaddress.IPv4Address(p.data))
+        if p.id_type == C.ID_IPV6_ADDR and len(p.data) == 16:
+            return str(ipaddress.IPv6Address(p.data))
+        if p.id_type in (C.ID_FQDN, C.ID_USER_FQDN):
+            return p.data.decode("ascii", "replace")
+        if p.id_type == C.ID_DER_ASN1_DN:
+            return ", ".join(f"{k}={v}" for k, v in _load_name(p.data))
+    except Exception:
+        pass
+    return f"type{p.id_type}:{p.data.hex()}"
+
+
+_OID_SHORT = {oid.dotted_string: k for k, oid in _DN_OIDS.items() if k not in ("EMAIL",)}
+
+
+def _der_items(data: bytes):
+    """(tag, value) of consecutive DER TLVs; raises on bad lengths."""
+    pos = 0
+    while pos < len(data):
+        tag = data[pos]
+        ln = data[pos + 1]
+        pos += 2
+        if ln & 0x80:
+            n = ln & 0x7F
+            if n == 0 or n > 3:
+                raise ValueError("bad DER length")
+            ln = int.from_bytes(data[pos:pos + n], "big")
+            pos += n
+        if pos + ln > len(data):
+            raise ValueError("DER overrun")
+        yield tag, data[pos:pos + ln]
+        pos += ln
+
+
+def _oid_str(b: bytes) -> str:
+    parts = [b[0] // 40, b[0] % 40]
+    v = 0
+    for c in b[1:]:
+        v = (v << 7) | (c & 0x7F)
+        if not c & 0x80:
+            parts.append(v)
+            v = 0
+    return ".".join(map(str, parts))
+
+
+def _load_name(der: bytes) -> list[tuple[str, str]]:
+    """A DER Name as [(short name, value)], for display only (cryptography has no DN loader)."""
+    (tag, seq), = list(_der_items(der))
+    out = []
+    for _, rdn in _der_items(seq):
+        for _, atv in _der_items(rdn):
+            (_, oid), (_, val) = list(_der_items(atv))
+            dotted = _oid_str(oid)
+            out.append((_OID_SHORT.get(dotted, dotted), val.decode("utf-8", "replace")))
+    return out
+
+
+def id_matches(expected, got: ID) -> bool:
+    """Is the received ID the configured remote identity (config.Identity or text)?
+    None / %any accept anything."""
+    if expected is None or expected == "%any" or getattr(expected, "kind", None) == "any":
+        return True
+    want = id_payload(expected)
+    if want.id_type != got.id_type:
+        # an FQDN configured as a bare name may arrive as either FQDN form
+        return False
+    if want.id_type in (C.ID_FQDN, C.ID_USER_FQDN):
+        return want.data.lower() == got.data.lower()
+    if want.id_type == C.ID_DER_ASN1_DN:
+        # compare attribute values, not DER: string types (UTF8/Printable) may differ
+        try:
+            return _load_name(want.data) == _load_name(got.data)
+        except Exception:
+            return False
+    return want.data == got.data
+
+
+# -- certificates ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Our certificate (DER), private key, trusted CAs and the peer's raw public key."""
+
+    cert: x509.Certificate | None = None
+    key: rsa.RSAPrivateKey | None = None
+    cas: tuple[x509.Certificate, ...] = ()
+    peer_pubkey: rsa.RSAPublicKey | None = None  # rsa-encr: "crypto key pubkey-chain rsa"
+
+    def __repr__(self) -> str:
+        return "Credentials(***)"
+
+
+def load_cert(path: str) -> x509.Certificate:
+    data = open(path, "rb").read()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def load_certs(path: str) -> tuple[x509.Certificate, ...]:
+    data = open(path, "rb").read()
+    if b"-----BEGIN" in data:
+        return tuple(x509.load_pem_x509_certificates(data))
+    return (x509.load_der_x509_certificate(data),)
+
+
+def load_private_key(path: str):
+    data = open(path, "rb").read()
+    if b"-----BEGIN" in data:
+        return serialization.load_pem_private_key(data, None)
+    return serialization.load_der_private_key(data, None)
+
+
+def load_public_key(path: str):
+    """A peer's RSA public key: PEM/DER SubjectPublicKeyInfo or PKCS#1, or a certificate."""
+    data = open(path, "rb").read()
+    if b"CERTIFICATE" in data:
+        return x509.load_pem_x509_certificate(data).public_key()
+    if b"-----BEGIN" in data:
+        return serialization.load_pem_public_key(data)
+    try:
+        return serialization.load_der_public_key(data)
+    except ValueError:
+        return x509.load_der_x509_certificate(data).public_key()
+
+
+def verify_chain(cert: x509.Certificate, cas: tuple[x509.Certificate, ...], now: datetime.datetime
+                 ) -> bool:
+    """The end-entity certificate is valid now and signed by one of the trusted CAs."""
+    nb = cert.not_valid_before_utc if hasattr(cert, "not_valid_before_utc") else cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+    na = cert.not_valid_after_utc if hasattr(cert, "not_valid_after_utc") else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    if not nb <= now <= na:
+        return False
+    for ca in cas:
+        if ca.subject != cert.issuer:
+            continue
+        pub = ca.public_key()
+        try:
+            if isinstance(pub, rsa.RSAPublicKey):
+                pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+                           cert.signature_hash_algorithm)
+            elif isinstance(pub, ec.EllipticCurvePublicKey):
+                pub.verify(cert.signature, cert.tbs_certificate_bytes,
+                           ec.ECDSA(cert.signature_hash_algorithm))
+            else:
+                continue
+            return True
+        except Exception:
+            continue
+    return False
+
+
+def cert_matches_id(cert: x509.Certificate, got: ID) -> bool:
+    """The ID the peer sent is its certificate's subject DN or one of its subjectAltNames."""
+    if got.id_type == C.ID_DER_ASN1_DN:
+        return cert.subject.public_bytes() == got.data
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    if got.id_type in (C.ID_IPV4_ADDR, C.ID_IPV6_ADDR):
+        return any(ip.packed == got.data for ip in sans.get_values_for_type(x509.IPAddress))
+    if got.id_type == C.ID_FQDN:
+        return any(d.lower().encode() == got.data.lower() for d in sans.get_values_for_type(x509.DNSName))
+    if got.id_type == C.ID_USER_FQDN:
+        return any(d.lower().encode() == got.data.lower() for d in sans.get_values_for_type(x509.RFC822Name))
+    return False
+
+
+def cert_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+

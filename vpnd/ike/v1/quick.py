@@ -1,0 +1,451 @@
+"""Quick Mode (RFC 2409 5.5): IPsec SA pairs under an ISAKMP SA, with PFS, proxy IDs,
+ESP/AH/ESP+AH, tunnel/transport with the RFC 3947 UDP encapsulation modes, lifetimes and
+RESPONDER-LIFETIME (RFC 2407 4.5.4), the commit bit (RFC 2408 3.1) and rekeying.
+
+A mixin of Ikev1Core.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import struct
+
+from vpnd.crypto import ciphers, dh
+from vpnd.ike import codec
+from vpnd.ike.actions import ChildKeys, InstallChildSA
+from vpnd.ike.v1 import constants as C
+from vpnd.ike.v1 import keys, policy
+from vpnd.ike.v1 import payloads as P
+from vpnd.ike.v1.state import Child, IsakmpSA, QuickMode
+
+NONCE_LEN = 32
+
+
+class QuickFailed(Exception):
+    def __init__(self, message: str, notify: int | None = None):
+        super().__init__(message)
+        self.notify = notify
+
+
+def ts_id(net) -> P.ID:
+    """Proxy identity (RFC 2407 4.6.2): an address for a host, otherwise a subnet."""
+    if net.version == 4:
+        if net.prefixlen == 32:
+            return P.ID(C.ID_IPV4_ADDR, 0, 0, net.network_address.packed)
+        return P.ID(C.ID_IPV4_ADDR_SUBNET, 0, 0, net.network_address.packed + net.netmask.packed)
+    if net.prefixlen == 128:
+        return P.ID(C.ID_IPV6_ADDR, 0, 0, net.network_address.packed)
+    return P.ID(C.ID_IPV6_ADDR_SUBNET, 0, 0, net.network_address.packed + net.netmask.packed)
+
+
+def id_ts(p: P.ID):
+    """Network of a proxy identity; None for what we cannot express (ports, odd ranges)."""
+    try:
+        if p.id_type == C.ID_IPV4_ADDR and len(p.data) == 4:
+            return ipaddress.ip_network(ipaddress.IPv4Address(p.data))
+        if p.id_type == C.ID_IPV6_ADDR and len(p.data) == 16:
+            return ipaddress.ip_network(ipaddress.IPv6Address(p.data))
+        if p.id_type == C.ID_IPV4_ADDR_SUBNET and len(p.data) == 8:
+            return ipaddress.IPv4Network((p.data[:4], str(ipaddress.IPv4Address(p.data[4:]))), strict=False)
+        if p.id_type == C.ID_IPV6_ADDR_SUBNET and len(p.data) == 32:
+            return ipaddress.IPv6Network((p.data[:16], str(ipaddress.IPv6Address(p.data[16:]))), strict=False)
+        if p.id_type == C.ID_IPV4_ADDR_RANGE and len(p.data) == 8:
+            a, b = ipaddress.IPv4Address(p.data[:4]), ipaddress.IPv4Address(p.data[4:])
+            nets = list(ipaddress.summarize_address_range(a, b))
+            return nets[0] if len(nets) == 1 else None
+    except ValueError:
+        return None
+    return None
+
+
+def _protocol_name(proto: int) -> str:
+    return "esp" if proto == C.PROTO_ESP else "ah"
+
+
+class QuickMixin:
+    # ------------------------------------------------------------------ helpers
+
+    def _ts_pairs(self, conn):
+        local = conn.local_ts or (ipaddress.ip_network(conn.local or self.listen),)
+        remote = conn.remote_ts or ((ipaddress.ip_network(conn.peer),) if conn.peer != "%any" else ())
+        return [(l, r) for l in local for r in remote]
+
+    def _child_sets(self, conn, udp: bool, pfs_only: str | None = "first"):
+        props = conn.esp or conn.ah
+        sets = [policy.p2_choices(p, mode=conn.mode, udp=udp, life_s=conn.lifetime.seconds,
+                                  life_kb=conn.lifetime.kilobytes) for p in props]
+        return [s for s in sets if s]
+
+    def _new_spi(self) -> bytes:
+        while True:
+            spi = self.rng(4)
+            v = int.from_bytes(spi, "big")
+            if v >= 0x100 and v not in self._spis_in:
+                self._spis_in.add(v)
+                return spi
+
+    def _new_mid(self, sa: IsakmpSA) -> int:
+        while True:
+            mid = int.from_bytes(self.rng(4), "big")
+            if mid and mid not in sa.p2_iv and mid not in self._qm_by_mid(sa):
+                return mid
+
+    def _qm_by_mid(self, sa: IsakmpSA) -> dict:
+        return self.qms.setdefault(sa.ike_id, {})
+
+    def _hashed_body(self, hfn, payloads: list) -> tuple[int, bytes]:
+        """HASH payload first, then `payloads`; hfn(rest_bytes) gives the hash value."""
+        first, rest = codec.encode_chain(payloads)
+        h = hfn(rest)
+        return C.PL_HASH, codec.payload_header(first, len(h)) + h + rest
+
+    @staticmethod
+    def _after_hash(plain: bytes, first_type: int) -> tuple[bytes, bytes]:
+        """(hash value, bytes of the payloads after it without padding) of a decrypted body
+        whose first payload must be HASH (RFC 2409 5.5)."""
+        ext = P.chain_end(plain, first_type, 0)
+        if not ext or ext[0][0] != C.PL_HASH:
+            raise QuickFailed("HASH is not the first payload", C.N_INVALID_HASH_INFORMATION)
+        hv = plain[ext[0][1] + 4:ext[0][2]]
+        return hv, plain[ext[0][2]:ext[-1][2]]
+
+    # ------------------------------------------------------------------ initiator
+
+    def _qm_initiate(self, sa: IsakmpSA, conn, local_ts, remote_ts, now: float, *,
+                     rekey_of: int | None = None, per_host: bool = False) -> QuickMode:
+        mid = self._new_mid(sa)
+        qm = QuickMode(mid, True, conn, local_ts, remote_ts, started=now, rekey_of=rekey_of,
+                       per_host=per_host)
+        udp = sa.nat
+        sets = self._child_sets(conn, udp)
+        protos = {x.protocol for s in sets for alt in s for x in alt}
+        qm.spis_in = {p: self._new_spi() for p in sorted(protos)}
+        qm.offered = policy.p2_sa(sets, qm.spis_in, sa.natt)
+        qm.offered.encode()
+        qm.ni = self.rng(NONCE_LEN)
+        group = next((x.group for s in sets for alt in s for x in alt if x.group), None)
+        pls = [qm.offered, P.Nonce(qm.ni)]
+        if group:
+            qm.kex = dh.KeyExchange(group)
+            pls.append(P.KE(qm.kex.public))
+        pls += [ts_id(local_ts), ts_id(remote_ts)]
+        hname, a = sa.policy.hash, sa.keys.a
+        first, body = self._hashed_body(lambda rest: keys.qm_hash1(hname, a, mid, rest), pls)
+        sa.p2_iv[mid] = keys.phase2_iv(hname, sa.iv, mid, sa.cipher.block_size)
+        data = self._encrypted_raw(sa, C.EXCH_QUICK, mid, first, body)
+        self._qm_by_mid(sa)[mid] = qm
+        qm.state = "QM_SENT1"
+        qm.retx = self._make_retx(sa, data, now, expect_reply=True)
+        self._out_send(sa, data)
+        return qm
+
+    def _qm_i_msg2(self, sa: IsakmpSA, qm: QuickMode, hdr, plain: bytes, pls: list, now: float):
+        hv, rest = self._after_hash(plain, hdr.next_payload)
+        want = keys.qm_hash2(sa.policy.hash, sa.keys.a, qm.mid, qm.ni, rest)
+        if not hmac.compare_digest(hv, want):
+            raise QuickFailed("HASH(2) mismatch", C.N_INVALID_HASH_INFORMATION)
+        sa_p = _first(pls, P.SA)
+        nr = _first(pls, P.Nonce)
+        if sa_p is None or nr is None:
+            raise QuickFailed("SA or nonce missing in Quick Mode message 2", C.N_PAYLOAD_MALFORMED)
+        try:
+            chosen, spis_out = policy.p2_parse_answer(sa_p, qm.offered)
+        except policy.PolicyError as e:
+            raise QuickFailed(str(e), C.N_NO_PROPOSAL_CHOSEN)
+        qm.nr = nr.data
+        qm.chosen = chosen
+        qm.spis_out = spis_out
+        group = chosen[0].group
+        ke = _first(pls, P.KE)
+        if group:
+            if ke is None or qm.kex is None or qm.kex.group != group:
+                raise QuickFailed("PFS KE missing or of another group", C.N_INVALID_KEY_INFORMATION)
+            try:
+                qm.gqm = qm.kex.shared(ke.data)
+            except dh.InvalidPublicValue:
+                raise QuickFailed("invalid PFS public value", C.N_INVALID_KEY_INFORMATION)
+        ids = [p for p in pls if type(p) is P.ID]
+        if len(ids) == 2:
+            if id_ts(ids[0]) != qm.local_ts or id_ts(ids[1]) != qm.remote_ts:
+                raise QuickFailed("responder changed the proxy identities", C.N_INVALID_ID_INFORMATION)
+        qm.life_s, qm.life_kb = chosen[0].life_s, chosen[0].life_kb
+        for n in pls:
+            if isinstance(n, P.Notify) and n.notify_type == C.N_RESPONDER_LIFETIME:
+                self._take_responder_lifetime(qm, n)
+        # HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)
+        h3 = keys.qm_hash3(sa.policy.hash, sa.keys.a, qm.mid, qm.ni, qm.nr)
+        data = self._encrypted_raw(sa, C.EXCH_QUICK, qm.mid, C.PL_HASH, codec.payload_header(0, len(h3)) + h3)
+        self._out_send(sa, data)
+        qm.retx = self._make_retx(sa, data, now, expect_reply=False)
+        if hdr.flags & codec.FLAG_V1_COMMIT:
+            # the responder wants us to wait for its CONNECTED notify (RFC 2408 3.1)
+            qm.commit = True
+            qm.state = "QM_WAIT_CONNECTED"
+            qm.retx.due = now + self.retransmit_base
+            return
+        qm.state = "QM_DONE"
+        self._qm_install(sa, qm, now)
+
+    def _take_responder_lifetime(self, qm: QuickMode, n: P.Notify) -> None:
+        try:
+            attrs = codec.decode_attributes(n.data)
+        except codec.CodecError:
+            return
+        s, kb = policy._life(attrs)
+        if s and (not qm.life_s or s < qm.life_s):
+            qm.life_s = s
+        if kb and (not qm.life_kb or kb < qm.life_kb):
+            qm.life_kb = kb
+
+    # ------------------------------------------------------------------ responder
+
+    def _qm_r_msg1(self, sa: IsakmpSA, hdr, plain: bytes, pls: list, now: float):
+        hv, rest = self._after_hash(plain, hdr.next_payload)
+        if not hmac.compare_digest(hv, keys.qm_hash1(sa.policy.hash, sa.keys.a, hdr.message_id, rest)):
+            raise QuickFailed("HASH(1) mismatch", C.N_INVALID_HASH_INFORMATION)
+        sa_p, ni = _first(pls, P.SA), _first(pls, P.Nonce)
+        if sa_p is None or ni is None:
+            raise QuickFailed("SA or nonce missing", C.N_PAYLOAD_MALFORMED)
+        ids = [p for p in pls if type(p) is P.ID]
+        if len(ids) == 2:
+            remote_ts, local_ts = id_ts(ids[0]), id_ts(ids[1])
+            if remote_ts is None or local_ts is None:
+                raise QuickFailed("unsupported proxy identity", C.N_INVALID_ID_INFORMATION)
+        elif not ids:
+            remote_ts = ipaddress.ip_network(sa.remote[0])
+            local_ts = ipaddress.ip_network(sa.local[0])
+        else:
+            raise QuickFailed("one proxy identity alone", C.N_INVALID_ID_INFORMATION)
+        conn = self._conn_for_ts(sa, local_ts, remote_ts)
+        if conn is None:
+            raise QuickFailed(f"proxy IDs {remote_ts} <-> {local_ts} match no configured subnets",
+                              C.N_INVALID_ID_INFORMATION)
+        udp = sa.nat
+        choice = policy.p2_select(sa_p, self._child_sets(conn, udp))
+        if choice is None:
+            names = ", ".join(p.describe() for p in (conn.esp or conn.ah))
+            self._event("no_proposal", conn.name, f"Quick Mode NO-PROPOSAL-CHOSEN: peer offered "
+                        f"{policy.describe_offer(sa_p)}; we accept {names}")
+            raise QuickFailed("no acceptable IPsec proposal", C.N_NO_PROPOSAL_CHOSEN)
+        chosen, numbers, spis_out, prop_no = choice
+        qm = QuickMode(hdr.message_id, False, conn, local_ts, remote_ts, started=now)
+        qm.ni = ni.data
+        qm.chosen = chosen
+        qm.spis_out = spis_out
+        qm.spis_in = {x.protocol: self._new_spi() for x in chosen}
+        qm.nr = self.rng(NONCE_LEN)
+        group = chosen[0].group
+        ke = _first(pls, P.KE)
+        out_ke = []
+        if group:
+            if ke is None:
+                raise QuickFailed("PFS group without KE", C.N_INVALID_KEY_INFORMATION)
+            qm.kex = dh.KeyExchange(group)
+            try:
+                qm.gqm = qm.kex.shared(ke.data)
+            except dh.InvalidPublicValue:
+                raise QuickFailed("invalid PFS public value", C.N_INVALID_KEY_INFORMATION)
+            out_ke = [P.KE(qm.kex.public)]
+        # lifetimes: the shorter of the offer and ours; tell the initiator when ours is
+        # shorter (RESPONDER-LIFETIME, RFC 2407 4.5.4)
+        own_s, own_kb = conn.lifetime.seconds, conn.lifetime.kilobytes
+        off_s, off_kb = chosen[0].life_s, chosen[0].life_kb
+        qm.life_s = min(x for x in (own_s, off_s) if x) if (own_s or off_s) else 0
+        qm.life_kb = min(x for x in (own_kb, off_kb) if x) if (own_kb or off_kb) else 0
+        notify = []
+        if (own_s and off_s and own_s < off_s) or (own_kb and off_kb and own_kb < off_kb) \
+                or (own_s and not off_s) or (own_kb and not off_kb):
+            attrs = []
+            if qm.life_s:
+                attrs += P.life_attr(C.P2_LIFE_TYPE, C.P2_LIFE_DURATION, C.LIFE_SECONDS, qm.life_s)
+            if qm.life_kb:
+                attrs += P.life_attr(C.P2_LIFE_TYPE, C.P2_LIFE_DURATION, C.LIFE_KILOBYTES, qm.life_kb)
+            x = chosen[-1]
+            notify = [P.Notify(C.N_RESPONDER_LIFETIME, x.protocol, spis_out[x.protocol],
+                               codec.encode_attributes(attrs))]
+        # answer with the modes as we do them (UDP encapsulation from our own NAT view)
+        answer_x = [policy.P2Transform(x.protocol, x.enc, x.integ, x.esn, x.group, x.mode, udp,
+                                       x.life_s, x.life_kb) for x in chosen]
+        answer = policy.p2_sa_answer(answer_x, numbers, qm.spis_in, sa.natt, prop_no)
+        pls_out = [answer, P.Nonce(qm.nr)] + out_ke
+        if ids:
+            pls_out += [ts_id(remote_ts), ts_id(local_ts)]
+        pls_out += notify
+        mid = hdr.message_id
+        hname, a = sa.policy.hash, sa.keys.a
+        first, body = self._hashed_body(lambda r: keys.qm_hash2(hname, a, mid, qm.ni, r), pls_out)
+        flags = codec.FLAG_V1_COMMIT if hdr.flags & codec.FLAG_V1_COMMIT else 0
+        qm.commit = bool(flags)
+        data = self._encrypted_raw(sa, C.EXCH_QUICK, mid, first, body, flags=flags)
+        self._qm_by_mid(sa)[mid] = qm
+        qm.state = "QM_SENT2"
+        qm.retx = self._make_retx(sa, data, now, expect_reply=True)
+        self._out_send(sa, data)
+
+    def _qm_r_msg3(self, sa: IsakmpSA, qm: QuickMode, hdr, plain: bytes, pls: list, now: float):
+        hv, rest = self._after_hash(plain, hdr.next_payload)
+        if rest:
+            raise QuickFailed("payloads after HASH(3)", C.N_PAYLOAD_MALFORMED)
+        if not hmac.compare_digest(hv, keys.qm_hash3(sa.policy.hash, sa.keys.a, qm.mid, qm.ni, qm.nr)):
+            raise QuickFailed("HASH(3) mismatch", C.N_INVALID_HASH_INFORMATION)
+        qm.retx = None
+        qm.state = "QM_DONE"
+        self._qm_install(sa, qm, now)
+        if qm.commit:
+            self._info_send(sa, [P.Notify(C.N_CONNECTED, qm.chosen[-1].protocol,
+                                          qm.spis_in[qm.chosen[-1].protocol])], now)
+
+    # ------------------------------------------------------------------ install
+
+    def _qm_keys(self, sa: IsakmpSA, qm: QuickMode) -> tuple[tuple, tuple]:
+        """KEYMAT per direction and protocol (RFC 2409 5.5): the SPI is the receiver's;
+        encryption key first, then the integrity key (AEAD keys end with their salt,
+        RFC 4106 8.1)."""
+        inbound, outbound = [], []
+        ordered = sorted(qm.chosen, key=lambda x: 0 if x.protocol == C.PROTO_ESP else 1)
+        for x in ordered:
+            ek, ik = x.key_sizes()
+            for spi, lst in ((qm.spis_in[x.protocol], inbound), (qm.spis_out[x.protocol], outbound)):
+                km = keys.keymat(sa.policy.hash, sa.keys.d, x.protocol, spi, qm.ni, qm.nr,
+                                 ek + ik, qm.gqm)
+                if x.protocol == C.PROTO_ESP:
+                    lst.append(ChildKeys(int.from_bytes(spi, "big"), "esp", x.enc, x.integ,
+                                         km[:ek], km[ek:ek + ik]))
+                else:
+                    lst.append(ChildKeys(int.from_bytes(spi, "big"), "ah", None, x.integ, b"", km[:ik]))
+        return tuple(inbound), tuple(outbound)
+
+    def _qm_install(self, sa: IsakmpSA, qm: QuickMode, now: float) -> None:
+        conn = qm.conn
+        inbound, outbound = self._qm_keys(sa, qm)
+        mode = qm.chosen[0].mode
+        udp = sa.nat
+        child_id = self._new_id()
+        replaces = qm.rekey_of
+        if replaces is None:
+            # responder side of a rekey, or a duplicate SA: the newest carries the traffic
+            for c in self.children.values():
+                if c.conn.name == conn.name and c.local_ts == qm.local_ts and \
+                        c.remote_ts == qm.remote_ts and c.state == "INSTALLED":
+                    replaces = c.child_id
+                    break
+        life_s = qm.life_s
+        jitter = (child_id % 10) * max(1, life_s // 200) if life_s else 0
+        margin = 0.1 if qm.initiator else 0.05
+        child = Child(child_id, conn, sa.ike_id, qm.initiator, qm.chosen, dict(qm.spis_in),
+                      dict(qm.spis_out), mode, udp, qm.local_ts, qm.remote_ts, now, life_s,
+                      qm.life_kb,
+                      rekey_at=(now + life_s * (1 - margin) - jitter) if life_s else None,
+                      expire_at=(now + life_s) if life_s else None, per_host=qm.per_host,
+                      pfs_group=qm.chosen[0].group)
+        child.last_in = child.last_out = now
+        self.children[child_id] = child
+        desc = child.proposal()
+        self._out.append(InstallChildSA(
+            connection=conn.name, child_id=child_id, ike_id=sa.ike_id, mode=mode,
+            local=sa.local, remote=sa.remote, udp_encap=udp, esn=qm.chosen[0].esn,
+            replay_window=conn.replay_window, local_ts=(qm.local_ts,), remote_ts=(qm.remote_ts,),
+            inbound=inbound, outbound=outbound, proposal=desc, lifetime_seconds=life_s,
+            soft_kilobytes=int(qm.life_kb * 0.9) if qm.life_kb else 0, hard_kilobytes=qm.life_kb,
+            replaces=replaces))
+        spi_text = "/".join(f"{_protocol_name(x.protocol)} in {qm.spis_in[x.protocol].hex()} "
+                            f"out {qm.spis_out[x.protocol].hex()}" for x in qm.chosen)
+        self._event("child_up", conn.name, f"IPsec SA {qm.local_ts} <-> {qm.remote_ts} installed "
+                    f"({desc}, {mode}{', UDP-encapsulated' if udp else ''}, {spi_text})",
+                    ike_id=sa.ike_id, child_id=child_id)
+        if replaces is not None and replaces in self.children:
+            old = self.children[replaces]
+            old.state = "REKEYED"
+            # the old pair lingers so packets in flight still decrypt (make-before-break);
+            # its initiator deletes it with a Delete payload, the other side on expiry
+            if qm.initiator and qm.rekey_of is not None:
+                old.delete_at = now + self.rekeyed_linger
+            else:
+                old.delete_at = min(old.expire_at or now + 60, now + 60)
+        self._dpd_arm(sa, now)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _qm_receive(self, sa: IsakmpSA, hdr, data: bytes, now: float):
+        if not sa.is_established:
+            return
+        mid = hdr.message_id
+        qms = self._qm_by_mid(sa)
+        qm = qms.get(mid)
+        dig = _digest(data)
+        if qm is not None and dig == qm.last_in:
+            if qm.retx:
+                self._resend(qm.retx)
+            return
+        if qm is None and mid in self._done_mids.get(sa.ike_id, ()):
+            return
+        if not hdr.flags & codec.FLAG_V1_ENCRYPTION:
+            return
+        iv = sa.p2_iv.get(mid) or keys.phase2_iv(sa.policy.hash, sa.iv, mid, sa.cipher.block_size)
+        try:
+            plain, new_iv = self._decrypt(sa, data, iv)
+            pls = codec.decode_chain(plain, hdr.next_payload, P.REGISTRY, start=0, trailing_ok=True)
+        except (ValueError, codec.CodecError):
+            self._count_drop(sa, "undecryptable Quick Mode message")
+            return
+        try:
+            if qm is None:
+                if len(qms) > 32:
+                    return  # too many half-done exchanges from this peer
+                sa.p2_iv[mid] = new_iv
+                self._qm_r_msg1(sa, hdr, plain, pls, now)
+                qm = qms.get(mid)
+            elif qm.initiator and qm.state == "QM_SENT1":
+                old = sa.p2_iv[mid]
+                sa.p2_iv[mid] = new_iv
+                try:
+                    self._qm_i_msg2(sa, qm, hdr, plain, pls, now)
+                except QuickFailed:
+                    sa.p2_iv[mid] = old
+                    raise
+            elif not qm.initiator and qm.state == "QM_SENT2":
+                self._qm_r_msg3(sa, qm, hdr, plain, pls, now)
+            else:
+                return
+        except QuickFailed as e:
+            self._event("error", sa.conn.name, f"Quick Mode {mid:#010x} failed: {e}", ike_id=sa.ike_id)
+            if qm is None:
+                sa.p2_iv.pop(mid, None)
+            if e.notify:
+                self._info_send(sa, [P.Notify(e.notify, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r)], now)
+            if qm is not None and qm.initiator:
+                self._qm_finish(sa, qm)
+            return
+        if qm is not None:
+            qm.last_in = dig
+            if qm.state == "QM_DONE" and not qm.initiator:
+                self._qm_finish(sa, qm)
+        sa.last_heard = now
+
+    def _qm_finish(self, sa: IsakmpSA, qm: QuickMode) -> None:
+        """Forget a finished exchange, but keep answering a repeated last message for a while
+        (the initiator keeps its HASH(3) to resend if message 2 comes again)."""
+        if qm.initiator and qm.state == "QM_DONE":
+            qm.retx.due = None
+            self._lingering.append((sa.ike_id, qm.mid, self._now + 30))
+            return
+        self._qm_by_mid(sa).pop(qm.mid, None)
+        sa.p2_iv.pop(qm.mid, None)
+        self._done_mids.setdefault(sa.ike_id, set()).add(qm.mid)
+
+
+def _first(pls, cls):
+    for p in pls:
+        if type(p) is cls:
+            return p
+    return None
+
+
+def _digest(data: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(data).digest()[:16]
+
+
+_ = (ciphers, struct)
