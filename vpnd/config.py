@@ -791,12 +791,23 @@ class _Parser:
             if key and rkey and key != rkey:
                 self.err(_join(rp, "key"), "differs from auth.key; give the key once")
             pub = f(rm, "peer_pubkey", rp, self._pubkey_file, None)
+            # RFC 2409 5.2 encrypts nonces and IDs with RSA: both keys must be RSA keys.
+            for kp, fp, kind in ((_join(rp, "key"), rkey, "private key"),
+                                 (_join(rp, "peer_pubkey"), pub, "public key")):
+                if fp and not _is_rsa(_load_pem_or_der(fp, kind, lambda msg: None)):
+                    self.err(kp, f"'{fp}' is not an RSA key (RSA-encrypted nonces need RSA)")
             if len(self.problems) > before:
                 raise _Bad()
             return Auth("rsa_encr", cert=cert, key=rkey or key, ca=ca, peer_pubkey=pub)
         for k in ("cert", "key", "ca"):
             if k not in m:
                 self.err(_join(path, k), "required for certificate authentication")
+        if cert and key:
+            c = _load_pem_or_der(cert, "certificate", lambda msg: None)
+            k = _load_pem_or_der(key, "private key", lambda msg: None)
+            if c is not None and k is not None and not _same_public_key(c.public_key(),
+                                                                        k.public_key()):
+                self.err(_join(path, "key"), f"'{key}' is not the key of certificate '{cert}'")
         if len(self.problems) > before:
             raise _Bad()
         return Auth("cert", cert=cert, key=key, ca=ca)
@@ -1239,7 +1250,24 @@ def _decode_psk(text: str, fail: Callable[[str], None]) -> Secret:
     return Secret(value)
 
 
-def _load_pem_or_der(path: str, kind: str, fail: Callable[[str], None]) -> None:
+def _is_rsa(obj) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    if hasattr(obj, "public_key") and not isinstance(obj, (rsa.RSAPrivateKey,)):
+        obj = obj.public_key()  # a certificate given as peer_pubkey
+    return isinstance(obj, (rsa.RSAPrivateKey, rsa.RSAPublicKey))
+
+
+def _same_public_key(a, b) -> bool:
+    from cryptography.hazmat.primitives import serialization
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        return a.public_bytes(*fmt) == b.public_bytes(*fmt)
+    except (ValueError, TypeError):
+        return False
+
+
+def _load_pem_or_der(path: str, kind: str, fail: Callable[[str], None]):
+    """The parsed certificate / key, or None after calling fail(message)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     try:
@@ -1252,22 +1280,19 @@ def _load_pem_or_der(path: str, kind: str, fail: Callable[[str], None]) -> None:
     try:
         if kind == "certificate":
             if pem:
-                x509.load_pem_x509_certificate(data)
-            else:
-                x509.load_der_x509_certificate(data)
-        elif kind == "private key":
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
+        if kind == "private key":
             if pem:
-                serialization.load_pem_private_key(data, password=None)
-            else:
-                serialization.load_der_private_key(data, password=None)
-        else:
-            if pem and b"CERTIFICATE" in data:
-                x509.load_pem_x509_certificate(data)
-            elif pem:
-                serialization.load_pem_public_key(data)
-            else:
-                serialization.load_der_public_key(data)
+                return serialization.load_pem_private_key(data, password=None)
+            return serialization.load_der_private_key(data, password=None)
+        if pem and b"CERTIFICATE" in data:
+            return x509.load_pem_x509_certificate(data)
+        if pem:
+            return serialization.load_pem_public_key(data)
+        return serialization.load_der_public_key(data)
     except TypeError:
         fail(f"'{path}' is encrypted; vpnd needs an unencrypted {kind}")
     except Exception:  # cryptography raises ValueError and friends on bad input
         fail(f"'{path}' is not a PEM or DER {kind}")
+    return None

@@ -323,7 +323,7 @@ def pki(tmp_path_factory):
     """A CA and a gateway certificate made with `cryptography` (independent of vpnd)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
     d = tmp_path_factory.mktemp("pki")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -339,6 +339,13 @@ def pki(tmp_path_factory):
         serialization.NoEncryption()))
     os.chmod(d / "gw.key", 0o600)
     (d / "peer.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (d / "rsa.key").write_bytes(rsa_key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    os.chmod(d / "rsa.key", 0o600)
+    (d / "rsa.pub").write_bytes(rsa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     (d / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
     return d
@@ -366,10 +373,25 @@ def test_cert_auth_needs_all_three(pki):
         "connections.site-b.auth.ca: required for certificate authentication"
 
 
-def test_rsa_encr_ikev1_only(pki):
+def test_cert_and_key_must_belong_together(pki):
+    assert one_problem(conn(psk=None, auth={"cert": "gw.der", "key": "rsa.key", "ca": "ca.pem"}),
+                       str(pki)) == \
+        f"connections.site-b.auth.key: '{pki}/rsa.key' is not the key of certificate '{pki}/gw.der'"
+
+
+def test_rsa_encr_needs_rsa_keys(pki):
     a = {"rsa_encr": {"key": "gw.key", "peer_pubkey": "peer.pub"}}
+    assert problems_of(conn(version=1, psk=None, auth=a), str(pki)) == [
+        f"connections.site-b.auth.rsa_encr.key: '{pki}/gw.key' is not an RSA key "
+        "(RSA-encrypted nonces need RSA)",
+        f"connections.site-b.auth.rsa_encr.peer_pubkey: '{pki}/peer.pub' is not an RSA key "
+        "(RSA-encrypted nonces need RSA)"]
+
+
+def test_rsa_encr_ikev1_only(pki):
+    a = {"rsa_encr": {"key": "rsa.key", "peer_pubkey": "rsa.pub"}}
     (c,) = parse_config(conn(version=1, psk=None, auth=a), base_dir=str(pki)).connections
-    assert c.auth.method == "rsa_encr" and c.auth.peer_pubkey == f"{pki}/peer.pub"
+    assert c.auth.method == "rsa_encr" and c.auth.peer_pubkey == f"{pki}/rsa.pub"
     assert one_problem(conn(psk=None, auth=a), str(pki)) == \
         "connections.site-b.auth.rsa_encr: RSA-encrypted nonces exist only in IKEv1 (version: 1)"
 
