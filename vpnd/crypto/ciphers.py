@@ -129,9 +129,18 @@ class AeadCipher:
 
 
 class CbcCipher:
-    """AES-CBC (RFC 3602), 3DES-CBC (RFC 2451), DES-CBC (RFC 2405); IV = one block."""
+    """AES-CBC (RFC 3602), 3DES-CBC (RFC 2451), DES-CBC (RFC 2405); IV = one block.
 
-    __slots__ = ("name", "key_size", "iv_size", "block_size", "icv_size", "aead", "_algo")
+    Building a `cryptography` CBC context costs several microseconds, more than
+    encrypting a packet, so one encryptor and one decryptor live as long as the SA and
+    each message is chained onto them: the context XORs the first block with its last
+    ciphertext block (`_enc_prev`), so feeding P1 ^ IV ^ _enc_prev yields exactly
+    E(P1 ^ IV), the standard CBC of this message under its own IV; decryption undoes the
+    same on the first output block.  The IV itself stays a fresh random value per message
+    chosen by the caller (RFC 3602 section 3: unpredictable IVs)."""
+
+    __slots__ = ("name", "key_size", "iv_size", "block_size", "icv_size", "aead", "_algo",
+                 "_enc", "_dec", "_enc_prev", "_dec_prev")
 
     def __init__(self, name: str, key: bytes):
         size, block = _CBC[name]
@@ -142,25 +151,42 @@ class CbcCipher:
         self.block_size = block
         self.icv_size = 0
         self.aead = False
-        # The algorithm object holds the key once; only the mode (IV) is per packet,
-        # which is as far as `cryptography` lets CBC contexts be reused.
         if name.startswith("aes"):
             self._algo = algorithms.AES(key)
         else:
             # single DES is 3DES with K1 = K2 = K3 (EDE collapses to one DES pass)
             self._algo = TripleDES(key * 3 if len(key) == 8 else key)
+        zero = bytes(block)
+        self._enc = Cipher(self._algo, modes.CBC(zero)).encryptor()
+        self._dec = Cipher(self._algo, modes.CBC(zero)).decryptor()
+        self._enc_prev = 0
+        self._dec_prev = 0
 
-    def encrypt(self, iv: bytes, data: bytes, aad: bytes = b"") -> bytes:
-        if len(data) % self.block_size:
+    def encrypt(self, iv, data, aad: bytes = b"") -> bytes:
+        bs = self.block_size
+        n = len(data)
+        if n % bs or len(iv) != bs:
             raise CipherError("plaintext not a multiple of the block size")
-        enc = Cipher(self._algo, modes.CBC(iv)).encryptor()
-        return enc.update(data) + enc.finalize()
+        if not n:
+            return b""
+        first = (int.from_bytes(data[:bs], "big") ^ int.from_bytes(iv, "big")
+                 ^ self._enc_prev).to_bytes(bs, "big")
+        out = self._enc.update(first + data[bs:] if n > bs else first)
+        self._enc_prev = int.from_bytes(out[-bs:], "big")
+        return out
 
-    def decrypt(self, iv: bytes, data: bytes, aad: bytes = b"") -> bytes:
-        if len(data) % self.block_size or len(iv) != self.iv_size:
+    def decrypt(self, iv, data, aad: bytes = b"") -> bytes:
+        bs = self.block_size
+        n = len(data)
+        if n % bs or len(iv) != bs:
             raise CipherError("ciphertext not a multiple of the block size")
-        dec = Cipher(self._algo, modes.CBC(iv)).decryptor()
-        return dec.update(data) + dec.finalize()
+        if not n:
+            return b""
+        out = self._dec.update(data)
+        first = (int.from_bytes(out[:bs], "big") ^ self._dec_prev
+                 ^ int.from_bytes(iv, "big")).to_bytes(bs, "big")
+        self._dec_prev = int.from_bytes(data[n - bs:], "big")
+        return first + out[bs:] if n > bs else first
 
     def __repr__(self) -> str:
         return f"<CbcCipher {self.name}>"
@@ -201,9 +227,12 @@ def make_cipher(name: str, key: bytes = b""):
 
 
 class Integrity:
-    """HMAC truncated to the RFC length (RFC 2104 with RFC 2403/2404/4868 truncation)."""
+    """HMAC truncated to the RFC length (RFC 2104 with RFC 2403/2404/4868 truncation).
 
-    __slots__ = ("name", "key_size", "icv_size", "_key", "_hash")
+    The hash states after the inner and outer padded keys are computed once; a MAC is
+    then two state copies and updates (cheaper than keying HMAC per message)."""
+
+    __slots__ = ("name", "key_size", "icv_size", "_ipad", "_opad")
 
     def __init__(self, name: str, key: bytes, *, strict_key: bool = True):
         try:
@@ -212,20 +241,34 @@ class Integrity:
             raise ValueError(f"unknown integrity algorithm {name!r}") from None
         # ESP/AH and IKE use keys of exactly the hash's size (RFC 4868 2.1.1); HMAC
         # itself takes any length (RFC 2104), which RFC 2202/4231 vectors exercise.
-        self._key = _check_key(name, key, size) if strict_key else bytes(key)
+        key = _check_key(name, key, size) if strict_key else bytes(key)
         self.name = name
         self.key_size = size
         self.icv_size = icv
-        # One-shot OpenSSL HMAC (hmac.digest) is faster than copying a prepared
-        # hmac object for packet-sized inputs.
-        self._hash = hname
+        inner = hashlib.new(hname)
+        outer = hashlib.new(hname)
+        if len(key) > inner.block_size:
+            key = hashlib.new(hname, key).digest()
+        key = key.ljust(inner.block_size, b"\x00")
+        inner.update(bytes(b ^ 0x36 for b in key))
+        outer.update(bytes(b ^ 0x5C for b in key))
+        self._ipad = inner
+        self._opad = outer
+
+    def mac(self, *parts) -> bytes:
+        """The full (untruncated) HMAC of the concatenated parts."""
+        i = self._ipad.copy()
+        for p in parts:
+            i.update(p)
+        o = self._opad.copy()
+        o.update(i.digest())
+        return o.digest()
 
     def sign(self, data) -> bytes:
-        return hmac.digest(self._key, data, self._hash)[: self.icv_size]
+        return self.mac(data)[: self.icv_size]
 
-    def verify(self, data, icv: bytes) -> bool:
-        mac = hmac.digest(self._key, data, self._hash)[: self.icv_size]
-        return hmac.compare_digest(mac, bytes(icv))
+    def verify(self, data, icv) -> bool:
+        return hmac.compare_digest(self.mac(data)[: self.icv_size], bytes(icv))
 
     def __repr__(self) -> str:
         return f"<Integrity {self.name}>"

@@ -280,7 +280,6 @@ def _build_esp(sa: SA):
     replay_commit = sa.replay_commit
     min_len = 8 + iv_size + 4 + icv_size
     compare = _hmac.compare_digest
-    hdigest = _hmac.digest
 
     def next_seq():
         seq = sa.seq + 1
@@ -347,12 +346,11 @@ def _build_esp(sa: SA):
 
     # CBC or NULL encryption with HMAC (or, for CBC, none at all: RFC 4303 3.2 allows it)
     is_cbc = isinstance(cipher, CbcCipher)
+    cbc_encrypt = cipher.encrypt if is_cbc else None
+    cbc_decrypt = cipher.decrypt if is_cbc else None
     if integ is not None:
-        ikey = integ._key
-        ihash = integ._hash
-    algo = cipher._algo if is_cbc else None
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-    CBC = modes.CBC
+        ipad = integ._ipad
+        opad = integ._opad
     urandom = os.urandom
 
     def seal(payload, nh):
@@ -365,15 +363,19 @@ def _build_esp(sa: SA):
         if is_cbc:
             # A fresh random IV per packet: CBC needs it unpredictable (RFC 3602 3)
             iv = urandom(iv_size)
-            enc = Cipher(algo, CBC(iv)).encryptor()
-            body = b"".join((hdr, iv, enc.update(pt), enc.finalize()))
+            body = b"".join((hdr, iv, cbc_encrypt(iv, pt)))
         else:
             body = hdr + pt
         if integ is None:
             return body
-        # ESN: the high half is authenticated but not sent (RFC 4303 2.2.1, 3.3.2)
-        mac = hdigest(ikey, body + seqb[:4] if esn else body, ihash)
-        return body + mac[:icv_size]
+        h = ipad.copy()
+        h.update(body)
+        if esn:
+            # the high half is authenticated but not sent (RFC 4303 2.2.1, 3.3.2)
+            h.update(seqb[:4])
+        o = opad.copy()
+        o.update(h.digest())
+        return body + o.digest()[:icv_size]
 
     def open_(esp):
         n = len(esp)
@@ -386,10 +388,13 @@ def _build_esp(sa: SA):
             return None
         body_end = n - icv_size
         if integ is not None:
-            body = esp[:body_end]
+            h = ipad.copy()
+            h.update(esp[:body_end])
             if esn:
-                body = bytes(body) + pack_q(seq)[:4]
-            if not compare(hdigest(ikey, body, ihash)[:icv_size], esp[body_end:]):
+                h.update(pack_q(seq)[:4])
+            o = opad.copy()
+            o.update(h.digest())
+            if not compare(o.digest()[:icv_size], esp[body_end:]):
                 sa.auth_failures += 1
                 return None
         if is_cbc:
@@ -397,8 +402,7 @@ def _build_esp(sa: SA):
             if len(ct) % block:
                 sa.malformed += 1
                 return None
-            dec = Cipher(algo, CBC(esp[8:8 + iv_size])).decryptor()
-            pt = dec.update(ct) + dec.finalize()
+            pt = cbc_decrypt(esp[8:8 + iv_size], ct)
         else:
             pt = bytes(esp[8:body_end])
         end, nh = check_trailer(pt)
@@ -416,14 +420,13 @@ def _build_esp(sa: SA):
 def _build_ah_icv(sa: SA):
     """icv(data, seq) -> truncated ICV over `data` (mutable fields already zeroed) with
     the ESN high half appended when ESN is on (RFC 4302 3.3.2.1)."""
-    key = sa.integ._key
-    hname = sa.integ._hash
+    mac = sa.integ.mac
     icv_size = sa.icv_size
-    hdigest = _hmac.digest
+    pack_i = _I.pack
     if sa.esn:
         def icv(data, seq):
-            return hdigest(key, b"".join((data, _I.pack(seq >> 32))), hname)[:icv_size]
+            return mac(data, pack_i(seq >> 32))[:icv_size]
     else:
         def icv(data, seq):
-            return hdigest(key, data, hname)[:icv_size]
+            return mac(data)[:icv_size]
     return icv
