@@ -1,0 +1,129 @@
+"""IkeManager: the one façade the daemon talks to (docs/internals.md).
+
+It owns one engine per IKE version, dispatches datagrams by the version in the header
+(RFC 7296 2.5 / RFC 2408 3.1) and commands by the connection's `version`, and merges their
+status into the contract's JSON shape. Child ids are unique across both engines.
+
+IKEv1 hook: if `vpnd.ike.v1.engine.Ikev1Engine` exists it is used with the same
+constructor and methods as `vpnd.ike.v2.engine.Ikev2Engine`; otherwise IKEv1 datagrams
+are dropped (counted) and IKEv1 connections report an error event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from vpnd.ike import codec
+from vpnd.ike.actions import Address, Event
+from vpnd.ike.v2.engine import Ikev2Engine
+
+
+def _load_v1():
+    try:
+        from vpnd.ike.v1.engine import Ikev1Engine  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return Ikev1Engine
+
+
+class IkeManager:
+    def __init__(self, config, *, now: float, rng=os.urandom, wallclock=None):
+        self.config = config
+        self._ids = itertools.count(1)
+        ids = self._ids.__next__
+        self.v2 = Ikev2Engine(config, now=now, rng=rng, ids=ids, wallclock=wallclock)
+        v1cls = _load_v1()
+        self.v1 = v1cls(config, now=now, rng=rng, ids=ids) if v1cls is not None else None
+        self.drops = 0
+
+    def _engines(self):
+        return [e for e in (self.v2, self.v1) if e is not None]
+
+    def _for(self, name: str):
+        for conn in self.config.connections:
+            if conn.name == name:
+                if conn.version == 1:
+                    return self.v1
+                return self.v2
+        return self.v2
+
+    def _no_v1(self, name: str) -> list:
+        return [Event("error", name, "IKEv1 is not available in this build")]
+
+    def receive(self, data: bytes, local: Address, remote: Address, now: float) -> list:
+        version = codec.peek_version(data)
+        if version == 2:
+            return self.v2.receive(data, local, remote, now)
+        if version == 1 and self.v1 is not None:
+            try:
+                return self.v1.receive(data, local, remote, now)
+            except Exception as e:  # the v1 engine should not raise; keep the daemon alive
+                return [Event("error", None, f"IKEv1 engine failed: {type(e).__name__}: {e}")]
+        self.drops += 1
+        return []
+
+    def initiate(self, connection: str, now: float) -> list:
+        e = self._for(connection)
+        return e.initiate(connection, now) if e is not None else self._no_v1(connection)
+
+    def terminate(self, connection: str, now: float) -> list:
+        e = self._for(connection)
+        return e.terminate(connection, now) if e is not None else self._no_v1(connection)
+
+    def rekey(self, connection: str, now: float, *, ike: bool = False) -> list:
+        e = self._for(connection)
+        return e.rekey(connection, now, ike=ike) if e is not None else self._no_v1(connection)
+
+    def acquire(self, connection: str, packet: bytes, now: float) -> list:
+        e = self._for(connection)
+        return e.acquire(connection, packet, now) if e is not None else self._no_v1(connection)
+
+    def child_expiring(self, child_id: int, hard: bool, now: float) -> list:
+        out: list = []
+        for e in self._engines():
+            out += e.child_expiring(child_id, hard, now)
+        return out
+
+    def child_activity(self, child_id: int, last_in: float, last_out: float) -> None:
+        for e in self._engines():
+            e.child_activity(child_id, last_in, last_out)
+
+    def unknown_spi(self, spi: int, remote: Address, now: float) -> list:
+        out: list = []
+        for e in self._engines():
+            out += e.unknown_spi(spi, remote, now)
+        return out
+
+    def next_timer(self) -> float | None:
+        times = [t for t in (e.next_timer() for e in self._engines()) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list:
+        out: list = []
+        for e in self._engines():
+            out += e.handle_timer(now)
+        return out
+
+    def reload(self, config, now: float) -> list:
+        self.config = config
+        out: list = []
+        for e in self._engines():
+            out += e.reload(config, now)
+        return out
+
+    def status(self, now: float) -> dict:
+        ike_sas: list[dict] = []
+        for e in self._engines():
+            ike_sas += e.status(now)
+        conns = []
+        for conn in self.config.connections:
+            if conn.manual is not None:
+                continue
+            mine = [s for s in ike_sas if s["connection"] == conn.name]
+            children = sum(len(s["child_sas"]) for s in mine)
+            installed = any(ch["state"] == "INSTALLED" for s in mine for ch in s["child_sas"])
+            state = "up" if installed else ("connecting" if mine else "down")
+            conns.append({"name": conn.name, "version": conn.version, "peer": conn.peer, "state": state,
+                          "ike_sas": len(mine), "child_sas": children})
+        return {"connections": conns, "ike_sas": ike_sas}

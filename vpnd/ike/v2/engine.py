@@ -1,0 +1,661 @@
+"""The IKEv2 sans-IO engine: every IKEv2 SA of the daemon, message plumbing (message IDs,
+window size 1, retransmission with exponential back-off, cached responses, RFC 7296 2.1-2.3),
+timers (rekey, expiry, DPD, NAT keepalives) and status. The exchanges themselves live in
+exchange_*.py; this module routes messages to them.
+
+Nothing here touches sockets or clocks: callers pass `now` and get a list of actions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import struct
+
+from vpnd.crypto.auth import AuthError, Credentials
+from vpnd.ike import codec
+from vpnd.ike.actions import (Address, ChildKeys, DeleteChildSA, Event, InstallChildSA,
+                              SendDatagram, UpdateChildAddresses)
+from vpnd.ike.codec import CodecError, Encrypted, Header
+from vpnd.ike.v2 import constants as c
+from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
+from vpnd.ike.v2.payloads import REGISTRY, Notify
+from vpnd.ike.v2.sa import (HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES, ChildSa,
+                            IkeSa, Request)
+from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
+
+NAT_KEEPALIVE = b"\xff"  # RFC 3948 2.3; sent without the non-ESP marker
+INVALID_SPI_INTERVAL = 1.0  # at most one INVALID_SPI notify per peer per second
+
+
+class Ikev2Engine:
+    def __init__(self, config, *, now: float, rng=os.urandom, ids=None, wallclock=None):
+        self.config = config
+        self.rng = rng
+        self._ids = ids or itertools.count(1).__next__
+        self.wallclock = wallclock
+        self.sas: dict[int, IkeSa] = {}
+        self.by_spi: dict[bytes, IkeSa] = {}  # our SPI -> SA
+        self.half_open: dict[tuple[bytes, str], IkeSa] = {}  # responder: (SPIi, peer ip)
+        self.cookie_secret = rng(32)
+        self.cookie_secret_old = self.cookie_secret
+        self.cookie_rotated = now
+        self.contacted: set[str] = set()  # connections we have had an IKE SA for (INITIAL_CONTACT)
+        self.invalid_spi_sent: dict[str, float] = {}
+        self.retry_at: dict[str, float] = {}  # connection -> when to re-initiate (restart)
+        self.drops = 0
+        self._creds: dict = {}
+        self._out: list = []
+        self.rand = random.Random(int.from_bytes(rng(8), "big"))
+
+    # ------------------------------------------------------------------ helpers for exchanges
+
+    def new_id(self) -> int:
+        return self._ids()
+
+    def emit(self, action) -> None:
+        self._out.append(action)
+
+    def event(self, kind: str, conn: str | None, message: str, **data) -> None:
+        self._out.append(Event(kind, conn, message, data))
+
+    def take(self) -> list:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def ike_port(self) -> int:
+        return self.config.daemon.ike_port
+
+    @property
+    def natt_port(self) -> int:
+        return self.config.daemon.natt_port
+
+    def connections(self):
+        return [x for x in self.config.connections if x.version == 2 and x.manual is None]
+
+    def conn_by_name(self, name: str):
+        for x in self.connections():
+            if x.name == name:
+                return x
+        return None
+
+    def credentials(self, conn) -> Credentials | None:
+        """Our certificate/key and trusted CAs of a connection, loaded once."""
+        a = conn.auth
+        if a is None or a.method != "cert":
+            return None
+        key = (a.cert, a.key, tuple(a.ca))
+        creds = self._creds.get(key)
+        if creds is None:
+            creds = Credentials.load(a.cert, a.key, None)
+            for path in a.ca:
+                creds.cas += Credentials.load(None, None, path).cas
+            self._creds[key] = creds
+        return creds
+
+    def new_spi(self) -> bytes:
+        while True:
+            spi = self.rng(8)
+            if spi != bytes(8) and spi not in self.by_spi:
+                return spi
+
+    def new_child_spi(self) -> int:
+        used = {ch.spi_in for sa in self.sas.values() for ch in sa.children.values()}
+        while True:
+            spi = struct.unpack("!I", self.rng(4))[0]
+            if spi >= 256 and spi not in used:
+                return spi
+
+    def register(self, sa: IkeSa) -> None:
+        self.sas[sa.ike_id] = sa
+        self.by_spi[sa.our_spi] = sa
+
+    def forget(self, sa: IkeSa) -> None:
+        self.sas.pop(sa.ike_id, None)
+        if self.by_spi.get(sa.our_spi) is sa:
+            del self.by_spi[sa.our_spi]
+        for k, v in list(self.half_open.items()):
+            if v is sa:
+                del self.half_open[k]
+
+    def send(self, data: bytes, sa: IkeSa | None = None, *, local: Address | None = None,
+             remote: Address | None = None, now: float | None = None) -> None:
+        self._out.append(SendDatagram(data, local or sa.local, remote or sa.remote))
+        if sa is not None and now is not None:
+            sa.last_sent = now
+
+    def header(self, sa: IkeSa, exchange: int, mid: int, response: bool) -> Header:
+        return Header(sa.spi_i, sa.spi_r, 0, 2, 0, exchange, sa.flags(response), mid)
+
+    def retransmit_timeouts(self, sa: IkeSa) -> list[float]:
+        """2 s doubling, 5 retransmissions; with DPD on, capped so that a dead peer is
+        declared within the DPD budget as well."""
+        t = [RETRANSMIT_BASE * 2**i for i in range(RETRANSMIT_TRIES + 1)]
+        dpd = sa.conn.dpd
+        if dpd.interval > 0:
+            budget = dpd.interval * max(dpd.retry, 1)
+            out, total = [], 0.0
+            for x in t:
+                if total + x > budget:
+                    break
+                out.append(x)
+                total += x
+            if total < budget:
+                out.append(budget - total)
+            return out
+        return t
+
+    def queue(self, sa: IkeSa, task, now: float) -> None:
+        """Queue an exchange; it is sent once the window is free (2.3)."""
+        sa.queue.append(task)
+        self.kick(sa, now)
+
+    def kick(self, sa: IkeSa, now: float) -> None:
+        while sa.pending is None and sa.queue and sa.state not in ("CONNECTING", "DEAD") \
+                and sa.crypto_out is not None:
+            task = sa.queue.popleft()
+            if not task.ready(self, sa):
+                continue
+            try:
+                payloads = task.build(self, sa, now)
+            except AuthError as err:
+                self.event("auth_failed", sa.conn.name, f"cannot authenticate: {err}")
+                self.kill_ike(sa, now, "local credentials unusable")
+                return
+            if payloads is None:  # nothing to do any more
+                continue
+            mid = sa.mid_out
+            sa.mid_out += 1
+            data = protect(self.header(sa, task.exchange, mid, False), payloads, sa.crypto_out, self.rng)
+            timeouts = task.timeouts(self, sa) if hasattr(task, "timeouts") else self.retransmit_timeouts(sa)
+            sa.pending = Request(mid, task.exchange, data, task, now, now + timeouts[0], timeouts)
+            sa.dpd_probe = isinstance(task, exchange_info.DpdTask)
+            self.send(data, sa, now=now)
+
+    def respond(self, sa: IkeSa, exchange: int, mid: int, payloads: list, now: float) -> None:
+        data = protect(self.header(sa, exchange, mid, True), payloads, sa.crypto_out, self.rng)
+        sa.last_response = (mid, data)
+        self.send(data, sa, now=now)
+
+    # ------------------------------------------------------------------ children
+
+    def install_child(self, sa: IkeSa, child: ChildSa, keys: tuple, now: float,
+                      replaces: int | None = None, outbound: bool = True) -> None:
+        """Emit InstallChildSA; keys = (enc_i2r, auth_i2r, enc_r2i, auth_r2i)."""
+        ch = child.chosen
+        enc_i, auth_i, enc_r, auth_r = keys
+        we_i = child.initiator
+        enc_in, auth_in = (enc_r, auth_r) if we_i else (enc_i, auth_i)
+        enc_out, auth_out = (enc_i, auth_i) if we_i else (enc_r, auth_r)
+        conn = sa.conn
+        lt = conn.lifetime
+        child.installed_at = now
+        child.udp_encap = sa.udp_encap
+        if lt.seconds:
+            # rekey before expiry, with jitter so both ends do not collide (2.8)
+            child.rekey_at = now + lt.seconds * (0.9 - 0.05 * self.rand.random())
+            child.expire_at = now + lt.seconds
+        child.last_in = child.last_out = now
+        sa.children[child.child_id] = child
+        kb = lt.kilobytes or 0
+        enc = ch.encryption if ch.protocol == "esp" else None
+        self.emit(InstallChildSA(
+            connection=conn.name, child_id=child.child_id, ike_id=sa.ike_id, mode=child.mode,
+            local=sa.local, remote=sa.remote, udp_encap=sa.udp_encap, esn=ch.esn,
+            replay_window=conn.replay_window,
+            local_ts=tuple(n for t in child.local_ts for n in t.networks()),
+            remote_ts=tuple(n for t in child.remote_ts for n in t.networks()),
+            inbound=(ChildKeys(child.spi_in, ch.protocol, enc, ch.integrity, enc_in, auth_in),),
+            outbound=(ChildKeys(child.spi_out, ch.protocol, enc, ch.integrity, enc_out, auth_out),)
+            if outbound else (),
+            proposal=ch.describe(), lifetime_seconds=lt.seconds,
+            soft_kilobytes=int(kb * 0.9), hard_kilobytes=kb, replaces=replaces))
+        self.event("child_up", conn.name,
+                   f"CHILD_SA {conn.name}{{{child.child_id}}} established with SPIs "
+                   f"{child.spi_in:08x}_i {child.spi_out:08x}_o and TS "
+                   f"{' '.join(map(str, child.local_ts))} === {' '.join(map(str, child.remote_ts))}",
+                   child_id=child.child_id, proposal=ch.describe(), udp_encap=sa.udp_encap)
+
+    def remove_child(self, sa: IkeSa, child: ChildSa, reason: str) -> None:
+        if sa.children.pop(child.child_id, None) is None:
+            return
+        self.emit(DeleteChildSA(child.child_id))
+        self.event("child_down", sa.conn.name,
+                   f"CHILD_SA {sa.conn.name}{{{child.child_id}}} deleted ({reason})",
+                   child_id=child.child_id)
+
+    def find_child_by_out(self, sa: IkeSa, spi: int) -> ChildSa | None:
+        for ch in sa.children.values():
+            if ch.spi_out == spi:
+                return ch
+        return None
+
+    def find_child_by_in(self, sa: IkeSa, spi: int) -> ChildSa | None:
+        for ch in sa.children.values():
+            if ch.spi_in == spi:
+                return ch
+        return None
+
+    def kill_ike(self, sa: IkeSa, now: float, reason: str, *, dead: bool = False) -> None:
+        """Drop an IKE SA and its children locally (no message)."""
+        if sa.ike_id not in self.sas:
+            return
+        for ch in list(sa.children.values()):
+            self.remove_child(sa, ch, reason)
+        was_up = sa.established_at is not None
+        sa.state = "DEAD"
+        sa.pending = None
+        sa.queue.clear()
+        self.forget(sa)
+        if was_up:
+            self.event("ike_down", sa.conn.name,
+                       f"IKE_SA {sa.conn.name}[{sa.ike_id}] deleted ({reason})", ike_id=sa.ike_id)
+        if dead:
+            self.on_peer_dead(sa, now)
+
+    def on_peer_dead(self, sa: IkeSa, now: float) -> None:
+        conn = sa.conn
+        action = conn.dpd.action
+        self.event("peer_dead", conn.name,
+                   f"peer {sa.remote[0]} of {conn.name} is dead (no answer), action {action}")
+        if action == "restart" and not conn.dynamic and not self._has_other_sa(conn, sa):
+            self.retry_at[conn.name] = now  # re-initiate on the next timer
+        if action == "restart" and conn.dynamic:
+            pass
+
+    def _has_other_sa(self, conn, exclude: IkeSa) -> bool:
+        return any(s is not exclude and s.conn.name == conn.name and s.state != "DEAD"
+                   for s in self.sas.values())
+
+    # ------------------------------------------------------------------ receive path
+
+    def receive(self, data: bytes, local: Address, remote: Address, now: float) -> list:
+        try:
+            self._receive(data, local, remote, now)
+        except CodecError as e:
+            self.drops += 1
+            self.event("drop", None, f"dropped IKEv2 message from {remote[0]}: {e}")
+        except Exception as e:  # a bug must not take the daemon down; counted and reported
+            self.drops += 1
+            self.event("error", None, f"internal error on IKEv2 message from {remote[0]}: "
+                                      f"{type(e).__name__}: {e}")
+        return self.take()
+
+    def _receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
+        try:
+            msg = codec.decode_message(data, REGISTRY)
+        except codec.UnsupportedCriticalPayload as e:
+            h = codec.decode_header(data)
+            self._unprotected_notify_error(h, data, local, remote, c.N_UNSUPPORTED_CRITICAL_PAYLOAD,
+                                           struct.pack("!B", e.payload_type))
+            raise
+        except codec.InvalidMajorVersion:
+            raise
+        h = msg.header
+        if h.exchange == c.IKE_SA_INIT:
+            if not h.is_response:
+                if h.spi_r != bytes(8):
+                    self.drops += 1
+                    return
+                exchange_init.responder(self, msg, data, local, remote, now)
+            else:
+                sa = self.by_spi.get(h.spi_i)
+                if sa is None or not sa.initiator or sa.state != "CONNECTING":
+                    self.drops += 1
+                    return
+                exchange_init.on_response(self, sa, msg, data, local, remote, now)
+            return
+        # everything else is protected: find the SA by our SPI (2.21.4: unknown SPI -> drop)
+        ours = h.spi_r if h.is_initiator else h.spi_i
+        sa = self.by_spi.get(ours)
+        if sa is None or (sa.spi_i != h.spi_i) or (h.spi_r != sa.spi_r) or sa.crypto_in is None:
+            self.drops += 1
+            return
+        if sa.initiator == h.is_initiator:
+            self.drops += 1  # our own flags reflected back
+            return
+        if not msg.payloads or not isinstance(msg.payloads[-1], Encrypted) or len(msg.payloads) != 1:
+            self.drops += 1
+            return
+        enc = msg.payloads[-1]
+        if h.is_response:
+            req = sa.pending
+            if req is None or h.message_id != req.mid or h.exchange != req.exchange:
+                self.drops += 1
+                return
+            try:
+                payloads = unprotect(data, enc, sa.crypto_in)
+            except IntegrityError:
+                self.drops += 1
+                return
+            except codec.CodecError:
+                # authenticated but malformed: treat as a failed exchange
+                payloads = [Notify(c.N_INVALID_SYNTAX)]
+            sa.pending = None
+            sa.last_recv = now
+            self._maybe_peer_moved(sa, local, remote, now)
+            req.task.on_response(self, sa, payloads, now)
+            self.kick(sa, now)
+            return
+        # a request
+        if h.message_id == sa.mid_in - 1 and sa.last_response and sa.last_response[0] == h.message_id:
+            try:
+                unprotect(data, enc, sa.crypto_in)  # only authentic retransmits get an answer
+            except codec.CodecError:
+                self.drops += 1
+                return
+            self.send(sa.last_response[1], sa, now=now)
+            return
+        if h.message_id != sa.mid_in:
+            self.drops += 1
+            return
+        try:
+            payloads = unprotect(data, enc, sa.crypto_in)
+        except IntegrityError:
+            self.drops += 1
+            return
+        except codec.UnsupportedCriticalPayload as e:
+            sa.mid_in += 1
+            sa.last_recv = now
+            self.respond(sa, h.exchange, h.message_id,
+                         [Notify(c.N_UNSUPPORTED_CRITICAL_PAYLOAD, bytes([e.payload_type]))], now)
+            return
+        except codec.CodecError:
+            sa.mid_in += 1
+            sa.last_recv = now
+            self.respond(sa, h.exchange, h.message_id, [Notify(c.N_INVALID_SYNTAX)], now)
+            return
+        sa.mid_in += 1
+        sa.last_recv = now
+        self._maybe_peer_moved(sa, local, remote, now)
+        if h.exchange == c.IKE_AUTH:
+            exchange_auth.responder(self, sa, h, payloads, now)
+        elif h.exchange == c.CREATE_CHILD_SA:
+            exchange_child.responder(self, sa, h, payloads, now)
+        elif h.exchange == c.INFORMATIONAL:
+            exchange_info.responder(self, sa, h, payloads, now)
+        else:
+            self.respond(sa, h.exchange, h.message_id, [Notify(c.N_INVALID_SYNTAX)], now)
+        self.kick(sa, now)
+
+    def _maybe_peer_moved(self, sa: IkeSa, local: Address, remote: Address, now: float) -> None:
+        """Answer where authentic messages come from: the peer floats to the NAT-T port, and a
+        NATed peer's mapping may change (2.23)."""
+        if remote == sa.remote and local[1] == sa.local[1]:
+            return
+        if remote[0] != sa.remote[0] and not sa.nat_remote:
+            return
+        if remote[1] == self.natt_port or local[1] == self.natt_port:
+            sa.natt = True
+        sa.remote = remote
+        sa.local = (local[0] if local[0] not in ("0.0.0.0", "::") else sa.local[0], local[1])
+        if not sa.children:
+            return
+        for ch in sa.children.values():
+            self.emit(UpdateChildAddresses(ch.child_id, local, remote, sa.udp_encap))
+
+    def _unprotected_notify_error(self, h: Header, data, local, remote, ntype: int, ndata: bytes) -> None:
+        """Errors on IKE_SA_INIT requests get an unprotected answer (2.21.1)."""
+        if h.exchange != c.IKE_SA_INIT or h.is_response or h.message_id != 0:
+            return
+        resp = Header(h.spi_i, bytes(8), 0, 2, 0, c.IKE_SA_INIT, c.FLAG_R, 0)
+        self.send(codec.encode_message(resp, [Notify(ntype, ndata)]), local=local, remote=remote)
+
+    # ------------------------------------------------------------------ public API
+
+    def initiate(self, name: str, now: float, *, ts_hint=None) -> list:
+        conn = self.conn_by_name(name)
+        if conn is None:
+            self.event("error", name, f"no IKEv2 connection {name!r}")
+            return self.take()
+        if conn.dynamic:
+            self.event("error", name, f"connection {name} has peer %any and can only respond")
+            return self.take()
+        self.retry_at.pop(name, None)
+        for sa in self.sas.values():
+            if sa.conn.name == name and sa.state in ("ESTABLISHED", "CONNECTING") and sa.rekeyed_to is None:
+                if sa.state == "ESTABLISHED" and not any(ch.state != "DELETING" for ch in sa.children.values()) \
+                        and not any(isinstance(t, exchange_child.CreateChildTask) for t in sa.queue):
+                    self.queue(sa, exchange_child.CreateChildTask(conn, ts_hint=ts_hint), now)
+                elif conn.per_host and ts_hint is not None and sa.state == "ESTABLISHED":
+                    self.queue(sa, exchange_child.CreateChildTask(conn, ts_hint=ts_hint), now)
+                return self.take()
+        exchange_init.initiate(self, conn, now, ts_hint=ts_hint)
+        return self.take()
+
+    def terminate(self, name: str, now: float) -> list:
+        self.retry_at.pop(name, None)
+        for sa in list(self.sas.values()):
+            if sa.conn.name != name:
+                continue
+            if sa.state in ("ESTABLISHED", "REKEYED") and sa.crypto_out is not None:
+                sa.queue.clear()
+                sa.pending = None
+                sa.state = "DELETING"
+                self.queue_force(sa, exchange_info.DeleteIkeTask(), now)
+            else:
+                self.kill_ike(sa, now, "terminated")
+        return self.take()
+
+    def queue_force(self, sa: IkeSa, task, now: float) -> None:
+        """Queue on an SA that is being deleted (only the delete itself is still sent)."""
+        state = sa.state
+        sa.state = "ESTABLISHED"
+        sa.queue.append(task)
+        self.kick(sa, now)
+        sa.state = state
+
+    def rekey(self, name: str, now: float, *, ike: bool = False) -> list:
+        for sa in list(self.sas.values()):
+            if sa.conn.name != name or sa.state != "ESTABLISHED":
+                continue
+            if ike:
+                self.queue(sa, exchange_child.RekeyIkeTask(), now)
+            else:
+                for ch in list(sa.children.values()):
+                    if ch.state == "INSTALLED":
+                        self.queue(sa, exchange_child.CreateChildTask(sa.conn, rekey=ch), now)
+            return self.take()
+        self.event("error", name, f"connection {name} has no established IKE SA to rekey")
+        return self.take()
+
+    def acquire(self, name: str, packet: bytes, now: float) -> list:
+        """start: trap — a packet hit the policy without an SA."""
+        ts_hint = exchange_child.packet_selectors(packet)
+        return self.initiate(name, now, ts_hint=ts_hint)
+
+    def child_expiring(self, child_id: int, hard: bool, now: float) -> list:
+        for sa in self.sas.values():
+            ch = sa.children.get(child_id)
+            if ch is None:
+                continue
+            if hard:
+                self._delete_child(sa, ch, now, "hard lifetime (volume) reached")
+            elif ch.state == "INSTALLED":
+                self.queue(sa, exchange_child.CreateChildTask(sa.conn, rekey=ch), now)
+        return self.take()
+
+    def child_activity(self, child_id: int, last_in: float, last_out: float) -> None:
+        for sa in self.sas.values():
+            ch = sa.children.get(child_id)
+            if ch is not None:
+                ch.last_in = max(ch.last_in, last_in)
+                ch.last_out = max(ch.last_out, last_out)
+
+    def unknown_spi(self, spi: int, remote: Address, now: float) -> list:
+        """ESP with an SPI we do not know from a peer we share an IKE SA with: tell it with
+        an INVALID_SPI notify (2.21.3), at most once per second per peer."""
+        if not self.config.daemon.invalid_spi_recovery:
+            return self.take()
+        last = self.invalid_spi_sent.get(remote[0])
+        if last is not None and now - last < INVALID_SPI_INTERVAL:
+            return self.take()
+        for sa in self.sas.values():
+            if sa.remote[0] == remote[0] and sa.state == "ESTABLISHED":
+                self.invalid_spi_sent[remote[0]] = now
+                self.queue(sa, exchange_info.InvalidSpiTask(spi), now)
+                break
+        return self.take()
+
+    def _delete_child(self, sa: IkeSa, ch: ChildSa, now: float, reason: str) -> None:
+        if ch.state == "DELETING":
+            return
+        ch.state = "DELETING"
+        self.event("child_expire", sa.conn.name, f"deleting CHILD_SA {sa.conn.name}{{{ch.child_id}}}: {reason}")
+        self.queue(sa, exchange_info.DeleteChildTask(ch), now)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_timer(self) -> float | None:
+        times: list[float] = list(self.retry_at.values())
+        for sa in self.sas.values():
+            if sa.pending is not None:
+                times.append(sa.pending.next_at)
+            if sa.state == "CONNECTING":
+                times.append(sa.created_at + HALF_OPEN_TIMEOUT)
+                continue
+            if sa.state != "ESTABLISHED":
+                continue
+            for t in (sa.rekey_at, sa.expire_at):
+                if t is not None:
+                    times.append(t)
+            dpd = sa.conn.dpd
+            if dpd.interval > 0 and sa.pending is None:
+                times.append(max(sa.last_recv, self._last_traffic_in(sa)) + dpd.interval)
+            ka = self._keepalive_interval(sa)
+            if ka:
+                times.append(max(sa.last_sent, sa.last_keepalive) + ka)
+            for ch in sa.children.values():
+                for t in (ch.rekey_at, ch.expire_at):
+                    if t is not None:
+                        times.append(t)
+                if sa.conn.idle_time:
+                    times.append(max(ch.last_in, ch.last_out) + sa.conn.idle_time)
+        return min(times) if times else None
+
+    def _keepalive_interval(self, sa: IkeSa) -> int:
+        if sa.conn.nat_keepalive and (sa.nat_local or (sa.conn.encap and sa.initiator)):
+            return sa.conn.nat_keepalive
+        return 0
+
+    def _last_traffic_in(self, sa: IkeSa) -> float:
+        return max((ch.last_in for ch in sa.children.values()), default=0.0)
+
+    def handle_timer(self, now: float) -> list:
+        for name, t in list(self.retry_at.items()):
+            if t <= now:
+                del self.retry_at[name]
+                conn = self.conn_by_name(name)
+                if conn is not None and not any(s.conn.name == name for s in self.sas.values()):
+                    exchange_init.initiate(self, conn, now)
+        for sa in list(self.sas.values()):
+            if sa.ike_id not in self.sas:
+                continue
+            self._timers_of(sa, now)
+        if now - self.cookie_rotated > 300:
+            self.cookie_secret_old, self.cookie_secret = self.cookie_secret, self.rng(32)
+            self.cookie_rotated = now
+        return self.take()
+
+    def _timers_of(self, sa: IkeSa, now: float) -> None:
+        req = sa.pending
+        if req is not None and req.next_at <= now:
+            if req.tries >= len(req.timeouts) - 1:
+                what = "liveness check" if sa.dpd_probe else c.EXCHANGE_NAMES.get(req.exchange, "request")
+                self.event("timeout", sa.conn.name,
+                           f"{what} to {sa.remote[0]} not answered after {req.tries} retransmissions")
+                if sa.state == "CONNECTING" and sa.established_at is None:
+                    self.kill_ike(sa, now, "peer not responding")
+                    self.on_peer_dead(sa, now)
+                else:
+                    self.kill_ike(sa, now, "peer not responding", dead=True)
+                return
+            req.tries += 1
+            req.next_at = now + req.timeouts[req.tries]
+            self.send(req.data, sa, now=now)
+            self.event("retransmit", sa.conn.name,
+                       f"retransmit {req.tries} of {c.EXCHANGE_NAMES.get(req.exchange)} request {req.mid}")
+        if sa.state == "CONNECTING":
+            if now >= sa.created_at + HALF_OPEN_TIMEOUT and sa.pending is None:
+                self.kill_ike(sa, now, "half-open timeout")
+            return
+        if sa.state != "ESTABLISHED":
+            return
+        conn = sa.conn
+        if sa.expire_at is not None and now >= sa.expire_at:
+            self.kill_ike(sa, now, "IKE lifetime expired")
+            return
+        if sa.rekey_at is not None and now >= sa.rekey_at:
+            sa.rekey_at = None
+            self.queue(sa, exchange_child.RekeyIkeTask(), now)
+        for ch in list(sa.children.values()):
+            if ch.expire_at is not None and now >= ch.expire_at:
+                ch.expire_at = None
+                self._delete_child(sa, ch, now, "lifetime expired")
+            elif ch.rekey_at is not None and now >= ch.rekey_at and ch.state == "INSTALLED":
+                ch.rekey_at = None
+                self.queue(sa, exchange_child.CreateChildTask(conn, rekey=ch), now)
+            elif conn.idle_time and ch.state == "INSTALLED" and now - max(ch.last_in, ch.last_out) >= conn.idle_time:
+                self._delete_child(sa, ch, now, f"idle for {conn.idle_time} s")
+        dpd = conn.dpd
+        if dpd.interval > 0 and sa.pending is None and not sa.queue:
+            quiet_since = max(sa.last_recv, self._last_traffic_in(sa))
+            if now - quiet_since >= dpd.interval:
+                if dpd.mode == "periodic":
+                    self.queue(sa, exchange_info.DpdTask(), now)
+                else:
+                    # on-demand: only when we are sending into the tunnel and hear nothing back
+                    last_out = max((ch.last_out for ch in sa.children.values()), default=0.0)
+                    if last_out > quiet_since or not sa.children:
+                        self.queue(sa, exchange_info.DpdTask(), now)
+                    else:
+                        sa.last_recv = now - dpd.interval / 2  # look again later
+        ka = self._keepalive_interval(sa)
+        if ka and now - max(sa.last_sent, sa.last_keepalive) >= ka:
+            sa.last_keepalive = now
+            self.send(NAT_KEEPALIVE, sa)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, now: float) -> list[dict]:
+        out = []
+        for sa in self.sas.values():
+            if sa.state == "DEAD":
+                continue
+            out.append({
+                "connection": sa.conn.name, "version": 2, "state": sa.state, "ike_id": sa.ike_id,
+                "local": f"{sa.local[0]}:{sa.local[1]}", "remote": f"{sa.remote[0]}:{sa.remote[1]}",
+                "nat_detected": bool(sa.nat_local or sa.nat_remote),
+                "nat_local": sa.nat_local, "nat_remote": sa.nat_remote,
+                "initiator": sa.initiator, "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
+                "proposal": sa.chosen.describe() if sa.chosen else "",
+                "remote_id": sa.peer_id,
+                "established_s": int(now - sa.established_at) if sa.established_at is not None else 0,
+                "rekey_in_s": max(0, int(sa.rekey_at - now)) if sa.rekey_at is not None else 0,
+                "child_sas": [{
+                    "name": sa.conn.name, "child_id": ch.child_id, "state": ch.state,
+                    "mode": ch.mode, "protocol": ch.protocol, "udp_encap": ch.udp_encap,
+                    "spi_in": f"{ch.spi_in:08x}", "spi_out": f"{ch.spi_out:08x}",
+                    "proposal": ch.chosen.describe(),
+                    "local_ts": [str(n) for t in ch.local_ts for n in t.networks()],
+                    "remote_ts": [str(n) for t in ch.remote_ts for n in t.networks()],
+                    "bytes_in": 0, "packets_in": 0, "bytes_out": 0, "packets_out": 0,
+                    "replay_drops": 0, "auth_failures": 0,
+                    "rekey_in_s": max(0, int(ch.rekey_at - now)) if ch.rekey_at is not None else 0,
+                } for ch in sa.children.values()],
+            })
+        return out
+
+    def reload(self, config, now: float) -> list:
+        """New config: SAs of removed connections go; others pick up the new settings."""
+        self.config = config
+        names = {x.name: x for x in self.connections()}
+        for sa in list(self.sas.values()):
+            new = names.get(sa.conn.name)
+            if new is None:
+                self.terminate(sa.conn.name, now)
+            else:
+                sa.conn = new
+        return self.take()

@@ -1,0 +1,225 @@
+"""IKE_AUTH (RFC 7296 1.2, 2.15): identities, PSK and certificate authentication (RSA,
+ECDSA, RFC 7427), INITIAL_CONTACT (2.4), and the first CHILD_SA."""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography.hazmat.primitives import serialization
+
+from vpnd.crypto import auth as authc
+from vpnd.ike.v2 import constants as c
+from vpnd.ike.v2 import exchange_child
+from vpnd.ike.v2.payloads import IDi, IDr, Auth, Cert, CertReq, Notify, notify
+from vpnd.ike.v2.sa import IkeSa, id_matches, id_payload_body, id_to_str
+
+
+def _psk(conn) -> bytes | None:
+    a = conn.auth
+    if a is not None and a.method == "psk" and a.psk is not None:
+        return a.psk.value
+    if conn.psk is not None:
+        return conn.psk.value
+    return None
+
+
+def _uses_certs(conn) -> bool:
+    return conn.auth is not None and conn.auth.method == "cert"
+
+
+def _signed_octets(sa: IkeSa, *, for_initiator: bool, id_body: bytes) -> bytes:
+    """InitiatorSignedOctets = RealMessage1 | NonceRData | MACedIDForI (2.15), and the
+    responder's counterpart with message 2 and Ni."""
+    k = sa.keys
+    if for_initiator:
+        return sa.init_req + sa.nr + k.prf(k.sk_pi, id_body)
+    return sa.init_resp + sa.ni + k.prf(k.sk_pr, id_body)
+
+
+def _our_auth(e, sa: IkeSa, conn, id_cls, we_are_initiator: bool) -> list:
+    creds = e.credentials(conn) if _uses_certs(conn) else None
+    t, d = id_payload_body(conn.local_id, sa.local[0], creds.cert if creds else None)
+    idp = id_cls(t, d)
+    octets = _signed_octets(sa, for_initiator=we_are_initiator, id_body=idp.encode())
+    out: list = [idp]
+    if creds is not None:
+        if creds.cert is None or creds.key is None:
+            raise authc.AuthError("certificate or key missing")
+        out.append(Cert(c.CERT_X509_SIGNATURE, creds.cert.public_bytes(serialization.Encoding.DER)))
+        method, data = authc.sign(creds.key, octets, sa.peer_hashes)
+    else:
+        psk = _psk(conn)
+        if psk is None:
+            raise authc.AuthError("no pre-shared key")
+        method, data = c.AUTH_PSK, authc.psk_auth(sa.keys.prf, psk, octets)
+    out.append(Auth(method, data))
+    return out
+
+
+def _wallclock(e) -> datetime.datetime:
+    if e.wallclock is not None:
+        return e.wallclock()
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_initiator: bool) -> str | None:
+    """None when the peer proved the identity `idp` as `conn` wants; else the reason."""
+    octets = _signed_octets(sa, for_initiator=peer_is_initiator, id_body=idp.encode())
+    want = conn.remote_id
+    if _uses_certs(conn):
+        cert = None
+        for p in certs:
+            if p.encoding == c.CERT_X509_SIGNATURE:
+                cert = authc.load_peer_cert(p.data)
+                break
+        if cert is None:
+            return "no peer certificate"
+        creds = e.credentials(conn)
+        why = authc.verify_chain(cert, creds.cas if creds else [], _wallclock(e))
+        if why:
+            return why
+        if not authc.cert_matches_identity(cert, idp.id_type, idp.data):
+            return f"identity {id_to_str(idp.id_type, idp.data)} not confirmed by the certificate"
+        if want is not None and want.kind != "any" and not id_matches(want, idp.id_type, idp.data):
+            return f"identity {id_to_str(idp.id_type, idp.data)} is not {want}"
+        if auth.method == c.AUTH_PSK or not authc.verify(cert, auth.method, auth.data, octets):
+            return "signature check failed"
+        return None
+    if want is not None and want.kind != "any" and not id_matches(want, idp.id_type, idp.data):
+        return f"identity {id_to_str(idp.id_type, idp.data)} is not {want}"
+    psk = _psk(conn)
+    if psk is None or auth.method != c.AUTH_PSK:
+        return "peer did not use a pre-shared key" if psk is not None else "no pre-shared key"
+    if not authc.psk_verify(sa.keys.prf, psk, octets, auth.data):
+        return "pre-shared key mismatch"
+    return None
+
+
+def established(e, sa: IkeSa, now: float) -> None:
+    sa.state = "ESTABLISHED"
+    sa.established_at = now
+    sa.last_recv = now
+    lt = sa.conn.lifetime.ike
+    if lt:
+        sa.rekey_at = now + lt * (0.9 - 0.05 * e.rand.random())
+        sa.expire_at = now + lt
+    for k, v in list(e.half_open.items()):
+        if v is sa:
+            del e.half_open[k]
+    e.contacted.add(sa.conn.name)
+    e.event("ike_up", sa.conn.name,
+            f"IKE_SA {sa.conn.name}[{sa.ike_id}] established between {sa.local[0]}[{sa.local[1]}]"
+            f"...{sa.remote[0]}[{sa.remote[1]}] ({sa.peer_id}), {sa.chosen.describe()}"
+            f"{', NAT detected' if sa.nat_local or sa.nat_remote else ''}",
+            ike_id=sa.ike_id, nat=sa.nat_local or sa.nat_remote)
+
+
+def _initial_contact(e, sa: IkeSa, now: float) -> None:
+    """2.4: the peer has no state from before; drop our older SAs with it."""
+    for other in list(e.sas.values()):
+        if other is not sa and other.conn.name == sa.conn.name and other.peer_id == sa.peer_id \
+                and other.state != "CONNECTING":
+            e.kill_ike(other, now, "peer sent INITIAL_CONTACT")
+
+
+class AuthTask:
+    """Initiator side of IKE_AUTH."""
+
+    exchange = c.IKE_AUTH
+
+    def __init__(self, ts_hint=None):
+        self.ts_hint = ts_hint
+        self.req = None
+
+    def ready(self, e, sa) -> bool:
+        return True
+
+    def build(self, e, sa: IkeSa, now: float) -> list:
+        conn = sa.conn
+        out = _our_auth(e, sa, conn, IDi, True)
+        self.idi = out[0]
+        if _uses_certs(conn):
+            creds = e.credentials(conn)
+            if creds and creds.cas:
+                out.insert(2, CertReq(c.CERT_X509_SIGNATURE, creds.certreq_data()))
+        if conn.remote_id is not None and conn.remote_id.kind != "any":
+            t, d = id_payload_body(conn.remote_id, None)
+            out.insert(len(out) - 1, IDr(t, d))
+        if conn.name not in e.contacted:
+            out.append(Notify(c.N_INITIAL_CONTACT))
+        child_payloads, self.req = exchange_child.child_request(e, sa, conn, ts_hint=self.ts_hint, in_auth=True)
+        return out + child_payloads
+
+    def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
+        conn = sa.conn
+        idr = next((p for p in payloads if isinstance(p, IDr)), None)
+        auth = next((p for p in payloads if isinstance(p, Auth)), None)
+        if idr is None or auth is None:
+            err = next((p for p in payloads if isinstance(p, Notify) and p.is_error), None)
+            name = c.NOTIFY_NAMES.get(err.type, str(err.type)) if err else "no AUTH payload"
+            e.event("auth_failed", conn.name, f"IKE_AUTH with {sa.remote[0]} failed: peer answered {name}")
+            e.kill_ike(sa, now, f"authentication failed ({name})")
+            return
+        sa.peer_id = id_to_str(idr.id_type, idr.data)
+        why = verify_peer(e, sa, conn, idr, auth, [p for p in payloads if isinstance(p, Cert)],
+                          peer_is_initiator=False)
+        if why:
+            e.event("auth_failed", conn.name, f"IKE_AUTH: authentication of {sa.peer_id} failed: {why}")
+            sa.state = "DELETING"
+            from vpnd.ike.v2 import exchange_info
+
+            e.queue_force(sa, exchange_info.DeleteIkeTask(), now)
+            return
+        established(e, sa, now)
+        exchange_child.child_accept(e, sa, self.req, payloads, sa.ni, sa.nr, now)
+
+
+def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
+    if sa.initiator or sa.state != "CONNECTING":
+        e.respond(sa, c.IKE_AUTH, h.message_id, [Notify(c.N_INVALID_SYNTAX)], now)
+        return
+    idi = next((p for p in payloads if isinstance(p, IDi)), None)
+    auth = next((p for p in payloads if isinstance(p, Auth)), None)
+    idr = next((p for p in payloads if isinstance(p, IDr)), None)
+    certs = [p for p in payloads if isinstance(p, Cert)]
+    if idi is None or auth is None:
+        _fail(e, sa, h, "IKE_AUTH without IDi/AUTH (EAP is not supported)", now)
+        return
+    sa.peer_id = id_to_str(idi.id_type, idi.data)
+    reasons = []
+    chosen = None
+    for conn in sa.candidates:
+        if idr is not None and conn.local_id is not None and conn.local_id.kind != "any" \
+                and not id_matches(conn.local_id, idr.id_type, idr.data):
+            reasons.append(f"{conn.name}: IDr is not ours")
+            continue
+        why = verify_peer(e, sa, conn, idi, auth, certs, peer_is_initiator=True)
+        if why is None:
+            chosen = conn
+            break
+        reasons.append(f"{conn.name}: {why}")
+    if chosen is None:
+        _fail(e, sa, h, f"authentication of {sa.peer_id} failed: {'; '.join(reasons) or 'no connection'}", now)
+        return
+    sa.conn = chosen
+    if sa.peer_certreq is False:
+        sa.peer_certreq = any(isinstance(p, CertReq) for p in payloads)
+    try:
+        ours = _our_auth(e, sa, chosen, IDr, False)
+    except authc.AuthError as err:
+        _fail(e, sa, h, f"cannot authenticate ourselves: {err}", now)
+        return
+    if notify(payloads, c.N_INITIAL_CONTACT) is not None:
+        _initial_contact(e, sa, now)
+    established(e, sa, now)
+    child_payloads, child, keymat = exchange_child.child_respond(e, sa, chosen, payloads, sa.ni, now,
+                                                                 in_auth=True, nr=sa.nr)
+    if child is not None:
+        e.install_child(sa, child, keymat, now)
+    e.respond(sa, c.IKE_AUTH, h.message_id, ours + child_payloads, now)
+
+
+def _fail(e, sa: IkeSa, h, why: str, now: float) -> None:
+    e.event("auth_failed", sa.conn.name, f"IKE_AUTH from {sa.remote[0]}: {why}")
+    e.respond(sa, c.IKE_AUTH, h.message_id, [Notify(c.N_AUTHENTICATION_FAILED)], now)
+    e.kill_ike(sa, now, "authentication failed")

@@ -1,0 +1,122 @@
+"""INFORMATIONAL (RFC 7296 1.4): Delete payloads both ways (1.4.1, simultaneous deletes),
+liveness checks (2.4) and the INVALID_SPI notify (2.21.3)."""
+
+from __future__ import annotations
+
+import struct
+
+from vpnd.ike.v2 import constants as c
+from vpnd.ike.v2.payloads import Delete, Notify
+from vpnd.ike.v2.sa import ChildSa, IkeSa
+
+DPD_PROBES = 5  # missed probes before the peer is dead (the seed's "5 aggressive messages")
+
+
+class DeleteChildTask:
+    exchange = c.INFORMATIONAL
+
+    def __init__(self, child: ChildSa):
+        self.child = child
+
+    def ready(self, e, sa: IkeSa) -> bool:
+        return self.child.child_id in sa.children
+
+    def build(self, e, sa: IkeSa, now: float) -> list:
+        self.child.state = "DELETING"
+        return [Delete(c.PROTO_IDS[self.child.protocol], [struct.pack("!I", self.child.spi_in)])]
+
+    def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
+        e.remove_child(sa, self.child, "deleted")
+
+
+class DeleteIkeTask:
+    exchange = c.INFORMATIONAL
+
+    def ready(self, e, sa: IkeSa) -> bool:
+        return True
+
+    def build(self, e, sa: IkeSa, now: float) -> list:
+        return [Delete(c.PROTO_IKE)]
+
+    def timeouts(self, e, sa: IkeSa) -> list[float]:
+        return [2.0, 4.0]  # do not hold a dying SA long
+
+    def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
+        e.kill_ike(sa, now, "rekeyed" if sa.rekeyed_to else "deleted")
+
+
+class DpdTask:
+    """An empty INFORMATIONAL request: the peer must answer (2.4)."""
+
+    exchange = c.INFORMATIONAL
+
+    def ready(self, e, sa: IkeSa) -> bool:
+        return sa.state == "ESTABLISHED"
+
+    def build(self, e, sa: IkeSa, now: float) -> list:
+        return []
+
+    def timeouts(self, e, sa: IkeSa) -> list[float]:
+        """Probes `retry` seconds apart (Cisco's keepalive SEC RETRY-SEC), at most DPD_PROBES,
+        all within interval x retry so a dead peer is declared within interval x (retry+1)."""
+        dpd = sa.conn.dpd
+        spacing = max(1.0, min(float(dpd.retry or 1), float(dpd.interval)))
+        budget = dpd.interval * max(dpd.retry, 1)
+        n = max(1, min(DPD_PROBES, int(budget // spacing)))
+        return [spacing] * n
+
+    def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
+        pass
+
+
+class InvalidSpiTask:
+    exchange = c.INFORMATIONAL
+
+    def __init__(self, spi: int):
+        self.spi = spi
+
+    def ready(self, e, sa: IkeSa) -> bool:
+        return sa.state == "ESTABLISHED"
+
+    def build(self, e, sa: IkeSa, now: float) -> list:
+        return [Notify(c.N_INVALID_SPI, struct.pack("!I", self.spi), c.PROTO_ESP)]
+
+    def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
+        pass
+
+
+def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
+    mid = h.message_id
+    deletes = [p for p in payloads if isinstance(p, Delete)]
+    if any(d.protocol == c.PROTO_IKE for d in deletes):
+        e.respond(sa, c.INFORMATIONAL, mid, [], now)
+        if sa.state == "REKEYED" or sa.rekeyed_to is not None:
+            e.kill_ike(sa, now, "rekeyed")
+        else:
+            e.event("ike_deleted", sa.conn.name, f"peer deleted IKE_SA {sa.conn.name}[{sa.ike_id}]")
+            e.kill_ike(sa, now, "deleted by peer")
+        return
+    answer: list = []
+    for d in deletes:
+        ours = []
+        for raw in d.spis:
+            child = e.find_child_by_out(sa, struct.unpack("!I", raw)[0])
+            if child is None:
+                continue
+            if child.state != "DELETING":
+                ours.append(struct.pack("!I", child.spi_in))  # 1.4.1: answer with our half
+            e.remove_child(sa, child, "deleted by peer")
+        if ours:
+            answer.append(Delete(d.protocol, ours))
+    for n in payloads:
+        if isinstance(n, Notify) and n.type == c.N_INVALID_SPI and len(n.data) == 4:
+            spi = struct.unpack("!I", n.data)[0]
+            child = e.find_child_by_out(sa, spi)
+            if child is not None:
+                # the peer lost this SA (e.g. restarted its data plane): replace it
+                from vpnd.ike.v2.exchange_child import CreateChildTask
+
+                e.event("invalid_spi", sa.conn.name, f"peer reports SPI {spi:08x} invalid; re-creating the CHILD_SA")
+                e.remove_child(sa, child, "peer reported INVALID_SPI")
+                sa.queue.append(CreateChildTask(sa.conn))
+    e.respond(sa, c.INFORMATIONAL, mid, answer, now)
