@@ -4,8 +4,8 @@ It owns one engine per IKE version, dispatches datagrams by the version in the h
 (RFC 7296 2.5 / RFC 2408 3.1) and commands by the connection's `version`, and merges their
 status into the contract's JSON shape. Child ids are unique across both engines.
 
-IKEv1 hook: if `vpnd.ike.v1.engine.Ikev1Engine` exists it is used with the same
-constructor and methods as `vpnd.ike.v2.engine.Ikev2Engine`; otherwise IKEv1 datagrams
+IKEv1 hook: `vpnd.ike.v1.core.Ikev1Core` when present (same methods as the v2 engine, with
+`receive_datagram`, `status_ike_sas` and `connection_status`); without it IKEv1 datagrams
 are dropped (counted) and IKEv1 connections report an error event.
 """
 
@@ -21,10 +21,10 @@ from vpnd.ike.v2.engine import Ikev2Engine
 
 def _load_v1():
     try:
-        from vpnd.ike.v1.engine import Ikev1Engine  # type: ignore[import-not-found]
+        from vpnd.ike.v1.core import Ikev1Core  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return Ikev1Engine
+    return Ikev1Core
 
 
 class IkeManager:
@@ -34,7 +34,7 @@ class IkeManager:
         ids = self._ids.__next__
         self.v2 = Ikev2Engine(config, now=now, rng=rng, ids=ids, wallclock=wallclock)
         v1cls = _load_v1()
-        self.v1 = v1cls(config, now=now, rng=rng, ids=ids) if v1cls is not None else None
+        self.v1 = v1cls(config, now=now, rng=rng, new_id=ids, wallclock=wallclock) if v1cls is not None else None
         self.drops = 0
 
     def _engines(self):
@@ -57,7 +57,7 @@ class IkeManager:
             return self.v2.receive(data, local, remote, now)
         if version == 1 and self.v1 is not None:
             try:
-                return self.v1.receive(data, local, remote, now)
+                return self.v1.receive_datagram(data, local, remote, now)
             except Exception as e:  # the v1 engine should not raise; keep the daemon alive
                 return [Event("error", None, f"IKEv1 engine failed: {type(e).__name__}: {e}")]
         self.drops += 1
@@ -113,12 +113,16 @@ class IkeManager:
         return out
 
     def status(self, now: float) -> dict:
-        ike_sas: list[dict] = []
-        for e in self._engines():
-            ike_sas += e.status(now)
+        ike_sas: list[dict] = self.v2.status(now)
+        if self.v1 is not None:
+            ike_sas += self.v1.status_ike_sas(now)
         conns = []
         for conn in self.config.connections:
             if conn.manual is not None:
+                continue
+            if conn.version == 1 and self.v1 is not None:
+                conns.append({"name": conn.name, "version": 1, "peer": conn.peer,
+                              **self.v1.connection_status(conn.name)})
                 continue
             mine = [s for s in ike_sas if s["connection"] == conn.name]
             children = sum(len(s["child_sas"]) for s in mine)
