@@ -283,3 +283,46 @@ def test_esp_ah_bundle_both_ways(enc, integ, ah_integ, mode, esn):
     bare = bytes(s_esp.encrypt(IP(inner_packet(mode, False, 10))))
     assert dp_in.decap(bare, 50, LOCAL, None) is None
     assert esp_in.policy_drops == 1
+
+
+@pytest.mark.parametrize("integ", ["sha1", "sha256"])
+def test_ah_transport_with_ip_options(integ):
+    """RFC 4302 3.3.3.1.1.1: immutable options (Router Alert) are covered by the ICV,
+    mutable ones (Record Route) are zeroed - a router filling in Record Route must not
+    break the ICV.  scapy implements the same table (its IMMUTABLE_IPV4_OPTIONS)."""
+    from scapy.layers.inet import IPOption_Router_Alert, IPOption_RR
+
+    out_sa, in_sa, ssa = make_pair("ah", "transport", None, integ, False, False)
+    dp = inbound_dp(in_sa, "transport")
+    opts = [IPOption_Router_Alert(), IPOption_RR(pointer=4, routers=["0.0.0.0", "0.0.0.0"])]
+    pkt = bytes(IP(src=LOCAL, dst=REMOTE, id=5, ttl=20, options=opts)
+                / UDP(sport=1, dport=2) / Raw(b"opts"))
+    assert (IP(pkt).ihl or 0) > 5
+    out = send_ours([out_sa], "transport", pkt)
+    wire = IP(out[2])
+    assert wire.proto == 51 and wire.ihl == IP(pkt).ihl
+    assert bytes(ssa.decrypt(wire)) == pkt
+
+    def route_recorded(raw: bytes) -> bytes:
+        # a router records its address in the RR option (and lowers TTL)
+        p = IP(raw)
+        p.options[1].routers = ["192.0.2.1", "0.0.0.0"]
+        p.options[1].pointer = 8
+        p.ttl -= 1
+        del p.chksum
+        return bytes(p)
+
+    wire = bytes(ssa.encrypt(IP(pkt)))
+    got = dp.decap(route_recorded(wire), 51, LOCAL, None)
+    assert got is not None and IP(got)[Raw].load == b"opts"
+    assert IP(got).options[1].routers == ["192.0.2.1", "0.0.0.0"]
+    # our own packet, the same router: still verifies in scapy
+    wire = route_recorded(send_ours([out_sa], "transport", pkt)[2])
+    assert IP(bytes(ssa.decrypt(IP(wire))))[Raw].load == b"opts"
+    # but changing the immutable Router Alert value breaks it
+    bad = bytearray(bytes(ssa.encrypt(IP(pkt))))
+    assert bad[20:22] == b"\x94\x04"             # Router Alert: type 148, length 4
+    bad[23] = 1
+    bad = IP(bytes(bad))
+    del bad.chksum
+    assert dp.decap(bytes(bad), 51, LOCAL, None) is None and in_sa.auth_failures == 1
