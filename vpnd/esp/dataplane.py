@@ -60,6 +60,7 @@ class DataPlane:
         self.icmp_source = ipaddress.IPv4Address(icmp_source).packed if icmp_source else None
         self.icmp6_source = ipaddress.IPv6Address(icmp6_source).packed if icmp6_source else None
         self.sad: dict = {}                 # (proto number, spi) -> SA
+        self._esp_sad: dict = {}            # spi -> ESP SA (the same SAs, for the hot path)
         self.spd = SPD()
         self._outer_mtu = outer_mtu
         self._unknown_seen: dict = {}
@@ -95,12 +96,18 @@ class DataPlane:
             if sel_l is not None and sel_r is not None:
                 sa.local_ts = (selectors_v4(sel_l), selectors_v6(sel_l))
                 sa.remote_ts = (selectors_v4(sel_r), selectors_v6(sel_r))
+                if len(sel_l) == len(sel_r) == 1 and sel_l[0][0] == sel_r[0][0] == 4:
+                    sa.sel_fast = sa.remote_ts[0][0] + sa.local_ts[0][0]
             if sa.protocol == "esp" and ah_sa is not None:
                 sa.require_ah = ah_sa
             self.sad[(PROTO_ESP if sa.protocol == "esp" else PROTO_AH, sa.spi)] = sa
+            if sa.protocol == "esp":
+                self._esp_sad[sa.spi] = sa
 
     def remove_inbound(self, protocol, spi: int) -> SA | None:
         proto = {"esp": PROTO_ESP, "ah": PROTO_AH}.get(protocol, protocol)
+        if proto == PROTO_ESP:
+            self._esp_sad.pop(spi, None)
         return self.sad.pop((proto, spi), None)
 
     def add_outbound(self, policy_id, local_ts, remote_ts, bundle) -> None:
@@ -353,7 +360,43 @@ class DataPlane:
             count_out(ah, n)
             return ("raw", remote, out)
 
-        return send
+        if not (tunnel and esp is not None and ah is None):
+            return send
+
+        # The common case inline: ESP tunnel mode, inner IPv4 that fits, no MSS to clamp.
+        # Anything else goes through `send` above, which handles every case.
+        outer = esp_outer
+        base = outer.base
+        src_b, dst_b = outer.src, outer.dst
+        hdr_pack = IPV4_HDR.pack
+
+        def send_esp_tunnel(pkt):
+            n = len(pkt)
+            if (n < 20 or pkt[0] >> 4 != 4 or (pkt[2] << 8 | pkt[3]) != n
+                    or n > pol.max_inner or (dp.mss_clamp and pkt[9] == PROTO_TCP)):
+                return send(pkt)
+            body = seal(pkt, PROTO_IPIP)
+            if body is None:
+                dp.expired_drops += 1
+                return None
+            esp.packets_out += 1
+            esp.bytes_out += n
+            esp.last_out = dp.now
+            if esp.bytes_out >= esp._limit_bytes or esp.packets_out >= esp._limit_packets:
+                esp._limit_hit()
+            if udp_dst is not None:
+                return ("udp", udp_dst, body)
+            tos = pkt[1]
+            frag = (pkt[6] & 0x40) << 8                 # DF copied from the inner packet
+            total = 20 + len(body)
+            ident = outer.ident = (outer.ident + 1) & 0xFFFF
+            c = base + tos + total + ident + frag
+            c = (c & 0xFFFF) + (c >> 16)
+            c = (c & 0xFFFF) + (c >> 16)
+            return ("raw", remote, hdr_pack(0x45, tos, total, ident, frag, OUTER_TTL,
+                                            PROTO_ESP, ~c & 0xFFFF, src_b, dst_b) + body)
+
+        return send_esp_tunnel
 
     @staticmethod
     def _outbound_transport_ok(pkt, sa) -> bool:
@@ -366,9 +409,55 @@ class DataPlane:
 
     def decap(self, data, proto: int, src: str | None = None, sport: int | None = None):
         """A received ESP/AH packet -> the inner IP packet for the TUN, or None (counted).
-        Never raises on malformed input."""
+        Never raises on malformed input.
+
+        The common case (ESP, tunnel mode, inner IPv4, raw without IP options or UDP) is
+        handled inline here; everything else, and every irregular packet, takes the
+        general path (_decap), which also does the counting of drops."""
         try:
-            return self._decap(data, proto, src, sport)
+            if proto == PROTO_ESP:
+                if (len(data) < 48 or data[0] != 0x45
+                        or (data[2] << 8 | data[3]) != len(data)):
+                    return self._decap(data, proto, src, sport)
+                sa = self._esp_sad.get(_U32.unpack_from(data, 20)[0])
+                off = 20
+            elif proto == PROTO_UDP:
+                if len(data) < 28:
+                    return self._decap(data, proto, src, sport)
+                sa = self._esp_sad.get(_U32.unpack_from(data, 0)[0])
+                off = 0
+            else:
+                return self._decap(data, proto, src, sport)
+            if sa is None or sa.require_ah is not None or sa.expired:
+                return self._decap(data, proto, src, sport)
+            mv = memoryview(data)
+            r = sa.esp_open(mv[off:] if off else mv)
+            if r is None:
+                return None
+            pkt, nh = r
+            n = len(pkt)
+            if (nh != PROTO_IPIP or n < 20 or pkt[0] >> 4 != 4
+                    or (pkt[2] << 8 | pkt[3]) != n):
+                return self._deliver(sa, pkt, nh, mv[:20] if off else None, src)
+            sf = sa.sel_fast
+            if sf is not None:
+                if (_from_bytes(pkt[12:16], "big") & sf[1] != sf[0]
+                        or _from_bytes(pkt[16:20], "big") & sf[3] != sf[2]):
+                    sa.policy_drops += 1
+                    self.policy_drops += 1
+                    return None
+            elif sa.local_ts is not None and not self._selectors_ok(sa, pkt):
+                sa.policy_drops += 1
+                self.policy_drops += 1
+                return None
+            sa.packets_in += 1
+            sa.bytes_in += n
+            sa.last_in = self.now
+            if sa.bytes_in >= sa._limit_bytes or sa.packets_in >= sa._limit_packets:
+                sa._limit_hit()
+            if self.mss_clamp and pkt[9] == PROTO_TCP:
+                pkt = clamp_mss(pkt, self.mss_clamp)
+            return pkt
         except (IndexError, struct.error, ValueError, TypeError):
             # Defensive: all length checks are explicit, this only catches what they miss.
             self.malformed += 1

@@ -62,7 +62,7 @@ class SA:
         "dummy_drops",
         "last_in", "last_out", "soft_fired", "hard_fired", "expired",
         "_limit_bytes", "_limit_packets", "events",
-        "outer", "local_ts", "remote_ts", "require_ah",
+        "outer", "local_ts", "remote_ts", "sel_fast", "require_ah",
         "esp_seal", "esp_open", "ah_icv", "esp_min_len",
     )
 
@@ -147,6 +147,7 @@ class SA:
             if self.version == 4 else None
         self.local_ts = None
         self.remote_ts = None
+        self.sel_fast = None         # (remote net, mask, local net, mask) for one IPv4 pair
         self.require_ah = None       # inbound ESP of an ESP+AH bundle: the AH SA it must come in
         if protocol == "esp":
             self.esp_min_len = 8 + self.iv_size + max(self.block, 4) + self.icv_size
@@ -282,6 +283,7 @@ def _build_esp(sa: SA):
     compare = _hmac.compare_digest
 
     def next_seq():
+        """The next sequence number, or -1 (counted, SA expired) when it would cycle."""
         seq = sa.seq + 1
         if seq > sa.seq_max or sa.expired:
             if not sa.expired:
@@ -308,10 +310,14 @@ def _build_esp(sa: SA):
         encrypt = ctx.encrypt
         decrypt = ctx.decrypt
 
+        seq_max = sa.seq_max
+
         def seal(payload, nh):
-            seq = next_seq()
-            if seq < 0:
+            seq = sa.seq + 1
+            if seq > seq_max or sa.expired:
+                next_seq()                   # counts the drop and reports the expiry
                 return None
+            sa.seq = seq
             # The 64-bit sequence number is the IV: unique per key (RFC 4106 3.1, RFC 7634 2)
             seqb = pack_q(seq)
             hdr = spi_b + seqb[4:]
@@ -320,8 +326,7 @@ def _build_esp(sa: SA):
             return b"".join((hdr, seqb, ct))
 
         def open_(esp):
-            n = len(esp)
-            if n < min_len:
+            if len(esp) < min_len:
                 sa.malformed += 1
                 return None
             seq = replay_seq(unpack_ii(esp, 0)[1])
@@ -329,18 +334,20 @@ def _build_esp(sa: SA):
                 sa.replay_drops += 1
                 return None
             # AAD: SPI || seq (RFC 4106 5) or SPI || seq high || seq low with ESN
-            aad = spi_b + pack_q(seq) if esn else esp[:8]
             try:
-                pt = decrypt(salt + esp[8:16], esp[16:], aad)
+                pt = decrypt(salt + esp[8:16], esp[16:], spi_b + pack_q(seq) if esn else esp[:8])
             except (InvalidTag, ValueError):
                 sa.auth_failures += 1
                 return None
-            end, nh = check_trailer(pt)
-            if end < 0:
+            # RFC 4303 2.4: padding 1, 2, 3, ... checked on receive
+            n = len(pt)
+            padlen = pt[n - 2]
+            end = n - 2 - padlen
+            if end < 0 or pt[end:n - 2] != pads[padlen]:
                 sa.pad_errors += 1
                 return None
             replay_commit(seq)
-            return pt[:end], nh
+            return pt[:end], pt[n - 1]
 
         return seal, open_
 
