@@ -4,7 +4,8 @@ Two vpnd daemons with manual keys run in gwa and gwb. For every transform, each 
 pair carries one connection per variant (raw / UDP-encapsulated ESP x tunnel / transport
 x ESN off / on), each with its own addresses and SPIs:
   tunnel:    hosta 10.1.0.(10+i) <-> hostb 10.2.0.(10+i)
-  transport: gwa  10.200.0.(100+i) <-> gwb 10.200.0.(150+i)   (the gateways' own traffic)
+  transport: gwa  10.200.0.(100+i) <-> gwb 10.200.0.(150+i)   (the gateways' own traffic;
+             one transport variant uses the primary 10.200.0.1 <-> 10.200.0.2)
 
 (a) every ESP/AH packet captured on the WAN opens (ICV verified, decrypted) with scapy's
     SecurityAssociation and the same keys, to exactly the packets the sending daemon read
@@ -71,6 +72,9 @@ VARIANTS = [Variant(i, m, u, e) for i, (m, u, e) in enumerate(
     (m, u, e) for m in ("tunnel", "transport") for u in (False, True) for e in (False, True))]
 
 
+PRIMARY_TRANSPORT = "transport-udp-noesn"
+
+
 def variants_for(t: Transform) -> list[Variant]:
     return [v for v in VARIANTS if not (t.ah and v.encap)]
 
@@ -92,13 +96,20 @@ class Conn:
     def inner_b(self):
         return f"10.2.0.{10 + self.v.index}" if self.v.mode == "tunnel" else self.outer_b
 
+    # Transport connections need their own address pair each (their selectors are the
+    # addresses); one of them uses the gateways' primary WAN addresses, the others
+    # secondary ones, which also checks that `local:` is the source of what vpnd sends.
+    @property
+    def primary(self) -> bool:
+        return self.v.mode == "tunnel" or self.v.id == PRIMARY_TRANSPORT
+
     @property
     def outer_a(self):
-        return "10.200.0.1" if self.v.mode == "tunnel" else f"10.200.0.{100 + self.v.index}"
+        return "10.200.0.1" if self.primary else f"10.200.0.{100 + self.v.index}"
 
     @property
     def outer_b(self):
-        return "10.200.0.2" if self.v.mode == "tunnel" else f"10.200.0.{150 + self.v.index}"
+        return "10.200.0.2" if self.primary else f"10.200.0.{150 + self.v.index}"
 
     @property
     def sender_a(self):     # namespace whose traffic goes A -> B
@@ -161,12 +172,13 @@ class VpndPair:
                     if c.inner_a != "10.1.0.10":
                         topo.ip("hosta", f"addr add {c.inner_a}/16 dev eth0")
                         topo.ip("hostb", f"addr add {c.inner_b}/16 dev eth0")
-                else:
+                elif not c.primary:
                     topo.ip("gwa", f"addr add {c.outer_a}/24 dev wan")
                     topo.ip("gwb", f"addr add {c.outer_b}/24 dev wan")
             for side in ("gwa", "gwb"):
                 self.start(side)
             self.wait_ready()
+            self.route_transport()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -177,6 +189,20 @@ class VpndPair:
             if p.poll() is None:
                 self.topo.stop(p)
         self.topo.__exit__(*exc)
+
+    def route_transport(self) -> None:
+        """vpnd (as of this test) routes only tunnel-mode remote subnets into its TUN
+        (reverse route injection). For transport mode the peer is the WAN address its own
+        ESP goes to, so a plain route would loop the ESP back into the TUN: the test steers
+        only the ICMP between the pair's addresses into vpnd0 with a policy rule."""
+        for c in self.conns.values():
+            if c.v.mode != "transport":
+                continue
+            for side, src, dst in (("gwa", c.outer_a, c.outer_b), ("gwb", c.outer_b, c.outer_a)):
+                table = 100 + c.v.index
+                self.topo.ip(side, f"route add {dst}/32 dev vpnd0 table {table}")
+                self.topo.ip(side, f"rule add from {src} to {dst} ipproto icmp "
+                                   f"lookup {table} pref {table}")
 
     def config(self, side: str) -> str:
         run = Path(self.topo.workdir) / f"vpnd-{side}"
@@ -230,17 +256,25 @@ def pair(request):
         yield p
 
 
-def _ping(pair: VpndPair, c: Conn, size: int, pattern: str) -> None:
-    topo = pair.topo
-    r = topo.run(c.sender_a, ["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2",
-                              "-s", str(size), "-p", pattern, "-I", c.inner_a, c.inner_b],
-                 check=False, timeout=20)
-    assert r.returncode == 0, (f"ping {c.inner_a} -> {c.inner_b} size {size} failed: "
-                               f"{r.stdout.decode()}{pair.logs()}")
+def _ping(pair: VpndPair, c: Conn, size: int, pattern: str) -> subprocess.CompletedProcess:
+    return pair.topo.run(c.sender_a, ["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "2",
+                                      "-s", str(size), "-p", pattern, "-I", c.inner_a,
+                                      c.inner_b], check=False, timeout=20)
 
 
-def _by_src(pkts: list[bytes], src: str, dst: str) -> Counter:
-    return Counter(p for p in pkts if ip_addrs(p) == (src, dst))
+def _same(pkt: bytes, mode: str):
+    """What must survive the tunnel unchanged. Tunnel mode: the whole inner packet.
+    Transport mode: addresses, protocol and payload; the rest of the IP header is not
+    carried (RFC 4303 3.1.1) and comes from the outer header, which for ESP in UDP is a
+    new one (RFC 3948 3.1.2), so identification, DF and TTL may differ."""
+    if mode == "tunnel":
+        return pkt
+    ihl = (pkt[0] & 0x0F) * 4
+    return pkt[12:20], pkt[9], pkt[ihl:]
+
+
+def _by_src(pkts: list[bytes], src: str, dst: str, mode: str) -> Counter:
+    return Counter(_same(p, mode) for p in pkts if ip_addrs(p) == (src, dst))
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
@@ -253,12 +287,27 @@ def test_wire_matches_scapy_and_tshark(pair: VpndPair, variant: Variant):
     tun_a = topo.capture("gwa", "vpnd0", f"tuna-{variant.id}.pcap")
     tun_b = topo.capture("gwb", "vpnd0", f"tunb-{variant.id}.pcap")
     try:
-        _ping(pair, c, 56, "a5")
-        _ping(pair, c, 1000, "5a")       # several cipher blocks, padding of another length
+        pings = [_ping(pair, c, 56, "a5"),
+                 _ping(pair, c, 1000, "5a")]   # several cipher blocks, other padding length
     finally:
         for cap in (wan, tun_a, tun_b):
             cap.stop()
     pair.alive()
+    wan_pkts = read_ip_packets(wan.path)
+    clear = [p for p in wan_pkts if p[9] == 1 and set(ip_addrs(p)) == {c.inner_a, c.inner_b}]
+    assert not clear, (f"{len(clear)} ICMP packets of {c.v.id} crossed the WAN in clear "
+                       f"(nothing routed them into vpnd0){pair.logs()}")
+    ours = {c.a_to_b.esp_spi: (c.outer_a, c.outer_b), c.a_to_b.ah_spi: (c.outer_a, c.outer_b),
+            c.b_to_a.esp_spi: (c.outer_b, c.outer_a), c.b_to_a.ah_spi: (c.outer_b, c.outer_a)}
+    for pkt in wan_pkts:
+        tag = ipsec_spi(pkt)
+        if tag and tag[1] in ours:
+            assert ip_addrs(pkt) == ours[tag[1]], (
+                f"SPI {tag[1]:#x} sent {ip_addrs(pkt)[0]} -> {ip_addrs(pkt)[1]}, but the "
+                f"connection's local/peer are {ours[tag[1]][0]} -> {ours[tag[1]][1]}")
+    for r in pings:
+        assert r.returncode == 0, (f"ping {c.inner_a} -> {c.inner_b} failed: "
+                                   f"{r.stdout.decode()}{pair.logs()}")
 
     # (a) every IPsec packet of this connection opens in scapy to what entered the TUN
     sa = {"ab": c.sa("ab"), "ba": c.sa("ba")}
@@ -266,7 +315,7 @@ def test_wire_matches_scapy_and_tshark(pair: VpndPair, variant: Variant):
             "ba": {c.b_to_a.esp_spi, c.b_to_a.ah_spi} - {0}}
     opened = {"ab": Counter(), "ba": Counter()}
     seen_wire = Counter()
-    for pkt in read_ip_packets(wan.path):
+    for pkt in wan_pkts:
         tag = ipsec_spi(pkt)
         if tag is None:
             continue
@@ -275,19 +324,15 @@ def test_wire_matches_scapy_and_tshark(pair: VpndPair, variant: Variant):
                 # outer protocol must be what the variant says (RFC 3948 / raw 50 / AH 51)
                 want_proto = 51 if c.t.ah else (17 if c.v.encap else 50)
                 assert pkt[9] == want_proto, f"outer protocol {pkt[9]}, expected {want_proto}"
-                opened[d][sa[d].open(pkt)] += 1      # raises on a bad ICV
+                opened[d][_same(sa[d].open(pkt), c.v.mode)] += 1   # raises on a bad ICV
                 seen_wire[d] += 1
-    wan_pkts = read_ip_packets(wan.path)
-    clear = [p for p in wan_pkts if p[9] == 1 and set(ip_addrs(p)) == {c.inner_a, c.inner_b}]
-    assert not clear, (f"{len(clear)} ICMP packets of {c.v.id} crossed the WAN in clear "
-                       f"(nothing routed them into vpnd0){pair.logs()}")
     assert seen_wire["ab"] >= 4 and seen_wire["ba"] >= 4, f"IPsec packets seen: {seen_wire}"
     a_tun, b_tun = read_ip_packets(tun_a.path), read_ip_packets(tun_b.path)
     # A->B: read by gwa's vpnd from its TUN == scapy's plaintext == written to gwb's TUN
-    assert opened["ab"] == _by_src(a_tun, c.inner_a, c.inner_b)
-    assert opened["ab"] == _by_src(b_tun, c.inner_a, c.inner_b)
-    assert opened["ba"] == _by_src(b_tun, c.inner_b, c.inner_a)
-    assert opened["ba"] == _by_src(a_tun, c.inner_b, c.inner_a)
+    assert opened["ab"] == _by_src(a_tun, c.inner_a, c.inner_b, c.v.mode)
+    assert opened["ab"] == _by_src(b_tun, c.inner_a, c.inner_b, c.v.mode)
+    assert opened["ba"] == _by_src(b_tun, c.inner_b, c.inner_a, c.v.mode)
+    assert opened["ba"] == _by_src(a_tun, c.inner_b, c.inner_a, c.v.mode)
 
     # (c) tshark, given the same keys, decodes the capture without errors
     if c.t.tshark_ok and not c.v.esn:
@@ -318,6 +363,7 @@ def _inject_and_check(pair: VpndPair, c: Conn) -> None:
              for i in range(3)]
     # sequence numbers far above what gwa's vpnd used, so the replay window accepts them
     outer = [sa.seal(p, 100_000 + i) for i, p in enumerate(inner)]
+    want = {_same(p, c.v.mode) for p in inner}
     tun_b = topo.capture("gwb", "vpnd0", f"inject-tunb-{c.v.id}.pcap", "icmp")
     host_cap = None
     if c.v.mode == "tunnel":
@@ -328,7 +374,7 @@ def _inject_and_check(pair: VpndPair, c: Conn) -> None:
         assert r.returncode == 0
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            got = [p for p in read_ip_packets(tun_b.path) if p in inner]
+            got = [p for p in read_ip_packets(tun_b.path) if _same(p, c.v.mode) in want]
             if len(got) == len(inner):
                 break
             time.sleep(0.1)
@@ -337,9 +383,9 @@ def _inject_and_check(pair: VpndPair, c: Conn) -> None:
         if host_cap:
             host_cap.stop()
     pair.alive()
-    out_of_tun = read_ip_packets(tun_b.path)
+    out_of_tun = [_same(p, c.v.mode) for p in read_ip_packets(tun_b.path)]
     for p in inner:
-        assert p in out_of_tun, (f"scapy-sealed packet not written unchanged to gwb's TUN "
+        assert _same(p, c.v.mode) in out_of_tun, (f"scapy-sealed packet not written unchanged to gwb's TUN "
                                  f"({IP(p).summary()}){pair.logs()}")
     if host_cap:
         at_host = [IP(p) for p in read_ip_packets(host_cap.path)]
