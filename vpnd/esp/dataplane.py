@@ -145,6 +145,14 @@ class DataPlane:
 
     def encap(self, pkt):
         """A packet read from the TUN -> Out | None (dropped and counted)."""
+        try:
+            return self._encap(pkt)
+        except (IndexError, struct.error, ValueError, TypeError):
+            # Defensive, like decap: the checks are explicit, this catches what they miss.
+            self.malformed += 1
+            return None
+
+    def _encap(self, pkt):
         n = len(pkt)
         if n < 20:
             self.malformed += 1
@@ -264,7 +272,8 @@ class DataPlane:
             ver = pkt[0] >> 4
             if ver == 4:
                 tot = u16(pkt, 2)[0]
-                if tot > n or tot < 20:
+                ihl = (pkt[0] & 0x0F) * 4
+                if tot > n or ihl < 20 or tot < ihl:
                     dp.malformed += 1
                     return None
                 if tot < n:
