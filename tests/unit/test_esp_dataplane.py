@@ -521,3 +521,27 @@ def test_encap_never_raises(pkt, mode, protos, udp):
     dp = _catch_all_dp(mode, protos, udp and protos == ("esp",), clamp=1200)
     r = dp._encap(pkt)                  # the inner function: the safety net must not be needed
     assert r is None or r[0] in ("raw", "udp", "tun", "many")
+
+
+@pytest.mark.parametrize("inner_ecn,expect", [(0, None), (1, 3), (2, 3), (3, 3)])
+def test_ecn_ce_propagates_to_inner(inner_ecn, expect):
+    """RFC 6040 4.2: outer CE -> inner CE for ECT inner packets, drop for not-ECT."""
+    _, sa = gcm_pair()
+    dp = rx_dp(sa)
+    s = scapy_gcm()
+    pkt = inner(30, tos=0xA0 | inner_ecn)
+    wire = IP(bytes(s.encrypt(IP(pkt))))
+    wire.tos = 0x03                        # a router on the way marked congestion
+    del wire.chksum
+    got = dp.decap(bytes(wire), 50, LOCAL, None)
+    if expect is None:
+        assert got is None
+        return
+    g = IP(got)
+    assert g.tos == 0xA0 | expect
+    chk = g.chksum
+    del g.chksum
+    assert IP(bytes(g)).chksum == chk
+    # not CE-marked: untouched
+    wire = bytes(s.encrypt(IP(pkt)))
+    assert dp.decap(wire, 50, LOCAL, None) == pkt

@@ -32,7 +32,7 @@ import struct
 from vpnd.esp.ah import AH_HDR, ah_length, zero_mutable
 from vpnd.esp.ipv4 import (
     DF, IPV4_HDR, OUTER_TTL, PROTO_AH, PROTO_ESP, PROTO_IPIP, PROTO_IPV6, PROTO_NONE,
-    PROTO_TCP, PROTO_UDP, checksum, clamp_mss, fragment, icmp6_packet_too_big,
+    PROTO_TCP, PROTO_UDP, checksum, clamp_mss, ecn_egress_ce, fragment, icmp6_packet_too_big,
     icmp_frag_needed, rebuild_header,
 )
 from vpnd.esp.overhead import max_inner
@@ -448,6 +448,8 @@ class DataPlane:
             if (nh != PROTO_IPIP or n < 20 or pkt[0] >> 4 != 4
                     or (pkt[2] << 8 | pkt[3]) != n):
                 return self._deliver(sa, pkt, nh, mv[:20] if off else None, src)
+            if off and data[1] & 3 == 3:
+                return self._deliver(sa, pkt, nh, mv[:20], src)     # CE-marked outer
             sf = sa.sel_fast
             if sf is not None:
                 if (_from_bytes(pkt[12:16], "big") & sf[1] != sf[0]
@@ -608,6 +610,11 @@ class DataPlane:
                 sa.malformed += 1
                 return None
             pkt = payload[:tot] if tot < n else payload     # TFC padding (RFC 4303 2.7)
+            if hdr is not None and hdr[1] & 3 == 3:
+                pkt = ecn_egress_ce(pkt)
+                if pkt is None:
+                    sa.policy_drops += 1                    # CE on a not-ECT packet
+                    return None
         elif nh == PROTO_NONE:
             sa.dummy_drops += 1                            # dummy packet (RFC 4303 2.6)
             return None

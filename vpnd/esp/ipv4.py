@@ -114,6 +114,33 @@ def icmp6_packet_too_big(pkt, mtu: int, src: bytes) -> bytes:
     return hdr + bytes(body)
 
 
+# -- ECN at tunnel egress (RFC 6040 section 4.2) ----------------------------------------
+
+def ecn_egress_ce(pkt):
+    """The outer header arrived marked CE: mark the inner packet CE when it is ECN-capable
+    (fixing the IPv4 checksum), None (drop) when it is not-ECT."""
+    if pkt[0] >> 4 == 4:
+        ecn = pkt[1] & 3
+        if ecn == 3:
+            return pkt
+        if ecn == 0:
+            return None
+        out = bytearray(pkt)
+        old = (out[0] << 8) | out[1]
+        out[1] |= 3
+        csum = U16.unpack_from(out, 10)[0]
+        out[10:12] = U16.pack(fold((~csum & 0xFFFF) + (~old & 0xFFFF) + ((out[0] << 8) | out[1])))
+        return bytes(out)
+    ecn = (pkt[1] >> 4) & 3
+    if ecn == 3:
+        return pkt
+    if ecn == 0:
+        return None
+    out = bytearray(pkt)
+    out[1] |= 0x30
+    return bytes(out)
+
+
 # -- TCP MSS clamping ---------------------------------------------------------------------
 
 def clamp_mss(pkt, mss: int):
