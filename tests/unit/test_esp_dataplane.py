@@ -382,6 +382,7 @@ def test_max_inner_exact_and_icmp_frag_needed(enc, integ, udp):
     assert r[0] == "tun"
     icmp = IP(r[1])
     assert icmp.dst == "10.1.0.5" and icmp[ICMP].type == 3 and icmp[ICMP].code == 4
+    assert icmp.src == "10.2.0.7"             # not a local address: not a martian on the TUN
     assert icmp[ICMP].nexthopmtu == limit
     assert scapy_checksum(bytes(icmp)[:20]) == 0 and scapy_checksum(bytes(icmp[ICMP])) == 0
     assert bytes(icmp[IPerror])[:28] == big[:28]      # original header + 8 bytes

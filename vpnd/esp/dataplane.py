@@ -10,7 +10,9 @@
 Out is one of
     ("raw", dst_ip, ipv4_packet)          send with IP_HDRINCL
     ("udp", (dst_ip, dst_port), esp)      ESP in UDP (RFC 3948), send on the NAT-T socket
-    ("tun", icmp_packet)                  write back into the TUN (too big, RFC 1191/4443)
+    ("tun", icmp_packet)                  write back into the TUN (too big, RFC 1191/4443);
+                                          sent from icmp_source / icmp6_source if set, else
+                                          from the oversized packet's destination address
     ("many", [Out, ...])                  a non-DF packet pre-fragmented (RFC 4459 5.1)
 
 decap `proto` is 50 or 51 for raw sockets (`data` is the whole IPv4 packet as the raw
@@ -232,7 +234,10 @@ class DataPlane:
             if ver == 4:
                 if u16(pkt, 6)[0] & DF:
                     dp.too_big += 1
-                    src = dp.icmp_source or first.local_packed
+                    # Default source: the packet's own destination.  The gateway's outer
+                    # address would be dropped by Linux as a martian (a local source coming
+                    # in on the TUN); hosts accept the error from any source (RFC 1191).
+                    src = dp.icmp_source or bytes(pkt[16:20])
                     return ("tun", icmp_frag_needed(pkt, mtu, src))
                 frags = fragment(pkt, mtu)
                 if not frags:
