@@ -50,7 +50,7 @@ _from_bytes = int.from_bytes
 _MISS = object()
 
 DP_COUNTER_NAMES = ("no_policy", "unknown_spi", "malformed", "policy_drops", "too_big",
-                    "fragmented", "acquires", "expired_drops", "send_errors")
+                    "fragmented", "acquires", "expired_drops")
 
 
 class DataPlane:
@@ -186,16 +186,24 @@ class DataPlane:
         return pol.encap(pkt)
 
     def encap_many(self, packets) -> list:
-        """encap() over a burst; "many" results are flattened."""
+        """encap() over a burst; "many" results are flattened.  The SPD cache hit of
+        IPv4 packets is inlined here (one Python call less per packet)."""
         out = []
-        encap = self.encap
+        append = out.append
+        cache = self.spd.cache          # a burst cannot change the SPD: same dict throughout
+        get = cache.get
         for pkt in packets:
-            r = encap(pkt)
+            try:
+                pol = get(pkt[12:20]) if len(pkt) >= 20 and pkt[0] >> 4 == 4 else None
+                r = pol.encap(pkt) if pol is not None else self._encap(pkt)
+            except (IndexError, struct.error, ValueError, TypeError):
+                self.malformed += 1
+                continue
             if r is not None:
                 if r[0] == "many":
                     out.extend(r[1])
                 else:
-                    out.append(r)
+                    append(r)
         return out
 
     def _make_sender(self, pol: Policy):

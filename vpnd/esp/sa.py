@@ -120,6 +120,8 @@ class SA:
         else:
             if not integrity:
                 raise ValueError("AH needs an integrity algorithm")
+            if encryption not in (None, "null"):
+                raise ValueError("AH does not encrypt: encryption must be None")
             self.encryption = None
             self.cipher = None
             self.integrity = integrity
