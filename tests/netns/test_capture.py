@@ -18,7 +18,6 @@ AH cannot be UDP-encapsulated (RFC 3948 covers ESP only), so AH cases are raw on
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -145,9 +144,7 @@ class Conn:
 
 
 def vpnd_argv() -> list[str]:
-    exe = shutil.which("vpnd")
-    if exe:
-        return [exe]
+    # this checkout's vpnd (PYTHONPATH=ROOT), not whatever `vpnd` is first on PATH
     return [sys.executable, "-c", "import sys; from vpnd.cli import vpnd_main; sys.exit(vpnd_main())"]
 
 
