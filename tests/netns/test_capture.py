@@ -18,6 +18,7 @@ AH cannot be UDP-encapsulated (RFC 3948 covers ESP only), so AH cases are raw on
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ import pytest
 
 from .capture_check import (DirKeys, SaPair, Transform, ip_addrs, ipsec_spi,
                             read_ip_packets, tshark_decode, tshark_uat)
-from .topology import Topology, TopologyError
+from .topology import Topology
 
 pytestmark = pytest.mark.netns
 
@@ -216,6 +217,15 @@ class VpndPair:
                                            stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
+    def status(self, side: str) -> tuple[dict, str]:
+        """`vpnctl status --json` of one daemon: (parsed, raw text)."""
+        sock = Path(self.topo.workdir) / f"vpnd-{side}" / "vpnd.sock"
+        r = self.topo.run(side, [sys.executable, "-c", "import sys; from vpnd.cli import "
+                                 "vpnctl_main; sys.exit(vpnctl_main())", "--socket", str(sock),
+                                 "status", "--json"], env={"PYTHONPATH": str(ROOT)})
+        text = r.stdout.decode()
+        return json.loads(text), text
+
     def logs(self) -> str:
         return "".join(f"\n--- vpnd {s} log (tail) ---\n" +
                        (Path(self.topo.workdir) / f"vpnd-{s}.log").read_text(errors="replace")[-3000:]
@@ -347,6 +357,19 @@ def test_wire_matches_scapy_and_tshark(pair: VpndPair, variant: Variant):
 
     # (b) packets sealed by scapy are accepted by gwb's vpnd and leave its TUN unchanged
     _inject_and_check(pair, c)
+
+    # gwb counted what it received, rejected nothing, and shows no key anywhere
+    status, text = pair.status("gwb")
+    child = next(ch for sa in status["ike_sas"] for ch in sa["child_sas"]
+                 if ch["name"] == f"c{c.v.index}")
+    assert child["packets_in"] >= seen_wire["ab"] + 3, child
+    assert child["auth_failures"] == 0 and child["replay_drops"] == 0, child
+    logs = pair.logs()
+    for k in (c.a_to_b, c.b_to_a):
+        for secret in (k.enc_key, k.auth_key, k.ah_key):
+            if len(secret) >= 8:
+                assert secret.hex() not in text.lower() and secret.hex() not in logs.lower(), \
+                    "key material in vpnctl status or the log"
 
 
 def _inject_and_check(pair: VpndPair, c: Conn) -> None:
