@@ -266,19 +266,47 @@ class DataPlane:
             if sa.bytes_out >= sa._limit_bytes or sa.packets_out >= sa._limit_packets:
                 sa._limit_hit()
 
-        def add_ah(hdr_zero_fn, payload, nh, hdr_real_fn):
+        def ah_seq():
             seq = ah.seq + 1
             if seq > ah.seq_max or ah.expired:
                 if not ah.expired:
                     ah._seq_exhausted()
                 ah.expired_drops += 1
-                return None
+                return -1
             ah.seq = seq
+            return seq
+
+        def ah_tunnel(payload, nh, tos, frag):
+            """AH over a fresh outer header (AH alone, or outside ESP in a bundle).  The
+            ICV covers that header with TOS, flags/offset, TTL, checksum zeroed
+            (RFC 4302 3.3.3.1.1.1); the ID is immutable and covered."""
+            seq = ah_seq()
+            if seq < 0:
+                return None
+            o = ah_outer
+            ident = o.next_ident()
+            total = 20 + ah_len + len(payload)
             head = AH_HDR.pack(nh, ah_len // 4 - 2, 0, ah_spi, seq & 0xFFFFFFFF)
-            total_rest = ah_len + len(payload)
-            zhdr = hdr_zero_fn(total_rest)
+            zhdr = IPV4_HDR.pack(0x45, 0, total, ident, 0, 0, PROTO_AH, 0, o.src, o.dst)
             icv = ah_icv(b"".join((zhdr, head, ah_pad, payload)), seq)
-            return b"".join((hdr_real_fn(), head, icv, ah_pad[len(icv):], payload))
+            return b"".join((o.build(tos, total, frag, ident), head, icv, ah_pad[len(icv):],
+                             payload))
+
+        def ah_transport(hdr, payload, nh):
+            """AH after the packet's own header, options kept (mutable ones zeroed for
+            the ICV only)."""
+            seq = ah_seq()
+            if seq < 0:
+                return None
+            ihl = len(hdr)
+            total = ihl + ah_len + len(payload)
+            head = AH_HDR.pack(nh, ah_len // 4 - 2, 0, ah_spi, seq & 0xFFFFFFFF)
+            z = bytearray(zero_mutable(hdr))
+            z[9] = PROTO_AH
+            z[2:4] = _U16.pack(total)
+            icv = ah_icv(b"".join((z, head, ah_pad, payload)), seq)
+            return b"".join((rebuild_header(hdr, PROTO_AH, total), head, icv,
+                             ah_pad[len(icv):], payload))
 
         def send(pkt):
             n = len(pkt)
@@ -328,18 +356,7 @@ class DataPlane:
                     payload, nh = body, PROTO_ESP
                 else:
                     payload, nh = pkt, inner_nh
-                # AH over a fresh outer header (AH alone, or outside ESP in a bundle)
-                o = ah_outer
-                ident = o.next_ident()
-
-                def zero(rest):
-                    return IPV4_HDR.pack(0x45, 0, 20 + rest, ident, 0, 0, PROTO_AH, 0,
-                                         o.src, o.dst)
-
-                def real():
-                    return o.build(tos, 20 + ah_len + len(payload), frag, ident)
-
-                out = add_ah(zero, payload, nh, real)
+                out = ah_tunnel(payload, nh, tos, frag)
                 if out is None:
                     dp.expired_drops += 1
                     return None
@@ -366,16 +383,7 @@ class DataPlane:
             else:
                 payload, nh = pkt[ihl:], pkt[9]
 
-            def zero(rest):
-                z = bytearray(zero_mutable(hdr))
-                z[9] = PROTO_AH
-                z[2:4] = _U16.pack(ihl + rest)
-                return bytes(z)
-
-            def real():
-                return rebuild_header(hdr, PROTO_AH, ihl + ah_len + len(payload))
-
-            out = add_ah(zero, payload, nh, real)
+            out = ah_transport(hdr, payload, nh)
             if out is None:
                 dp.expired_drops += 1
                 return None
