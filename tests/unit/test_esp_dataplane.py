@@ -546,3 +546,20 @@ def test_ecn_ce_propagates_to_inner(inner_ecn, expect):
     # not CE-marked: untouched
     wire = bytes(s.encrypt(IP(pkt)))
     assert dp.decap(wire, 50, LOCAL, None) == pkt
+
+
+def test_outer_mtu_per_policy_and_global_change():
+    a, _ = gcm_pair(spi=0x6100)
+    b, _ = gcm_pair(spi=0x6101)
+    dp = DataPlane(outer_mtu=1500)
+    dp.add_outbound("a", ["10.1.0.0/16"], ["10.2.0.0/16"], [a])
+    dp.add_outbound("b", ["10.1.0.0/16"], ["10.3.0.0/16"], [b], outer_mtu=1300)
+    limit_b = max_inner_size(1300, encryption="aes128gcm16")
+    assert dp.encap(inner(limit_b - 28, dst="10.3.0.1", flags="DF"))[0] == "raw"
+    r = dp.encap(inner(limit_b - 27, dst="10.3.0.1", flags="DF"))
+    assert r[0] == "tun" and IP(r[1])[ICMP].nexthopmtu == limit_b
+    assert dp.encap(inner(limit_b, dst="10.2.0.1", flags="DF"))[0] == "raw"
+    dp.outer_mtu = 1000                      # the global value moves, "b" keeps its own
+    limit_a = max_inner_size(1000, encryption="aes128gcm16")
+    assert IP(dp.encap(inner(limit_a, dst="10.2.0.1", flags="DF"))[1])[ICMP].nexthopmtu == limit_a
+    assert dp.encap(inner(limit_b - 28, dst="10.3.0.1", flags="DF"))[0] == "raw"

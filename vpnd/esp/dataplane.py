@@ -79,7 +79,7 @@ class DataPlane:
     def outer_mtu(self, value: int) -> None:
         self._outer_mtu = value
         for p in self.spd.policies.values():
-            p.max_inner = self._max_inner(p.bundle)
+            p.max_inner = self._max_inner(p.bundle, p.outer_mtu)
 
     @property
     def counters(self) -> dict:
@@ -112,9 +112,11 @@ class DataPlane:
             self._esp_sad.pop(spi, None)
         return self.sad.pop((proto, spi), None)
 
-    def add_outbound(self, policy_id, local_ts, remote_ts, bundle) -> None:
+    def add_outbound(self, policy_id, local_ts, remote_ts, bundle,
+                     outer_mtu: int | None = None) -> None:
         """Install (or replace) an outbound policy.  bundle: SAs applied inner to outer,
-        [esp], [ah], [esp, ah]; empty or None = trap policy (acquire events)."""
+        [esp], [ah], [esp, ah]; empty or None = trap policy (acquire events).
+        outer_mtu: the path MTU towards this peer, if it differs from the DataPlane's."""
         bundle = list(bundle or ())
         protos = [s.protocol for s in bundle]
         if protos not in ([], ["esp"], ["ah"], ["esp", "ah"]):
@@ -126,19 +128,20 @@ class DataPlane:
                 raise ValueError("outer addresses must be IPv4")
             sa.events = self.events
         p = Policy(policy_id, local_ts, remote_ts, bundle)
-        p.max_inner = self._max_inner(p.bundle)
+        p.outer_mtu = outer_mtu
+        p.max_inner = self._max_inner(p.bundle, outer_mtu)
         p.encap = self._make_sender(p)
         self.spd.add(p)
 
     def remove_outbound(self, policy_id) -> None:
         self.spd.remove(policy_id)
 
-    def _max_inner(self, bundle) -> int:
+    def _max_inner(self, bundle, outer_mtu: int | None = None) -> int:
         if not bundle:
             return 0
         esp = next((s for s in bundle if s.protocol == "esp"), None)
         ah = next((s for s in bundle if s.protocol == "ah"), None)
-        return max_inner(self._outer_mtu,
+        return max_inner(outer_mtu or self._outer_mtu,
                          esp=(esp.iv_size, esp.block, esp.icv_size) if esp else None,
                          ah_icv=ah.icv_size if ah else None,
                          udp=bool(esp and esp.encap), mode=bundle[0].mode)

@@ -42,7 +42,7 @@ class Policy:
     (a trap policy: matching packets produce acquire events)."""
 
     __slots__ = ("policy_id", "local_ts", "remote_ts", "local4", "remote4", "local6",
-                 "remote6", "bundle", "max_inner", "specificity", "encap")
+                 "remote6", "bundle", "max_inner", "outer_mtu", "specificity", "encap")
 
     def __init__(self, policy_id, local_ts, remote_ts, bundle):
         self.policy_id = policy_id
@@ -54,6 +54,7 @@ class Policy:
         self.remote6 = selectors_v6(self.remote_ts)
         self.bundle = tuple(bundle or ())
         self.max_inner = 0
+        self.outer_mtu = None        # None: the DataPlane's outer_mtu
         self.encap = None
         self.specificity = (max((p for *_, p in self.remote_ts), default=0),
                             max((p for *_, p in self.local_ts), default=0))
