@@ -166,19 +166,24 @@ class Charon:
         stderr.close()
         vici = self.dir / "charon.vici"
         deadline = time.monotonic() + timeout
-        while not vici.exists():
+        # The socket file appears at bind(), before listen(): a connect in between is
+        # refused (swanctl exits 111), so wait until a vici request really succeeds.
+        while not vici.exists() or self.swanctl("--stats", check=False, rc=True) != 0:
             if self.proc.poll() is not None:
                 raise self._fail(f"exited with {self.proc.returncode} during start-up")
             if time.monotonic() > deadline:
-                raise self._fail(f"no vici socket after {timeout}s")
+                raise self._fail(f"vici not answering after {timeout}s")
             time.sleep(0.02)
         return self
 
-    def swanctl(self, *args: str, timeout: float = 30, check: bool = True) -> str:
+    def swanctl(self, *args: str, timeout: float = 30, check: bool = True, rc: bool = False):
+        """Run swanctl against this charon; returns its output (or exit code with rc=True)."""
         argv = ["swanctl", *args, "--uri", self.uri]
         p = self.topo.run(self.role, argv, check=False, timeout=timeout,
                           env={"STRONGSWAN_CONF": str(self.conf),
                                "SWANCTL_DIR": str(self.swanctl_dir)})
+        if rc:
+            return p.returncode
         out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
         if check and p.returncode != 0:
             raise self._fail(f"swanctl {' '.join(args)} -> {p.returncode}:\n{out}")
