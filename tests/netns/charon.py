@@ -112,6 +112,8 @@ def psk_connection(*, local: str, remote: str, local_ts, remote_ts, ike: str, es
 
 
 def psk_secret(psk: str, *ids: str) -> dict:
+    """One entry of swanctl's `secrets` section; its key there must start with "ike-"
+    (e.g. {"ike-site": psk_secret(...)}), or swanctl ignores it silently."""
     d = {"secret": f'"{psk}"'}
     for i, ident in enumerate(ids, 1):
         d[f"id-{i}"] = ident
