@@ -125,7 +125,7 @@ def to_scapy_packet(out):
     if out[0] == "raw":
         assert out[1] == REMOTE
         return IP(out[2])
-    assert out[0] == "udp" and out[1] == (REMOTE, NATT)
+    assert out[0] == "udp" and out[1] == (REMOTE, NATT) and out[3] == (LOCAL, NATT)
     return IP(bytes(IP(src=LOCAL, dst=REMOTE, id=0, ttl=64) / UDP(sport=NATT, dport=NATT)
                     / Raw(out[2])))
 

@@ -9,7 +9,9 @@
 
 Out is one of
     ("raw", dst_ip, ipv4_packet)          send with IP_HDRINCL
-    ("udp", (dst_ip, dst_port), esp)      ESP in UDP (RFC 3948), send on the NAT-T socket
+    ("udp", (dst_ip, dst_port), esp, (src_ip, src_port))
+                                          ESP in UDP (RFC 3948), send on the NAT-T socket
+                                          from the SA's local address (IP_PKTINFO)
     ("tun", icmp_packet)                  write back into the TUN (too big, RFC 1191/4443);
                                           sent from icmp_source / icmp6_source if set, else
                                           from the oversized packet's destination address
@@ -229,6 +231,7 @@ class DataPlane:
         tunnel = first.mode == "tunnel"
         remote = first.remote
         udp_dst = (remote, esp.encap[1]) if esp is not None and esp.encap else None
+        udp_src = (first.local, esp.encap[0]) if udp_dst is not None else None
         seal = esp.esp_seal if esp is not None else None
         esp_outer = esp.outer if esp is not None else None
         ah_outer = ah.outer if ah is not None else None
@@ -353,7 +356,7 @@ class DataPlane:
                     count_out(esp, n)
                     if ah is None:
                         if udp_dst is not None:
-                            return ("udp", udp_dst, body)
+                            return ("udp", udp_dst, body, udp_src)
                         return ("raw", remote,
                                 esp_outer.build(tos, 20 + len(body), frag) + body)
                     payload, nh = body, PROTO_ESP
@@ -380,7 +383,7 @@ class DataPlane:
                 count_out(esp, n)
                 if ah is None:
                     if udp_dst is not None:
-                        return ("udp", udp_dst, body)
+                        return ("udp", udp_dst, body, udp_src)
                     return ("raw", remote, rebuild_header(hdr, PROTO_ESP, ihl + len(body)) + body)
                 payload, nh = body, PROTO_ESP
             else:
@@ -418,7 +421,7 @@ class DataPlane:
             if esp.bytes_out >= esp._limit_bytes or esp.packets_out >= esp._limit_packets:
                 esp._limit_hit()
             if udp_dst is not None:
-                return ("udp", udp_dst, body)
+                return ("udp", udp_dst, body, udp_src)
             tos = pkt[1]
             frag = (pkt[6] & 0x40) << 8                 # DF copied from the inner packet
             total = 20 + len(body)
