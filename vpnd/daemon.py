@@ -107,6 +107,23 @@ def _networks(v) -> tuple:
     return tuple(ipaddress.ip_network(str(n), strict=False) for n in (v or ()))
 
 
+def with_local_addresses(config):
+    """The config with `local` filled in from the routing table where it is not set.
+
+    The sans-IO IKE core cannot ask the kernel which source address reaches a peer, but
+    needs it (NAT_DETECTION_SOURCE_IP hashes it, RFC 7296 2.23; the outer header of ESP).
+    """
+    import dataclasses
+    conns = []
+    for c in config.connections:
+        if not c.local and c.peer and c.peer != "%any":
+            src = source_address_towards(str(c.peer))
+            if src:
+                c = dataclasses.replace(c, local=src)
+        conns.append(c)
+    return dataclasses.replace(config, connections=tuple(conns))
+
+
 def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> InstallChildSA:
     """The InstallChildSA that a manual connection stands for (the seed's ipsec-manual map)."""
     from vpnd.proposals import describe_child
@@ -636,7 +653,7 @@ class Daemon:
             log.warning("IKE is not available in this build: only manual connections run")
             return
         now = self.loop.time()
-        self.ike = IkeManager(self.config, now=now)
+        self.ike = IkeManager(with_local_addresses(self.config), now=now)
         for c in self._conns():
             if _get(c, "manual") is None and _get(c, "start") == "start":
                 self._run_actions(self.ike.initiate(_get(c, "name"), now))
@@ -874,7 +891,7 @@ class Daemon:
             self.config = new
             self._apply_connections()
             if self.ike is not None:
-                self._run_actions(self.ike.reload(new, self.loop.time()))
+                self._run_actions(self.ike.reload(with_local_addresses(new), self.loop.time()))
             elif any(_get(c, "manual") is None for c in self._conns()):
                 self._start_ike()
             log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
@@ -1032,6 +1049,10 @@ def setup_logging(level: str = "info") -> None:
 def run_daemon(config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
     setup_logging(_get(config.daemon, "log_level", "info"))
+    # MODP groups are deprecated in `cryptography` but configured on purpose (modp2048 is
+    # IKE's common default); the warning is not for the operator's log
+    import warnings
+    warnings.filterwarnings("ignore", message=".*Diffie-Hellman over finite fields.*")
     try:
         import uvloop
         runner = uvloop.run
