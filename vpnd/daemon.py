@@ -22,7 +22,7 @@ from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, S
                               UpdateChildAddresses)
 from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
-from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, SocketError,
+from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, KIND_KEEPALIVE, SocketError,
                               WireSockets, classify_natt)
 from vpnd.net.tun import Tun, TunError, link_mtu_towards, source_address_towards
 
@@ -358,36 +358,31 @@ class Daemon:
             self._drain_events()
 
     def _send_outputs(self, outs):
+        """Carry out the data plane's results: runs of equal-size ESP-in-UDP datagrams to
+        one peer leave in one UDP_SEGMENT send, raw packets one by one."""
         wire = self.wire
-        run_addr = None
+        run_key = None
         run: list = []
         sent = 0
         for out in outs:
-            if out is None:
-                continue
             kind = out[0]
             if kind == "udp":
-                addr, data = out[1], out[2]
-                # collect runs of equal-size datagrams to one peer for one UDP_SEGMENT send
-                if run and (addr != run_addr or len(data) != len(run[0])):
-                    wire.send_esp_udp_run(run_addr, run)
+                data = out[2]
+                key = (out[1], out[3][0] if len(out) > 3 and out[3] else None)
+                if run and (key != run_key or len(data) != len(run[0]) or len(run) >= 32):
+                    wire.send_esp_udp_run(run_key[0], run, run_key[1])
                     run = []
-                run_addr = addr
+                run_key = key
                 run.append(data)
-                if len(run) >= 32:
-                    wire.send_esp_udp_run(run_addr, run)
-                    run = []
                 sent += 1
             elif kind == "raw":
-                if run:
-                    wire.send_esp_udp_run(run_addr, run)
-                    run = []
                 wire.send_ipv4(out[1], out[2])
                 sent += 1
             elif kind == "tun":
                 self.tun.write(out[1])
+                self.counters["tun_out"] += 1
         if run:
-            wire.send_esp_udp_run(run_addr, run)
+            wire.send_esp_udp_run(run_key[0], run, run_key[1])
         self.counters["wire_out"] += sent
 
     def _on_raw(self, sock, proto):
@@ -398,12 +393,14 @@ class Daemon:
         self.dp.now = self.loop.time()
         decap = self.dp.decap
         write = self.tun.write
+        delivered = 0
         for data, src in pkts:
             inner = decap(data, proto, src, 0)  # never raises: drops are counted
-            if inner is None:
-                self.counters["decap_drops"] += 1
-            else:
+            if inner is not None:
                 write(inner)
+                delivered += 1
+        self.counters["tun_out"] += delivered
+        self.counters["decap_drops"] += len(pkts) - delivered
         if self.dp.events:
             self._drain_events()
 
@@ -424,9 +421,10 @@ class Daemon:
                     self.counters["decap_drops"] += 1
                 else:
                     write(inner)
+                    self.counters["tun_out"] += 1
             elif kind == KIND_IKE:
                 self._ike_receive(data[4:], (local, port), addr)
-            elif kind == 2:
+            elif kind == KIND_KEEPALIVE:
                 self.counters["keepalives_in"] += 1
             else:
                 self.counters["natt_invalid"] += 1

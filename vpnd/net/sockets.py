@@ -14,6 +14,7 @@ All sockets are non-blocking; receive functions read bursts until EAGAIN.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -92,6 +93,9 @@ def _local_from_ancdata(ancdata, default: str) -> str:
 class WireSockets:
     """UDP 500/4500, raw ESP/AH receive, raw IPv4 send. close() releases everything."""
 
+    # UDP_SEGMENT for runs of ESP-in-UDP datagrams; VPND_NO_GSO=1 turns it off (to measure)
+    gso = os.environ.get("VPND_NO_GSO") != "1"
+
     def __init__(self, listen: str, ike_port: int, natt_port: int):
         self.listen = listen
         self.ike_port = ike_port
@@ -162,27 +166,38 @@ class WireSockets:
         except OSError:
             self.send_errors += 1
 
-    def send_esp_udp(self, addr, data: bytes) -> None:
+    def _pktinfo(self, src_ip: str | None) -> list:
+        """IP_PKTINFO choosing the source address, needed only when bound to the wildcard."""
+        if not src_ip or src_ip == "0.0.0.0" or self.listen not in ("0.0.0.0", ""):
+            return []
+        return [(socket.IPPROTO_IP, IP_PKTINFO,
+                 struct.pack("=I4s4s", 0, socket.inet_aton(src_ip), b"\x00" * 4))]
+
+    def send_esp_udp(self, addr, data: bytes, src_ip: str | None = None) -> None:
         try:
-            self.natt.sendto(data, addr)
+            if src_ip:
+                self.natt.sendmsg([data], self._pktinfo(src_ip), 0, addr)
+            else:
+                self.natt.sendto(data, addr)
         except OSError:
             self.send_errors += 1
 
-    def send_esp_udp_run(self, addr, datagrams: list[bytes]) -> None:
-        """Send equal-size ESP-in-UDP datagrams to one peer with one UDP_SEGMENT sendmsg.
-
-        All but the last must have the same length (the segment size); the kernel splits.
-        """
-        if len(datagrams) == 1:
-            self.send_esp_udp(addr, datagrams[0])
+    def send_esp_udp_run(self, addr, datagrams: list[bytes], src_ip: str | None = None) -> None:
+        """Send ESP-in-UDP datagrams to one peer; equal-size runs go out with one
+        UDP_SEGMENT sendmsg (all but the last must have the segment's size; the kernel
+        splits them into datagrams)."""
+        if len(datagrams) == 1 or not self.gso:
+            for d in datagrams:
+                self.send_esp_udp(addr, d, src_ip)
             return
         size = len(datagrams[0])
+        anc = self._pktinfo(src_ip)
+        anc.append((SOL_UDP, UDP_SEGMENT, struct.pack("=H", size)))
         try:
-            self.natt.sendmsg([b"".join(datagrams)],
-                              [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
+            self.natt.sendmsg([b"".join(datagrams)], anc, 0, addr)
         except OSError:
             for d in datagrams:
-                self.send_esp_udp(addr, d)
+                self.send_esp_udp(addr, d, src_ip)
 
     def send_ike(self, data: bytes, local, remote) -> None:
         """Send an IKE message from local=(ip, port) to remote; on the NAT-T port with marker."""
@@ -191,12 +206,8 @@ class WireSockets:
             sock = self.ike
         if sock is self.natt:
             data = NON_ESP_MARKER + data
-        anc = []
-        if local[0] and local[0] != "0.0.0.0" and self.listen in ("0.0.0.0", ""):
-            pktinfo = struct.pack("=I4s4s", 0, socket.inet_aton(local[0]), b"\x00" * 4)
-            anc = [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
         try:
-            sock.sendmsg([data], anc, 0, tuple(remote))
+            sock.sendmsg([data], self._pktinfo(local[0]), 0, tuple(remote))
         except OSError:
             self.send_errors += 1
 
