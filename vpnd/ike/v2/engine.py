@@ -26,7 +26,8 @@ from vpnd.ike.v2.sa import (HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 2.3; sent without the non-ESP marker
-INVALID_SPI_INTERVAL = 1.0  # at most one INVALID_SPI notify per peer per second
+INVALID_SPI_INTERVAL = 1.0
+CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
 
 
 class Ikev2Engine:
@@ -514,7 +515,8 @@ class Ikev2Engine:
             if sa.pending is not None:
                 times.append(sa.pending.next_at)
             if sa.state == "CONNECTING":
-                times.append(sa.created_at + HALF_OPEN_TIMEOUT)
+                if sa.pending is None:
+                    times.append(sa.created_at + HALF_OPEN_TIMEOUT)
                 continue
             if sa.state != "ESTABLISHED":
                 continue
@@ -566,9 +568,10 @@ class Ikev2Engine:
                 what = "liveness check" if sa.dpd_probe else c.EXCHANGE_NAMES.get(req.exchange, "request")
                 self.event("timeout", sa.conn.name,
                            f"{what} to {sa.remote[0]} not answered after {req.tries} retransmissions")
-                if sa.state == "CONNECTING" and sa.established_at is None:
+                if sa.established_at is None:
                     self.kill_ike(sa, now, "peer not responding")
-                    self.on_peer_dead(sa, now)
+                    if sa.initiator and sa.conn.start == "start" and not sa.conn.dynamic:
+                        self.retry_at[sa.conn.name] = now + CONNECT_RETRY
                 else:
                     self.kill_ike(sa, now, "peer not responding", dead=True)
                 return

@@ -99,10 +99,12 @@ def initiate(e, conn, now: float, *, ts_hint=None) -> IkeSa:
     return sa
 
 
-def send_init(e, sa: IkeSa, group: str, now: float) -> None:
+def send_init(e, sa: IkeSa, group: str, now: float, *, same: bool = False) -> None:
+    """`same`: resend with the cookie, all other payloads unchanged (2.6)."""
     conn = sa.conn
-    sa.kex = KeyExchange(group)
-    sa.ni = e.rng(32)
+    if not same:
+        sa.kex = KeyExchange(group)
+        sa.ni = e.rng(32)
     sa.offered = negotiate.to_sa(conn.ike, "ike", b"", only_dh=group)
     payloads = []
     if sa.cookie is not None:
@@ -135,7 +137,7 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
             return
         sa.init_tries += 1
         sa.cookie = cookie.data
-        send_init(e, sa, sa.kex.group, now)
+        send_init(e, sa, sa.kex.group, now, same=True)
         return
     ike_err = notify(pl, c.N_INVALID_KE_PAYLOAD)
     if ike_err is not None:

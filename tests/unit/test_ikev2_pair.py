@@ -1,0 +1,338 @@
+"""Two IKEv2 cores (IkeManager façades) talking in memory with a fake clock.
+
+`Pair` wires two managers through a list of datagrams that tests can drop, duplicate or
+reorder; it records InstallChildSA/DeleteChildSA/Event actions per side and checks that the
+installed CHILD_SAs of both sides fit together (SPIs and keys crosswise).
+"""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from vpnd.config import parse_config
+from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram, UpdateChildAddresses
+from vpnd.ike.manager import IkeManager
+
+A_IP, B_IP = "10.0.0.1", "10.0.0.2"
+PSK = "in-memory pre-shared key"
+
+
+def conf(local, peer, lts, rts, *, daemon=None, name="site", **kw):
+    c = {"version": 2, "local": local, "peer": peer, "psk": PSK, "local_ts": lts if isinstance(lts, list) else [lts],
+         "remote_ts": rts if isinstance(rts, list) else [rts], "start": "none",
+         "dpd": {"interval": 0}}
+    c.update(kw)
+    for k in ("local_ts", "remote_ts"):
+        if not c[k]:
+            del c[k]
+    return parse_config({"daemon": daemon or {}, "connections": {name: c}})
+
+
+class Side:
+    def __init__(self, name, ip, config, now):
+        self.name = name
+        self.ip = ip
+        self.m = IkeManager(config, now=now)
+        self.children: dict[int, InstallChildSA] = {}
+        self.deleted: list[int] = []
+        self.events: list[Event] = []
+        self.sent: list[tuple[float, SendDatagram]] = []
+        self.updates: list[UpdateChildAddresses] = []
+
+    def kinds(self):
+        return [e.kind for e in self.events]
+
+    def installed(self):
+        return [c for c in self.children.values()]
+
+
+class Pair:
+    def __init__(self, a_kw=None, b_kw=None, *, a_daemon=None, b_daemon=None, a_ip=A_IP, b_ip=B_IP,
+                 b_peer=None):
+        a_kw = dict(a_kw or {})
+        b_kw = dict(b_kw or {})
+        self.now = 1000.0
+        ca = conf(a_ip, b_ip, a_kw.pop("lts", "10.1.0.0/16"), a_kw.pop("rts", "10.2.0.0/16"),
+                  daemon=a_daemon, **a_kw)
+        cb = conf(b_ip, b_peer or a_ip, b_kw.pop("lts", "10.2.0.0/16"), b_kw.pop("rts", "10.1.0.0/16"),
+                  daemon=b_daemon, **b_kw)
+        self.a = Side("a", a_ip, ca, self.now)
+        self.b = Side("b", b_ip, cb, self.now)
+        self.by_ip = {a_ip: self.a, b_ip: self.b}
+        self.wire: list[tuple[Side, SendDatagram]] = []
+        self.filter = None  # (sender Side, SendDatagram) -> "drop" | "dup" | None
+        self.delivered = 0
+
+    def other(self, s: Side) -> Side:
+        return self.b if s is self.a else self.a
+
+    def feed(self, side: Side, actions):
+        for act in actions:
+            if isinstance(act, SendDatagram):
+                side.sent.append((self.now, act))
+                verdict = self.filter(side, act) if self.filter else None
+                if verdict == "drop":
+                    continue
+                self.wire.append((side, act))
+                if verdict == "dup":
+                    self.wire.append((side, act))
+            elif isinstance(act, InstallChildSA):
+                side.children[act.child_id] = act
+            elif isinstance(act, DeleteChildSA):
+                side.children.pop(act.child_id, None)
+                side.deleted.append(act.child_id)
+            elif isinstance(act, Event):
+                side.events.append(act)
+            elif isinstance(act, UpdateChildAddresses):
+                side.updates.append(act)
+
+    def pump(self, limit: int = 500):
+        n = 0
+        while self.wire:
+            sender, d = self.wire.pop(0)
+            dst = self.by_ip.get(d.remote[0])
+            if dst is None or d.data == b"\xff":
+                continue
+            self.delivered += 1
+            self.feed(dst, dst.m.receive(d.data, d.remote, d.local, self.now))
+            n += 1
+            assert n < limit, "message storm"
+
+    def run(self, seconds: float):
+        """Advance the fake clock, firing timers of both sides in order."""
+        end = self.now + seconds
+        self.pump()
+        while True:
+            times = [t for t in (self.a.m.next_timer(), self.b.m.next_timer()) if t is not None]
+            t = min(times) if times else None
+            if t is None or t > end:
+                break
+            self.now = max(self.now, t)
+            for s in (self.a, self.b):
+                self.feed(s, s.m.handle_timer(self.now))
+            self.pump()
+        self.now = end
+
+    def up(self, side=None):
+        s = side or self.a
+        self.feed(s, s.m.initiate("site", self.now))
+        self.pump()
+
+    def check_tunnel(self, expect: int = 1):
+        """Both sides have `expect` children, pairwise matching SPIs and keys."""
+        a, b = self.a.installed(), self.b.installed()
+        assert len(a) == expect and len(b) == expect, (a, b)
+        for ca in a:
+            if not ca.outbound:
+                continue
+            out = ca.outbound[0]
+            match = [cb for cb in b if cb.inbound[0].spi == out.spi]
+            assert len(match) == 1, f"no peer child with inbound SPI {out.spi:08x}"
+            cb = match[0]
+            assert cb.inbound[0].enc_key == out.enc_key and cb.inbound[0].auth_key == out.auth_key
+            assert cb.outbound[0].spi == ca.inbound[0].spi
+            assert cb.outbound[0].enc_key == ca.inbound[0].enc_key
+            assert cb.outbound[0].auth_key == ca.inbound[0].auth_key
+            assert set(ca.local_ts) == set(cb.remote_ts) and set(ca.remote_ts) == set(cb.local_ts)
+            assert ca.proposal == cb.proposal and ca.mode == cb.mode and ca.udp_encap == cb.udp_encap
+        return a, b
+
+    def ike(self, side=None):
+        s = side or self.a
+        return [x for x in s.m.status(self.now)["ike_sas"]]
+
+
+PAIRS = [
+    ("aes128-sha256-modp2048", "aes128-sha256", "AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"),
+    ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-ecp384", "AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_384"),
+    ("chacha20poly1305-prfsha256-x25519", "chacha20poly1305", "CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519"),
+]
+
+
+@pytest.mark.parametrize("ike,esp,desc", PAIRS, ids=[p[0] for p in PAIRS])
+def test_establish_each_proposal_pair(ike, esp, desc):
+    p = Pair({"ike": ike, "esp": esp}, {"ike": ike, "esp": esp})
+    p.up()
+    a, b = p.check_tunnel()
+    st = p.ike()[0]
+    assert st["state"] == "ESTABLISHED" and st["initiator"] is True
+    assert st["proposal"].split("/")[0] == desc.split("/")[0]
+    assert p.ike(p.b)[0]["proposal"] == st["proposal"]
+    assert "child_up" in p.a.kinds() and "ike_up" in p.b.kinds()
+    assert a[0].local_ts[0].compressed == "10.1.0.0/16"
+    status = p.a.m.status(p.now)
+    assert status["connections"][0]["state"] == "up"
+    if esp == "aes256gcm16-ecp384":
+        assert len(a[0].inbound[0].enc_key) == 36  # AES-256 + 4-byte salt (RFC 4106 8.1)
+
+
+def test_responder_picks_by_its_own_order():
+    p = Pair({"ike": "aes128-sha256-modp2048, aes256gcm16-prfsha384-ecp384", "esp": "aes128-sha256, aes256gcm16"},
+             {"ike": "aes256gcm16-prfsha384-ecp384, aes128-sha256-modp2048", "esp": "aes256gcm16, aes128-sha256"})
+    p.up()
+    a, _ = p.check_tunnel()
+    assert p.ike()[0]["proposal"].startswith("AES_GCM_16-256")
+    assert a[0].proposal == "AES_GCM_16-256"
+    assert "invalid_ke" in p.b.kinds()  # A's KE was modp2048, B wanted ecp384 (INVALID_KE retry)
+
+
+def test_invalid_ke_retry_with_requested_group():
+    p = Pair({"ike": "aes128-sha256-ecp256-modp2048"}, {"ike": "aes128-sha256-modp2048"})
+    p.up()
+    p.check_tunnel()
+    assert "invalid_ke" in p.a.kinds()
+    assert p.ike()[0]["proposal"].endswith("MODP_2048")
+
+
+def test_no_proposal_chosen_names_both_sides():
+    p = Pair({"ike": "aes128-sha256-modp2048"}, {"ike": "aes256-sha512-ecp521"})
+    p.up()
+    assert p.a.installed() == [] and p.b.installed() == []
+    ev = [e for e in p.b.events if e.kind == "no_proposal"][0]
+    assert "aes128" in ev.message and "aes256" in ev.message and "ecp521" in ev.message
+    assert any(e.kind == "no_proposal" for e in p.a.events)
+    assert p.a.m.status(p.now)["ike_sas"] == []
+
+
+def test_child_no_proposal_keeps_ike_sa():
+    p = Pair({"esp": "aes128-sha256"}, {"esp": "aes256gcm16"})
+    p.up()
+    assert p.a.installed() == [] and p.b.installed() == []
+    assert p.ike()[0]["state"] == "ESTABLISHED"
+    ev = [e for e in p.b.events if e.kind == "no_proposal"][0]
+    assert "aes128" in ev.message and "aes256gcm16" in ev.message
+
+
+def test_wrong_psk_is_authentication_failed():
+    p = Pair({"psk": "one key for a"}, {"psk": "another key for b"})
+    p.up()
+    assert "auth_failed" in p.a.kinds() and "auth_failed" in p.b.kinds()
+    assert p.a.installed() == [] and p.b.installed() == []
+    p.run(60)
+    assert p.a.m.status(p.now)["ike_sas"] == [] and p.b.m.status(p.now)["ike_sas"] == []
+
+
+def test_lost_messages_are_retransmitted():
+    dropped = []
+
+    def lose_first_of_each(sender, d):
+        key = (sender.name, d.data[18], d.data[19] & 0x20)  # exchange, response flag
+        if key not in dropped:
+            dropped.append(key)
+            return "drop"
+        return None
+
+    p = Pair()
+    p.filter = lose_first_of_each
+    p.up()
+    assert p.a.installed() == []
+    p.run(20)
+    p.check_tunnel()
+    assert len(dropped) == 4  # INIT req/resp, AUTH req/resp each lost once
+    assert sum(1 for e in p.a.events if e.kind == "retransmit") >= 2
+
+
+def test_duplicated_messages_are_answered_idempotently():
+    p = Pair()
+    p.filter = lambda s, d: "dup"
+    p.up()
+    p.run(5)
+    a, b = p.check_tunnel()
+    assert len(p.a.events) and not any(e.kind == "error" for e in p.a.events + p.b.events)
+    # the responder answered the duplicate IKE_AUTH from its cache: same bytes twice
+    auth_resps = [d.data for t, d in p.b.sent if d.data[18] == 35]
+    assert len(auth_resps) == 2 and auth_resps[0] == auth_resps[1]
+
+
+def test_retransmit_exponential_backoff_then_give_up():
+    p = Pair()
+    p.filter = lambda s, d: "drop" if s is p.a else None
+    p.up()
+    p.run(200)
+    times = [t for t, d in p.a.sent]
+    gaps = [round(b - a, 3) for a, b in zip(times, times[1:])]
+    assert gaps == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert "timeout" in p.a.kinds()
+    assert p.a.m.status(p.now)["ike_sas"] == []
+
+
+def test_transport_mode_and_use_transport_mode_notify():
+    p = Pair({"mode": "transport", "lts": [], "rts": []}, {"mode": "transport", "lts": [], "rts": []})
+    p.up()
+    a, b = p.check_tunnel()
+    assert a[0].mode == "transport"
+    assert [str(n) for n in a[0].local_ts] == ["10.0.0.1/32"]
+
+
+def test_ts_narrowing_and_unacceptable():
+    p = Pair({"lts": "10.1.0.0/16", "rts": "10.2.0.0/16"}, {"lts": "10.2.3.0/24", "rts": ["10.1.0.0/17", "10.9.0.0/16"]})
+    p.up()
+    a, _ = p.check_tunnel()
+    assert [str(n) for n in a[0].remote_ts] == ["10.2.3.0/24"]
+    assert [str(n) for n in a[0].local_ts] == ["10.1.0.0/17"]
+
+    q = Pair({"lts": "10.1.0.0/16", "rts": "10.2.0.0/16"}, {"lts": "10.7.0.0/16", "rts": "10.1.0.0/16"})
+    q.up()
+    assert q.a.installed() == [] and "ts_unacceptable" in q.a.kinds() and "ts_unacceptable" in q.b.kinds()
+    assert q.ike()[0]["state"] == "ESTABLISHED"
+
+
+def test_several_subnets_per_side():
+    p = Pair({"lts": ["10.1.0.0/16", "10.11.0.0/16"], "rts": ["10.2.0.0/16", "10.12.0.0/16"]},
+             {"lts": ["10.2.0.0/16", "10.12.0.0/16"], "rts": ["10.1.0.0/16", "10.11.0.0/16"]})
+    p.up()
+    a, _ = p.check_tunnel()
+    assert sorted(str(n) for n in a[0].remote_ts) == ["10.12.0.0/16", "10.2.0.0/16"]
+
+
+def test_delete_both_ways():
+    p = Pair()
+    p.up()
+    p.check_tunnel()
+    p.feed(p.a, p.a.m.terminate("site", p.now))
+    p.pump()
+    assert p.a.installed() == [] and p.b.installed() == []
+    assert p.a.m.status(p.now)["ike_sas"] == [] and p.b.m.status(p.now)["ike_sas"] == []
+    assert p.b.m.status(p.now)["connections"][0]["state"] == "down"
+    # the other way round
+    p.up()
+    p.check_tunnel()
+    p.feed(p.b, p.b.m.terminate("site", p.now))
+    p.pump()
+    assert p.a.installed() == [] and p.b.installed() == []
+
+
+def test_cookie_above_half_open_threshold():
+    p = Pair(b_daemon={"cookie_threshold": 0})
+    p.up()
+    p.check_tunnel()
+    inits = [d.data for t, d in p.a.sent if d.data[18] == 34]
+    assert len(inits) == 2
+    # the retried IKE_SA_INIT carries the COOKIE notify as its first payload (RFC 7296 2.6)
+    assert inits[1][16] == 41 and struct.unpack("!H", inits[1][28 + 6:28 + 8])[0] == 16390
+
+
+def test_half_open_limit_drops():
+    p = Pair(b_daemon={"half_open_limit": 1, "cookie_threshold": 5})
+    p.filter = lambda s, d: "drop" if d.data[18] == 35 else None  # keep B's SA half-open
+    p.up()
+    assert not any(e.kind == "half_open_limit" for e in p.b.events)
+    second = Side("a2", A_IP, p.a.m.config, p.now)
+    p.feed(second, second.m.initiate("site", p.now))
+    p.pump()
+    assert any(e.kind == "half_open_limit" for e in p.b.events)
+    assert len(p.b.m.v2.half_open) == 1
+
+
+def test_initial_contact_clears_stale_sa_of_restarted_peer():
+    p = Pair()
+    p.up()
+    p.check_tunnel()
+    # A "restarts": a fresh core without state, same config
+    p.a = Side("a", A_IP, p.a.m.config, p.now)
+    p.by_ip[A_IP] = p.a
+    p.up()
+    assert len(p.a.installed()) == 1
+    assert len(p.b.m.status(p.now)["ike_sas"]) == 1  # the stale one is gone
+    assert len(p.b.installed()) == 1
