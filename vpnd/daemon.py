@@ -752,11 +752,15 @@ class Daemon:
                  " (UDP-encapsulated)" if a.udp_encap else "")
 
     def _on_event(self, ev: Event):
-        level = logging.WARNING if ev.kind in ("peer_dead", "auth_failed", "no_proposal", "error") \
-            else logging.INFO
-        log.log(level, "%s%s", f"{ev.connection}: " if ev.connection else "", ev.message)
-        if ev.connection and ev.kind in ("auth_failed", "no_proposal", "error", "peer_dead",
-                                         "ts_unacceptable", "failed"):
+        """An event of the IKE core: a log line; failures end a waiting vpnctl command."""
+        level = (logging.WARNING if ev.kind in FAILURE_EVENTS else
+                 logging.DEBUG if ev.kind in ("drop", "retransmit") else logging.INFO)
+        log.log(level, "%s", ev.message)
+        if not ev.connection:
+            return
+        if ev.kind == "ike_rekeyed":
+            self._wake(ev.connection, "ike_rekeyed")
+        elif ev.kind in FAILURE_EVENTS:
             self._fail(ev.connection, ev.message)
 
     # -- control commands (called by control.py) ----------------------------------------
@@ -804,6 +808,8 @@ class Daemon:
             raise CommandError("IKE is not available in this build")
         if _get(conn, "peer") in (None, "%any"):
             raise CommandError(f"{name}: peer is %any: this connection only responds")
+        if self._has_child(name):
+            return {"connection": name, "state": "up", "already": True}
         wait = asyncio.ensure_future(self._wait(name, "up", timeout))
         await asyncio.sleep(0)
         self._run_actions(self.ike.initiate(name, self.loop.time()))
@@ -833,32 +839,28 @@ class Daemon:
             raise CommandError(f"{name}: manual keying has no rekey (change the keys in the config and reload)")
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
-        before = {c.child_id for c in self.children.values() if c.connection == name}
-        fut = self.loop.create_future()
-        item = (name, "up", fut)
-        self._waiters.append(item)
-        try:
-            self._run_actions(self.ike.rekey(name, self.loop.time(), ike=ike))
-            deadline = self.loop.time() + timeout
-            while True:
-                now_ids = {c.child_id for c in self.children.values() if c.connection == name}
-                if now_ids - before:
-                    break
-                remaining = deadline - self.loop.time()
-                if remaining <= 0:
-                    raise CommandError(f"{name}: timed out after {timeout:g}s waiting for the new CHILD_SA")
-                fut = self.loop.create_future()
-                self._waiters.remove(item)
-                item = (name, "up", fut)
-                self._waiters.append(item)
-                try:
-                    await asyncio.wait_for(fut, remaining)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            if item in self._waiters:
-                self._waiters.remove(item)
+        if ike:
+            wait = asyncio.ensure_future(self._wait(name, "ike_rekeyed", timeout))
+        else:
+            before = {c.child_id for c in self.children.values() if c.connection == name}
+            wait = asyncio.ensure_future(self._wait_new_child(name, before, timeout))
+        await asyncio.sleep(0)  # the waiter is registered before the core can answer
+        self._run_actions(self.ike.rekey(name, self.loop.time(), ike=ike))
+        await wait
         return {"connection": name, "rekeyed": "ike" if ike else "child"}
+
+    async def _wait_new_child(self, name: str, before: set, timeout: float):
+        deadline = self.loop.time() + timeout
+        while not any(c.connection == name and c.child_id not in before for c in self.children.values()):
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                raise CommandError(f"{name}: timed out after {timeout:g}s waiting for the new CHILD_SA")
+            try:
+                await self._wait(name, "up", remaining)
+            except CommandError as e:
+                if "timed out" in str(e):
+                    continue
+                raise
 
     async def cmd_reload(self) -> dict:
         return self.reload()
@@ -1005,6 +1007,11 @@ class Daemon:
                 "nat_detected": False, "initiator": False, "spi_i": "0" * 16, "spi_r": "0" * 16,
                 "proposal": "manual keying", "established_s": int(now - child.installed_at),
                 "rekey_in_s": 0, "child_sas": [ch]}
+
+
+# IKE core events that end a negotiation (a waiting `vpnctl up/rekey` fails with the message)
+FAILURE_EVENTS = frozenset({"auth_failed", "no_proposal", "error", "failed", "peer_dead",
+                            "timeout", "ts_unacceptable", "rekey_failed"})
 
 
 class CommandError(Exception):

@@ -126,9 +126,9 @@ class Vpnd:
     def env() -> dict:
         return {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
-    def start(self, wait: bool = True, timeout: float = 20) -> "Vpnd":
+    def start(self, wait: bool = True, timeout: float = 20, env: dict | None = None) -> "Vpnd":
         self._log = open(self.logpath, "ab")
-        self.proc = self.topo.popen(self.role, self.argv(), env=self.env(),
+        self.proc = self.topo.popen(self.role, self.argv(), env={**self.env(), **(env or {})},
                                     stdout=subprocess.DEVNULL, stderr=self._log)
         if wait:
             self.wait_ready(timeout)
