@@ -47,6 +47,7 @@ class Ikev2Engine:
         self.retry_at: dict[str, float] = {}  # connection -> when to re-initiate (restart)
         self.drops = 0
         self._creds: dict = {}
+        self.persistent: set[str] = set()
         self._out: list = []
         self.rand = random.Random(int.from_bytes(rng(8), "big"))
 
@@ -262,9 +263,8 @@ class Ikev2Engine:
         self.event("peer_dead", conn.name,
                    f"peer {sa.remote[0]} of {conn.name} is dead (no answer), action {action}")
         if action == "restart" and not conn.dynamic and not self._has_other_sa(conn, sa):
-            self.retry_at[conn.name] = now  # re-initiate on the next timer
-        if action == "restart" and conn.dynamic:
-            pass
+            self.retry_at[conn.name] = now  # re-initiate on the next timer, until it works
+            self.persistent.add(conn.name)
 
     def _has_other_sa(self, conn, exclude: IkeSa) -> bool:
         return any(s is not exclude and s.conn.name == conn.name and s.state != "DEAD"
@@ -551,7 +551,9 @@ class Ikev2Engine:
                 del self.retry_at[name]
                 conn = self.conn_by_name(name)
                 if conn is not None and not any(s.conn.name == name for s in self.sas.values()):
-                    exchange_init.initiate(self, conn, now)
+                    sa = exchange_init.initiate(self, conn, now)
+                    sa.persistent = name in self.persistent
+                    self.persistent.discard(name)
         for sa in list(self.sas.values()):
             if sa.ike_id not in self.sas:
                 continue
@@ -570,7 +572,8 @@ class Ikev2Engine:
                            f"{what} to {sa.remote[0]} not answered after {req.tries} retransmissions")
                 if sa.established_at is None:
                     self.kill_ike(sa, now, "peer not responding")
-                    if sa.initiator and sa.conn.start == "start" and not sa.conn.dynamic:
+                    if sa.initiator and (sa.conn.start == "start" or sa.persistent) and not sa.conn.dynamic:
+                        self.persistent.add(sa.conn.name)
                         self.retry_at[sa.conn.name] = now + CONNECT_RETRY
                 else:
                     self.kill_ike(sa, now, "peer not responding", dead=True)

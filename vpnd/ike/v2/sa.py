@@ -104,6 +104,7 @@ class IkeSa:
     peer_id: str = ""
     peer_id_raw: tuple[int, bytes] | None = None
     initial_contact: bool = False
+    persistent: bool = False  # re-initiated by DPD action restart: keep trying
     rekeyed_to: int | None = None  # IKE SA that replaced this one
     dpd_probe: bool = False  # the request in flight is a liveness check
     # first child negotiated inside IKE_AUTH (initiator side)
@@ -204,7 +205,8 @@ def narrow(offered: list[TrafficSelector], allowed: list[TrafficSelector]) -> li
             x = o.intersect(a)
             if x is not None and x not in out:
                 out.append(x)
-    return out
+    # a selector inside another one adds nothing (e.g. the packet's host TS of 2.9)
+    return [x for x in out if not any(y is not x and y != x and y.contains(x) for y in out)]
 
 
 def is_subset(chosen: list[TrafficSelector], offered: list[TrafficSelector]) -> bool:

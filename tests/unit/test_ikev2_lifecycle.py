@@ -1,0 +1,285 @@
+"""IKEv2 cores in memory: rekeys (child, PFS, IKE SA), simultaneous rekey collisions (RFC 7296
+2.8.1/2.8.2), DPD with a dead peer, NAT-T with encap, keepalives, idle_time, INVALID_SPI,
+trap/per_host, %any responders."""
+from __future__ import annotations
+
+import pytest
+
+from test_ikev2_pair import A_IP, B_IP, Pair, Side
+
+
+def children(side):
+    return sorted(side.children.values(), key=lambda c: c.child_id)
+
+
+def test_child_rekey_make_before_break():
+    p = Pair()
+    p.up()
+    (old_a,), (old_b,) = p.check_tunnel()
+    p.feed(p.a, p.a.m.rekey("site", p.now))
+    p.pump()
+    (new_a,), (new_b,) = p.check_tunnel()
+    assert new_a.child_id != old_a.child_id and new_a.replaces == old_a.child_id
+    assert new_b.replaces == old_b.child_id
+    assert old_a.child_id in p.a.deleted and old_b.child_id in p.b.deleted
+    assert new_a.inbound[0].spi != old_a.inbound[0].spi
+    assert new_a.inbound[0].enc_key != old_a.inbound[0].enc_key
+
+
+def test_child_rekey_with_pfs_from_responder_side():
+    p = Pair({"esp": "aes256gcm16-ecp384"}, {"esp": "aes256gcm16-ecp384"})
+    p.up()
+    (old_a,), _ = p.check_tunnel()
+    p.feed(p.b, p.b.m.rekey("site", p.now))
+    p.pump()
+    (new_a,), _ = p.check_tunnel()
+    assert new_a.proposal == "AES_GCM_16-256/ECP_384"
+    # the CREATE_CHILD_SA request carried a KE payload (type 34) inside SK: its size shows
+    req = [d.data for t, d in p.b.sent if d.data[18] == 36][0]
+    assert len(req) > 28 + 96 + 32 + 100
+
+
+def test_child_rekey_by_lifetime_with_jitter():
+    p = Pair({"lifetime": {"seconds": 100, "ike": 100000}}, {"lifetime": {"seconds": 100, "ike": 100000}})
+    p.up()
+    p.check_tunnel()
+    first = p.a.installed()[0].child_id
+    p.run(84.9)
+    assert p.a.installed()[0].child_id == first
+    p.run(6)  # rekey between 85 % and 90 % of the lifetime, never after expiry
+    p.check_tunnel()
+    assert p.a.installed()[0].child_id != first
+    p.run(400)
+    p.check_tunnel()
+    assert not any(e.kind == "child_expire" for e in p.a.events + p.b.events)
+
+
+def test_kilobyte_soft_limit_triggers_rekey_and_hard_deletes():
+    p = Pair({"lifetime": {"kilobytes": 1000}})
+    p.up()
+    (old,), _ = p.check_tunnel()
+    assert old.soft_kilobytes == 900 and old.hard_kilobytes == 1000
+    p.feed(p.a, p.a.m.child_expiring(old.child_id, False, p.now))
+    p.pump()
+    (new,), _ = p.check_tunnel()
+    assert new.replaces == old.child_id
+    p.feed(p.a, p.a.m.child_expiring(new.child_id, True, p.now))
+    p.pump()
+    assert p.a.installed() == [] and p.b.installed() == []
+
+
+def test_simultaneous_child_rekey_collision():
+    p = Pair()
+    p.up()
+    (old_a,), (old_b,) = p.check_tunnel()
+    # both start a rekey before either request arrives
+    p.feed(p.a, p.a.m.rekey("site", p.now))
+    p.feed(p.b, p.b.m.rekey("site", p.now))
+    p.pump()
+    p.run(5)
+    a, b = p.check_tunnel(1)
+    assert a[0].child_id not in (old_a.child_id,) and old_a.child_id in p.a.deleted
+    assert any(e.kind == "rekey_collision" for e in p.a.events)
+    assert any(e.kind == "rekey_collision" for e in p.b.events)
+    # traffic keeps an outbound SA on both sides throughout: the survivor has outbound keys
+    assert a[0].outbound and b[0].outbound
+
+
+def test_ike_rekey_keeps_children_and_new_sa_works():
+    p = Pair()
+    p.up()
+    (ch,), _ = p.check_tunnel()
+    old_spi = p.ike()[0]["spi_i"]
+    p.feed(p.a, p.a.m.rekey("site", p.now, ike=True))
+    p.pump()
+    sas = p.ike()
+    assert len(sas) == 1 and sas[0]["spi_i"] != old_spi and sas[0]["state"] == "ESTABLISHED"
+    assert len(p.ike(p.b)) == 1
+    assert [c["child_id"] for c in sas[0]["child_sas"]] == [ch.child_id]
+    # the new IKE SA carries exchanges: a child rekey over it
+    p.feed(p.b, p.b.m.rekey("site", p.now))
+    p.pump()
+    p.check_tunnel()
+    assert p.a.installed()[0].child_id != ch.child_id
+
+
+def test_ike_rekey_by_lifetime():
+    p = Pair({"lifetime": {"ike": 200, "seconds": 10000}}, {"lifetime": {"ike": 200, "seconds": 10000}})
+    p.up()
+    spi = p.ike()[0]["spi_i"]
+    p.run(181)
+    assert len(p.ike()) == 1 and p.ike()[0]["spi_i"] != spi
+    p.check_tunnel()
+
+
+def test_simultaneous_ike_rekey_collision():
+    p = Pair()
+    p.up()
+    p.check_tunnel()
+    p.feed(p.a, p.a.m.rekey("site", p.now, ike=True))
+    p.feed(p.b, p.b.m.rekey("site", p.now, ike=True))
+    p.pump()
+    p.run(10)
+    sa_a, sa_b = p.ike(), p.ike(p.b)
+    assert len(sa_a) == 1 and len(sa_b) == 1, (sa_a, sa_b)
+    assert (sa_a[0]["spi_i"], sa_a[0]["spi_r"]) == (sa_b[0]["spi_i"], sa_b[0]["spi_r"])
+    assert len(sa_a[0]["child_sas"]) == 1 and len(sa_b[0]["child_sas"]) == 1
+    p.check_tunnel()
+    # and the survivor works
+    p.feed(p.a, p.a.m.rekey("site", p.now))
+    p.pump()
+    p.check_tunnel()
+
+
+@pytest.mark.parametrize("action", ["restart", "clear"])
+def test_dpd_dead_peer(action):
+    dpd = {"interval": 10, "retry": 3, "mode": "periodic", "action": action}
+    p = Pair({"dpd": dpd}, {"dpd": dpd})
+    p.up()
+    p.check_tunnel()
+    p.run(25)  # alive peer: probes answered
+    assert "peer_dead" not in p.a.kinds()
+    probes = [d for t, d in p.a.sent if d.data[18] == 37]
+    assert len(probes) >= 2
+    t_dead = p.now
+    p.filter = lambda s, d: "drop" if s is p.b else None  # B dies
+    while "peer_dead" not in p.a.kinds() and p.now - t_dead < 100:
+        p.run(0.5)
+    dead_at = p.now
+    assert dead_at - t_dead <= dpd["interval"] * (dpd["retry"] + 1)
+    assert p.a.installed() == []
+    p.run(100)  # B stays dead a while: restart keeps trying, clear gives up
+    inits = [t for t, d in p.a.sent if d.data[18] == 34 and t >= dead_at]
+    assert len([e for e in p.a.events if e.kind == "peer_dead"]) == 1
+    if action == "restart":
+        assert inits and inits[-1] > dead_at + 60, "no re-initiation"
+        p.filter = None  # B is back, without state
+        p.b = Side("b", B_IP, p.b.m.config, p.now)
+        p.by_ip[B_IP] = p.b
+        p.run(30)
+        p.check_tunnel()
+    else:
+        assert not inits
+
+
+def test_dpd_on_demand_probes_only_with_outbound_traffic():
+    dpd = {"interval": 10, "retry": 2, "mode": "on-demand", "action": "clear"}
+    p = Pair({"dpd": dpd}, {"dpd": dpd})
+    p.up()
+    (ch,), _ = p.check_tunnel()
+    p.run(60)
+    assert not [d for t, d in p.a.sent if d.data[18] == 37]
+    p.a.m.child_activity(ch.child_id, last_in=0.0, last_out=p.now)  # sending, nothing back
+    p.filter = lambda s, d: "drop" if s is p.b else None
+    p.run(40)
+    assert "peer_dead" in p.a.kinds()
+
+
+def test_encap_fakes_nat_and_moves_to_4500_with_keepalives():
+    p = Pair({"encap": True, "nat_keepalive": 5})
+    p.up()
+    a, b = p.check_tunnel()
+    assert a[0].udp_encap and b[0].udp_encap
+    assert a[0].local[1] == 4500 and a[0].remote[1] == 4500
+    assert b[0].remote[1] == 4500
+    st_b = p.ike(p.b)[0]
+    assert st_b["nat_detected"] and st_b["remote"].endswith(":4500")
+    auth = [d for t, d in p.a.sent if d.data[18] == 35][0]
+    assert auth.local[1] == 4500 and auth.remote[1] == 4500
+    p.run(12)
+    ka = [d for t, d in p.a.sent if d.data == b"\xff"]
+    assert ka and ka[0].local[1] == 4500 and ka[0].remote == (B_IP, 4500)
+
+
+def test_nat_between_peers_detected_and_followed():
+    # B sees A at a translated address/port; A's NAT_DETECTION_SOURCE_IP cannot match
+    p = Pair(b_peer="10.9.9.9")
+
+    def nat(sender, d):
+        return None
+
+    p.filter = nat
+    orig_pump = p.pump
+
+    def pump(limit=500):
+        # rewrite A's source as a NAT would; B's answers go back to the public address
+        while p.wire:
+            sender, d = p.wire.pop(0)
+            if sender is p.a:
+                src = ("10.9.9.9", 40000 if d.local[1] == 500 else 40001)
+                p.feed(p.b, p.b.m.receive(d.data, d.remote, src, p.now))
+            else:
+                p.feed(p.a, p.a.m.receive(d.data, (A_IP, 500 if d.remote[1] == 40000 else 4500), d.local, p.now))
+    p.pump = pump
+    p.up()
+    a, b = p.check_tunnel()
+    assert p.ike()[0]["nat_local"] and p.ike(p.b)[0]["nat_remote"]
+    assert a[0].udp_encap and b[0].udp_encap and b[0].remote == ("10.9.9.9", 40001)
+
+
+def test_idle_time_deletes_unused_child():
+    p = Pair({"idle_time": 30})
+    p.up()
+    (ch,), _ = p.check_tunnel()
+    p.run(20)
+    p.a.m.child_activity(ch.child_id, p.now, p.now)
+    p.run(20)
+    assert p.a.installed()
+    p.run(15)
+    assert p.a.installed() == [] and p.b.installed() == []
+    assert p.ike()[0]["state"] == "ESTABLISHED"
+
+
+def test_invalid_spi_notify_rate_limited_and_recovery():
+    p = Pair()
+    p.up()
+    (ch_a,), (ch_b,) = p.check_tunnel()
+    for _ in range(5):
+        p.feed(p.b, p.b.m.unknown_spi(0xDEADBEEF, (A_IP, 500), p.now))
+        p.pump()
+    infos = [d for t, d in p.b.sent if d.data[18] == 37 and not d.data[19] & 0x20]
+    assert len(infos) == 1
+    # A's SA that B does not know: B reports it, A replaces the child
+    p.now += 2
+    p.feed(p.b, p.b.m.unknown_spi(ch_a.outbound[0].spi, (A_IP, 500), p.now))
+    p.pump()
+    assert any(e.kind == "invalid_spi" for e in p.a.events)
+
+
+def test_trap_acquire_and_per_host():
+    pkt = bytes.fromhex("4500001c0000400040010000") + bytes([10, 1, 0, 10]) + bytes([10, 2, 0, 10]) + bytes(8)
+    p = Pair({"start": "trap", "per_host": True}, {"per_host": True})
+    p.feed(p.a, p.a.m.acquire("site", pkt, p.now))
+    p.pump()
+    (a,), _ = p.check_tunnel()
+    assert [str(n) for n in a.local_ts] == ["10.1.0.10/32"] and [str(n) for n in a.remote_ts] == ["10.2.0.10/32"]
+    pkt2 = pkt[:19] + bytes([11]) + pkt[20:]
+    p.feed(p.a, p.a.m.acquire("site", pkt2, p.now))
+    p.pump()
+    p.check_tunnel(2)
+
+    q = Pair({"start": "trap"})
+    q.feed(q.a, q.a.m.acquire("site", pkt, q.now))
+    q.pump()
+    (a,), _ = q.check_tunnel()
+    assert [str(n) for n in a.remote_ts] == ["10.2.0.0/16"]  # whole subnet, packet TS first
+
+
+def test_any_peer_matched_by_identity():
+    p = Pair({"local_id": "@branch.example.com"}, {"remote_id": "@branch.example.com"}, b_peer="%any")
+    p.up()
+    p.check_tunnel()
+    assert p.ike(p.b)[0]["remote_id"] == "@branch.example.com"
+    q = Pair({"local_id": "@intruder.example.com"}, {"remote_id": "@branch.example.com"}, b_peer="%any")
+    q.up()
+    assert q.b.installed() == [] and "auth_failed" in q.b.kinds()
+    r = Pair(b_peer="%any")
+    r.feed(r.b, r.b.m.initiate("site", r.now))
+    assert any(e.kind == "error" for e in r.b.events)  # %any connections only respond
+
+
+def test_start_none_does_not_initiate_and_status_shows_down():
+    p = Pair()
+    st = p.a.m.status(p.now)
+    assert st == {"connections": [{"name": "site", "version": 2, "peer": B_IP, "state": "down",
+                                   "ike_sas": 0, "child_sas": 0}], "ike_sas": []}
