@@ -23,6 +23,8 @@ def conf(local, peer, lts, rts, *, daemon=None, name="site", **kw):
          "remote_ts": rts if isinstance(rts, list) else [rts], "start": "none",
          "dpd": {"interval": 0}}
     c.update(kw)
+    if "auth" in kw:  # certificates instead of the PSK
+        c.pop("psk")
     for k in ("local_ts", "remote_ts"):
         if not c[k]:
             del c[k]
