@@ -204,7 +204,7 @@ class WireSockets:
         sock = self.by_port.get(local[1])
         if sock is None:
             sock = self.ike
-        if sock is self.natt:
+        if sock is self.natt and data != b"\xff":  # a NAT keepalive goes bare (RFC 3948 2.3)
             data = NON_ESP_MARKER + data
         try:
             sock.sendmsg([data], self._pktinfo(local[0]), 0, tuple(remote))
