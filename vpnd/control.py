@@ -97,7 +97,10 @@ class ControlServer:
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        except FileExistsError:
+            raise OSError(f"{directory} is not a directory") from None
         if os.path.exists(self.path) or os.path.islink(self.path):
             if _socket_answers(self.path):
                 raise OSError(f"another daemon answers on {self.path}")

@@ -24,7 +24,7 @@ from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
 from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, KIND_KEEPALIVE, SocketError,
                               WireSockets, classify_natt)
-from vpnd.net.tun import Tun, TunError, link_mtu_towards, source_address_towards
+from vpnd.net.tun import Tun, TunError, link_mtu_towards, outer_path, source_address_towards
 
 log = logging.getLogger("vpnd")
 
@@ -256,7 +256,7 @@ class Daemon:
             self.wire = WireSockets(str(_get(d, "listen", "0.0.0.0")), int(_get(d, "ike_port", 500)),
                                     int(_get(d, "natt_port", 4500)))
             self.routes = RouteManager(self.tun.index)
-            log.info("TUN %s up, MTU %d (outer MTU %d)", self.tun.name, tun_mtu, outer_mtu)
+            self._outer_mtu = outer_mtu
         except (TunError, SocketError) as e:
             self.teardown()
             raise StartupError(str(e)) from None
@@ -281,9 +281,11 @@ class Daemon:
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self._stop = self.loop.create_future()
-        self.setup()
+        started = False
         try:
             await self._start_control()
+            self.setup()
+            log.info("TUN %s up, MTU %d (outer MTU %d)", self.tun.name, self.tun.mtu, self._outer_mtu)
             self._attach_readers()
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGHUP, self._sighup)):
@@ -291,21 +293,24 @@ class Daemon:
             self._start_ike()
             self._apply_connections(initial=True)
             self._arm_timer()
+            started = True
+            # READY=1 only now: manual SAs and their routes are installed (Type=notify)
             notify.ready(f"{len(self.children)} SAs installed")
             log.info("vpnd ready: %d connection(s), %d SA(s) installed",
                      len(self._conns()), len(self.children))
             await self._stop
         finally:
-            notify.stopping()
-            log.info("stopping: deleting SAs, removing routes and %s",
-                     self.tun.name if self.tun else "TUN")
-            if self.loop is not None:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    self.loop.remove_signal_handler(sig)
+            if started:
+                notify.stopping()
+                log.info("stopping: deleting SAs, removing routes and %s",
+                         self.tun.name if self.tun else "TUN")
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self.loop.remove_signal_handler(sig)
             self._detach_readers()
             if self._timer:
                 self._timer.cancel()
-            self._stop_ike()
+            if started:
+                self._stop_ike()
             if self.control is not None:
                 await self.control.close()
                 self.control = None
@@ -324,6 +329,7 @@ class Daemon:
         try:
             await self.control.start()
         except OSError as e:
+            self.control = None
             raise StartupError(f"cannot open control socket {path}: {e.strerror or e}") from None
 
     def _attach_readers(self):
@@ -530,9 +536,8 @@ class Daemon:
             return None
         self.children[act.child_id] = child
         conn = self._conn(act.connection)
-        opts = RouteOptions.from_config(_get(conn, "rri"))
-        if opts.enabled and act.mode == "tunnel" and self.routes is not None:
-            for net in act.remote_ts:
+        if act.mode == "tunnel" and self.routes is not None and conn is not None:
+            for net, opts in self._rri_routes(conn, act.remote_ts, act.remote[0]):
                 self.routes.add(net, opts)
                 child.routes.append((net, opts))
         log.info("%s: SA installed, %s, SPIs in %s out %s%s", act.connection,
@@ -612,6 +617,19 @@ class Daemon:
                 self._delete_child(cid)
         self._manual.pop(name, None)
 
+    def _rri_routes(self, conn, remote_ts, peer: str) -> list:
+        """The (network, RouteOptions) pairs reverse route injection installs for `conn`."""
+        opts = RouteOptions.from_config(conn.rri)
+        if not opts.enabled:
+            return []
+        out = []
+        if opts.remote_peer and not opts.next_hop and peer and peer != "%any":
+            path = outer_path(peer)
+            if path is not None and path[0] != (self.tun.index if self.tun else None):
+                out.append((f"{peer}/32", opts.replace(oif=path[0], next_hop=path[1])))
+            opts = opts.replace(next_hop=peer)
+        return [(net, opts) for net in remote_ts] + out
+
     def _apply_static_routes(self):
         """rri.static routes, and trap policies with their routes (so that the first packet
         of a `start: trap` connection reaches the TUN and triggers the negotiation)."""
@@ -624,8 +642,8 @@ class Daemon:
             trap = c.manual is None and c.start == "trap"
             if trap:
                 traps.add(c.name)
-            if opts.enabled and c.mode == "tunnel" and (opts.static or trap):
-                want.extend((net, opts) for net in _networks(c.remote_ts))
+            if c.mode == "tunnel" and (opts.static or trap):
+                want.extend(self._rri_routes(c, _networks(c.remote_ts), str(c.peer)))
         for net, opts in want:  # add before removing: a route that stays is never dropped
             self.routes.add(net, opts)
         for net, opts in self._static_routes:

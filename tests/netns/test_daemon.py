@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,6 +144,29 @@ def test_rri_options(topo, daemons):
     assert topo.run("gwa", ["ip", "route", "show", "proto", "99"]).stdout.decode().strip() == ""
 
 
+def test_rri_remote_peer_and_next_hop(topo, daemons):
+    """Cisco `reverse-route remote-peer`: subnet via the peer into the tunnel, plus a host
+    route to the peer over the WAN; `remote-peer NEXT-HOP`: via that next hop, no host route."""
+    a, b = daemons("aes128gcm16", extra_conn="rri: {remote_peer: true, tag: 98}")
+    wait_tunnel(topo)
+    routes = topo.run("gwa", ["ip", "route", "show", "proto", "98"]).stdout.decode()
+    assert f"{LAN_B} via 10.200.0.2 dev vpnd0" in routes, routes
+    assert "10.200.0.2 dev wan" in routes, routes
+    assert topo.tcp_transfer("hosta", "hostb", HOST_B, mbytes=1)["up_ok"]
+    assert a.stop() == 0 and b.stop() == 0
+    assert topo.run("gwa", ["ip", "route", "show", "proto", "98"]).stdout.decode().strip() == ""
+    a, b = daemons("aes128gcm16", extra_conn="rri: {next_hop: 10.250.0.1, static: true, tag: 97}")
+    wait_tunnel(topo)
+    routes = topo.run("gwa", ["ip", "route", "show", "proto", "97"]).stdout.decode()
+    assert routes.strip().splitlines() == [f"{LAN_B} via 10.250.0.1 dev vpnd0 onlink"], routes
+    # static: the route stays while the SA is down (vpnctl down), traffic has no SA then
+    assert a.ctl("down", name="tunnel")["ok"]
+    assert f"{LAN_B} via 10.250.0.1" in topo.run("gwa", ["ip", "route", "show", "proto", "97"]).stdout.decode()
+    assert topo.ping("hosta", HOST_B).returncode != 0
+    assert a.ctl("up", name="tunnel")["ok"]
+    wait_tunnel(topo)
+
+
 def test_bad_config_leaves_nothing(topo):
     ca, _ = manual_pair(topo, "aes128gcm16")
     d = Vpnd(topo, "gwa", ca.replace("esp: aes128gcm16", "esp: aes999"))
@@ -177,6 +201,22 @@ def test_startup_failure_after_tun_leaves_nothing(topo):
     assert "vpnd0" not in gw_links(topo, "gwa")
     assert LAN_B not in gw_routes(topo, "gwa")
     assert not os.path.exists(d.sock)
+
+
+def test_control_socket_failure_leaves_nothing(topo):
+    """The control socket cannot be created (its directory is a file): the TUN, sockets and
+    the manual SA's route were set up already and are all undone; one line, exit 1."""
+    blocker = Path(topo.workdir) / "not-a-dir"
+    blocker.write_text("")
+    ca, _ = manual_pair(topo, "aes128gcm16")
+    d = Vpnd(topo, "gwa", ca.replace(f"control_socket: {topo.workdir}/gwa.sock",
+                                     f"control_socket: {blocker}/gwa.sock"))
+    r = d.run_once()
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1
+    assert len(err) == 1 and "control socket" in err[0], err
+    assert "vpnd0" not in gw_links(topo, "gwa")
+    assert LAN_B not in gw_routes(topo, "gwa")
 
 
 def test_sighup_reload(topo, daemons):

@@ -8,7 +8,10 @@ Routes point into the TUN device, so that traffic for remote_ts reaches the data
 - `tag`: the route's protocol number (1-255; `ip route show proto TAG` lists exactly vpnd's
   routes of that tag, and routing daemons such as FRR/BIRD can redistribute kernel routes by
   protocol). Without a tag the routes carry proto `static` (4), like Cisco's RRI routes;
-- `static`: routes are installed at start-up, before any SA exists.
+- `static`: routes are installed at start-up, before any SA exists;
+- `remote_peer` (Cisco `reverse-route remote-peer`): the subnet routes name the peer as their
+  next hop (`via PEER dev TUN onlink`), and a host route to the peer goes via the outer
+  interface and gateway the kernel uses for it now (not added when next_hop is set).
 
 Routes are reference counted: several child SAs of one connection (make-before-break
 rekeys, per-host SAs) share one route, removed when the last goes. Only routes this
@@ -35,12 +38,20 @@ ESRCH = 3
 class RouteOptions:
     """The rri options of one connection, read from its config (attributes or a dict)."""
 
-    def __init__(self, enabled=True, next_hop=None, metric=None, tag=None, static=False):
+    def __init__(self, enabled=True, next_hop=None, metric=None, tag=None, static=False,
+                 remote_peer=False, oif=None):
         self.enabled = bool(enabled)
         self.next_hop = str(next_hop) if next_hop else None
         self.metric = int(metric) if metric not in (None, "") else None
         self.tag = int(tag) if tag not in (None, "") else None
         self.static = bool(static)
+        self.remote_peer = bool(remote_peer)
+        self.oif = oif  # None: the TUN device; else an outer interface index (peer host route)
+
+    def replace(self, **kw) -> "RouteOptions":
+        d = dict(self.__dict__)
+        d.update(kw)
+        return RouteOptions(**d)
 
     @classmethod
     def from_config(cls, rri) -> "RouteOptions":
@@ -51,10 +62,11 @@ class RouteOptions:
         else:
             def get(k, d=None):
                 return getattr(rri, k, d)
-        return cls(get("enabled", True), get("next_hop"), get("metric"), get("tag"), get("static", False))
+        return cls(get("enabled", True), get("next_hop"), get("metric"), get("tag"),
+                   get("static", False), get("remote_peer", False))
 
     def key(self) -> tuple:
-        return (self.next_hop, self.metric, self.tag)
+        return (self.next_hop, self.metric, self.tag, self.oif)
 
 
 class RouteManager:
@@ -67,13 +79,14 @@ class RouteManager:
         self._foreign: dict[tuple, int] = {}  # routes that existed before us: counted, never removed
 
     def _spec(self, dst: str, opts: RouteOptions) -> dict:
-        spec = {"dst": dst, "oif": self.tun_index,
+        spec = {"dst": dst, "oif": opts.oif or self.tun_index,
                 "proto": opts.tag if opts.tag is not None else RTPROT_STATIC}
         if opts.metric is not None:
             spec["priority"] = opts.metric
         if opts.next_hop:
             spec["gateway"] = opts.next_hop
-            spec["flags"] = RTNH_F_ONLINK
+            if opts.oif is None:  # a next hop "behind" the TUN: reachable by definition
+                spec["flags"] = RTNH_F_ONLINK
         return spec
 
     def add(self, network, opts: RouteOptions) -> None:
@@ -129,8 +142,8 @@ class RouteManager:
 
     def remove_all(self) -> None:
         for key in list(self._refs):
-            dst, next_hop, metric, tag = key
-            self._delete(dst, RouteOptions(True, next_hop, metric, tag))
+            dst, next_hop, metric, tag, oif = key
+            self._delete(dst, RouteOptions(True, next_hop, metric, tag, oif=oif))
         self._refs.clear()
         self._foreign.clear()
 

@@ -127,6 +127,19 @@ def link_mtu_towards(address: str) -> int | None:
         return None
 
 
+def outer_path(address: str) -> tuple[int, str | None] | None:
+    """(interface index, gateway or None) the kernel uses for `address` now."""
+    def do(ipr):
+        route = _route_get(ipr, address)
+        if route is None or route.get_attr("RTA_OIF") is None:
+            return None
+        return route.get_attr("RTA_OIF"), route.get_attr("RTA_GATEWAY")
+    try:
+        return netlink.call(do)
+    except Exception:
+        return None
+
+
 def source_address_towards(address: str) -> str | None:
     """The local address the kernel would use to reach `address`."""
     try:
