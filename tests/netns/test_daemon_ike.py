@@ -228,3 +228,35 @@ def test_abstract_notify_socket(topo):
         if a.alive():
             a.stop()
         topo.stop(listener)
+
+
+def test_nat_traversal(request):
+    """gwa behind a masquerading NAT: both sides detect it, ESP goes in UDP 4500, traffic
+    flows both ways, and gwa's NAT keepalives reach gwb (counted there)."""
+    pytest.importorskip("vpnd.ike.manager")
+    with Topology(prefix="dmn", nat=True) as t:
+        a = Vpnd(t, "gwa", ike_config(t, "gwa", start="start", extra="nat_keepalive: 1"))
+        b = Vpnd(t, "gwb", ike_config(t, "gwb", start="none"))
+        try:
+            b.start()
+            a.start()
+            t.wait_ping("hosta", HOST_B, timeout=15)
+            assert t.ping("hostb", HOST_A, count=3, interval=0.05).returncode == 0
+            assert t.tcp_transfer("hosta", "hostb", HOST_B, mbytes=2)["down_ok"]
+            for d in (a, b):
+                sa = d.status()["ike_sas"][0]
+                assert sa["nat_detected"] is True and sa["remote"].endswith(":4500"), sa
+                assert sa["child_sas"][0]["udp_encap"] is True
+            k0 = b.status()["daemon"]["keepalives_in"]
+            deadline = time.monotonic() + 5
+            while b.status()["daemon"]["keepalives_in"] <= k0:
+                assert time.monotonic() < deadline, "no NAT keepalive arrived"
+                time.sleep(0.2)
+        except BaseException:
+            for d in (a, b):
+                request.node.add_report_section("call", f"vpnd {d.role}", d.log())
+            raise
+        finally:
+            for d in (a, b):
+                if d.alive():
+                    assert d.stop() == 0
