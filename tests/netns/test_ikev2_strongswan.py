@@ -147,3 +147,190 @@ def test_psk_vpnd_responder(ik2_topo, make_charon, vpnds, ike, esp):
     got = wait_child(v)
     assert got["ike"]["initiator"] is False
     check_traffic(topo)
+
+
+# --------------------------------------------------------------------------- certificates
+
+def _pki(tmp: Path, kind: str):
+    """CA + gw-a + gw-b certificates (RSA or ECDSA P-256/P-384) made with `cryptography`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def key():
+        if kind == "rsa":
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ec.generate_private_key(ec.SECP384R1() if kind == "ecdsa384" else ec.SECP256R1())
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vpnd interop"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def build(subject, pub, issuer, signer, ca):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject.get_attributes_for_oid(
+                NameOID.COMMON_NAME)[0].value + ".example.com")]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = key()
+    ca = build(name("interop CA"), ca_key.public_key(), name("interop CA"), ca_key, True)
+    out = {"ca": tmp / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for gw in ("gw-a", "gw-b"):
+        k = key()
+        crt = build(name(gw), k.public_key(), ca.subject, ca_key, False)
+        (tmp / f"{gw}.pem").write_bytes(crt.public_bytes(serialization.Encoding.PEM))
+        (tmp / f"{gw}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+        out[gw] = (tmp / f"{gw}.pem", tmp / f"{gw}.key")
+    return out
+
+
+DN_A = "C=CH, O=vpnd interop, CN=gw-a"
+DN_B = "C=CH, O=vpnd interop, CN=gw-b"
+
+
+def charon_cert(ch, pki, *, ike, esp, gwa):
+    import shutil
+
+    shutil.copy(pki["ca"], ch.swanctl_dir / "x509ca" / "ca.pem")
+    shutil.copy(pki["gw-b"][0], ch.swanctl_dir / "x509" / "gw-b.pem")
+    shutil.copy(pki["gw-b"][1], ch.swanctl_dir / "pkcs8" / "gw-b.key")
+    conn = {"version": 2, "local_addrs": WAN_B, "remote_addrs": gwa, "proposals": ike,
+            "local": {"auth": "pubkey", "certs": "gw-b.pem", "id": f'"{DN_B}"'},
+            "remote": {"auth": "pubkey", "id": f'"{DN_A}"'},
+            "children": {"site": {"local_ts": LAN_B, "remote_ts": LAN_A, "esp_proposals": esp,
+                                  "start_action": "none"}}}
+    ch.load(swanctl_conf({"site": conn}))
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa256", "ecdsa384"])
+@pytest.mark.parametrize("vpnd_initiates", [True, False], ids=["vpnd-init", "vpnd-resp"])
+def test_certificates(ik2_topo, make_charon, vpnds, kind, vpnd_initiates):
+    topo = ik2_topo
+    pki = _pki(Path(topo.workdir), kind)
+    ike, esp = PAIRS[0]
+    auth = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
+            f"    remote_id: \"{DN_B}\"")
+    ch = make_charon(topo, "gwb")
+    charon_cert(ch, pki, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, auth=auth, start="start" if vpnd_initiates else "none"))
+    if not vpnd_initiates:
+        ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["remote_id"] == DN_B
+    sas = ch.wait_child("site")
+    assert DN_A in sas
+    check_traffic(topo, mbytes=1)
+
+
+# --------------------------------------------------------------------------- rekeying
+
+def _ping_loss(out: str) -> tuple[int, int]:
+    import re
+
+    m = re.search(r"(\d+) packets transmitted, (\d+) (packets )?received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("who", ["vpnd", "charon"])
+def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who):
+    """CHILD_SA and IKE SA rekeys (short lifetimes) while hosta pings hostb 20 times a second."""
+    topo = ik2_topo
+    ike, esp = PAIRS[1]  # with PFS: every child rekey carries a KE
+    ch = make_charon(topo, "gwb")
+    extra = {"rekey_time": "14s", "reauth_time": "0"} if who == "charon" else {}
+    child_extra = {"rekey_time": "6s", "life_time": "60s"} if who == "charon" else {}
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public, extra=extra, child_extra=child_extra)
+    life = "lifetime: {ike: 18, seconds: 8}" if who == "vpnd" else ""
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra=life))
+    first = wait_child(v)
+    topo.wait_ping("hosta", topo.hostb_ip)
+    out = topo.run("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip],
+                   check=False, timeout=60).stdout.decode()
+    sent, got = _ping_loss(out)
+    now = wait_child(v)
+    assert now["child"]["spi_in"] != first["child"]["spi_in"], "no CHILD_SA rekey happened"
+    assert now["ike"]["spi_i"] != first["ike"]["spi_i"], "no IKE SA rekey happened"
+    assert sent == 500 and got == 500, out
+    assert len(v.status()["ike_sas"]) == 1
+    check_traffic(topo, mbytes=1)
+
+
+def test_vpnctl_rekey_child_and_ike(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[2]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp))
+    first = wait_child(v)
+    assert v.ctl("rekey", name="site", ike=False)["ok"]
+    second = wait_child(v, not_spi=first["child"]["spi_in"])
+    assert v.ctl("rekey", name="site", ike=True)["ok"]
+    third = wait_child(v)
+    assert third["ike"]["spi_i"] != first["ike"]["spi_i"]
+    sas = ch.list_sas()
+    assert second["child"]["spi_in"] in sas and third["ike"]["spi_i"] in sas
+    check_traffic(topo, mbytes=1)
+
+
+# --------------------------------------------------------------------------- NAT, DPD
+
+def test_nat_traversal_with_keepalives(ik2_topo_nat, make_charon, vpnds):
+    topo = ik2_topo_nat
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa="%any")
+    cap = topo.capture("gwb", "wan", "natt.pcap", "udp port 4500")
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra="nat_keepalive: 2"))
+    got = wait_child(v)
+    assert got["ike"]["nat_detected"] and got["ike"]["nat_local"]
+    assert got["ike"]["remote"] == f"{WAN_B}:4500" and got["child"]["udp_encap"]
+    sas = ch.list_sas()
+    assert "10.200.0.254[4500]" in sas or "10.200.0.254" in sas
+    check_traffic(topo, mbytes=1)
+    time.sleep(5)
+    path = cap.stop()
+    dump = subprocess.run(["tcpdump", "-r", str(path), "-n", "-v", "udp and ip[2:2] = 29"],
+                          capture_output=True).stdout.decode()
+    keepalives = [ln for ln in dump.splitlines() if "nat-keep-alive" in ln.lower()]
+    assert keepalives, dump[-2000:]
+
+
+def test_dpd_dead_peer_and_restart(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    interval, retry = 3, 2
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp,
+                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"))
+    wait_child(v)
+    check_traffic(topo, mbytes=0.5)
+    ch.kill()
+    t0 = time.monotonic()
+    while "is dead" not in v.log():
+        assert time.monotonic() - t0 < interval * (retry + 1) + 2, v.log()[-3000:]
+        time.sleep(0.1)
+    dead_after = time.monotonic() - t0
+    print(f"peer declared dead after {dead_after:.1f}s (bound {interval * (retry + 1)}s)")
+    assert dead_after <= interval * (retry + 1)
+    ch2 = make_charon(topo, "gwb")
+    charon_psk(ch2, ike=ike, esp=esp, gwa=topo.gwa_public)
+    wait_child(v, timeout=40)
+    check_traffic(topo, mbytes=0.5)

@@ -137,7 +137,7 @@ class Ikev2Engine:
         t = [RETRANSMIT_BASE * 2**i for i in range(RETRANSMIT_TRIES + 1)]
         dpd = sa.conn.dpd
         if dpd.interval > 0:
-            budget = dpd.interval * max(dpd.retry, 1)
+            budget = exchange_info.dpd_budget(dpd)
             out, total = [], 0.0
             for x in t:
                 if total + x > budget:

@@ -12,6 +12,14 @@ from vpnd.ike.v2.sa import ChildSa, IkeSa
 DPD_PROBES = 5  # missed probes before the peer is dead (the seed's "5 aggressive messages")
 
 
+def dpd_budget(dpd) -> float:
+    """Seconds that requests may go unanswered once the peer fell silent for `interval`:
+    a little under interval x retry, so that death is declared within interval x (retry+1)
+    even when the silence began right after an answer."""
+    full = dpd.interval * max(dpd.retry, 1)
+    return full - min(1.0, 0.2 * full)
+
+
 class DeleteChildTask:
     exchange = c.INFORMATIONAL
 
@@ -61,7 +69,7 @@ class DpdTask:
         all within interval x retry so a dead peer is declared within interval x (retry+1)."""
         dpd = sa.conn.dpd
         spacing = max(1.0, min(float(dpd.retry or 1), float(dpd.interval)))
-        budget = dpd.interval * max(dpd.retry, 1)
+        budget = dpd_budget(dpd)
         n = max(1, min(DPD_PROBES, int(budget // spacing)))
         return [spacing] * n
 
