@@ -57,6 +57,8 @@ def vpnd_main(argv: list[str] | None = None) -> int:
     if config is None:
         return 1
     if args.check:
+        for w in getattr(config, "warnings", ()):
+            print(f"warning: {w}", file=sys.stderr)
         return 0
     from vpnd.daemon import run_daemon
     return run_daemon(config, args.config)

@@ -36,70 +36,24 @@ class StartupError(Exception):
     """A start-up step failed; the message is one line for the user."""
 
 
-# -- reading the config (field names are the YAML keys of the contract) ------------------
-
-def _get(obj, key, default=None):
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def _key_bytes(v) -> bytes:
-    """Key material from the config: a Secret (.value), bytes, or a hex string."""
-    if v is None:
-        return b""
-    v = getattr(v, "value", v)
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v)
-    s = str(v).strip().lower()
-    if s.startswith("0x"):
-        s = s[2:]
-    return bytes.fromhex(s.replace(":", ""))
-
-
-def _first(seq, default=None):
-    return seq[0] if seq else default
-
-
-def _proposals(conn, key):
-    v = _get(conn, key)
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        from vpnd.proposals import parse_proposals
-        return parse_proposals(v, key)
-    if not isinstance(v, (tuple, list)):
-        return (v,)
-    return tuple(v)
-
+# -- reading the config (vpnd.config: field names are the YAML keys of the contract) ------
 
 def conn_transforms(conn) -> list[dict]:
-    """Every transform a connection may use (all alternatives), for the worst-case MTU."""
+    """Every transform a connection may use (all alternatives), for the worst-case TUN MTU."""
+    # an IKE connection may find a NAT and move ESP into UDP: count the UDP header
+    encap = bool(conn.encap) or conn.manual is None
     out = []
-    encap = bool(_get(conn, "encap", False)) or _get(conn, "version", 2) in (1, 2)  # NAT may force UDP
-    if _get(conn, "manual") is not None:
-        encap = bool(_get(conn, "encap", False))
-    mode = _get(conn, "mode", "tunnel") or "tunnel"
-    esps = _proposals(conn, "esp")
-    ahs = _proposals(conn, "ah")
-    for p in esps:
-        encs = _get(p, "encryption", ()) or (None,)
-        integs = _get(p, "integrity", ()) or (None,)
-        ah_i = _get(p, "ah_integrity", ()) or (None,)
-        for e in encs:
-            for i in integs:
-                for a in ah_i:
-                    out.append({"encryption": e or ("null" if i else None), "integrity": i,
-                                "ah_integrity": a, "udp_encap": encap, "mode": mode})
-    if not esps:
-        for p in ahs:
-            for a in (_get(p, "integrity", ()) or _get(p, "ah_integrity", ()) or ()):
+    for p in conn.esp:
+        for e in p.encryption or (None,):
+            for i in p.integrity or (None,):
+                for a in p.ah_integrity or (None,):
+                    out.append({"encryption": e, "integrity": i, "ah_integrity": a,
+                                "udp_encap": encap and a is None, "mode": conn.mode})
+    if not conn.esp:
+        for p in conn.ah:
+            for a in p.integrity:
                 out.append({"encryption": None, "integrity": None, "ah_integrity": a,
-                            "udp_encap": False, "mode": mode})
-    if not out:  # IKE defaults are AES-GCM/CBC: assume the widest common one
-        out.append({"encryption": "aes256", "integrity": "sha512", "udp_encap": True, "mode": mode})
+                            "udp_encap": False, "mode": conn.mode})
     return out
 
 
@@ -136,11 +90,11 @@ def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> Install
         if d.esp is not None:
             e = d.esp
             out.append(ChildKeys(spi=e.spi, protocol="esp", encryption=e.encryption,
-                                 integrity=e.integrity, enc_key=_key_bytes(e.enc_key),
-                                 auth_key=_key_bytes(e.auth_key)))
+                                 integrity=e.integrity, enc_key=e.enc_key.value,
+                                 auth_key=e.auth_key.value))
         if d.ah is not None:
             out.append(ChildKeys(spi=d.ah.spi, protocol="ah", encryption=None,
-                                 integrity=d.ah.integrity, auth_key=_key_bytes(d.ah.key)))
+                                 integrity=d.ah.integrity, auth_key=d.ah.key.value))
         return tuple(out)
 
     inbound, outbound = keys(manual.inbound), keys(manual.outbound)
@@ -159,19 +113,6 @@ def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> Install
 
 
 AEAD_NAMES = ("aes128gcm16", "aes192gcm16", "aes256gcm16", "chacha20poly1305")
-
-
-def _manual_fingerprint(conn) -> tuple:
-    """What decides whether a reloaded manual connection must be reinstalled."""
-    import hashlib
-    act = manual_install_action(conn, 0)
-    h = hashlib.sha256()
-    for k in act.inbound + act.outbound:
-        h.update(k.enc_key + b"|" + k.auth_key + b"|")
-    return (act.mode, act.local, act.remote, act.udp_encap, act.esn, act.replay_window,
-            act.local_ts, act.remote_ts,
-            tuple((k.spi, k.protocol, k.encryption, k.integrity) for k in act.inbound + act.outbound),
-            h.hexdigest(), RouteOptions.from_config(_get(conn, "rri")).__dict__.items().__repr__())
 
 
 # -- installed child SAs -----------------------------------------------------------------
@@ -210,7 +151,7 @@ class Daemon:
         self.control = None
         self.children: dict[int, Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
-        self._manual: dict[str, tuple] = {}  # connection name -> fingerprint of what is installed
+        self._manual: dict = {}  # connection name -> the Connection installed
         self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
         self._static_routes: list = []
         self._traps: set[str] = set()
@@ -225,16 +166,16 @@ class Daemon:
     # -- life cycle ----------------------------------------------------------------------
 
     def _conns(self, config=None):
-        return tuple(_get(config or self.config, "connections", ()) or ())
+        return tuple((config or self.config).connections)
 
     def compute_mtu(self) -> tuple[int, int]:
         """(tun_mtu, outer_mtu): configured or 'auto' from the outer interface's MTU."""
         d = self.config.daemon
-        peers = [str(_get(c, "peer")) for c in self._conns()
-                 if _get(c, "peer") and str(_get(c, "peer")) != "%any"]
+        peers = [str(c.peer) for c in self._conns()
+                 if c.peer and str(c.peer) != "%any"]
         outer = [m for m in (link_mtu_towards(p) for p in peers) if m]
         outer_mtu = min(outer) if outer else DEFAULT_OUTER_MTU
-        mtu = _get(d, "mtu", "auto")
+        mtu = d.mtu
         if mtu in (None, "auto", 0):
             from vpnd.esp.overhead import max_inner_size
             sizes = [max_inner_size(outer_mtu, **t) for c in self._conns() for t in conn_transforms(c)]
@@ -248,13 +189,9 @@ class Daemon:
         d = self.config.daemon
         try:
             tun_mtu, outer_mtu = self.compute_mtu()
-            mss = _get(d, "mss_clamp")
-            if mss == "auto":
-                mss = tun_mtu - 40  # IPv4 + TCP headers without options
-            self.dp = esp.DataPlane(outer_mtu=outer_mtu, mss_clamp=int(mss) if mss else None)
-            self.tun = Tun(_get(d, "tun", "vpnd0"), tun_mtu)
-            self.wire = WireSockets(str(_get(d, "listen", "0.0.0.0")), int(_get(d, "ike_port", 500)),
-                                    int(_get(d, "natt_port", 4500)))
+            self.dp = esp.DataPlane(outer_mtu=outer_mtu, mss_clamp=_mss(d.mss_clamp, tun_mtu))
+            self.tun = Tun(d.tun, tun_mtu)
+            self.wire = WireSockets(str(d.listen), int(d.ike_port), int(d.natt_port))
             self.routes = RouteManager(self.tun.index)
             self._outer_mtu = outer_mtu
         except (TunError, SocketError) as e:
@@ -324,8 +261,8 @@ class Daemon:
     async def _start_control(self):
         from vpnd.control import ControlServer
         d = self.config.daemon
-        path = _get(d, "control_socket", "/run/vpnd/vpnd.sock")
-        self.control = ControlServer(path, self, group=_get(d, "control_group"))
+        path = d.control_socket
+        self.control = ControlServer(path, self, group=d.control_group)
         try:
             await self.control.start()
         except OSError as e:
@@ -576,7 +513,7 @@ class Daemon:
 
     def _conn(self, name):
         for c in self._conns():
-            if _get(c, "name") == name:
+            if c.name == name:
                 return c
         return None
 
@@ -584,21 +521,21 @@ class Daemon:
 
     def _apply_connections(self, initial: bool = False):
         """Install manual connections and static/trap routes; reinstall what changed."""
-        conns = {(_get(c, "name")): c for c in self._conns()}
+        conns = {(c.name): c for c in self._conns()}
         # removed or changed manual connections go first
         for name in list(self._manual):
             c = conns.get(name)
-            if c is None or _get(c, "manual") is None or _manual_fingerprint(c) != self._manual[name]:
+            if c is None or c.manual is None or c != self._manual[name]:
                 self._remove_manual(name)
         self._manual_down &= set(conns)
         for name, c in conns.items():
-            if _get(c, "manual") is None or name in self._manual or name in self._manual_down:
+            if c.manual is None or name in self._manual or name in self._manual_down:
                 continue
             self._install_manual(c)
         self._apply_static_routes()
 
     def _install_manual(self, conn) -> bool:
-        name = _get(conn, "name")
+        name = conn.name
         cid = self._next_child_id
         self._next_child_id += 1
         try:
@@ -608,7 +545,7 @@ class Daemon:
             return False
         if self._install_child(act, manual=True) is None:
             return False
-        self._manual[name] = _manual_fingerprint(conn)
+        self._manual[name] = conn  # frozen: a changed connection compares unequal
         return True
 
     def _remove_manual(self, name):
@@ -661,7 +598,7 @@ class Daemon:
     # vpnd/ike/manager.py the daemon runs manual keying only.
 
     def _start_ike(self):
-        if not any(_get(c, "manual") is None for c in self._conns()):
+        if not any(c.manual is None for c in self._conns()):
             return
         try:
             from vpnd.ike.manager import IkeManager
@@ -671,19 +608,19 @@ class Daemon:
         now = self.loop.time()
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
         for c in self._conns():
-            if _get(c, "manual") is None and _get(c, "start") == "start":
-                self._run_actions(self.ike.initiate(_get(c, "name"), now))
+            if c.manual is None and c.start == "start":
+                self._run_actions(self.ike.initiate(c.name, now))
 
     def _stop_ike(self):
         if self.ike is None:
             return
         now = self.loop.time()
         for c in self._conns():
-            if _get(c, "manual") is None:
+            if c.manual is None:
                 try:
-                    self._run_actions(self.ike.terminate(_get(c, "name"), now))
+                    self._run_actions(self.ike.terminate(c.name, now))
                 except Exception:
-                    log.exception("error terminating %s", _get(c, "name"))
+                    log.exception("error terminating %s", c.name)
 
     def _ike_receive(self, data: bytes, local, remote):
         if self.ike is None:
@@ -817,14 +754,14 @@ class Daemon:
 
     async def cmd_up(self, name: str, timeout: float = 30.0) -> dict:
         conn = self._require(name)
-        if _get(conn, "manual") is not None:
+        if conn.manual is not None:
             self._manual_down.discard(name)
             if name not in self._manual and not self._install_manual(conn):
                 raise CommandError(f"{name}: manual SA could not be installed (see the daemon's log)")
             return {"connection": name, "state": "up"}
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
-        if _get(conn, "peer") in (None, "%any"):
+        if conn.peer in (None, "%any"):
             raise CommandError(f"{name}: peer is %any: this connection only responds")
         if self._has_child(name):
             return {"connection": name, "state": "up", "already": True}
@@ -836,7 +773,7 @@ class Daemon:
 
     async def cmd_down(self, name: str, timeout: float = 15.0) -> dict:
         conn = self._require(name)
-        if _get(conn, "manual") is not None:
+        if conn.manual is not None:
             self._remove_manual(name)
             self._manual_down.add(name)
             return {"connection": name, "state": "down"}
@@ -853,7 +790,7 @@ class Daemon:
 
     async def cmd_rekey(self, name: str, ike: bool = False, timeout: float = 30.0) -> dict:
         conn = self._require(name)
-        if _get(conn, "manual") is not None:
+        if conn.manual is not None:
             raise CommandError(f"{name}: manual keying has no rekey (change the keys in the config and reload)")
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
@@ -905,34 +842,39 @@ class Daemon:
             except OSError as e:
                 log.error("reload: cannot read %s: %s", self.config_path, e.strerror)
                 raise CommandError(f"reload failed: cannot read {self.config_path}: {e.strerror}") from None
+            for w in getattr(new, "warnings", ()):
+                log.warning("reload: %s", w)
             self._reload_daemon_section(new)
             self.config = new
             self._apply_connections()
             if self.ike is not None:
                 self._run_actions(self.ike.reload(with_local_addresses(new), self.loop.time()))
-            elif any(_get(c, "manual") is None for c in self._conns()):
+            elif any(c.manual is None for c in self._conns()):
                 self._start_ike()
             log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
-            return {"reloaded": True, "connections": [_get(c, "name") for c in self._conns()]}
+            return {"reloaded": True, "connections": [c.name for c in self._conns()]}
         finally:
             notify.ready()
 
     def _reload_daemon_section(self, new):
         old_d, new_d = self.config.daemon, new.daemon
-        level = _get(new_d, "log_level", "info")
+        level = new_d.log_level
         logging.getLogger().setLevel(_level(level))
         for key in ("tun", "listen", "ike_port", "natt_port", "control_socket"):
-            if _get(old_d, key) != _get(new_d, key):
+            if getattr(old_d, key) != getattr(new_d, key):
                 log.warning("reload: daemon.%s changed; it takes effect on restart", key)
-        if _get(old_d, "mtu") != _get(new_d, "mtu") and self.tun is not None:
+        if self.tun is not None:  # the MTU follows the daemon.mtu key and, for auto, the transforms
             old_cfg = self.config
             self.config = new
             try:
-                mtu, _ = self.compute_mtu()
-                self.tun.set_mtu_and_up(mtu)
-                log.info("TUN %s MTU now %d", self.tun.name, mtu)
-            except Exception as e:
-                log.error("reload: cannot change MTU: %s", e)
+                mtu, outer = self.compute_mtu()
+                if mtu != self.tun.mtu:
+                    self.tun.set_mtu_and_up(mtu)
+                    log.info("TUN %s MTU now %d", self.tun.name, mtu)
+                self.dp.outer_mtu = outer
+                self.dp.mss_clamp = _mss(new_d.mss_clamp, mtu)
+            except TunError as e:
+                log.error("reload: %s", e)
             finally:
                 self.config = old_cfg
 
@@ -962,11 +904,11 @@ class Daemon:
                         ch.update(self._child_counters(child, now))
                 ike_sas.append(sa)
         for c in self._conns():
-            name = _get(c, "name")
-            peer = str(_get(c, "peer"))
-            if _get(c, "manual") is not None:
+            name = c.name
+            peer = str(c.peer)
+            if c.manual is not None:
                 mine = [ch for ch in self.children.values() if ch.manual and ch.connection == name]
-                conns_out.append({"name": name, "version": _get(c, "version", 2), "peer": peer,
+                conns_out.append({"name": name, "version": c.version, "peer": peer,
                                   "state": "up" if mine else "down", "ike_sas": 0,
                                   "child_sas": len(mine), "keying": "manual"})
                 for ch in mine:
@@ -975,7 +917,7 @@ class Daemon:
                 conns_out.append(ike_conn_entries[name])
             else:
                 n = sum(1 for ch in self.children.values() if ch.connection == name)
-                conns_out.append({"name": name, "version": _get(c, "version", 2), "peer": peer,
+                conns_out.append({"name": name, "version": c.version, "peer": peer,
                                   "state": "up" if n else "down", "ike_sas": 0, "child_sas": n})
         out = {"connections": conns_out, "ike_sas": ike_sas}
         out["daemon"] = {"tun": self.tun.name if self.tun else None,
@@ -1019,7 +961,7 @@ class Daemon:
               "local_ts": [str(n) for n in act.local_ts], "remote_ts": [str(n) for n in act.remote_ts],
               **self._child_counters(child, now), "rekey_in_s": 0,
               "child_id": child.child_id, "installed_s": int(now - child.installed_at)}
-        return {"connection": act.connection, "version": _get(conn, "version", 2), "state": "MANUAL",
+        return {"connection": act.connection, "version": conn.version, "state": "MANUAL",
                 "keying": "manual",
                 "local": f"{act.local[0]}:{port}", "remote": f"{act.remote[0]}:{port}",
                 "nat_detected": False, "initiator": False, "spi_i": "0" * 16, "spi_r": "0" * 16,
@@ -1034,6 +976,13 @@ FAILURE_EVENTS = frozenset({"auth_failed", "no_proposal", "error", "failed", "pe
 
 class CommandError(Exception):
     """A control command failed; the message is the reason given to vpnctl."""
+
+
+def _mss(setting, tun_mtu: int) -> int | None:
+    """daemon.mss_clamp: None/off, "auto" = what fits the TUN (IPv4 + TCP headers, 40 bytes)."""
+    if setting == "auto":
+        return tun_mtu - 40
+    return int(setting) if setting else None
 
 
 def _counter(sa, name: str) -> int:
@@ -1071,7 +1020,7 @@ def setup_logging(level: str = "info") -> None:
 
 def run_daemon(config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
-    setup_logging(_get(config.daemon, "log_level", "info"))
+    setup_logging(config.daemon.log_level)
     # MODP groups are deprecated in `cryptography` but configured on purpose (modp2048 is
     # IKE's common default); the warning is not for the operator's log
     import warnings
@@ -1081,6 +1030,8 @@ def run_daemon(config, config_path: str | None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    for w in getattr(config, "warnings", ()):
+        log.warning("%s", w)
     daemon = Daemon(config, config_path)
     try:
         return runner(daemon.run())
