@@ -1,0 +1,160 @@
+"""IKEv2 vpnd <-> vpnd in network namespaces: the acceptance cases of the strongSwan tests
+with vpnd on both gateways, the establishment time, and garbage thrown at a running daemon."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_ikev2_strongswan import (DN_A, DN_B, PAIRS, _pki, _ping_loss, check_traffic, ik2_topo,  # noqa: F401
+                                    ik2_topo_nat, vpnd_conf, vpnds, wait_child)
+from .topology import LAN_A, LAN_B, WAN_B
+
+pytestmark = [pytest.mark.netns]
+
+
+def pair_confs(topo, *, ike, esp, a_start="none", a_extra="", b_extra="", a_auth=None, b_auth=None):
+    a = vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B, ike=ike, esp=esp,
+                  start=a_start, extra=a_extra, auth=a_auth)
+    b = vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A, ike=ike, esp=esp,
+                  start="none", extra=b_extra, auth=b_auth)
+    return a, b
+
+
+def up_timed(v, name="site") -> float:
+    t0 = time.monotonic()
+    r = v.ctl("up", name=name)
+    assert r["ok"], r
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
+def test_psk_proposal_pairs(ik2_topo, vpnds, ike, esp):
+    topo = ik2_topo
+    ca, cb = pair_confs(topo, ike=ike, esp=esp)
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    took = up_timed(a)
+    print(f"vpnd<->vpnd {ike}/{esp}: IKE_SA_INIT to installed CHILD_SA in {took * 1000:.0f} ms (vpnctl up)")
+    got_a, got_b = wait_child(a), wait_child(b)
+    assert got_a["child"]["spi_in"] == got_b["child"]["spi_out"]
+    assert got_a["ike"]["proposal"] == got_b["ike"]["proposal"]
+    check_traffic(topo)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa256"])
+def test_certificates(ik2_topo, vpnds, kind):
+    topo = ik2_topo
+    pki = _pki(Path(topo.workdir), kind)
+
+    def auth(me, other_dn):
+        return (f"    auth: {{cert: {pki[me][0]}, key: {pki[me][1]}, ca: {pki['ca']}}}\n"
+                f"    remote_id: \"{other_dn}\"")
+
+    ca, cb = pair_confs(topo, ike=PAIRS[1][0], esp=PAIRS[1][1], a_auth=auth("gw-a", DN_B), b_auth=auth("gw-b", DN_A))
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    up_timed(a)
+    assert wait_child(b)["ike"]["remote_id"] == DN_A
+    check_traffic(topo, mbytes=1)
+
+
+def test_rekeys_under_20pps_ping(ik2_topo, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0][0], "aes128gcm16-modp2048"
+    life = "lifetime: {ike: 18, seconds: 8}"
+    ca, cb = pair_confs(topo, ike=ike, esp=esp, a_extra=life, b_extra=life)
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    up_timed(a)
+    first = wait_child(a)
+    topo.wait_ping("hosta", topo.hostb_ip)
+    out = topo.run("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip],
+                   check=False, timeout=60).stdout.decode()
+    sent, got = _ping_loss(out)
+    now = wait_child(a)
+    assert now["child"]["spi_in"] != first["child"]["spi_in"]
+    assert now["ike"]["spi_i"] != first["ike"]["spi_i"] or now["ike"]["spi_r"] != first["ike"]["spi_r"]
+    assert (sent, got) == (500, 500), out
+    assert len(a.status()["ike_sas"]) == 1 and len(b.status()["ike_sas"]) == 1
+    check_traffic(topo, mbytes=1)
+
+
+def test_nat(ik2_topo_nat, vpnds):
+    topo = ik2_topo_nat
+    ike, esp = PAIRS[2]
+    a_conf, b_conf = pair_confs(topo, ike=ike, esp=esp, a_extra="nat_keepalive: 2")
+    b_conf = b_conf.replace(f"peer: {topo.gwa_public}", 'peer: "%any"')
+    b = vpnds(topo, "gwb", b_conf)
+    a = vpnds(topo, "gwa", a_conf)
+    up_timed(a)
+    ga, gb = wait_child(a), wait_child(b)
+    assert ga["ike"]["nat_local"] and gb["ike"]["nat_remote"]
+    assert ga["child"]["udp_encap"] and gb["child"]["udp_encap"]
+    check_traffic(topo, mbytes=1)
+
+
+def test_dpd_kill_and_restart(ik2_topo, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    interval, retry = 3, 2
+    dpd = f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"
+    ca, cb = pair_confs(topo, ike=ike, esp=esp, a_extra=dpd)
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    up_timed(a)
+    check_traffic(topo, mbytes=0.5)
+    b.stop(sig=9)
+    t0 = time.monotonic()
+    while "is dead" not in a.log():
+        assert time.monotonic() - t0 < interval * (retry + 1), a.log()[-3000:]
+        time.sleep(0.1)
+    b2 = vpnds(topo, "gwb", cb)
+    wait_child(a, timeout=40)
+    wait_child(b2)
+    check_traffic(topo, mbytes=0.5)
+
+
+def test_garbage_never_stops_the_daemon(ik2_topo, vpnds):
+    """Random and mutated datagrams to UDP 500 and 4500 (with and without the non-ESP
+    marker) while the tunnel carries traffic: vpnd keeps running and the tunnel keeps working."""
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ca, cb = pair_confs(topo, ike=ike, esp=esp)
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    up_timed(a)
+    st = a.status()["ike_sas"][0]
+    spi_i, spi_r = bytes.fromhex(st["spi_i"]), bytes.fromhex(st["spi_r"])
+    rnd = random.Random(1234)
+    blobs = []
+    for i in range(400):
+        hdr = bytearray(spi_i + spi_r + bytes([46, 0x20, rnd.choice([34, 35, 36, 37]), rnd.choice([0, 8, 0x20]),
+                                                0, 0, 0, rnd.randrange(4)]) + bytes(4))
+        body = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 120)))
+        msg = bytes(hdr) + body
+        if rnd.random() < 0.7:
+            msg = msg[:24] + len(msg).to_bytes(4, "big") + msg[28:]
+        blobs.append(msg if rnd.random() < 0.8 else bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 80))))
+    script = (
+        "import socket, sys, pickle\n"
+        "blobs = pickle.loads(sys.stdin.buffer.read())\n"
+        "s5 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s45 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for i, b in enumerate(blobs):\n"
+        "    s5.sendto(b, (sys.argv[1], 500))\n"
+        "    s45.sendto((b'\\0\\0\\0\\0' if i % 2 else b'') + b, (sys.argv[1], 4500))\n"
+    )
+    import pickle
+    import sys
+
+    topo.run("gwb", [sys.executable, "-c", script, topo.gwa_wan], input=pickle.dumps(blobs), timeout=60)
+    assert a.alive() and b.alive()
+    assert len(a.status()["ike_sas"]) == 1
+    check_traffic(topo, mbytes=1)
+    assert a.ctl("rekey", name="site", ike=False)["ok"]
+    check_traffic(topo, mbytes=0.5)
