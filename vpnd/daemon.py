@@ -464,8 +464,10 @@ class Daemon:
                     old.policy_id = None
                 else:
                     child.policy_id = act.child_id
-                    self.dp.remove_outbound(("trap", act.connection))
                 self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
+                # the trap policy stays behind the child's (per_host children cover only
+                # part of it), re-added after it: equal selectors go to the earlier policy
+                self._restore_trap(act.connection)
         except ValueError as e:
             for sa in act.inbound:
                 self.dp.remove_inbound(sa.protocol, sa.spi)
@@ -502,13 +504,14 @@ class Daemon:
             log.info("%s: SA deleted (SPIs in %s)", child.connection,
                      "/".join(f"{s.spi:08x}" for s in child.inbound))
         if not any(c.connection == child.connection for c in self.children.values()):
-            self._restore_trap(child.connection)
             self._wake(child.connection, "down")
 
     def _restore_trap(self, name: str) -> None:
-        """A trap connection without SAs gets its trap policy back (acquire on next packet)."""
+        """(Re)install the trap policy of a `start: trap` connection as the last policy:
+        packets no child SA of it covers produce acquire events."""
         conn = self._conn(name)
         if conn is not None and conn.manual is None and conn.start == "trap" and self.dp is not None:
+            self.dp.remove_outbound(("trap", name))
             self.dp.add_outbound(("trap", name), conn.local_ts, conn.remote_ts, [])
 
     def _conn(self, name):
@@ -589,8 +592,7 @@ class Daemon:
         for name in self._traps - traps:
             self.dp.remove_outbound(("trap", name))
         for name in traps:
-            if not self._has_child(name):
-                self._restore_trap(name)
+            self._restore_trap(name)
         self._traps = traps
 
     # -- IKE -----------------------------------------------------------------------------

@@ -152,6 +152,11 @@ def test_trap_first_packet_not_lost(topo, pair):
     r = topo.ping("hosta", HOST_B, count=1, timeout=5)
     assert r.returncode == 0, (r.stdout, a.log())
     assert _child(a, "site-b")[1]["state"] == "INSTALLED"
+    # from now on the CHILD_SA's policy carries the traffic, not the trap behind it
+    acquires = a.status()["daemon"]["dp_acquires"]
+    assert topo.ping("hosta", HOST_B, count=5, interval=0.05).returncode == 0
+    assert a.status()["daemon"]["dp_acquires"] == acquires
+    assert _child(a, "site-b")[1]["packets_out"] >= 6
 
 
 def test_start_start_brings_tunnel_up(topo, pair):
