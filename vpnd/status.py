@@ -70,10 +70,10 @@ def format_status(st: dict) -> str:
     d = st.get("daemon")
     if d:
         out.append("")
-        extra = [f"{k} {v}" for k, v in d.items()
-                 if k.startswith("dp_") or k in ("decap_drops", "natt_invalid")]
+        # drop and error counters, only those that moved
+        extra = [f"{k.removeprefix('dp_')} {v}" for k, v in d.items()
+                 if (k.startswith("dp_") or k in ("decap_drops", "natt_invalid")) and v]
         out.append(f"daemon: tun {d.get('tun')} mtu {d.get('mtu')}, uptime {d.get('uptime_s', 0)}s, "
                    f"routes {', '.join(d.get('routes', [])) or '-'}")
-        if extra:
-            out.append("  " + ", ".join(extra))
+        out.append("  drops: " + (", ".join(extra) if extra else "none"))
     return "\n".join(out) + "\n"

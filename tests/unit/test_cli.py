@@ -163,3 +163,14 @@ def test_format_status_shows_cisco_like_fields():
 def test_format_status_empty():
     out = format_status({"connections": [], "ike_sas": []})
     assert "(none configured)" in out and out.count("(none)") == 2
+
+
+def test_format_status_daemon_footer_shows_moved_drop_counters():
+    st = {"connections": [], "ike_sas": [],
+          "daemon": {"tun": "vpnd0", "mtu": 1446, "uptime_s": 3, "routes": ["10.2.0.0/16"],
+                     "decap_drops": 2, "dp_unknown_spi": 1, "dp_malformed": 0, "tun_in": 9}}
+    out = format_status(st)
+    assert "daemon: tun vpnd0 mtu 1446, uptime 3s, routes 10.2.0.0/16" in out
+    assert "drops: decap_drops 2, unknown_spi 1\n" in out and "malformed" not in out
+    st["daemon"].update(decap_drops=0, dp_unknown_spi=0)
+    assert "drops: none" in format_status(st)
