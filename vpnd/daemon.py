@@ -847,12 +847,17 @@ class Daemon:
             for w in getattr(new, "warnings", ()):
                 log.warning("reload: %s", w)
             self._reload_daemon_section(new)
+            old_names = {c.name for c in self._conns() if c.manual is None}
             self.config = new
-            self._apply_connections()
             if self.ike is not None:
-                self._run_actions(self.ike.reload(with_local_addresses(new), self.loop.time()))
+                now = self.loop.time()
+                self._run_actions(self.ike.reload(with_local_addresses(new), now))
+                for c in self._conns():  # new `start: start` connections come up now
+                    if c.manual is None and c.start == "start" and c.name not in old_names:
+                        self._run_actions(self.ike.initiate(c.name, now))
             elif any(c.manual is None for c in self._conns()):
                 self._start_ike()
+            self._apply_connections()
             log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
             return {"reloaded": True, "connections": [c.name for c in self._conns()]}
         finally:

@@ -265,3 +265,27 @@ def test_nat_traversal(request):
             for d in (a, b):
                 if d.alive():
                     assert d.stop() == 0
+
+
+def test_reload_ike_connections(topo, pair):
+    """Reload: a new `start: start` connection comes up, a removed one goes down."""
+    a, b = pair()
+    assert a.ctl("up", name="site-b", timeout=20)["ok"]
+    text = ike_config(topo, "gwa", start="start").replace("  site-b:", "  site-b2:")
+    a.write_config(text)
+    resp = a.ctl("reload")
+    assert resp["ok"] and resp["result"]["connections"] == ["site-b2"], resp
+    topo.wait_ping("hosta", HOST_B, timeout=15)
+    names = [c["name"] for c in a.status()["connections"]]
+    assert names == ["site-b2"]
+    deadline = time.monotonic() + 10
+    while _child(a, "site-b2") == (None, None) or _child(a, "site-b") != (None, None):
+        assert time.monotonic() < deadline, a.status()
+        time.sleep(0.1)
+    a.write_config(text.split("connections:")[0] + "connections: {}\n")
+    a.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while a.status()["ike_sas"] or LAN_B in gw_routes(topo, "gwa"):
+        assert time.monotonic() < deadline, a.status()
+        time.sleep(0.1)
+    assert topo.ping("hosta", HOST_B, timeout=0.5).returncode != 0
