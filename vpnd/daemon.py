@@ -165,6 +165,10 @@ class Daemon:
 
     # -- life cycle ----------------------------------------------------------------------
 
+    def _now(self) -> float:
+        """The clock of the IKE core and of SA ages: the loop's monotonic time."""
+        return self.loop.time() if self.loop is not None else time.monotonic()
+
     def _conns(self, config=None):
         return tuple((config or self.config).connections)
 
@@ -393,7 +397,7 @@ class Daemon:
     def _handle_dp_event(self, ev):
         """Events of esp.DataPlane (see its docstring): lifetimes, unknown SPIs, acquires."""
         kind = ev[0]
-        now = self.loop.time()
+        now = self._now()
         if kind in ("soft_expire", "hard_expire"):
             hard = kind == "hard_expire"
             child = self.children.get(ev[1].tag)
@@ -453,7 +457,7 @@ class Daemon:
                 check = act.mode == "tunnel" and act.local_ts and act.remote_ts
                 self.dp.add_inbound(inbound, local_ts=act.local_ts if check else None,
                                     remote_ts=act.remote_ts if check else None)
-            child = Child(act, inbound, outbound, None, self.loop.time() if self.loop else time.monotonic(),
+            child = Child(act, inbound, outbound, None, self._now(),
                           manual)
             old = self.children.get(act.replaces) if act.replaces is not None else None
             if outbound:
@@ -607,7 +611,7 @@ class Daemon:
         except ImportError:
             log.warning("IKE is not available in this build: only manual connections run")
             return
-        now = self.loop.time()
+        now = self._now()
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
         for c in self._conns():
             if c.manual is None and c.start == "start":
@@ -616,7 +620,7 @@ class Daemon:
     def _stop_ike(self):
         if self.ike is None:
             return
-        now = self.loop.time()
+        now = self._now()
         for c in self._conns():
             if c.manual is None:
                 try:
@@ -628,7 +632,7 @@ class Daemon:
         if self.ike is None:
             return
         try:
-            actions = self.ike.receive(data, local, remote, self.loop.time())
+            actions = self.ike.receive(data, local, remote, self._now())
         except Exception:
             log.exception("IKE core failed on a datagram from %s:%d (dropped)", *remote)
             return
@@ -638,7 +642,7 @@ class Daemon:
         self._timer = None
         if self.ike is not None:
             try:
-                self._run_actions(self.ike.handle_timer(self.loop.time()), rearm=False)
+                self._run_actions(self.ike.handle_timer(self._now()), rearm=False)
             except Exception:
                 log.exception("IKE timer handling failed")
             self._report_activity()
@@ -660,7 +664,7 @@ class Daemon:
             return
         when = self.ike.next_timer()
         # activity reports need a tick even when the core has nothing scheduled
-        tick = self.loop.time() + 1.0
+        tick = self._now() + 1.0
         when = tick if when is None else min(when, tick)
         if self._timer is not None:
             if abs(self._timer.when() - when) < 1e-3:
@@ -703,6 +707,7 @@ class Daemon:
         if child.policy_id is not None:
             self.dp.remove_outbound(child.policy_id)
             self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
+            self._restore_trap(act.connection)  # stays behind the re-added policy
         child.outbound = outbound
         child.action = dataclasses.replace(act, replaces=child.action.replaces)
         log.info("%s: peer now at %s:%d%s", act.connection, a.remote[0], a.remote[1],
@@ -769,7 +774,7 @@ class Daemon:
             return {"connection": name, "state": "up", "already": True}
         wait = asyncio.ensure_future(self._wait(name, "up", timeout))
         await asyncio.sleep(0)
-        self._run_actions(self.ike.initiate(name, self.loop.time()))
+        self._run_actions(self.ike.initiate(name, self._now()))
         await wait
         return {"connection": name, "state": "up"}
 
@@ -785,7 +790,7 @@ class Daemon:
         if self._has_child(name):
             wait = asyncio.ensure_future(self._wait(name, "down", timeout))
             await asyncio.sleep(0)
-        self._run_actions(self.ike.terminate(name, self.loop.time()))
+        self._run_actions(self.ike.terminate(name, self._now()))
         if wait is not None:
             await wait
         return {"connection": name, "state": "down"}
@@ -802,14 +807,14 @@ class Daemon:
             before = {c.child_id for c in self.children.values() if c.connection == name}
             wait = asyncio.ensure_future(self._wait_new_child(name, before, timeout))
         await asyncio.sleep(0)  # the waiter is registered before the core can answer
-        self._run_actions(self.ike.rekey(name, self.loop.time(), ike=ike))
+        self._run_actions(self.ike.rekey(name, self._now(), ike=ike))
         await wait
         return {"connection": name, "rekeyed": "ike" if ike else "child"}
 
     async def _wait_new_child(self, name: str, before: set, timeout: float):
-        deadline = self.loop.time() + timeout
+        deadline = self._now() + timeout
         while not any(c.connection == name and c.child_id not in before for c in self.children.values()):
-            remaining = deadline - self.loop.time()
+            remaining = deadline - self._now()
             if remaining <= 0:
                 raise CommandError(f"{name}: timed out after {timeout:g}s waiting for the new CHILD_SA")
             try:
@@ -850,7 +855,7 @@ class Daemon:
             old_names = {c.name for c in self._conns() if c.manual is None}
             self.config = new
             if self.ike is not None:
-                now = self.loop.time()
+                now = self._now()
                 self._run_actions(self.ike.reload(with_local_addresses(new), now))
                 for c in self._conns():  # new `start: start` connections come up now
                     if c.manual is None and c.start == "start" and c.name not in old_names:
@@ -888,7 +893,7 @@ class Daemon:
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict:
-        now = self.loop.time()
+        now = self._now()
         conns_out, ike_sas = [], []
         ike_status = None
         if self.ike is not None:
