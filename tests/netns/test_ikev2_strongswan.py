@@ -337,3 +337,133 @@ def test_dpd_dead_peer_and_restart(ik2_topo, make_charon, vpnds):
     charon_psk(ch2, ike=ike, esp=esp, gwa=topo.gwa_public)
     wait_child(v, timeout=40)
     check_traffic(topo, mbytes=0.5)
+
+
+# --------------------------------------------------------------------------- more cases
+
+def test_nat_vpnd_responder_any_peer_by_identity(ik2_topo_nat, make_charon, vpnds):
+    """charon behind the NAT initiates; vpnd answers on a %any connection matched by FQDN."""
+    from .topology import NAT_INSIDE_A
+
+    topo = ik2_topo_nat
+    ike, esp = PAIRS[2]
+    ch = make_charon(topo, "gwa")
+    conn = psk_connection(local=NAT_INSIDE_A, remote=WAN_B, local_ts=LAN_A, remote_ts=LAN_B, ike=ike, esp=esp,
+                          child="site", local_id="@branch.example.com", remote_id=WAN_B)
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    conf = vpnd_conf(topo, "gwb", local=WAN_B, peer='"%any"', lts=LAN_B, rts=LAN_A, ike=ike, esp=esp,
+                     start="none", extra='remote_id: "@branch.example.com"')
+    v = vpnds(topo, "gwb", conf)
+    ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["nat_remote"] and got["ike"]["remote"] == "10.200.0.254:4500"
+    assert got["ike"]["remote_id"] == "@branch.example.com" and got["child"]["udp_encap"]
+    check_traffic(topo, mbytes=1)
+
+
+def test_trap_first_packet_starts_tunnel(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="trap"))
+    time.sleep(0.5)
+    assert v.status()["ike_sas"] == []
+    r = topo.ping("hosta", topo.hostb_ip, count=1, timeout=5)
+    assert r.returncode == 0, r.stdout.decode()  # the triggering packet was queued, not lost
+    wait_child(v)
+    check_traffic(topo, mbytes=1)
+
+
+def test_ts_narrowing_by_strongswan(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24",
+                          ike=ike, esp=esp, child="site")
+    conn["remote"]["id"] = "%any"
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp))
+    got = wait_child(v)
+    assert got["child"]["local_ts"] == ["10.1.0.0/24"] and got["child"]["remote_ts"] == ["10.2.0.0/24"]
+    check_traffic(topo, mbytes=0.5)
+
+
+@pytest.mark.parametrize("what", ["esp", "ts", "ike"])
+def test_failures_are_logged_with_reason(ik2_topo, make_charon, vpnds, what):
+    topo = ik2_topo
+    ch = make_charon(topo, "gwb")
+    conn = psk_connection(local=WAN_B, remote=topo.gwa_public,
+                          local_ts="10.77.0.0/16" if what == "ts" else LAN_B, remote_ts=LAN_A,
+                          ike="aes256-sha512-ecp521" if what == "ike" else PAIRS[0][0],
+                          esp="aes256gcm16" if what == "esp" else "aes128-sha256", child="site")
+    conn["remote"]["id"] = "%any"
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=PAIRS[0][0], esp="aes128-sha256", start="none"))
+    r = v.ctl("up", name="site")
+    assert not r["ok"]
+    log = v.log()
+    want = {"esp": ["NO_PROPOSAL_CHOSEN", "aes128"], "ts": ["TS_UNACCEPTABLE", "10.1.0.0/16"],
+            "ike": ["NO_PROPOSAL_CHOSEN", "modp2048"]}[what]
+    assert all(w in log for w in want), log[-3000:]
+    assert what != "ike" or v.status()["ike_sas"] == []
+    if what == "ike":
+        # and as responder: vpnd names both sides' proposals
+        ch.swanctl("--initiate", "--child", "site", "--timeout", "5", check=False, timeout=15)
+        log = v.log()
+        assert "no acceptable proposal" in log and "ecp521" in log and "modp2048" in log, log[-3000:]
+
+
+def test_invalid_ke_retry_against_strongswan(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike="aes128-sha256-modp2048", esp="aes128-sha256", gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike="aes128-sha256-ecp256-modp2048", esp="aes128-sha256"))
+    got = wait_child(v)
+    assert got["ike"]["proposal"].endswith("MODP_2048")
+    assert "retrying IKE_SA_INIT" in v.log()
+    check_traffic(topo, mbytes=0.5)
+
+
+def test_delete_both_ways(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="none"))
+    assert v.ctl("up", name="site")["ok"]
+    ch.wait_child("site")
+    assert v.ctl("down", name="site")["ok"]
+    deadline = time.monotonic() + 5
+    while "site" in ch.list_sas() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "ESTABLISHED" not in ch.list_sas()
+    assert v.ctl("up", name="site")["ok"]
+    ch.wait_child("site")
+    ch.terminate("site")
+    deadline = time.monotonic() + 5
+    while v.status()["ike_sas"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert v.status()["ike_sas"] == []
+    assert v.status()["connections"][0]["state"] == "down"
+
+
+def test_several_subnets_per_side(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[1]
+    topo.ip("gwb", "addr add 10.22.0.1/16 dev lan")  # charon routes need a local source in each TS
+    ch = make_charon(topo, "gwb")
+    conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts=f"{LAN_B},10.22.0.0/16",
+                          remote_ts=f"{LAN_A},10.11.0.0/16", ike=ike, esp=esp, child="site")
+    conn["remote"]["id"] = "%any"
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B,
+                                     lts=f"{LAN_A}, 10.11.0.0/16", rts=f"{LAN_B}, 10.22.0.0/16", ike=ike, esp=esp))
+    got = wait_child(v)
+    assert sorted(got["child"]["remote_ts"]) == ["10.2.0.0/16", "10.22.0.0/16"]
+    check_traffic(topo, mbytes=0.5)

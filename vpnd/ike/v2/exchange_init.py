@@ -157,8 +157,8 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
         name = c.NOTIFY_NAMES.get(n.type, str(n.type))
         if n.type == c.N_NO_PROPOSAL_CHOSEN:
             e.event("no_proposal", conn.name,
-                    f"IKE_SA_INIT: peer {sa.remote[0]} chose none of our proposals "
-                    f"({negotiate.describe_offer(sa.offered)})",
+                    f"IKE_SA_INIT: peer {sa.remote[0]} answered NO_PROPOSAL_CHOSEN to our proposals "
+                    f"{negotiate.describe_offer(sa.offered)} (its own are in its log)",
                     ours=negotiate.describe_offer(sa.offered))
         else:
             e.event("error", conn.name, f"IKE_SA_INIT failed: peer answered {name}")
