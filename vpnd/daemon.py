@@ -936,7 +936,8 @@ class Daemon:
                          "mtu": self.tun.mtu if self.tun else None,
                          "uptime_s": int(time.monotonic() - self.started_at),
                          "routes": self.routes.installed() if self.routes else [],
-                         **self.counters, **self._dp_counters()}
+                         **self.counters, "send_errors": self.wire.send_errors if self.wire else 0,
+                         **self._dp_counters()}
         return out
 
     def _dp_counters(self) -> dict:
@@ -1053,6 +1054,10 @@ def run_daemon(config, config_path: str | None) -> int:
     except KeyboardInterrupt:
         daemon.teardown()
         return 0
+    except Exception:  # a bug: say so, leave nothing behind (run() tore down), exit 1
+        log.exception("vpnd stopped by an internal error")
+        daemon.teardown()
+        return 1
 
 
 __all__ = ["Daemon", "run_daemon", "StartupError", "CommandError", "manual_install_action"]
