@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path

@@ -2,9 +2,7 @@
 with vpnd on both gateways, the establishment time, and garbage thrown at a running daemon."""
 from __future__ import annotations
 
-import os
 import random
-import socket
 import time
 from pathlib import Path
 

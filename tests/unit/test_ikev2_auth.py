@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from test_ikev2_pair import A_IP, B_IP, Pair
+from test_ikev2_pair import A_IP, Pair
 from vpnd.crypto import auth as authc
 from vpnd.ike.v2 import constants as c
 

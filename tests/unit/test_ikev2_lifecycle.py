@@ -199,7 +199,6 @@ def test_nat_between_peers_detected_and_followed():
         return None
 
     p.filter = nat
-    orig_pump = p.pump
 
     def pump(limit=500):
         # rewrite A's source as a NAT would; B's answers go back to the public address
@@ -283,3 +282,12 @@ def test_start_none_does_not_initiate_and_status_shows_down():
     st = p.a.m.status(p.now)
     assert st == {"connections": [{"name": "site", "version": 2, "peer": B_IP, "state": "down",
                                    "ike_sas": 0, "child_sas": 0}], "ike_sas": []}
+
+
+def test_ah_child_sa():
+    p = Pair({"ah": "sha256", "esp": None}, {"ah": "sha256", "esp": None})
+    p.up()
+    (a,), _ = p.check_tunnel()
+    assert a.inbound[0].protocol == "ah" and a.inbound[0].encryption is None
+    assert a.inbound[0].integrity == "sha256" and len(a.inbound[0].auth_key) == 32
+    assert a.proposal == "HMAC_SHA2_256_128"

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from test_ikev2_pair import Pair
 from vpnd.ike import codec
 from vpnd.ike.v2 import payloads as pl
-from vpnd.ike.v2.sk import IntegrityError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.function_scoped_fixture])

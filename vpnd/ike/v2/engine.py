@@ -600,6 +600,9 @@ class Ikev2Engine:
             if ch.expire_at is not None and now >= ch.expire_at:
                 ch.expire_at = None
                 self._delete_child(sa, ch, now, "lifetime expired")
+                if conn.start == "start" and ch.state != "REKEYED" and ch.rekeyed_by is None:
+                    # the rekey never succeeded: a start connection gets a fresh CHILD_SA
+                    self.queue(sa, exchange_child.CreateChildTask(conn), now)
             elif ch.rekey_at is not None and now >= ch.rekey_at and ch.state == "INSTALLED":
                 ch.rekey_at = None
                 self.queue(sa, exchange_child.CreateChildTask(conn, rekey=ch), now)

@@ -65,8 +65,6 @@ def _detect_nat(payloads, spi_i: bytes, spi_r: bytes, local, remote) -> tuple[bo
 
 
 def _derive(sa: IkeSa, shared: bytes) -> None:
-    from vpnd.ike.v2.keys import IkeKeys  # noqa: F401  (type of sa.keys)
-
     ch = sa.chosen
     seed = initial_skeyseed(ch.prf, sa.ni, sa.nr, shared)
     sa.keys = derive_ike_keys(ch.prf, ch.encryption, ch.integrity, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r)

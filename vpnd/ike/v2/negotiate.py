@@ -16,7 +16,7 @@ class Chosen:
     """The single algorithm of each kind that was agreed on."""
 
     protocol: str
-    encryption: str
+    encryption: str | None  # None for AH
     integrity: str | None = None
     prf: str | None = None
     dh: str | None = None
@@ -122,12 +122,12 @@ def select(ours: list[Proposal], theirs: list[Proposal], *, ke_group: str | None
                     ok = False
                     break
                 got[tt] = x
-            if not ok or c.TT_ENCR not in got:
-                continue
             proto = c.PROTO_NAMES[mine.protocol]
+            if not ok or (c.TT_ENCR not in got and proto != "ah") or (proto == "ah" and c.TT_INTEG not in got):
+                continue
             if proto == "ike" and (c.TT_PRF not in got or c.TT_DH not in got):
                 continue
-            return peer, Chosen(proto, got[c.TT_ENCR], got.get(c.TT_INTEG), got.get(c.TT_PRF),
+            return peer, Chosen(proto, got.get(c.TT_ENCR), got.get(c.TT_INTEG), got.get(c.TT_PRF),
                                 got.get(c.TT_DH), bool(got.get(c.TT_ESN, False)))
     return None
 
@@ -135,8 +135,9 @@ def select(ours: list[Proposal], theirs: list[Proposal], *, ke_group: str | None
 def encode_chosen(ch: Chosen, num: int, spi: bytes) -> Proposal:
     """The one-transform-per-type proposal of a response."""
     t = []
-    tid, kl = c.ENCR_IDS[ch.encryption]
-    t.append(Transform(c.TT_ENCR, tid, kl))
+    if ch.encryption:
+        tid, kl = c.ENCR_IDS[ch.encryption]
+        t.append(Transform(c.TT_ENCR, tid, kl))
     if ch.prf:
         t.append(Transform(c.TT_PRF, c.PRF_IDS_BY_NAME[ch.prf]))
     if ch.integrity:
