@@ -13,6 +13,10 @@ from ipaddress import IPv4Network, IPv6Network
 Network = IPv4Network | IPv6Network
 Address = tuple[str, int]  # (ip, port)
 
+# SendDatagram.data of a NAT-T keepalive (RFC 3948 2.3): one 0xff byte on the NAT-T port,
+# sent WITHOUT the non-ESP marker.
+NAT_KEEPALIVE = b"\xff"
+
 
 @dataclass(frozen=True)
 class SendDatagram:
@@ -44,7 +48,9 @@ class InstallChildSA:
 
     `inbound`/`outbound` hold one ChildKeys per protocol of the bundle, ESP first, AH second.
     The daemon installs inbound first, then switches outbound (make-before-break on rekey:
-    `replaces` names the child whose outbound traffic moves to this one).
+    `replaces` names the child whose outbound traffic moves to this one). `outbound` may be
+    empty: inbound only (the losing SA of a simultaneous rekey, RFC 7296 2.8.1, which the
+    core deletes right after).
     """
 
     connection: str

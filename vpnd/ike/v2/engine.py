@@ -15,8 +15,8 @@ import struct
 
 from vpnd.crypto.auth import AuthError, Credentials
 from vpnd.ike import codec
-from vpnd.ike.actions import (Address, ChildKeys, DeleteChildSA, Event, InstallChildSA,
-                              SendDatagram, UpdateChildAddresses)
+from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
+                              InstallChildSA, SendDatagram, UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
@@ -25,7 +25,6 @@ from vpnd.ike.v2.sa import (HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES
                             IkeSa, Request)
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
-NAT_KEEPALIVE = b"\xff"  # RFC 3948 2.3; sent without the non-ESP marker
 INVALID_SPI_INTERVAL = 1.0
 CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
 
