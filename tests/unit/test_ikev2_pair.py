@@ -338,3 +338,15 @@ def test_initial_contact_clears_stale_sa_of_restarted_peer():
     assert len(p.a.installed()) == 1
     assert len(p.b.m.status(p.now)["ike_sas"]) == 1  # the stale one is gone
     assert len(p.b.installed()) == 1
+
+
+def test_late_init_retransmit_gets_cached_answer():
+    p = Pair()
+    p.up()
+    p.check_tunnel()
+    init = [d for t, d in p.a.sent if d.data[18] == 34][0]
+    before = len(p.b.m.v2.sas)
+    p.feed(p.b, p.b.m.receive(init.data, init.remote, init.local, p.now))
+    assert len(p.b.m.v2.sas) == before
+    resp = [d.data for t, d in p.b.sent if d.data[18] == 34]
+    assert len(resp) == 2 and resp[0] == resp[1]

@@ -38,6 +38,8 @@ class Ikev2Engine:
         self.sas: dict[int, IkeSa] = {}
         self.by_spi: dict[bytes, IkeSa] = {}  # our SPI -> SA
         self.half_open: dict[tuple[bytes, str], IkeSa] = {}  # responder: (SPIi, peer ip)
+        self.init_index: dict[tuple[bytes, str], IkeSa] = {}  # same key, for the SA's whole life:
+        # a late retransmitted IKE_SA_INIT gets the cached answer, not a second SA (2.1)
         self.cookie_secret = rng(32)
         self.cookie_secret_old = self.cookie_secret
         self.cookie_rotated = now
@@ -117,9 +119,10 @@ class Ikev2Engine:
         self.sas.pop(sa.ike_id, None)
         if self.by_spi.get(sa.our_spi) is sa:
             del self.by_spi[sa.our_spi]
-        for k, v in list(self.half_open.items()):
-            if v is sa:
-                del self.half_open[k]
+        for d in (self.half_open, self.init_index):
+            for k, v in list(d.items()):
+                if v is sa:
+                    del d[k]
 
     def send(self, data: bytes, sa: IkeSa | None = None, *, local: Address | None = None,
              remote: Address | None = None, now: float | None = None) -> None:

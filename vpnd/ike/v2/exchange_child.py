@@ -393,6 +393,7 @@ class RekeyIkeTask:
                 sa.state = "REKEYED"
                 sa.rekeyed_to = other.ike_id
                 sa.rekey_at = None
+                e.event("ike_rekeyed", conn.name, f"IKE_SA {conn.name}[{sa.ike_id}] rekeyed to [{other.ike_id}]")
                 return
             e.event("rekey_collision", conn.name, "IKE_SA rekey collision: our new SA wins")
             if other.ike_id in e.sas:

@@ -234,7 +234,7 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
         e.drops += 1
         return
     key = (h.spi_i, remote[0])
-    old = e.half_open.get(key)
+    old = e.init_index.get(key)
     if old is not None:
         if old.init_req == data:
             e.send(old.init_resp, old, local=local, remote=remote)  # retransmitted request
@@ -321,4 +321,5 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
     sa.mid_in = 1
     e.register(sa)
     e.half_open[key] = sa
+    e.init_index[key] = sa
     e.send(sa.init_resp, sa, now=now)
