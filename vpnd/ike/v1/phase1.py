@@ -382,8 +382,6 @@ class Phase1Mixin:
             return
         choice = None
         for conn in conns:
-            if aggressive and not conn.aggressive:
-                continue
             own = policy.p1_policies(conn.ike, _auth_method(conn), conn.lifetime.ike)
             choice = policy.p1_select(sa_p, own)
             if choice:
@@ -503,13 +501,11 @@ class Phase1Mixin:
     def _p1_receive(self, sa: IsakmpSA, hdr, data: bytes, local, remote, now):
         """A phase-1 message for a known SA (message 2 onwards)."""
         enc = bool(hdr.flags & codec.FLAG_V1_ENCRYPTION)
-        if sa.is_established:
-            # a late retransmission of the peer's last phase-1 message: answer it again
-            if _digest(data) == sa.last_in and sa.retx:
-                self._resend(sa.retx)
-            return
-        if _digest(data) == sa.last_in:
-            if sa.retx:
+        if _digest(data) == sa.last_in or sa.is_established:
+            # the peer repeats its last message: it lost our answer. Only the answering side
+            # resends on a duplicate; a side with its own retransmit timer waits for it, so
+            # duplicates cannot ping-pong (RFC 2408 5.x leaves the policy to us).
+            if _digest(data) == sa.last_in and sa.retx and sa.retx.due is None:
                 self._resend(sa.retx)
             return
         new_iv = None
@@ -521,7 +517,13 @@ class Phase1Mixin:
             except ValueError:
                 self._count_drop(sa, "undecryptable phase-1 message")
                 return
-            pls = codec.decode_chain(plain, hdr.next_payload, P.REGISTRY, start=0, trailing_ok=True)
+            try:
+                pls = codec.decode_chain(plain, hdr.next_payload, P.REGISTRY, start=0, trailing_ok=True)
+            except codec.CodecError:
+                # keys differ: with a PSK this is the usual sign of a wrong key
+                self._p1_fail(sa, Phase1Failed("encrypted phase-1 message does not decrypt to payloads "
+                                               "(wrong pre-shared key?)", None, "auth_failed"), now)
+                return
         else:
             pls = codec.decode_chain(data, hdr.next_payload, P.REGISTRY, start=codec.HEADER_LEN)
         n = _first(pls, P.Notify)
@@ -596,7 +598,12 @@ class Phase1Mixin:
         sa.expire_at = now + sa.policy.lifetime
         if sa.initiator:
             sa.rekey_at = now + sa.policy.lifetime * 0.9 - (sa.ike_id % 7)
-        if sa.retx and not (sa.aggressive and not sa.initiator):
+        # keep our last message only where the peer may still repeat its own: the Main
+        # Mode responder (message 6 answers a repeated 5) and the Aggressive Mode initiator
+        # (message 3 answers a repeated 2); nobody answers a final message
+        if sa.initiator != sa.aggressive:
+            sa.retx = None
+        elif sa.retx:
             sa.retx.due = None
         sa.last_heard = now
         if sa.nat_local and sa.conn.nat_keepalive:

@@ -375,7 +375,7 @@ class QuickMixin:
         qm = qms.get(mid)
         dig = _digest(data)
         if qm is not None and dig == qm.last_in:
-            if qm.retx:
+            if qm.retx and qm.retx.due is None:  # only the answering side (see phase1.py)
                 self._resend(qm.retx)
             return
         if qm is None and mid in self._done_mids.get(sa.ike_id, ()):
