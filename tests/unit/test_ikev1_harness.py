@@ -128,6 +128,7 @@ def pair(conf_a: dict | None = None, conf_b: dict | None = None, *, daemon_a=Non
     net = Net(a, b, nat_a=nat_a)
     if start:
         net.feed(a, a.initiate("site", 0.0))
+        net.advance(1)  # Aggressive Mode starts Quick Mode a moment after message 3
     return net
 
 

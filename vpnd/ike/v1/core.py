@@ -157,7 +157,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         times = []
         for sa in self.sas.values():
             for t in (sa.retx.due if sa.retx else None, sa.expire_at, sa.rekey_at, sa.dpd_due,
-                      sa.keepalive_at):
+                      sa.keepalive_at, sa.pending_at):
                 if t is not None:
                     times.append(t)
             if not sa.is_established:
@@ -394,6 +394,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             sa.rekey_at = None
             if not sa.replaced:
                 self._rekey_isakmp(sa.conn, now)
+        if sa.pending_at is not None and now >= sa.pending_at:
+            self._start_pending(sa, now)
         if sa.dpd_due is not None and now >= sa.dpd_due:
             self._dpd_timer(sa, now)
         if sa.cky_i in self.sas and sa.keepalive_at is not None and now >= sa.keepalive_at:
@@ -472,6 +474,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         if conn.per_host:
             pairs = []  # per-host SAs come from traffic (acquire)
         sa = self._established_for_conn(conn.name)
+        if sa is not None and sa.pending_at is not None:
+            return  # its Quick Modes are about to start
         if sa is not None:
             for l, r in pairs:
                 if not any(c.conn.name == conn.name and c.local_ts == l and c.remote_ts == r
@@ -485,6 +489,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def _start_child(self, conn, local_ts, remote_ts, now: float, *, rekey_of=None, per_host=False) -> None:
         sa = self._established_for_conn(conn.name)
+        if sa is not None and sa.pending_at is not None:
+            sa.pending.append((local_ts, remote_ts, rekey_of, per_host))
+            return
         if sa is not None:
             self._qm_initiate(sa, conn, local_ts, remote_ts, now, rekey_of=rekey_of, per_host=per_host)
             return
@@ -519,6 +526,16 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         for c in self.children.values():
             if c.conn.name == sa.conn.name:
                 c.ike_id = sa.ike_id
+        if sa.aggressive and sa.initiator and sa.pending:
+            # message 3 and the first Quick Mode would leave back to back; a multi-threaded
+            # peer (charon) may then see Quick Mode before its ISAKMP SA is up and drop it,
+            # costing a retransmission. A short pause avoids that.
+            sa.pending_at = now + 0.2
+            return
+        self._start_pending(sa, now)
+
+    def _start_pending(self, sa: IsakmpSA, now: float) -> None:
+        sa.pending_at = None
         pending, sa.pending = sa.pending, []
         for l, r, rekey_of, per_host in pending:
             self._qm_initiate(sa, sa.conn, l, r, now, rekey_of=rekey_of, per_host=per_host)

@@ -67,6 +67,7 @@ class IsakmpSA:
     rekey_at: float | None = None
     replaced: bool = False  # a newer ISAKMP SA took over (rekey)
     pending: list = field(default_factory=list)  # QMs to start once established
+    pending_at: float | None = None  # when to start them (Aggressive Mode: after message 3 landed)
     # DPD (RFC 3706)
     dpd_seq: int = 0
     dpd_wait: int | None = None  # sequence number of the outstanding R-U-THERE
