@@ -126,6 +126,7 @@ class Child:
     installed_at: float
     manual: bool
     routes: list = field(default_factory=list)  # (network, RouteOptions) held by this child
+    steered: str | None = None  # transport mode: the peer whose traffic is steered into the TUN
     last_in: float = 0.0
     last_out: float = 0.0
 
@@ -479,10 +480,14 @@ class Daemon:
             return None
         self.children[act.child_id] = child
         conn = self._conn(act.connection)
-        if act.mode == "tunnel" and self.routes is not None and conn is not None:
-            for net, opts in self._rri_routes(conn, act.remote_ts, act.remote[0]):
-                self.routes.add(net, opts)
-                child.routes.append((net, opts))
+        if self.routes is not None and conn is not None:
+            if act.mode == "tunnel":
+                for net, opts in self._rri_routes(conn, act.remote_ts, act.remote[0]):
+                    self.routes.add(net, opts)
+                    child.routes.append((net, opts))
+            elif RouteOptions.from_config(conn.rri).enabled and outbound:
+                child.steered = act.remote[0]
+                self.routes.steer(act.remote[0], act.local[0], RouteOptions.from_config(conn.rri))
         log.info("%s: SA installed, %s, SPIs in %s out %s%s", act.connection,
                  act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
                  "/".join(f"{k.spi:08x}" for k in act.outbound),
@@ -504,6 +509,8 @@ class Daemon:
         if self.routes is not None:
             for net, opts in child.routes:
                 self.routes.remove(net, opts)
+            if child.steered:
+                self.routes.unsteer(child.steered)
         if not quiet:
             log.info("%s: SA deleted (SPIs in %s)", child.connection,
                      "/".join(f"{s.spi:08x}" for s in child.inbound))

@@ -138,6 +138,8 @@ class Conn:
                  f"    local_ts: [{lts}/32]", f"    remote_ts: [{rts}/32]",
                  f"    mode: {self.v.mode}", f"    encap: {'true' if self.v.encap else 'false'}",
                  "    replay_window: 64"]
+        if self.v.mode == "transport":  # route_transport() steers only ICMP: no vpnd steering
+            lines.append("    rri: {enabled: false}")
         if self.t.esp_text:
             lines.append(f"    esp: {self.t.esp_text}{esn}")
         if self.t.ah:

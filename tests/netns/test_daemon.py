@@ -337,3 +337,29 @@ def _drops(st: dict) -> int:
         for ch in sa["child_sas"]:
             n += ch.get("malformed", 0) + ch.get("replay_drops", 0) + ch.get("auth_failures", 0)
     return n
+
+
+@pytest.mark.parametrize("encap", [False, True], ids=["raw", "udp"])
+def test_transport_mode_between_gateways(topo, daemons, encap):
+    """Transport mode protects the gateways' own traffic: a policy rule steers it into the
+    TUN while vpnd's own ESP/IKE packets (socket mark) go out directly."""
+    a, b = daemons("aes256-sha256", encap=encap, transport=True)
+    topo.wait_ping("gwa", "10.200.0.2")
+    rules = topo.run("gwa", ["ip", "rule", "show"]).stdout.decode()
+    assert "fwmark 0x7670 lookup main" in rules and "to 10.200.0.2 iif lo lookup 2220" in rules
+    with topo.capture("gwb", "wan", f"transport-{encap}.pcap") as cap:
+        assert topo.ping("gwa", "10.200.0.2", count=3, interval=0.05).returncode == 0
+        assert topo.ping("gwb", "10.200.0.1", count=3, interval=0.05).returncode == 0
+    lines = subprocess.run(["tcpdump", "-nr", str(cap.path)], capture_output=True,
+                           text=True).stdout.splitlines()
+    assert len(lines) >= 12 and not any("ICMP" in ln for ln in lines), lines
+    assert all(("UDP-encap" in ln or ".4500" in ln) if encap else "ESP(" in ln for ln in lines), lines
+    res = topo.tcp_transfer("gwa", "gwb", "10.200.0.2", mbytes=2)
+    assert res["up_ok"] and res["down_ok"]
+    ch = a.child()
+    assert ch["mode"] == "transport" and ch["packets_in"] > 100 and ch["packets_out"] > 100
+    assert a.stop() == 0 and b.stop() == 0
+    for role in ("gwa", "gwb"):
+        rules = topo.run(role, ["ip", "rule", "show"]).stdout.decode()
+        assert "2220" not in rules and "7670" not in rules, rules
+    assert topo.ping("gwa", "10.200.0.2").returncode == 0  # plain again

@@ -55,8 +55,10 @@ def _yaml_map(d: dict) -> str:
 
 
 def manual_pair(topo, alg: str = "aes128gcm16", *, encap: bool = False, name: str = "tunnel",
-                extra_daemon: str = "", extra_conn: str = "", log_level: str = "info") -> tuple[str, str]:
-    """Config texts (gwa, gwb) for one manual-keyed tunnel LAN_A <-> LAN_B."""
+                extra_daemon: str = "", extra_conn: str = "", log_level: str = "info",
+                transport: bool = False) -> tuple[str, str]:
+    """Config texts (gwa, gwb) for one manual-keyed tunnel LAN_A <-> LAN_B, or with
+    transport=True a transport-mode SA pair between the gateways' WAN addresses."""
     esp, ah = ALGORITHMS[alg]
     a2b = {}
     b2a = {}
@@ -87,6 +89,9 @@ def manual_pair(topo, alg: str = "aes128gcm16", *, encap: bool = False, name: st
             lines.append(f"    esp: {esp}")
         if ah:
             lines.append(f"    ah: {ah}")
+        if transport:
+            lts, rts = f"{local}/32", f"{peer}/32"
+            lines.append("    mode: transport")
         lines += [
             f"    local_ts: [{lts}]",
             f"    remote_ts: [{rts}]",

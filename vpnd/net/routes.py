@@ -33,13 +33,24 @@ RTPROT_STATIC = 4
 RTNH_F_ONLINK = 4
 EEXIST = 17
 ESRCH = 3
+ENOENT = 2
+
+# Transport mode protects the gateways' own traffic to the peer's outer address, the same
+# address our ESP and IKE packets go to. A policy rule steers locally generated packets to
+# the peer into table STEER_TABLE (a host route into the TUN); our own sockets carry
+# SOCKET_MARK and a rule before it sends them to the main table, so they never loop.
+SOCKET_MARK = 0x7670
+STEER_TABLE = 2220
+PREF_OWN = 2220
+PREF_STEER = 2221
+MAIN_TABLE = 254
 
 
 class RouteOptions:
     """The rri options of one connection, read from its config (attributes or a dict)."""
 
     def __init__(self, enabled=True, next_hop=None, metric=None, tag=None, static=False,
-                 remote_peer=False, oif=None):
+                 remote_peer=False, oif=None, table=None, prefsrc=None):
         self.enabled = bool(enabled)
         self.next_hop = str(next_hop) if next_hop else None
         self.metric = int(metric) if metric not in (None, "") else None
@@ -47,6 +58,8 @@ class RouteOptions:
         self.static = bool(static)
         self.remote_peer = bool(remote_peer)
         self.oif = oif  # None: the TUN device; else an outer interface index (peer host route)
+        self.table = table  # None: main
+        self.prefsrc = prefsrc  # source address for this host's packets on the route
 
     def replace(self, **kw) -> "RouteOptions":
         d = dict(self.__dict__)
@@ -66,7 +79,7 @@ class RouteOptions:
                    get("static", False), get("remote_peer", False))
 
     def key(self) -> tuple:
-        return (self.next_hop, self.metric, self.tag, self.oif)
+        return (self.next_hop, self.metric, self.tag, self.oif, self.table, self.prefsrc)
 
 
 class RouteManager:
@@ -77,12 +90,18 @@ class RouteManager:
         # (dst, next_hop, metric, tag) -> number of holders; present only for routes we added
         self._refs: dict[tuple, int] = {}
         self._foreign: dict[tuple, int] = {}  # routes that existed before us: counted, never removed
+        self._steered: dict[str, int] = {}   # transport-mode peer -> holders
+        self._steer_opts: dict[str, RouteOptions] = {}
 
     def _spec(self, dst: str, opts: RouteOptions) -> dict:
         spec = {"dst": dst, "oif": opts.oif or self.tun_index,
                 "proto": opts.tag if opts.tag is not None else RTPROT_STATIC}
         if opts.metric is not None:
             spec["priority"] = opts.metric
+        if opts.table is not None:
+            spec["table"] = opts.table
+        if opts.prefsrc:
+            spec["prefsrc"] = opts.prefsrc
         if opts.next_hop:
             spec["gateway"] = opts.next_hop
             if opts.oif is None:  # a next hop "behind" the TUN: reachable by definition
@@ -138,12 +157,56 @@ class RouteManager:
                 log.warning("cannot remove route %s: %s", dst, e.args[-1] if e.args else e)
 
     def installed(self) -> list[str]:
-        return sorted(k[0] for k in self._refs)
+        return (sorted(k[0] for k in self._refs if k[5] is None)
+                + [f"{p}/32 (transport)" for p in sorted(self._steered)])
+
+    # -- transport mode ------------------------------------------------------------------
+
+    def steer(self, peer: str, local: str, opts: RouteOptions) -> None:
+        """Send this host's own traffic to `peer` (except vpnd's sockets) into the TUN, from
+        the SA's local address (the TUN has none the kernel could pick)."""
+        n = self._steered.get(peer, 0)
+        self._steered[peer] = n + 1
+        if n:
+            return
+        if len(self._steered) == 1:
+            self._rule("add", priority=PREF_OWN, fwmark=SOCKET_MARK, fwmask=0xFFFFFFFF,
+                       table=MAIN_TABLE)
+        self._steer_opts[peer] = opts.replace(table=STEER_TABLE, next_hop=None, oif=None, prefsrc=local)
+        self.add(f"{peer}/32", self._steer_opts[peer])
+        self._rule("add", priority=PREF_STEER, dst=peer, dst_len=32, iifname="lo", table=STEER_TABLE)
+        log.info("transport mode: traffic of this host to %s goes through the tunnel", peer)
+
+    def unsteer(self, peer: str) -> None:
+        n = self._steered.get(peer)
+        if n is None:
+            return
+        if n > 1:
+            self._steered[peer] = n - 1
+            return
+        del self._steered[peer]
+        self._rule("del", priority=PREF_STEER, dst=peer, dst_len=32, iifname="lo", table=STEER_TABLE)
+        self.remove(f"{peer}/32", self._steer_opts.pop(peer))
+        if not self._steered:
+            self._rule("del", priority=PREF_OWN, fwmark=SOCKET_MARK, fwmask=0xFFFFFFFF,
+                       table=MAIN_TABLE)
+
+    def _rule(self, cmd: str, **spec) -> None:
+        try:
+            netlink.call(lambda ipr: ipr.rule(cmd, **spec))
+        except NetlinkError as e:
+            # a rule left by a vpnd that was killed is adopted (add) or already gone (del)
+            if not (cmd == "add" and e.code == EEXIST) and not (cmd == "del" and e.code in (ENOENT, ESRCH)):
+                log.warning("cannot %s policy rule %s: %s", cmd, spec, e.args[-1] if e.args else e)
 
     def remove_all(self) -> None:
+        for peer in list(self._steered):
+            self._steered[peer] = 1
+            self.unsteer(peer)
         for key in list(self._refs):
-            dst, next_hop, metric, tag, oif = key
-            self._delete(dst, RouteOptions(True, next_hop, metric, tag, oif=oif))
+            dst, next_hop, metric, tag, oif, table, prefsrc = key
+            self._delete(dst, RouteOptions(True, next_hop, metric, tag, oif=oif, table=table,
+                                           prefsrc=prefsrc))
         self._refs.clear()
         self._foreign.clear()
 

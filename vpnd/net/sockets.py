@@ -24,6 +24,8 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 SOL_UDP = 17
 UDP_SEGMENT = 103
 
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 RECV_SIZE = 65535
 MAX_BURST = 64
@@ -116,6 +118,13 @@ class WireSockets:
         except BaseException:
             self.close()
             raise
+        # our own packets skip the transport-mode steering rule (net/routes.py)
+        from vpnd.net.routes import SOCKET_MARK
+        for s in (self.ike, self.natt, self.send_raw):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_MARK, SOCKET_MARK)
+            except OSError:
+                pass  # without CAP_NET_ADMIN; transport mode steering then cannot be used
         self.by_port = {ike_port: self.ike, natt_port: self.natt}
         self.send_errors = 0
 
