@@ -56,7 +56,10 @@ class Net:
             return dg.data, dg.remote, dg.local
         if side == "A":
             key = dg.local
-            pub = self.nat_map.setdefault(key, (self.nat_a, 30000 + len(self.nat_map)))
+            if key not in self.nat_map:
+                self._nat_next = getattr(self, "_nat_next", 30000) + 1
+                self.nat_map[key] = (self.nat_a, self._nat_next)
+            pub = self.nat_map[key]
             return dg.data, dg.remote, pub
         # B -> A: B sends to the NAT's public address; undo the mapping
         for inside, pub in self.nat_map.items():

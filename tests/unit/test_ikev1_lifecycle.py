@@ -1,0 +1,227 @@
+"""IKEv1 cores in memory over time: Quick Mode and ISAKMP rekeys, expiry, DPD, NAT-T,
+Delete/INITIAL-CONTACT/INVALID-SPI informationals."""
+from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram, UpdateChildAddresses
+
+from test_ikev1_harness import A_IP, B_IP, pair
+
+
+def test_quick_mode_rekey_make_before_break():
+    net = pair({"lifetime": {"seconds": 100}}, {"lifetime": {"seconds": 100}})
+    first_a = net.installs("A")[0]
+    net.advance(95)
+    inst = net.installs("A")
+    assert len(inst) >= 2, net.events("A")
+    new = inst[1]
+    assert new.replaces == first_a.child_id  # the daemon moves outbound traffic, then ...
+    deleted_at = [i for i, (s, x) in enumerate(net.log) if s == "A" and isinstance(x, DeleteChildSA)
+                  and x.child_id == first_a.child_id]
+    installed_at = [i for i, (s, x) in enumerate(net.log) if s == "A" and x is new]
+    assert deleted_at and installed_at[0] < deleted_at[0]  # ... the old pair goes after
+    # the responder learned of the deletion from a Delete payload and dropped its pair too
+    first_b = net.installs("B")[0]
+    assert any(x.child_id == first_b.child_id for x in net.of("B", DeleteChildSA))
+    assert len(net.live_children("A")) == 1 and len(net.live_children("B")) == 1
+    # new keys, new SPIs, and the peers agree on them
+    assert new.inbound[0].spi != first_a.inbound[0].spi
+    b_new = [i for i in net.installs("B") if i.outbound[0].spi == new.inbound[0].spi]
+    assert b_new and b_new[0].outbound[0].enc_key == new.inbound[0].enc_key
+
+
+def test_rekey_with_pfs_carries_new_dh():
+    net = pair({"lifetime": {"seconds": 60}}, {"lifetime": {"seconds": 60}})
+    net.advance(200)
+    assert len(net.installs("A")) >= 3
+    assert all("MODP_2048" in i.proposal for i in net.installs("A"))
+    assert len(net.live_children("A")) == 1
+
+
+def test_volume_soft_limit_rekeys():
+    net = pair()
+    c = net.installs("A")[0]
+    assert c.soft_kilobytes and c.hard_kilobytes and c.soft_kilobytes < c.hard_kilobytes
+    net.feed(net.a, net.a.child_expiring(c.child_id, False, net.now))
+    assert len(net.installs("A")) == 2 and net.installs("A")[1].replaces == c.child_id
+
+
+def test_isakmp_rekey_keeps_ipsec_sas():
+    net = pair({"lifetime": {"ike": 300, "seconds": 3600}}, {"lifetime": {"ike": 300}})
+    spi_old = net.a.status_ike_sas(0)[0]["spi_i"]
+    net.advance(290)
+    st = net.a.status_ike_sas(net.now)
+    assert len(st) == 1 and st[0]["spi_i"] != spi_old and st[0]["state"] == "ESTABLISHED"
+    assert len(st[0]["child_sas"]) == 1
+    assert len(net.b.sas) == 1  # the responder got the Delete for the old one
+    assert not net.of("A", DeleteChildSA) and not net.of("B", DeleteChildSA)
+    # Quick Mode works over the new ISAKMP SA
+    net.feed(net.a, net.a.rekey("site", net.now))
+    assert len(net.installs("A")) == 2 and len(net.installs("B")) == 2
+
+
+def test_manual_rekey_commands():
+    net = pair()
+    net.feed(net.a, net.a.rekey("site", net.now, ike=True))
+    assert len(net.a.sas) == 1 and len(net.events("A", "ike_up")) == 2
+    net.feed(net.b, net.b.rekey("site", net.now))  # the responder may rekey too
+    assert len(net.installs("B")) == 2
+
+
+def test_terminate_deletes_both_sides():
+    net = pair()
+    net.feed(net.a, net.a.terminate("site", net.now))
+    assert net.of("A", DeleteChildSA) and net.of("B", DeleteChildSA)
+    assert not net.a.sas and not net.b.sas
+    assert net.b.connection_status("site")["state"] == "down"
+
+
+def test_dpd_answers_and_dead_peer_restart():
+    conf = {"dpd": {"interval": 10, "retry": 2, "mode": "periodic", "action": "restart"}}
+    net = pair(conf, conf)
+    net.advance(35)
+    assert not net.events("A", "peer_dead") and not net.events("B", "peer_dead")
+    # the peer vanishes
+    net.drop = lambda side, dg: True
+    t0 = net.now
+    net.advance(40)
+    dead = net.events("A", "peer_dead")
+    assert dead, net.events("A")
+    # declared dead within interval + (5 retries + 1) * retry seconds (the seed's rule)
+    assert net.of("A", DeleteChildSA)
+    # action restart: a new Main Mode is under way; when the peer is back the tunnel returns
+    net.drop = lambda side, dg: False
+    net.advance(120)
+    assert len(net.live_children("A")) == 1, net.events("A")[-6:]
+    _ = t0
+
+
+def test_dpd_dead_timing_and_clear():
+    conf = {"dpd": {"interval": 10, "retry": 3, "mode": "periodic", "action": "clear"}}
+    net = pair(conf, conf)
+    last_ok = net.now
+    net.drop = lambda side, dg: True
+    probe_times = []
+    orig = net.a._dpd_probe
+
+    def spy(sa, now):
+        probe_times.append(now)
+        return orig(sa, now)
+
+    net.a._dpd_probe = spy
+    net.advance(60, step=0.5)
+    dead = [i for i, (s, x) in enumerate(net.log) if s == "A" and getattr(x, "kind", "") == "peer_dead"]
+    assert dead
+    assert len(probe_times) == 6  # first probe + 5 retries
+    assert probe_times[1] - probe_times[0] == 3
+    assert probe_times[0] - last_ok <= 10
+    assert not net.a.sas  # clear: nothing restarted
+    net.advance(60)
+    assert not net.a.sas
+
+
+def test_dpd_on_demand_quiet_without_traffic():
+    conf = {"dpd": {"interval": 10, "retry": 2, "mode": "on-demand", "action": "clear"}}
+    net = pair(conf, conf)
+    sends = len(net.sent)
+    net.advance(100)
+    assert len(net.sent) == sends  # no traffic, nothing to worry about: no R-U-THERE
+    cid = net.installs("A")[0].child_id
+    net.a.child_activity(cid, 0.0, net.now)  # we send, the peer is silent
+    net.advance(30)
+    assert len(net.sent) > sends
+
+
+def test_nat_traversal_float_and_keepalive():
+    net = pair({"nat_keepalive": 5}, {}, nat_a="10.200.0.254")
+    a, b = net.installs("A")[0], net.installs("B")[0]
+    assert a.udp_encap and b.udp_encap
+    assert a.local[1] == 4500 and a.remote == (B_IP, 4500)
+    assert b.remote[0] == "10.200.0.254" and b.remote[1] > 30000
+    sa_a = net.a.status_ike_sas(0)[0]
+    assert sa_a["nat_local"] and not sa_a["nat_remote"]
+    sa_b = net.b.status_ike_sas(0)[0]
+    assert sa_b["nat_remote"] and not sa_b["nat_local"]
+    # RFC 3947 encapsulation mode 3 was negotiated (UDP-Encapsulated-Tunnel)
+    before = len(net.sent)
+    net.advance(12)
+    ka = [dg for s, dg in net.sent[before:] if s == "A" and dg.data == b"\xff"]
+    assert len(ka) >= 2 and ka[0].local[1] == 4500
+
+
+def test_encap_forced_without_nat():
+    net = pair({"encap": True}, {})
+    assert net.installs("A")[0].udp_encap and net.installs("B")[0].udp_encap
+
+
+def test_no_nat_no_encap():
+    net = pair()
+    a = net.installs("A")[0]
+    assert not a.udp_encap and a.local[1] == 500
+
+
+def test_nat_mapping_change_moves_child():
+    net = pair({}, {}, nat_a="10.200.0.254")
+    net.nat_map.clear()  # the NAT forgets: A's packets now come from another public port
+    net.feed(net.a, net.a.rekey("site", net.now))
+    ups = net.of("B", UpdateChildAddresses)
+    assert ups and ups[-1].remote[1] not in (30001, 30002) and ups[-1].remote[0] == "10.200.0.254"
+
+
+def test_initial_contact_clears_stale_state():
+    net = pair()
+    old_b_child = net.installs("B")[0].child_id
+    # A restarts: a fresh core with no memory, same config
+    from vpnd.ike.v1.core import Ikev1Core
+    fresh = Ikev1Core(net.a.config, now=net.now)
+    net.a = fresh
+    net.feed(fresh, fresh.initiate("site", net.now))
+    net.advance(1)
+    assert any(x.child_id == old_b_child for x in net.of("B", DeleteChildSA))
+    assert len(net.b.sas) == 1 and len(net.live_children("B")) == 1
+
+
+def test_invalid_spi_notify_rate_limited_and_recovers():
+    net = pair()
+    a_child = net.installs("A")[0]
+    # B lost its SAs silently (e.g. its data plane was reset) and sees A's ESP
+    spi = a_child.outbound[0].spi
+    for c in list(net.b.children.values()):
+        del net.b.children[c.child_id]
+    first = net.b.unknown_spi(spi, (A_IP, 500), net.now)
+    second = net.b.unknown_spi(spi, (A_IP, 500), net.now + 1)
+    assert len([x for x in first if isinstance(x, SendDatagram)]) == 1
+    assert not [x for x in second if isinstance(x, SendDatagram)]  # rate-limited
+    net.feed(net.b, first)
+    # A dropped the pair and negotiated a new one
+    assert any(x.child_id == a_child.child_id for x in net.of("A", DeleteChildSA))
+    assert len(net.live_children("A")) == 1 and net.live_children("A")[0] != a_child.child_id
+
+
+def test_idle_time_deletes_child():
+    net = pair({"idle_time": 50}, {})
+    net.advance(60)
+    assert net.of("A", DeleteChildSA)
+
+
+def test_half_open_times_out():
+    net = pair(start=False)
+    net.drop = lambda side, dg: side == "B"
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    net.advance(200)
+    assert net.events("A", "error")
+    assert all(not s.is_established for s in net.a.sas.values())
+    assert len(net.b.sas) <= 1
+    # half-open SAs on the responder do not pile up: each goes after its timeout
+    assert all(net.now - s.created <= 60 for s in net.b.sas.values())
+    assert len(net.b.sas) <= 2
+
+
+def test_status_shape():
+    net = pair()
+    st = net.a.status_ike_sas(10)
+    keys = {"connection", "version", "state", "local", "remote", "nat_detected", "initiator", "spi_i", "spi_r",
+            "proposal", "established_s", "rekey_in_s", "child_sas"}
+    assert keys <= set(st[0])
+    ch = st[0]["child_sas"][0]
+    assert {"name", "state", "mode", "protocol", "udp_encap", "spi_in", "spi_out", "proposal", "local_ts",
+            "remote_ts", "bytes_in", "rekey_in_s"} <= set(ch)
+    assert net.a.connection_status("site") == {"state": "up", "ike_sas": 1, "child_sas": 1}
+    _ = (InstallChildSA, SendDatagram)
