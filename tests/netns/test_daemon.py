@@ -363,3 +363,30 @@ def test_transport_mode_between_gateways(topo, daemons, encap):
         rules = topo.run(role, ["ip", "rule", "show"]).stdout.decode()
         assert "2220" not in rules and "7670" not in rules, rules
     assert topo.ping("gwa", "10.200.0.2").returncode == 0  # plain again
+
+
+def test_mtu_auto_and_mss_clamp(topo, daemons):
+    """TUN MTU auto = the WAN's 1500 minus ESP/AES-GCM's worst case (20 IP + 8 ESP + 8 IV +
+    16 ICV + 2 trailer, payload 4-aligned): 1446. A DF packet of exactly that size crosses,
+    one byte more is refused with the MTU; SYNs are clamped to mss_clamp."""
+    a, b = daemons("aes128gcm16", extra_daemon="mss_clamp: 1200")
+    wait_tunnel(topo)
+    assert a.status()["daemon"]["mtu"] == 1446
+    assert topo.ping("hosta", HOST_B, size=1446 - 28, df=True).returncode == 0
+    r = topo.ping("hosta", HOST_B, size=1446 - 27, df=True)
+    assert r.returncode != 0 and b"+1 errors" in r.stdout, r  # the ICMP "frag needed"
+    learned = topo.run("hosta", ["ip", "route", "get", HOST_B]).stdout.decode()
+    assert "mtu 1446" in learned, learned
+    # each side sees the other's SYN after it crossed the tunnel: clamped both ways
+    syn = "tcp[tcpflags] & tcp-syn != 0"
+    with topo.capture("hostb", "eth0", "syn-b.pcap", syn) as cb, \
+            topo.capture("hosta", "eth0", "syn-a.pcap", syn) as ca:
+        topo.tcp_transfer("hosta", "hostb", HOST_B, mbytes=0.1)
+    seen = {}
+    for cap, side in ((cb, "hostb"), (ca, "hosta")):
+        text = subprocess.run(["tcpdump", "-nr", str(cap.path)], capture_output=True, text=True).stdout
+        seen[side] = [ln for ln in text.splitlines() if "mss" in ln]
+    incoming_b = [ln for ln in seen["hostb"] if "10.1.0.10." in ln.split(">")[0]]
+    incoming_a = [ln for ln in seen["hosta"] if "10.2.0.10." in ln.split(">")[0]]
+    assert incoming_b and all("mss 1200" in ln for ln in incoming_b), seen
+    assert incoming_a and all("mss 1200" in ln for ln in incoming_a), seen
