@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .charon import psk_connection, psk_secret, swanctl_conf
-from .topology import LAN_A, LAN_B, Topology, WAN_B
+from .topology import GW_LAN_B, LAN_A, LAN_B, Topology, WAN_B
 from .vpnd_proc import Vpnd
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan]
@@ -465,3 +466,73 @@ def test_several_subnets_per_side(ik2_topo, make_charon, vpnds):
     got = wait_child(v)
     assert sorted(got["child"]["remote_ts"]) == ["10.2.0.0/16", "10.22.0.0/16"]
     check_traffic(topo, mbytes=0.5)
+
+
+def test_initial_contact_after_vpnd_restart(ik2_topo, make_charon, vpnds):
+    """vpnd dies without a word and comes back: its INITIAL_CONTACT makes charon drop the
+    stale IKE/CHILD SAs (RFC 7296 2.4)."""
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    conf = vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", conf)
+    first = wait_child(v)
+    v.stop(sig=signal.SIGKILL)
+    v2 = vpnds(topo, "gwa", conf)
+    second = wait_child(v2)
+    assert second["ike"]["spi_i"] != first["ike"]["spi_i"]
+    time.sleep(0.5)
+    sas = ch.list_sas()
+    assert first["ike"]["spi_i"] not in sas and second["ike"]["spi_i"] in sas, sas
+    assert sas.count("ESTABLISHED") == 1, sas
+    check_traffic(topo, mbytes=0.5)
+
+
+def test_per_host_trap_and_idle_time(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="trap", extra="per_host: true\nidle_time: 4"))
+    # charon's libipsec routes need a local source inside its TS: talk to gwb's LAN address
+    assert topo.ping("hosta", GW_LAN_B, count=1, timeout=5).returncode == 0
+    got = wait_child(v)
+    assert got["child"]["local_ts"] == ["10.1.0.10/32"] and got["child"]["remote_ts"] == ["10.2.0.1/32"]
+    sas = ch.list_sas()
+    assert "local  10.2.0.1/32" in sas and "remote 10.1.0.10/32" in sas, sas
+    topo.tcp_transfer("hosta", "gwb", GW_LAN_B, mbytes=0.5)
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        if not any(s["child_sas"] for s in v.status()["ike_sas"]):
+            break
+        time.sleep(0.2)
+    assert not any(s["child_sas"] for s in v.status()["ike_sas"]), "idle CHILD_SA not deleted"
+    assert topo.ping("hosta", GW_LAN_B, count=1, timeout=5).returncode == 0  # trap again
+
+
+def test_dpd_on_demand_with_traffic(ik2_topo, make_charon, vpnds):
+    topo = ik2_topo
+    ike, esp = PAIRS[1]
+    interval, retry = 3, 2
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp,
+                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: on-demand, action: clear}}"))
+    wait_child(v)
+    topo.wait_ping("hosta", topo.hostb_ip)
+    pinger = topo.popen("hosta", ["ping", "-n", "-q", "-i", "0.2", topo.hostb_ip])
+    time.sleep(1)
+    ch.kill()
+    t0 = time.monotonic()
+    try:
+        while "is dead" not in v.log():
+            assert time.monotonic() - t0 < interval * (retry + 1), v.log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        topo.stop(pinger)
+    print(f"on-demand DPD: peer declared dead after {time.monotonic() - t0:.1f}s")
+    time.sleep(1)
+    assert v.status()["ike_sas"] == []  # action clear: nothing re-initiated
