@@ -156,3 +156,185 @@ def test_psk_vpnd_responder(topo, make_charon, vpnds, ike, esp, aggressive):
     assert got["ike"]["initiator"] is False
     assert got["ike"]["exchange"] == ("Aggressive" if aggressive else "Main")
     check_traffic(topo)
+
+
+# --------------------------------------------------------------------------- certificates
+
+DN_A = "C=CH, O=vpnd ikev1, CN=gw-a"
+DN_B = "C=CH, O=vpnd ikev1, CN=gw-b"
+
+
+def _pki(tmp: Path) -> dict:
+    """CA + gw-a + gw-b RSA certificates made with `cryptography` (subject DN, SAN IP)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vpnd ikev1"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (x509.CertificateBuilder().subject_name(name("ikev1 CA")).issuer_name(name("ikev1 CA"))
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=9))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": str(tmp / "ca.pem")}
+    (tmp / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for cn, ip in (("gw-a", "10.200.0.1"), ("gw-b", WAN_B)):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(int.from_bytes(cn.encode(), "big"))
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=9))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        (tmp / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        kp = tmp / f"{cn}.key"
+        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        kp.chmod(0o600)
+        (tmp / f"{cn}.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        out[cn] = (str(tmp / f"{cn}.pem"), str(kp), str(tmp / f"{cn}.pub"))
+    return out
+
+
+def charon_cert(ch, pki, topo, *, ike, esp, aggressive=False):
+    shutil.copy(pki["ca"], ch.swanctl_dir / "x509ca" / "ca.pem")
+    shutil.copy(pki["gw-b"][0], ch.swanctl_dir / "x509" / "gw-b.pem")
+    shutil.copy(pki["gw-b"][1], ch.swanctl_dir / "pkcs8" / "gw-b.key")
+    conn = {"version": 1, "local_addrs": WAN_B, "remote_addrs": topo.gwa_public, "proposals": ike,
+            "local": {"auth": "pubkey", "certs": "gw-b.pem", "id": f'"{DN_B}"'},
+            "remote": {"auth": "pubkey", "id": f'"{DN_A}"'},
+            "children": {"site": {"local_ts": LAN_B, "remote_ts": LAN_A, "esp_proposals": esp,
+                                  "start_action": "none"}}}
+    if aggressive:
+        conn["aggressive"] = "yes"
+    ch.load(swanctl_conf({"site": conn}))
+
+
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+@pytest.mark.parametrize("vpnd_initiates", [True, False], ids=["vpnd-init", "vpnd-resp"])
+def test_rsa_certificates(topo, make_charon, vpnds, vpnd_initiates, aggressive):
+    pki = _pki(Path(topo.workdir))
+    ike, esp = PAIRS[0]
+    auth = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
+            f"    remote_id: \"{DN_B}\"")
+    ch = _charon(make_charon, topo)
+    charon_cert(ch, pki, topo, ike=ike, esp=esp, aggressive=aggressive)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, auth=auth, aggressive=aggressive,
+                                     start="start" if vpnd_initiates else "none"))
+    if not vpnd_initiates:
+        ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["remote_id"] == DN_B and got["ike"]["auth"] == "rsa-sig"
+    sas = ch.wait_child("site")
+    assert DN_A in sas
+    check_traffic(topo, mbytes=1)
+
+
+# --------------------------------------------------------------------------- rekeying
+
+def _ping_loss(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) (packets )?received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("who", ["vpnd", "charon"])
+def test_rekeys_under_20pps_ping_lose_nothing(topo, make_charon, vpnds, who):
+    """Quick Mode and ISAKMP SA rekeys (short lifetimes) during a 20 packets/s ping."""
+    ike, esp = PAIRS[0]  # PFS modp2048: every Quick Mode rekey carries a KE
+    ch = _charon(make_charon, topo)
+    extra = {"rekey_time": "14s", "reauth_time": "0", "over_time": "10s"} if who == "charon" else {}
+    child_extra = {"rekey_time": "6s", "life_time": "60s"} if who == "charon" else {}
+    charon_psk(ch, topo, ike=ike, esp=esp, extra=extra, child_extra=child_extra)
+    life = "lifetime: {ike: 18, seconds: 8}" if who == "vpnd" else ""
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra=life, start="start"))
+    first = wait_child(v)
+    topo.wait_ping("hosta", topo.hostb_ip)
+    out = topo.run("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip],
+                   check=False, timeout=60).stdout.decode()
+    sent, got = _ping_loss(out)
+    now = wait_child(v)
+    assert now["child"]["spi_in"] != first["child"]["spi_in"], "no Quick Mode rekey happened"
+    assert now["ike"]["spi_i"] != first["ike"]["spi_i"], "no ISAKMP SA rekey happened"
+    assert sent == 500 and got == 500, out
+    check_traffic(topo, mbytes=1)
+
+
+def test_vpnctl_rekey_child_and_ike(topo, make_charon, vpnds):
+    ike, esp = PAIRS[1]
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start"))
+    first = wait_child(v)
+    assert v.ctl("rekey", name="site", ike=False)["ok"]
+    second = wait_child(v, not_spi=first["child"]["spi_in"])
+    assert v.ctl("rekey", name="site", ike=True)["ok"]
+    third = wait_child(v, not_ike=first["ike"]["spi_i"])
+    sas = ch.list_sas()
+    assert second["child"]["spi_in"] in sas and third["ike"]["spi_i"] in sas
+    check_traffic(topo, mbytes=1)
+
+
+# --------------------------------------------------------------------------- NAT, DPD
+
+def test_nat_traversal_with_keepalives(topo_nat, make_charon, vpnds):
+    import subprocess
+
+    topo = topo_nat
+    ike, esp = PAIRS[1]
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp, gwa="%any")
+    cap = topo.capture("gwb", "wan", "natt.pcap", "udp port 4500")
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra="nat_keepalive: 2", start="start"))
+    got = wait_child(v)
+    assert got["ike"]["nat_detected"] and got["ike"]["nat_local"]
+    assert got["ike"]["remote"] == f"{WAN_B}:4500" and got["child"]["udp_encap"]
+    sas = ch.list_sas()
+    assert "10.200.0.254[4500]" in sas, sas
+    check_traffic(topo, mbytes=1)
+    time.sleep(5)
+    path = cap.stop()
+    dump = subprocess.run(["tcpdump", "-r", str(path), "-n", "-v", "udp and ip[2:2] = 29"],
+                          capture_output=True).stdout.decode()
+    assert [ln for ln in dump.splitlines() if "nat-keep-alive" in ln.lower()], dump[-2000:]
+
+
+def test_dpd_dead_peer_and_restart(topo, make_charon, vpnds):
+    ike, esp = PAIRS[1]
+    interval, retry = 3, 1
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start",
+                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"))
+    wait_child(v)
+    check_traffic(topo, mbytes=0.5)
+    ch.kill()
+    t0 = time.monotonic()
+    # the seed: probe after `interval`, then every `retry` s; dead after 5 missed retries
+    bound = interval + (5 + 1) * retry + 1
+    while "is dead" not in v.log():
+        assert time.monotonic() - t0 < bound + 2, v.log()[-3000:]
+        time.sleep(0.1)
+    dead_after = time.monotonic() - t0
+    print(f"IKEv1 peer declared dead after {dead_after:.1f}s (bound {bound}s)")
+    assert dead_after <= bound
+    ch2 = _charon(make_charon, topo)
+    charon_psk(ch2, topo, ike=ike, esp=esp)
+    wait_child(v, timeout=40)
+    check_traffic(topo, mbytes=0.5)

@@ -238,7 +238,13 @@ def verify_chain(cert: x509.Certificate, cas: tuple[x509.Certificate, ...], now:
 def cert_matches_id(cert: x509.Certificate, got: ID) -> bool:
     """The ID the peer sent is its certificate's subject DN or one of its subjectAltNames."""
     if got.id_type == C.ID_DER_ASN1_DN:
-        return cert.subject.public_bytes() == got.data
+        # attribute values, not DER: peers re-encode DNs with other string types
+        if cert.subject.public_bytes() == got.data:
+            return True
+        try:
+            return _load_name(cert.subject.public_bytes()) == _load_name(got.data)
+        except Exception:
+            return False
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

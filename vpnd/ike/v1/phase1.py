@@ -442,6 +442,8 @@ class Phase1Mixin:
             body = [answer, P.KE(sa.gxr)] + self._encr_id_nonce(sa, sa.id_r, sa.nr) + self._auth_payloads(sa, False)
         else:
             body = [answer, P.KE(sa.gxr), P.Nonce(sa.nr), idp] + self._auth_payloads(sa, False)
+            # the initiator's certificate comes in message 3; peers send it only when asked
+            body += self._certreq(sa)
         body += self._our_vids(sa.natt, False) + self._natd_payloads(sa)
         sa.state = "AG_INIT_EXCH"
         self._send(sa, self._plain(sa, C.EXCH_AGGRESSIVE, 0, body), now, expect_reply=True)
