@@ -291,3 +291,49 @@ def test_ah_child_sa():
     assert a.inbound[0].protocol == "ah" and a.inbound[0].encryption is None
     assert a.inbound[0].integrity == "sha256" and len(a.inbound[0].auth_key) == 32
     assert a.proposal == "HMAC_SHA2_256_128"
+
+
+def test_status_has_the_contract_fields():
+    p = Pair({"esp": "aes128gcm16"})
+    p.up()
+    st = p.a.m.status(p.now)
+    assert set(st) >= {"connections", "ike_sas"}
+    conn = st["connections"][0]
+    assert {k: conn[k] for k in ("name", "version", "peer", "state", "ike_sas", "child_sas")} == \
+        {"name": "site", "version": 2, "peer": B_IP, "state": "up", "ike_sas": 1, "child_sas": 1}
+    sa = st["ike_sas"][0]
+    for k in ("connection", "version", "state", "local", "remote", "nat_detected", "initiator", "spi_i",
+              "spi_r", "proposal", "established_s", "rekey_in_s", "child_sas"):
+        assert k in sa, k
+    assert sa["local"] == f"{A_IP}:500" and len(sa["spi_i"]) == 16
+    ch = sa["child_sas"][0]
+    for k in ("name", "state", "mode", "protocol", "udp_encap", "spi_in", "spi_out", "proposal", "local_ts",
+              "remote_ts", "bytes_in", "packets_in", "bytes_out", "packets_out", "replay_drops",
+              "auth_failures", "rekey_in_s"):
+        assert k in ch, k
+    assert ch["state"] == "INSTALLED" and ch["proposal"] == "AES_GCM_16-128" and len(ch["spi_in"]) == 8
+    assert isinstance(ch["bytes_in"], int) and isinstance(sa["established_s"], int)
+    p.run(100)
+    assert p.a.m.status(p.now)["ike_sas"][0]["established_s"] == 100
+    import json
+    text = json.dumps(st) + repr(p.a.m.v2.sas) + repr(p.a.installed())
+    for c in p.a.installed():  # no key material in status or reprs
+        for k in c.inbound + c.outbound:
+            assert k.enc_key.hex() not in text and k.enc_key.hex()[:16] not in text
+
+
+def test_reload_drops_removed_connection_and_updates_others():
+    from vpnd.config import parse_config
+
+    p = Pair()
+    p.up()
+    p.check_tunnel()
+    cfg = p.a.m.config
+    other = parse_config({"connections": {"other": {"version": 2, "local": A_IP, "peer": "10.0.0.9",
+                                                     "psk": "x" * 20, "start": "none"}}})
+    p.feed(p.a, p.a.m.reload(other, p.now))
+    p.pump()
+    assert p.a.installed() == [] and p.b.installed() == []
+    p.feed(p.a, p.a.m.reload(cfg, p.now))
+    p.up()
+    p.check_tunnel()

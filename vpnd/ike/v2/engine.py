@@ -394,10 +394,8 @@ class Ikev2Engine:
             sa.natt = True
         sa.remote = remote
         sa.local = (local[0] if local[0] not in ("0.0.0.0", "::") else sa.local[0], local[1])
-        if not sa.children:
-            return
         for ch in sa.children.values():
-            self.emit(UpdateChildAddresses(ch.child_id, local, remote, sa.udp_encap))
+            self.emit(UpdateChildAddresses(ch.child_id, sa.local, sa.remote, sa.udp_encap))
 
     def _unprotected_notify_error(self, h: Header, data, local, remote, ntype: int, ndata: bytes) -> None:
         """Errors on IKE_SA_INIT requests get an unprotected answer (2.21.1)."""
@@ -663,10 +661,11 @@ class Ikev2Engine:
         """New config: SAs of removed connections go; others pick up the new settings."""
         self.config = config
         names = {x.name: x for x in self.connections()}
+        out: list = []
         for sa in list(self.sas.values()):
             new = names.get(sa.conn.name)
             if new is None:
-                self.terminate(sa.conn.name, now)
+                out += self.terminate(sa.conn.name, now)
             else:
                 sa.conn = new
-        return self.take()
+        return out + self.take()
