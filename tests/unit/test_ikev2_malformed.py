@@ -147,3 +147,13 @@ def test_tunnel_survives_the_fuzzing():
     p, _ = pair_and_messages()
     _still_works(p)
     _assert_clean(p)
+
+
+def test_drops_counted_but_reported_rate_limited():
+    p = _established()
+    base = p.b.m.v2.drops
+    for i in range(50):
+        p.feed(p.b, p.b.m.receive(b"\x00" * 17 + b"\x20" + b"\x22" + b"\x00" * 5 + b"\x00\x00\x00\x10",
+                                  (p.b.ip, 500), (p.a.ip, 500), p.now + i * 0.1))
+    assert p.b.m.v2.drops == base + 50
+    assert len([e for e in p.b.events if e.kind == "drop"]) == 1

@@ -26,6 +26,7 @@ from vpnd.ike.v2.sa import (HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
 INVALID_SPI_INTERVAL = 1.0
+DROP_REPORT_INTERVAL = 10.0
 CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
 
 
@@ -49,6 +50,7 @@ class Ikev2Engine:
         self.drops = 0
         self._creds: dict = {}
         self.persistent: set[str] = set()
+        self._drop_reported = float("-inf")
         self._out: list = []
         self.rand = random.Random(int.from_bytes(rng(8), "big"))
 
@@ -279,7 +281,11 @@ class Ikev2Engine:
             self._receive(data, local, remote, now)
         except CodecError as e:
             self.drops += 1
-            self.event("drop", None, f"dropped IKEv2 message from {remote[0]}: {e}")
+            # counted always, reported at most every DROP_REPORT_INTERVAL (no log flood)
+            if now - self._drop_reported >= DROP_REPORT_INTERVAL:
+                self._drop_reported = now
+                self.event("drop", None, f"dropped malformed IKEv2 message from {remote[0]}: {e} "
+                                         f"({self.drops} dropped so far)")
         except Exception as e:  # a bug must not take the daemon down; counted and reported
             self.drops += 1
             self.event("error", None, f"internal error on IKEv2 message from {remote[0]}: "
