@@ -337,3 +337,32 @@ def test_reload_drops_removed_connection_and_updates_others():
     p.feed(p.a, p.a.m.reload(cfg, p.now))
     p.up()
     p.check_tunnel()
+
+
+def test_two_connections_to_one_peer_pick_by_traffic_selectors():
+    from vpnd.config import parse_config
+
+    def both(local, peer, l1, r1, l2, r2):
+        base = {"version": 2, "local": local, "peer": peer, "psk": "shared by both connections", "start": "none",
+                "dpd": {"interval": 0}}
+        return parse_config({"connections": {"net1": {**base, "local_ts": [l1], "remote_ts": [r1]},
+                                             "net2": {**base, "local_ts": [l2], "remote_ts": [r2]}}})
+
+    p = Pair()
+    p.a = Side("a", A_IP, both(A_IP, B_IP, "10.1.0.0/16", "10.2.0.0/16", "10.11.0.0/16", "10.12.0.0/16"), p.now)
+    p.b = Side("b", B_IP, both(B_IP, A_IP, "10.2.0.0/16", "10.1.0.0/16", "10.12.0.0/16", "10.11.0.0/16"), p.now)
+    p.by_ip = {A_IP: p.a, B_IP: p.b}
+    p.feed(p.a, p.a.m.initiate("net2", p.now))
+    p.pump()
+    p.feed(p.a, p.a.m.initiate("net1", p.now))
+    p.pump()
+    a, b = p.check_tunnel(2)
+    assert sorted(c.connection for c in b) == ["net1", "net2"]
+    assert {str(c.remote_ts[0]) for c in b if c.connection == "net2"} == {"10.11.0.0/16"}
+
+
+def test_esn_negotiated():
+    p = Pair({"esp": "aes128gcm16-esn"}, {"esp": "aes128gcm16-esn-noesn"})
+    p.up()
+    (a,), (b,) = p.check_tunnel()
+    assert a.esn and b.esn and a.proposal.endswith("/ESN")

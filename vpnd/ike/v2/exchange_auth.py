@@ -188,7 +188,10 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     sa.peer_id = id_to_str(idi.id_type, idi.data)
     reasons = []
     chosen = None
-    for conn in sa.candidates:
+    # several connections to one peer differ by their subnets: try those whose traffic
+    # selectors fit the proposed ones first
+    cands = sorted(sa.candidates, key=lambda x: not exchange_child.ts_fits(sa, x, payloads))
+    for conn in cands:
         if idr is not None and conn.local_id is not None and conn.local_id.kind != "any" \
                 and not id_matches(conn.local_id, idr.id_type, idr.data):
             reasons.append(f"{conn.name}: IDr is not ours")

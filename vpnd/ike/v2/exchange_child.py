@@ -225,6 +225,16 @@ def child_respond(e, sa: IkeSa, conn, payloads: list, ni: bytes, now: float, *, 
     return out, child, keymat
 
 
+def ts_fits(sa: IkeSa, conn, payloads: list) -> bool:
+    """Would `conn` accept the initiator's traffic selectors (after narrowing)?"""
+    tsi = next((p for p in payloads if isinstance(p, TSi)), None)
+    tsr = next((p for p in payloads if isinstance(p, TSr)), None)
+    if tsi is None or tsr is None:
+        return True
+    return bool(narrow(list(tsi.selectors), ts_from_config(conn.remote_ts, sa.remote[0]))) and \
+        bool(narrow(list(tsr.selectors), ts_from_config(conn.local_ts, sa.local[0])))
+
+
 # --------------------------------------------------------------------------- CREATE_CHILD_SA
 
 
