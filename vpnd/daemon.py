@@ -23,7 +23,7 @@ from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, S
 from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
 from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, KIND_KEEPALIVE, SocketError,
-                              WireSockets, classify_natt)
+                              WireSockets, classify_natt, local_address)
 from vpnd.net.tun import Tun, TunError, link_mtu_towards, outer_path, source_address_towards
 
 log = logging.getLogger("vpnd")
@@ -360,7 +360,7 @@ class Daemon:
         decap = self.dp.decap
         write = self.tun.write
         port = self.wire.natt_port
-        for data, addr, local in items:
+        for data, addr, anc in items:
             kind = classify_natt(data)
             if kind == KIND_ESP:
                 self.counters["wire_in"] += 1
@@ -371,7 +371,7 @@ class Daemon:
                     write(inner)
                     self.counters["tun_out"] += 1
             elif kind == KIND_IKE:
-                self._ike_receive(data[4:], (local, port), addr)
+                self._ike_receive(data[4:], (local_address(anc, self.wire.listen), port), addr)
             elif kind == KIND_KEEPALIVE:
                 self.counters["keepalives_in"] += 1
             else:
@@ -381,8 +381,8 @@ class Daemon:
 
     def _on_ike_socket(self):
         port = self.wire.ike_port
-        for data, addr, local in self.wire.recv_udp(self.wire.ike, 16):
-            self._ike_receive(data, (local, port), addr)
+        for data, addr, anc in self.wire.recv_udp(self.wire.ike, 16):
+            self._ike_receive(data, (local_address(anc, self.wire.listen), port), addr)
 
     # -- data plane events ---------------------------------------------------------------
 
@@ -921,6 +921,10 @@ class Daemon:
                     child = self.children.get(ch.get("child_id")) or by_spi_in.get(str(ch.get("spi_in", "")))
                     if child is not None:
                         ch.update(self._child_counters(child, now))
+                    else:  # not installed here (yet): the contract's counters are still numbers
+                        for k in ("bytes_in", "packets_in", "bytes_out", "packets_out",
+                                  "replay_drops", "auth_failures"):
+                            ch.setdefault(k, 0)
                 ike_sas.append(sa)
         for c in self._conns():
             name = c.name

@@ -372,9 +372,15 @@ def test_mtu_auto_and_mss_clamp(topo, daemons):
     a, b = daemons("aes128gcm16", extra_daemon="mss_clamp: 1200")
     wait_tunnel(topo)
     assert a.status()["daemon"]["mtu"] == 1446
-    assert topo.ping("hosta", HOST_B, size=1446 - 28, df=True).returncode == 0
+    topo.run("hosta", ["ip", "route", "flush", "cache"])  # forget PMTUs of earlier tests
+    def debug():
+        return (a.status()["daemon"], b.status()["daemon"], gw_routes(topo, "gwa"),
+                topo.run("hosta", ["ip", "route", "get", HOST_B]).stdout,
+                topo.run("gwa", ["ip", "route", "get", "10.200.0.2"]).stdout)
+    r = topo.ping("hosta", HOST_B, size=1446 - 28, df=True)
+    assert r.returncode == 0, (r.stdout, debug())
     r = topo.ping("hosta", HOST_B, size=1446 - 27, df=True)
-    assert r.returncode != 0 and b"+1 errors" in r.stdout, r  # the ICMP "frag needed"
+    assert r.returncode != 0 and b"+1 errors" in r.stdout, (r.stdout, debug())  # "frag needed"
     learned = topo.run("hosta", ["ip", "route", "get", HOST_B]).stdout.decode()
     assert "mtu 1446" in learned, learned
     # each side sees the other's SYN after it crossed the tunnel: clamped both ways

@@ -85,7 +85,8 @@ def _raw_socket(proto: int, bind_addr: str | None, what: str) -> socket.socket:
     return s
 
 
-def _local_from_ancdata(ancdata, default: str) -> str:
+def local_address(ancdata, default: str) -> str:
+    """The destination address of a received datagram, from its IP_PKTINFO."""
     for level, ctype, cdata in ancdata:
         if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
             return socket.inet_ntoa(cdata[8:12])  # ipi_addr: the header's destination
@@ -140,13 +141,13 @@ class WireSockets:
     # -- receive -------------------------------------------------------------------------
 
     def recv_udp(self, sock: socket.socket, limit: int = MAX_BURST):
-        """[(data, (src_ip, src_port), local_ip)] until EAGAIN or `limit`."""
+        """[(data, (src_ip, src_port), ancdata)] until EAGAIN or `limit`; local_address()
+        reads the local address from ancdata (only IKE needs it: ESP skips the parse)."""
         out = []
-        default = self.listen
         try:
             for _ in range(limit):
                 data, anc, _flags, addr = sock.recvmsg(RECV_SIZE, 64)
-                out.append((data, addr, _local_from_ancdata(anc, default)))
+                out.append((data, addr, anc))
         except BlockingIOError:
             pass
         except OSError:  # ICMP errors surface here as ECONNREFUSED and similar: not fatal
