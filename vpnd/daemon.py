@@ -29,6 +29,7 @@ from vpnd.net.tun import Tun, TunError, link_mtu_towards, outer_path, source_add
 log = logging.getLogger("vpnd")
 
 ACQUIRE_QUEUE = 32  # packets kept per connection while a trap negotiation runs
+ACQUIRE_RETRY = 10.0  # seconds after which traffic asks for a stalled negotiation again
 DEFAULT_OUTER_MTU = 1500
 
 
@@ -157,12 +158,12 @@ class Daemon:
         self._static_routes: list = []
         self._traps: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._acquire_q: dict[str, deque] = {}
+        self._acquire_q: dict[str, tuple[deque, float]] = {}  # name -> (packets, asked at)
         self._waiters: list[tuple[str, str, asyncio.Future]] = []  # (connection, "up"|"down", fut)
         self._stop = None
         self.started_at = time.monotonic()
         self.counters = {"tun_in": 0, "tun_out": 0, "wire_in": 0, "wire_out": 0,
-                         "decap_drops": 0, "encap_drops": 0, "natt_invalid": 0, "keepalives_in": 0}
+                         "decap_drops": 0, "natt_invalid": 0, "keepalives_in": 0}
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -421,15 +422,19 @@ class Daemon:
                 self._acquire(policy_id[1], packet, now)
 
     def _acquire(self, name: str, packet: bytes, now: float):
-        """A packet hit the trap policy of `name`: start it, keep the packet until it is up."""
-        q = self._acquire_q.get(name)
-        first = q is None
-        if first:
-            q = self._acquire_q[name] = deque(maxlen=ACQUIRE_QUEUE)
-        q.append(packet)
-        if first and self.ike is not None:
-            log.info("%s: traffic for the tunnel, initiating", name)
-            self._run_actions(self.ike.acquire(name, packet, now))
+        """A packet hit the trap policy of `name`: start it, keep the packet until it is up.
+        A negotiation that has not installed a CHILD_SA after ACQUIRE_RETRY seconds (or that
+        failed) is asked for again by the next packet."""
+        entry = self._acquire_q.get(name)
+        if entry is None or now - entry[1] > ACQUIRE_RETRY:
+            q = entry[0] if entry is not None else deque(maxlen=ACQUIRE_QUEUE)
+            q.append(packet)
+            self._acquire_q[name] = (q, now)
+            if self.ike is not None:
+                log.info("%s: traffic for the tunnel, initiating", name)
+                self._run_actions(self.ike.acquire(name, packet, now))
+        else:
+            entry[0].append(packet)
 
     # -- child SAs -----------------------------------------------------------------------
 
@@ -492,9 +497,9 @@ class Daemon:
                  act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
                  "/".join(f"{k.spi:08x}" for k in act.outbound),
                  " (UDP-encapsulated)" if act.udp_encap else "")
-        q = self._acquire_q.pop(act.connection, None)
-        if q:
-            self._send_outputs(self.dp.encap_many(q))
+        queued = self._acquire_q.pop(act.connection, None)
+        if queued:
+            self._send_outputs(self.dp.encap_many(queued[0]))
         self._wake(act.connection, "up")
         return child
 
@@ -730,6 +735,7 @@ class Daemon:
         if ev.kind == "ike_rekeyed":
             self._wake(ev.connection, "ike_rekeyed")
         elif ev.kind in FAILURE_EVENTS:
+            self._acquire_q.pop(ev.connection, None)  # the next packet starts anew
             self._fail(ev.connection, ev.message)
 
     # -- control commands (called by control.py) ----------------------------------------

@@ -112,7 +112,7 @@ def test_trap_acquire_queue_and_child_priority(daemon):
     daemon._drain_events()
     # one acquire for the connection; both packets kept
     assert [c[:2] for c in daemon.ike.calls] == [("acquire", "site-b")]
-    assert len(daemon._acquire_q["site-b"]) == 2
+    assert len(daemon._acquire_q["site-b"][0]) == 2
     sent = []
     daemon._send_outputs = lambda outs: sent.extend(outs)
     daemon._run_actions([install(1, 0x1111, 0x2222)], rearm=False)
@@ -125,6 +125,26 @@ def test_trap_acquire_queue_and_child_priority(daemon):
     assert daemon.dp.encap(packet()) is None  # trapped again
     daemon._drain_events()
     assert [c[0] for c in daemon.ike.calls] == ["acquire", "acquire"]
+
+
+def test_failed_negotiation_lets_traffic_ask_again(daemon):
+    from vpnd.ike.actions import Event
+    daemon._restore_trap("site-b")
+    daemon.dp.encap(packet())
+    daemon.dp.encap(packet())
+    daemon._drain_events()
+    assert len(daemon.ike.calls) == 1
+    daemon._run_actions([Event("auth_failed", "site-b", "AUTHENTICATION_FAILED")], rearm=False)
+    daemon.dp.encap(packet())
+    daemon._drain_events()
+    assert [c[0] for c in daemon.ike.calls] == ["acquire", "acquire"]
+    # a stalled negotiation: asked again after ACQUIRE_RETRY seconds, not before
+    from vpnd import daemon as dmod
+    queued_at = daemon._acquire_q["site-b"][1]
+    daemon._acquire("site-b", packet(), queued_at + 1)
+    assert len(daemon.ike.calls) == 2
+    daemon._acquire("site-b", packet(), queued_at + dmod.ACQUIRE_RETRY + 1)
+    assert len(daemon.ike.calls) == 3 and len(daemon._acquire_q["site-b"][0]) == 3
 
 
 def test_lifetime_and_unknown_spi_events_reach_the_core(daemon):
