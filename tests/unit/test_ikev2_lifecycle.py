@@ -366,3 +366,47 @@ def test_esn_negotiated():
     p.up()
     (a,), (b,) = p.check_tunnel()
     assert a.esn and b.esn and a.proposal.endswith("/ESN")
+
+
+def _block_a_requests(p, exchange=36):
+    p.filter = lambda s, d: "drop" if s is p.a and d.data[18] == exchange and not d.data[19] & 0x20 else None
+
+
+def test_crossing_child_rekey_when_our_request_is_stuck():
+    """A's rekey request is lost while B rekeys and deletes the old child; A's retransmit
+    then meets a peer that no longer knows the child: one child remains on each side."""
+    p = Pair()
+    p.up()
+    (old,), _ = p.check_tunnel()
+    _block_a_requests(p)
+    p.feed(p.a, p.a.m.rekey("site", p.now))
+    p.pump()
+    p.feed(p.b, p.b.m.rekey("site", p.now))
+    p.pump()
+    p.filter = None
+    p.run(10)
+    (a,), (b,) = p.check_tunnel()
+    assert a.child_id != old.child_id
+    assert not any(e.kind == "error" for e in p.a.events + p.b.events)
+
+
+def test_crossing_ike_rekey_when_our_request_is_stuck():
+    p = Pair()
+    p.up()
+    p.check_tunnel()
+    spi = p.ike()[0]["spi_i"]
+    _block_a_requests(p)
+    p.feed(p.a, p.a.m.rekey("site", p.now, ike=True))
+    p.pump()
+    p.feed(p.b, p.b.m.rekey("site", p.now, ike=True))
+    p.pump()
+    p.filter = None
+    p.run(10)
+    sa_a, sa_b = p.ike(), p.ike(p.b)
+    assert len(sa_a) == 1 and len(sa_b) == 1 and sa_a[0]["spi_i"] != spi, (sa_a, sa_b)
+    assert (sa_a[0]["spi_i"], sa_a[0]["spi_r"]) == (sa_b[0]["spi_i"], sa_b[0]["spi_r"])
+    p.check_tunnel()
+    assert "ike_rekeyed" in p.a.kinds()
+    p.feed(p.a, p.a.m.rekey("site", p.now))
+    p.pump()
+    p.check_tunnel()

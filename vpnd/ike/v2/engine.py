@@ -251,6 +251,8 @@ class Ikev2Engine:
         for ch in list(sa.children.values()):
             self.remove_child(sa, ch, reason)
         was_up = sa.established_at is not None
+        if sa.pending is not None and hasattr(sa.pending.task, "abort"):
+            sa.pending.task.abort(self, sa)
         sa.state = "DEAD"
         sa.pending = None
         sa.queue.clear()

@@ -286,10 +286,15 @@ class CreateChildTask:
             self._restore(sa, now, retry_in=1.0 + 2.0 * e.rand.random())
             return
         if self.rekey is not None and notify(payloads, c.N_CHILD_SA_NOT_FOUND) is not None:
+            if self.rekey.rekeyed_by in sa.children:
+                return  # the peer rekeyed it meanwhile: its successor carries on
             e.remove_child(sa, self.rekey, "peer does not know it any more")
             e.queue(sa, CreateChildTask(conn), now)
             return
         old = self.rekey
+        # 2.25: the peer deleted (or rekeyed and deleted) the child while our rekey was in
+        # flight: a new SA from our exchange would be redundant; take it and delete it
+        orphan = old is not None and old.child_id not in sa.children
         collision = getattr(old, "collision", None) if old is not None else None
         lost = False
         if collision is not None:
@@ -302,11 +307,19 @@ class CreateChildTask:
             self._restore(sa, now, retry_in=10.0)
             return
         child = child_accept(e, sa, self.req, payloads, self.req.ni, nonce.data if nonce else b"", now,
-                             install_outbound=not lost)
+                             install_outbound=not (lost or orphan))
         if child is None:
             self._restore(sa, now, retry_in=30.0 if old is not None else None)
             return
         if old is None:
+            return
+        if orphan:
+            from vpnd.ike.v2.exchange_info import DeleteChildTask
+
+            e.event("rekey_collision", conn.name,
+                    f"CHILD_SA {conn.name}{{{old.child_id}}} went away during our rekey; deleting the redundant SA")
+            child.state = "DELETING"
+            e.queue(sa, DeleteChildTask(child), now)
             return
         if lost:
             # 2.8.1: our new SA has the lowest nonce: we delete it; the peer deletes the old one
@@ -351,6 +364,9 @@ class RekeyIkeTask:
         self.ni = e.rng(32)
         self.offered = negotiate.to_sa(sa.conn.ike, "ike", self.spi, only_dh=self.kex.group)
         return [SA(self.offered), Nonce(self.ni), KE(self.kex.group_id, self.kex.public)]
+
+    def abort(self, e, sa: IkeSa) -> None:
+        self._undo(e, sa)
 
     def _undo(self, e, sa: IkeSa) -> None:
         if e.by_spi.get(self.spi) is sa:

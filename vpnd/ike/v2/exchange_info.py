@@ -98,6 +98,12 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     deletes = [p for p in payloads if isinstance(p, Delete)]
     if any(d.protocol == c.PROTO_IKE for d in deletes):
         e.respond(sa, c.INFORMATIONAL, mid, [], now)
+        col = sa.ike_collision
+        if col is not None and col["sa"].ike_id in e.sas and sa.rekeyed_to is None:
+            # the peer completed its rekey of this SA while ours was stuck: its SA wins (2.8.2)
+            sa.rekeyed_to = col["sa"].ike_id
+            e.event("ike_rekeyed", sa.conn.name, f"IKE_SA {sa.conn.name}[{sa.ike_id}] rekeyed to "
+                                                 f"[{col['sa'].ike_id}] by the peer")
         if sa.state == "REKEYED" or sa.rekeyed_to is not None:
             e.kill_ike(sa, now, "rekeyed")
         else:
