@@ -536,3 +536,54 @@ def test_dpd_on_demand_with_traffic(ik2_topo, make_charon, vpnds):
     print(f"on-demand DPD: peer declared dead after {time.monotonic() - t0:.1f}s")
     time.sleep(1)
     assert v.status()["ike_sas"] == []  # action clear: nothing re-initiated
+
+
+@pytest.mark.parametrize("ike_sa", [False, True], ids=["child", "ike"])
+def test_rekey_crossing_strongswan(ik2_topo, make_charon, vpnds, ike_sa):
+    """vpnd's CREATE_CHILD_SA request is held back (nftables in gwa drops IKE requests of
+    exchange 36 on the NAT-T port) while charon rekeys the same SA; then vpnd's retransmit
+    gets through. Both sides must end with one IKE SA and one CHILD_SA, traffic flowing."""
+    import threading
+
+    topo = ik2_topo
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp))
+    first = wait_child(v)
+    assert first["ike"]["remote"].endswith(":4500")  # libipsec: always NAT-T
+    # UDP payload: 4-byte non-ESP marker, then the IKE header: exchange at byte 22, flags at 23
+    rules = ("table inet ik2hold {\n chain out {\n  type filter hook output priority 0;\n"
+             "  udp dport 4500 @th,240,8 36 @th,248,8 & 0x20 == 0 counter drop\n }\n}\n")
+    topo.run("gwa", ["nft", "-f", "-"], input=rules.encode())
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=v.ctl("rekey", name="site", ike=ike_sa)))
+    t.start()
+    time.sleep(0.5)
+    ch.swanctl("--rekey", "--ike" if ike_sa else "--child", "site")
+    time.sleep(1.0)
+    held = topo.run("gwa", ["nft", "list", "table", "inet", "ik2hold"]).stdout.decode()
+    topo.run("gwa", ["nft", "delete", "table", "inet", "ik2hold"])
+    assert "packets 0 " not in held, held
+    t.join(timeout=70)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        st = v.status()
+        sas = ch.list_sas()
+        if len(st["ike_sas"]) == 1 and len(st["ike_sas"][0]["child_sas"]) == 1 \
+                and sas.count("ESTABLISHED") == 1 and sas.count("INSTALLED") == 1:
+            break
+        time.sleep(0.3)
+    st = v.status()
+    assert len(st["ike_sas"]) == 1, st
+    assert [c["state"] for c in st["ike_sas"][0]["child_sas"]] == ["INSTALLED"], st
+    sas = ch.list_sas()
+    assert sas.count("ESTABLISHED") == 1 and sas.count("INSTALLED") == 1, sas
+    now = wait_child(v)
+    if ike_sa:
+        assert now["ike"]["spi_i"] != first["ike"]["spi_i"]
+    else:
+        assert now["child"]["spi_in"] != first["child"]["spi_in"]
+    print("\n".join(ln for ln in v.log().splitlines() if "collision" in ln or "rekey" in ln.lower()))
+    check_traffic(topo, mbytes=0.5)

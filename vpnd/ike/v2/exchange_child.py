@@ -287,7 +287,10 @@ class CreateChildTask:
             return
         if self.rekey is not None and notify(payloads, c.N_CHILD_SA_NOT_FOUND) is not None:
             if self.rekey.rekeyed_by in sa.children:
-                return  # the peer rekeyed it meanwhile: its successor carries on
+                e.event("rekey_collision", conn.name,
+                        f"CHILD_SA {conn.name}{{{self.rekey.child_id}}} was rekeyed by the peer meanwhile; "
+                        f"its successor {{{self.rekey.rekeyed_by}}} carries on")
+                return
             e.remove_child(sa, self.rekey, "peer does not know it any more")
             e.queue(sa, CreateChildTask(conn), now)
             return
