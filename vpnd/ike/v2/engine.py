@@ -579,6 +579,9 @@ class Ikev2Engine:
                 self.event("timeout", sa.conn.name,
                            f"{what} to {sa.remote[0]} not answered after {req.tries} retransmissions")
                 if sa.established_at is None:
+                    self.event("failed", sa.conn.name,
+                               f"IKE_SA {sa.conn.name}[{sa.ike_id}] could not be established: "
+                               f"{sa.remote[0]} does not answer")
                     self.kill_ike(sa, now, "peer not responding")
                     if sa.initiator and (sa.conn.start == "start" or sa.persistent) and not sa.conn.dynamic:
                         self.persistent.add(sa.conn.name)
