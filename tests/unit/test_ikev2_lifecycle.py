@@ -410,3 +410,12 @@ def test_crossing_ike_rekey_when_our_request_is_stuck():
     p.feed(p.a, p.a.m.rekey("site", p.now))
     p.pump()
     p.check_tunnel()
+
+
+def test_ipv6_outer_and_inner():
+    p = Pair({"lts": "fd01::/64", "rts": "fd02::/64"}, {"lts": "fd02::/64", "rts": "fd01::/64"},
+             a_ip="fd00::1", b_ip="fd00::2")
+    p.up()
+    (a,), _ = p.check_tunnel()
+    assert str(a.remote_ts[0]) == "fd02::/64" and p.ike()[0]["remote"] == "[fd00::2]:500"
+    assert not p.ike()[0]["nat_detected"]

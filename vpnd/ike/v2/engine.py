@@ -30,6 +30,10 @@ DROP_REPORT_INTERVAL = 10.0
 CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
 
 
+def _hostport(addr: Address) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
 class Ikev2Engine:
     def __init__(self, config, *, now: float, rng=os.urandom, ids=None, wallclock=None):
         self.config = config
@@ -646,7 +650,7 @@ class Ikev2Engine:
                 continue
             out.append({
                 "connection": sa.conn.name, "version": 2, "state": sa.state, "ike_id": sa.ike_id,
-                "local": f"{sa.local[0]}:{sa.local[1]}", "remote": f"{sa.remote[0]}:{sa.remote[1]}",
+                "local": _hostport(sa.local), "remote": _hostport(sa.remote),
                 "nat_detected": bool(sa.nat_local or sa.nat_remote),
                 "nat_local": sa.nat_local, "nat_remote": sa.nat_remote,
                 "initiator": sa.initiator, "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
