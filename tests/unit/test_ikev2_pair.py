@@ -350,3 +350,33 @@ def test_late_init_retransmit_gets_cached_answer():
     assert len(p.b.m.v2.sas) == before
     resp = [d.data for t, d in p.b.sent if d.data[18] == 34]
     assert len(resp) == 2 and resp[0] == resp[1]
+
+
+def test_ike_sa_init_as_scapy_reads_it():
+    """scapy's independent IKEv2 dissector reads our IKE_SA_INIT the way we meant it."""
+    from scapy.contrib.ikev2 import IKEv2, IKEv2_KE, IKEv2_Notify, IKEv2_SA
+
+    p = Pair({"ike": "aes256gcm16-prfsha384-ecp384, aes128-sha256-modp2048"})
+    p.up()
+    init = [d.data for t, d in p.a.sent if d.data[18] == 34][0]
+    pkt = IKEv2(init)
+    assert pkt.exch_type == 34 and pkt.length == len(init)
+    props = pkt[IKEv2_SA].prop
+    got = []
+    while props is not None and props.__class__.__name__ == "IKEv2_Proposal":
+        t = props.trans
+        ts = []
+        while t is not None and t.__class__.__name__ == "IKEv2_Transform":
+            ts.append((t.transform_type, t.transform_id, getattr(t, "key_length", None)))
+            t = t.payload if t.payload.__class__.__name__ == "IKEv2_Transform" else None
+        got.append(ts)
+        props = props.payload if props.payload.__class__.__name__ == "IKEv2_Proposal" else None
+    assert got[0] == [(1, 20, 256), (2, 6, None), (4, 20, None)]
+    assert got[1] == [(1, 12, 128), (2, 5, None), (3, 12, None), (4, 14, None)]
+    assert pkt[IKEv2_KE].group == 20 and len(pkt[IKEv2_KE].ke) == 96
+    types = []
+    n = pkt[IKEv2_Notify]
+    while n is not None and n.__class__.__name__ == "IKEv2_Notify":
+        types.append(n.type)
+        n = n.payload if n.payload.__class__.__name__ == "IKEv2_Notify" else None
+    assert types == [16388, 16389, 16431]
