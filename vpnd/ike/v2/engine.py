@@ -607,6 +607,8 @@ class Ikev2Engine:
         conn = sa.conn
         if sa.expire_at is not None and now >= sa.expire_at:
             self.kill_ike(sa, now, "IKE lifetime expired")
+            if conn.start == "start" and not conn.dynamic and not self._has_other_sa(conn, sa):
+                self.retry_at[conn.name] = now  # the rekey never worked: start afresh
             return
         if sa.rekey_at is not None and now >= sa.rekey_at:
             sa.rekey_at = None
