@@ -157,3 +157,57 @@ def test_drops_counted_but_reported_rate_limited():
                                   (p.b.ip, 500), (p.a.ip, 500), p.now + i * 0.1))
     assert p.b.m.v2.drops == base + 50
     assert len([e for e in p.b.events if e.kind == "drop"]) == 1
+
+
+def _structured_payloads():
+    """Well-formed payloads with arbitrary field values: they pass the parser and reach the
+    exchange logic."""
+    import ipaddress
+
+    b = st.binary(max_size=40)
+    ip4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+    ts = st.builds(pl.TrafficSelector, ip4, ip4, st.integers(0, 255), st.integers(0, 65535), st.integers(0, 65535))
+    transform = st.builds(pl.Transform, st.integers(1, 6), st.integers(0, 40),
+                          st.one_of(st.none(), st.sampled_from([128, 192, 256, 7])))
+    proposal = st.builds(pl.Proposal, st.integers(0, 5), st.integers(0, 5),
+                         st.sampled_from([b"", b"\x01\x02\x03\x04", bytes(8), b"\x09" * 8, b"\x01"]),
+                         st.lists(transform, max_size=6))
+    return st.one_of(
+        st.builds(pl.SA, st.lists(proposal, min_size=1, max_size=3)),
+        st.builds(pl.KE, st.sampled_from([14, 19, 20, 31, 2, 999]), b),
+        st.builds(pl.Nonce, st.binary(min_size=16, max_size=40)),
+        st.builds(pl.Notify, st.sampled_from([11, 14, 17, 24, 38, 43, 44, 16384, 16388, 16390, 16391, 16393,
+                                              16431, 40000]), b, st.integers(0, 4),
+                  st.sampled_from([b"", b"\x01\x02\x03\x04", b"\x00"])),
+        st.builds(pl.Delete, st.sampled_from([1, 2, 3]),
+                  st.lists(st.sampled_from([b"\x01\x02\x03\x04", b"\xff\xff\xff\xff"]), max_size=3)),
+        st.builds(pl.TSi, st.lists(ts, min_size=1, max_size=3)),
+        st.builds(pl.TSr, st.lists(ts, min_size=1, max_size=3)),
+        st.builds(pl.IDi, st.sampled_from([1, 2, 3, 5, 9, 11]), b),
+        st.builds(pl.IDr, st.sampled_from([1, 2, 9]), b),
+        st.builds(pl.Auth, st.sampled_from([1, 2, 9, 14]), b),
+        st.builds(pl.Cert, st.sampled_from([4, 12]), b),
+        st.builds(pl.CertReq, st.just(4), b),
+    )
+
+
+@SETTINGS
+@given(st.sampled_from([35, 36, 37]), st.lists(_structured_payloads(), max_size=6))
+def test_authentic_well_formed_nonsense(exch, inner):
+    from vpnd.ike.codec import Header
+    from vpnd.ike.v2.sk import protect
+
+    p = _established()
+    sa_a = next(s for s in p.a.m.v2.sas.values() if s.state == "ESTABLISHED")
+    # drop Deletes of the IKE SA itself: those are legitimate and end the SA
+    inner = [x for x in inner if not (isinstance(x, pl.Delete) and x.protocol == 1)]
+    mid = sa_a.mid_out
+    sa_a.mid_out += 1
+    h = Header(sa_a.spi_i, sa_a.spi_r, 0, 2, 0, exch, sa_a.flags(False), mid)
+    before = len(p.b.sent)
+    p.feed(p.b, p.b.m.receive(protect(h, inner, sa_a.crypto_out), (p.b.ip, 500), (p.a.ip, 500), p.now))
+    assert len(p.b.sent) == before + 1  # answered
+    p.pump()
+    p.run(3)
+    errors = [e for e in p.a.events + p.b.events if e.kind == "error"]
+    assert not errors, errors[0].message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from vpnd.crypto import auth as authc
@@ -64,6 +65,14 @@ def _wallclock(e) -> datetime.datetime:
 
 def verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_initiator: bool) -> str | None:
     """None when the peer proved the identity `idp` as `conn` wants; else the reason."""
+    try:
+        return _verify_peer(e, sa, conn, idp, auth, certs, peer_is_initiator=peer_is_initiator)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        # a certificate that parses but cannot be used (odd extensions, algorithms)
+        return f"unusable peer certificate ({type(err).__name__})"
+
+
+def _verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_initiator: bool) -> str | None:
     octets = _signed_octets(sa, for_initiator=peer_is_initiator, id_body=idp.encode())
     want = conn.remote_id
     if _uses_certs(conn):

@@ -247,6 +247,8 @@ class Delete(Payload):
     def decode(cls, body: bytes) -> "Delete":
         r = Reader(body)
         proto, spi_size, n = r.u8(), r.u8(), r.u16()
+        if proto not in (c.PROTO_IKE, c.PROTO_AH, c.PROTO_ESP):
+            raise MalformedMessage(f"delete for unknown protocol {proto}")
         if proto == c.PROTO_IKE and (spi_size or n):
             raise MalformedMessage("IKE delete carries no SPIs")
         if proto in (c.PROTO_ESP, c.PROTO_AH) and spi_size != 4:
