@@ -211,3 +211,28 @@ def test_authentic_well_formed_nonsense(exch, inner):
     p.run(3)
     errors = [e for e in p.a.events + p.b.events if e.kind == "error"]
     assert not errors, errors[0].message
+
+
+@SETTINGS
+@given(st.lists(_structured_payloads(), max_size=7), st.booleans())
+def test_ike_sa_init_nonsense_both_roles(inner, as_response):
+    from vpnd.ike.codec import Header
+
+    p = Pair()
+    if as_response:
+        # A waits for an IKE_SA_INIT answer: feed it nonsense under its SPI
+        p.filter = lambda s, d: "drop"
+        p.up()
+        sa = next(iter(p.a.m.v2.sas.values()))
+        h = Header(sa.spi_i, b"\x07" * 8, 0, 2, 0, 34, 0x20, 0)
+        p.feed(p.a, p.a.m.receive(codec.encode_message(h, inner), (p.a.ip, 500), (p.b.ip, 500), p.now))
+        p.filter = None
+        p.run(40)
+    else:
+        h = Header(b"\x05" * 8, bytes(8), 0, 2, 0, 34, 0x08, 0)
+        p.feed(p.b, p.b.m.receive(codec.encode_message(h, inner), (p.b.ip, 500), (p.a.ip, 500), p.now))
+        p.up()
+    errors = [e for e in p.a.events + p.b.events if e.kind == "error"]
+    assert not errors, errors[0].message
+    if not as_response or p.a.installed():
+        p.check_tunnel()
