@@ -341,13 +341,13 @@ class Daemon:
         self.counters["wire_in"] += len(pkts)
         self.dp.now = self.loop.time()
         decap = self.dp.decap
-        write = self.tun.write
-        delivered = 0
+        inners = []
         for data, src in pkts:
             inner = decap(data, proto, src, 0)  # never raises: drops are counted
             if inner is not None:
-                write(inner)
-                delivered += 1
+                inners.append(inner)
+        self.tun.write_many(inners)  # TCP runs coalesced (GRO, esp/offload.py)
+        delivered = len(inners)
         self.counters["tun_out"] += delivered
         self.counters["decap_drops"] += len(pkts) - delivered
         if self.dp.events:
@@ -359,7 +359,7 @@ class Daemon:
             return
         self.dp.now = self.loop.time()
         decap = self.dp.decap
-        write = self.tun.write
+        inners = []
         port = self.wire.natt_port
         for data, addr, anc in items:
             kind = classify_natt(data)
@@ -369,7 +369,7 @@ class Daemon:
                 if inner is None:
                     self.counters["decap_drops"] += 1
                 else:
-                    write(inner)
+                    inners.append(inner)
                     self.counters["tun_out"] += 1
             elif kind == KIND_IKE:
                 self._ike_receive(data[4:], (local_address(anc, self.wire.listen), port), addr)
@@ -377,6 +377,7 @@ class Daemon:
                 self.counters["keepalives_in"] += 1
             else:
                 self.counters["natt_invalid"] += 1
+        self.tun.write_many(inners)
         if self.dp.events:
             self._drain_events()
 

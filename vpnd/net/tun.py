@@ -1,6 +1,8 @@
 """The TUN device between the protected subnets and the data plane.
 
-Plain IPv4 packets cross it (IFF_TUN | IFF_NO_PI: no packet-information header). The device
+Plain IPv4 packets cross it (IFF_TUN | IFF_NO_PI: no packet-information header), each behind
+a virtio_net_hdr (IFF_VNET_HDR) so that decapsulated TCP segments can be written coalesced
+as one GSO packet (vpnd/esp/offload.py; VPND_NO_GRO=1 turns this off to compare). The device
 is not persistent, so the kernel removes it when the last file descriptor closes: also when
 the daemon dies without cleaning up. Reads are non-blocking and done in bursts.
 """
@@ -17,6 +19,9 @@ from vpnd.net import netlink
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+VNET_HDR_LEN = 10  # struct virtio_net_hdr; no offloads are enabled for reads: all zero there
+_NO_VNET = bytes(VNET_HDR_LEN)
 IFNAMSIZ = 16
 
 READ_SIZE = 65535
@@ -30,10 +35,11 @@ class TunError(Exception):
 class Tun:
     """An up, address-less TUN device; routes point at it by index."""
 
-    def __init__(self, name: str, mtu: int):
+    def __init__(self, name: str, mtu: int, vnet_hdr: bool | None = None):
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise TunError(f"invalid TUN device name {name!r}")
         self.name = name
+        self.vnet_hdr = os.environ.get("VPND_NO_GRO") != "1" if vnet_hdr is None else vnet_hdr
         self.fd = -1
         self.index = 0
         try:
@@ -41,7 +47,8 @@ class Tun:
         except OSError as e:
             raise TunError(f"cannot open /dev/net/tun: {e.strerror}") from None
         try:
-            ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI)
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if self.vnet_hdr else 0)
+            ifr = struct.pack("16sH22x", name.encode(), flags)
             try:
                 fcntl.ioctl(self.fd, TUNSETIFF, ifr)
             except OSError as e:
@@ -77,15 +84,33 @@ class Tun:
         read = os.read
         fd = self.fd
         try:
-            for _ in range(limit):
-                out.append(read(fd, READ_SIZE))
+            if self.vnet_hdr:
+                for _ in range(limit):
+                    out.append(read(fd, READ_SIZE)[VNET_HDR_LEN:])
+            else:
+                for _ in range(limit):
+                    out.append(read(fd, READ_SIZE))
         except BlockingIOError:
             pass
         return out
 
+    def write_many(self, packets) -> None:
+        """Packets in arrival order; with vnet_hdr, runs of one TCP flow go as one GSO write."""
+        if not self.vnet_hdr:
+            for p in packets:
+                self.write(p)
+            return
+        from vpnd.esp.offload import gro_coalesce
+        fd = self.fd
+        for buf in gro_coalesce(packets):
+            try:
+                os.write(fd, buf)
+            except (BlockingIOError, OSError):
+                pass  # as in write()
+
     def write(self, packet: bytes) -> None:
         try:
-            os.write(self.fd, packet)
+            os.write(self.fd, _NO_VNET + packet if self.vnet_hdr else packet)
         except (BlockingIOError, OSError):
             # TUN queue full or a packet the kernel refuses (malformed inner header): drop it,
             # as a router would; never let it reach the event loop.
