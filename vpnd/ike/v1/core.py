@@ -520,6 +520,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             if other is not sa and other.conn.name == sa.conn.name and other.is_established \
                     and other.remote[0] == sa.remote[0]:
                 other.replaced = True
+                self._event("ike_rekeyed", sa.conn.name, f"ISAKMP SA {other.cky_i.hex()} replaced by "
+                            f"{sa.cky_i.hex()}", ike_id=sa.ike_id, old_ike_id=other.ike_id)
                 if sa.initiator:
                     self._send_delete_isakmp(other, now)
                     self._drop_isakmp(other, now, reason="rekeyed", notify_peer=False)

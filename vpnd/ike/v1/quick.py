@@ -254,12 +254,13 @@ class QuickMixin:
         qm.life_s = min(x for x in (own_s, off_s) if x) if (own_s or off_s) else 0
         qm.life_kb = min(x for x in (own_kb, off_kb) if x) if (own_kb or off_kb) else 0
         notify = []
-        if (own_s and off_s and own_s < off_s) or (own_kb and off_kb and own_kb < off_kb) \
-                or (own_s and not off_s) or (own_kb and not off_kb):
+        # only what the initiator offered can be shortened; a limit it did not offer stays
+        # ours alone (we rekey by it), as strongSwan does
+        if (own_s and off_s and own_s < off_s) or (own_kb and off_kb and own_kb < off_kb):
             attrs = []
-            if qm.life_s:
+            if qm.life_s and off_s:
                 attrs += P.life_attr(C.P2_LIFE_TYPE, C.P2_LIFE_DURATION, C.LIFE_SECONDS, qm.life_s)
-            if qm.life_kb:
+            if qm.life_kb and off_kb:
                 attrs += P.life_attr(C.P2_LIFE_TYPE, C.P2_LIFE_DURATION, C.LIFE_KILOBYTES, qm.life_kb)
             x = chosen[-1]
             notify = [P.Notify(C.N_RESPONDER_LIFETIME, x.protocol, spis_out[x.protocol],
