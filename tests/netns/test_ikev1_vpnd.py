@@ -1,0 +1,89 @@
+"""IKEv1 vpnd <-> vpnd in network namespaces: rsa-encr (which strongSwan lacks), PSK in Main
+and Aggressive Mode, certificates, NAT-T, with ping and a checksummed TCP transfer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .test_ikev1_daemon import (DN_A, DN_B, PAIRS, _pki, check_traffic, topo, topo_nat, vpnd_conf,  # noqa: F401
+                                vpnds, wait_child)
+from .topology import LAN_A, LAN_B, WAN_B
+
+pytestmark = [pytest.mark.netns]
+
+
+def _pair(topo, vpnds, *, ike, esp, auth_a=None, auth_b=None, aggressive=False, extra_a="", extra_b=""):
+    b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
+                                     ike=ike, esp=esp, auth=auth_b, extra=extra_b))
+    a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, auth=auth_a, aggressive=aggressive, start="start",
+                                     extra=extra_a))
+    return a, b
+
+
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+def test_rsa_encr(topo, vpnds, aggressive):
+    pki = _pki(Path(topo.workdir))
+    ike, esp = PAIRS[1]
+    auth_a = (f"    auth: {{rsa_encr: {{key: {pki['gw-a'][1]}, peer_pubkey: {pki['gw-b'][2]}}}}}\n"
+              "    local_id: \"@gw-a.example\"\n    remote_id: \"@gw-b.example\"")
+    auth_b = (f"    auth: {{rsa_encr: {{key: {pki['gw-b'][1]}, peer_pubkey: {pki['gw-a'][2]}}}}}\n"
+              "    local_id: \"@gw-b.example\"\n    remote_id: \"@gw-a.example\"")
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, auth_a=auth_a, auth_b=auth_b, aggressive=aggressive)
+    ga, gb = wait_child(a), wait_child(b)
+    assert ga["ike"]["auth"] == "rsa-encr" and gb["ike"]["remote_id"] == "gw-a.example"
+    assert ga["child"]["spi_in"] == gb["child"]["spi_out"]
+    check_traffic(topo, mbytes=2)
+
+
+@pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+def test_psk(topo, vpnds, ike, esp, aggressive):
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, aggressive=aggressive)
+    ga, gb = wait_child(a), wait_child(b)
+    assert ga["child"]["spi_out"] == gb["child"]["spi_in"]
+    assert not ga["child"]["udp_encap"]  # no NAT between two vpnds: raw ESP
+    check_traffic(topo, mbytes=2)
+
+
+def test_rsa_sig(topo, vpnds):
+    pki = _pki(Path(topo.workdir))
+    ike, esp = PAIRS[0]
+    auth_a = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
+              f"    remote_id: \"{DN_B}\"")
+    auth_b = (f"    auth: {{cert: {pki['gw-b'][0]}, key: {pki['gw-b'][1]}, ca: {pki['ca']}}}\n"
+              f"    remote_id: \"{DN_A}\"")
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, auth_a=auth_a, auth_b=auth_b)
+    assert wait_child(a)["ike"]["remote_id"] == DN_B
+    check_traffic(topo, mbytes=1)
+
+
+def test_nat_traversal(topo_nat, vpnds):
+    topo = topo_nat
+    ike, esp = PAIRS[1]
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, extra_a="nat_keepalive: 2")
+    ga, gb = wait_child(a), wait_child(b)
+    assert ga["ike"]["nat_local"] and gb["ike"]["nat_remote"]
+    assert ga["child"]["udp_encap"] and gb["child"]["udp_encap"]
+    assert gb["ike"]["remote"].startswith("10.200.0.254:")
+    check_traffic(topo, mbytes=1)
+
+
+def test_esp_ah_bundle_transport(topo, vpnds):
+    """The seed's "ESP + AH" transform set in transport mode between the gateways."""
+    esp = "ah-sha-hmac esp-aes 256 esp-sha-hmac"
+    b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=f"{WAN_B}/32",
+                                     rts=f"{topo.gwa_wan}/32", ike=PAIRS[0][0], esp=f"\"{esp}\"",
+                                     extra="mode: transport"))
+    a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=f"{topo.gwa_wan}/32",
+                                     rts=f"{WAN_B}/32", ike=PAIRS[0][0], esp=f"\"{esp}\"", start="start",
+                                     extra="mode: transport"))
+    ga = wait_child(a)
+    assert ga["child"]["mode"] == "transport" and "AH" in ga["child"]["proposal"]
+    _ = b
+    r = topo.run("gwa", ["ping", "-c", "3", "-i", "0.2", "-W", "1", WAN_B], check=False)
+    assert r.returncode == 0, r.stdout.decode()
+    # the echo went through the bundle, not around it
+    now = wait_child(a)["child"]
+    assert now["packets_out"] >= 3 and now["packets_in"] >= 3, now
