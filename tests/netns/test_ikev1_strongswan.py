@@ -1,216 +1,374 @@
-"""IKEv1 against strongSwan's charon (swanctl version = 1, kernel-libipsec) in namespaces.
+"""IKEv1: the vpnd daemon (`version: 1`) against strongSwan's charon (swanctl version = 1,
+kernel-libipsec) and against another vpnd, in network namespaces, with traffic.
 
-Stage 1 (this file): the sans-IO IKEv1 core drives real sockets in gwa through a small
-driver process (the core alone, no data plane), against charon in gwb. It checks what
-only a real peer can: the wire format, key derivation, authentication, NAT-T float and
-Quick Mode are accepted by strongSwan, and charon's own view (`swanctl --list-sas`) shows
-the IKE SA ESTABLISHED and the CHILD_SA INSTALLED with the SPIs our core derived.
+vpnd runs in gwa, charon (or a second vpnd) in gwb; hosta and hostb talk through the
+tunnel: ping and a checksummed TCP transfer in both directions.
 """
 from __future__ import annotations
 
+import datetime
 import json
-import os
-import select
-import subprocess
-import sys
+import re
+import shutil
 import time
+from pathlib import Path
 
 import pytest
-import yaml
 
 from .charon import psk_connection, psk_secret, swanctl_conf
-from .topology import LAN_A, LAN_B
+from .topology import LAN_A, LAN_B, WAN_B, Topology
+from .vpnd_proc import Vpnd
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan]
 
-PSK = "ikev1 interop key 0123456789"
+PSK = "ikev1 daemon interop key 0123456789"
+PREFIX = "ik1"
+AGGR_PSK_OK = "    i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n"
 
-_DRIVER = r'''
-import json, os, select, socket, sys, time
-sys.path.insert(0, sys.argv[2])
-from vpnd.config import load_config
-from vpnd.ike.v1.core import Ikev1Core
-from vpnd.ike.actions import SendDatagram, InstallChildSA, DeleteChildSA, Event, UpdateChildAddresses
-cfg = load_config(sys.argv[1])
-d = cfg.daemon
-core = Ikev1Core(cfg, now=time.monotonic())
-socks = {}
-for port in (d.ike_port, d.natt_port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((d.listen, port))
-    socks[port] = s
-def out(obj):
-    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
-def run(actions):
-    for a in actions:
-        if isinstance(a, SendDatagram):
-            s = socks.get(a.local[1], socks[d.ike_port])
-            data = a.data
-            if a.local[1] == d.natt_port and data != b"\xff":
-                data = b"\0\0\0\0" + data
-            s.sendto(data, tuple(a.remote))
-            out({"send": len(a.data), "to": list(a.remote), "from": list(a.local)})
-        elif isinstance(a, InstallChildSA):
-            out({"install": a.child_id, "replaces": a.replaces, "udp": a.udp_encap, "mode": a.mode,
-                 "in": [k.spi for k in a.inbound], "out": [k.spi for k in a.outbound],
-                 "proposal": a.proposal, "local_ts": [str(x) for x in a.local_ts],
-                 "remote_ts": [str(x) for x in a.remote_ts], "remote": list(a.remote)})
-        elif isinstance(a, DeleteChildSA):
-            out({"delete": a.child_id})
-        elif isinstance(a, Event):
-            out({"event": a.kind, "conn": a.connection, "msg": a.message})
-        elif isinstance(a, UpdateChildAddresses):
-            out({"update": a.child_id, "remote": list(a.remote)})
-out({"ready": True})
-while True:
-    now = time.monotonic()
-    t = core.next_timer()
-    timeout = 0.5 if t is None else max(0.0, min(0.5, t - now))
-    r, _, _ = select.select(list(socks.values()) + [sys.stdin], [], [], timeout)
-    for s in r:
-        if s is sys.stdin:
-            line = sys.stdin.readline()
-            if not line:
-                sys.exit(0)
-            cmd = line.split()
-            now = time.monotonic()
-            if cmd[0] == "initiate":
-                run(core.initiate(cmd[1], now))
-            elif cmd[0] == "rekey":
-                run(core.rekey(cmd[1], now))
-            elif cmd[0] == "rekey-ike":
-                run(core.rekey(cmd[1], now, ike=True))
-            elif cmd[0] == "terminate":
-                run(core.terminate(cmd[1], now))
-            elif cmd[0] == "status":
-                out({"status": core.status_ike_sas(now)})
-            continue
-        data, addr = s.recvfrom(65535)
-        port = s.getsockname()[1]
-        if port == d.natt_port:
-            if data == b"\xff" or data[:4] != b"\0\0\0\0":
-                continue  # keepalive or ESP: no data plane here
-            data = data[4:]
-        run(core.receive_datagram(data, (d.listen, port), addr, time.monotonic()))
-    run(core.handle_timer(time.monotonic()))
-'''
-
-
-class Driver:
-    def __init__(self, topo, role, conf: dict):
-        path = os.path.join(topo.workdir, f"vpnd-{role}.yaml")
-        with open(path, "w") as f:
-            yaml.safe_dump(conf, f)
-        os.chmod(path, 0o600)
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        self.p = topo.popen(role, [sys.executable, "-u", "-c", _DRIVER, path, repo],
-                            stdin=subprocess.PIPE)
-        self.lines: list[dict] = []
-        assert self.wait(lambda o: o.get("ready"), 10), self.dump()
-
-    def cmd(self, text: str) -> None:
-        self.p.stdin.write((text + "\n").encode())
-        self.p.stdin.flush()
-
-    def wait(self, pred, timeout: float):
-        deadline = time.monotonic() + timeout
-        for o in self.lines:
-            if pred(o):
-                return o
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.2)
-            if not r:
-                if self.p.poll() is not None:
-                    return None
-                continue
-            line = self.p.stdout.readline()
-            if not line:
-                return None
-            o = json.loads(line)
-            self.lines.append(o)
-            if pred(o):
-                return o
-        return None
-
-    def status(self):
-        n = len(self.lines)
-        self.cmd("status")
-        o = self.wait(lambda o: "status" in o and self.lines.index(o) >= n, 5)
-        return o["status"] if o else None
-
-    def dump(self) -> str:
-        err = ""
-        if self.p.poll() is not None:
-            err = self.p.stderr.read().decode(errors="replace")
-        return "\n".join(json.dumps(o) for o in self.lines[-80:]) + "\n" + err
-
-
-def _vpnd_conf(topo, *, ike, esp, aggressive=False, start="none", extra=None):
-    conn = {"version": 1, "aggressive": aggressive, "local": topo.gwa_wan, "peer": topo.gwb_wan,
-            "psk": PSK, "local_id": topo.gwa_wan, "remote_id": topo.gwb_wan,
-            "ike": ike, "esp": esp, "local_ts": [LAN_A], "remote_ts": [LAN_B],
-            "start": start, "dpd": {"interval": 10, "retry": 2, "mode": "periodic", "action": "clear"}}
-    conn.update(extra or {})
-    return {"daemon": {"listen": topo.gwa_wan, "aggressive_mode": True}, "connections": {"site": conn}}
-
-
-def _charon_conf(topo, *, ike, esp, aggressive=False, extra=None):
-    conn = psk_connection(local=topo.gwb_wan, remote=topo.gwa_public, local_ts=LAN_B, remote_ts=LAN_A,
-                          ike=ike, esp=esp, version=1, child="net", local_id=topo.gwb_wan,
-                          remote_id=topo.gwa_wan, aggressive=aggressive, **(extra or {}))
-    return swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK, topo.gwb_wan, topo.gwa_wan)})
-
-
-def _charon(make_charon, topo, aggressive: bool):
-    # strongSwan answers Aggressive Mode with a PSK only when told that offline guessing of
-    # the PSK from the hash in message 2 is acceptable (charon's own safety switch)
-    extra = "    i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n" if aggressive else ""
-    return make_charon(topo, "gwb", debug=int(os.environ.get("IK1_CHARON_DEBUG", "1")), extra_conf=extra)
-
-
-CASES = [
-    ("aes128-sha1-modp2048", "aes128-sha1-modp2048"),
+PAIRS = [
+    ("aes128-sha1-modp2048", "aes128-sha1-modp2048"),  # PFS modp2048
     ("aes256-sha256-modp2048", "aes256-sha256"),
     ("3des-sha1-modp1536", "3des-sha1"),
 ]
 
 
-def _check_charon(ch, d, want_enc: str):
+@pytest.fixture
+def topo():
+    with Topology(prefix=PREFIX) as t:
+        yield t
+
+
+@pytest.fixture
+def topo_nat():
+    with Topology(prefix=PREFIX, nat=True) as t:
+        yield t
+
+
+@pytest.fixture
+def vpnds(request):
+    started: list[Vpnd] = []
+
+    def make(topo, role, text):
+        v = Vpnd(topo, role, text)
+        started.append(v)
+        return v.start()
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    for v in started:
+        if rep is not None and rep.failed:
+            rep.sections.append((f"vpnd log ({v.role})", v.log()))
+        if v.alive():
+            v.stop()
+
+
+def vpnd_conf(topo, role: str, *, local: str, peer: str, lts: str, rts: str, ike: str, esp: str,
+              start: str = "none", extra: str = "", auth: str | None = None, aggressive: bool = False,
+              daemon_extra: str = "") -> str:
+    sock = Path(topo.workdir) / f"{role}.sock"
+    lines = ["daemon:", "  tun: vpnd0", f"  control_socket: {sock}", "  log_level: debug"]
+    lines += [f"  {x}" for x in daemon_extra.splitlines() if x.strip()]
+    lines += [
+        "connections:",
+        "  site:",
+        "    version: 1",
+        f"    aggressive: {'true' if aggressive else 'false'}",
+        f"    local: {local}",
+        f"    peer: {peer}",
+        auth or f"    psk: \"{PSK}\"",
+        f"    ike: {ike}",
+        f"    esp: {esp}",
+        f"    local_ts: [{lts}]",
+        f"    remote_ts: [{rts}]",
+        f"    start: {start}",
+    ]
+    lines += [f"    {x}" for x in extra.splitlines() if x.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def wait_child(v: Vpnd, timeout: float = 25, *, not_spi: str | None = None, not_ike: str | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            st = v.status()
+        except Exception:
+            st = None
+        last = st
+        for sa in (st or {}).get("ike_sas", []):
+            if sa.get("version") != 1 or (not_ike and sa["spi_i"] == not_ike):
+                continue
+            for ch in sa["child_sas"]:
+                if ch["state"] == "INSTALLED" and ch["spi_in"] != not_spi:
+                    return {"ike": sa, "child": ch}
+        time.sleep(0.1)
+    raise AssertionError(f"no INSTALLED IKEv1 child in {v.role} within {timeout}s: {json.dumps(last)}\n"
+                         f"{v.log()[-6000:]}")
+
+
+def check_traffic(topo, mbytes: float = 2) -> None:
+    topo.wait_ping("hosta", topo.hostb_ip, timeout=10)
+    assert topo.ping("hostb", topo.hosta_ip, count=3, interval=0.2).returncode == 0
+    topo.tcp_transfer("hosta", "hostb", topo.hostb_ip, mbytes=mbytes)
+    topo.tcp_transfer("hostb", "hosta", topo.hosta_ip, mbytes=mbytes, port=5202)
+
+
+def charon_psk(ch, topo, *, ike, esp, aggressive=False, extra=None, child_extra=None, gwa=None):
+    conn = psk_connection(local=WAN_B, remote=gwa or topo.gwa_public, local_ts=LAN_B, remote_ts=LAN_A,
+                          ike=ike, esp=esp, version=1, child="site", aggressive=aggressive,
+                          esp_extra=child_extra or {}, **(extra or {}))
+    conn["remote"]["id"] = "%any"
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+
+
+def _charon(make_charon, topo, role="gwb"):
+    import os
+    return make_charon(topo, role, extra_conf=AGGR_PSK_OK, debug=int(os.environ.get("IK1_CHARON_DEBUG", "1")))
+
+
+@pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+def test_psk_vpnd_initiator(topo, make_charon, vpnds, ike, esp, aggressive):
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp, aggressive=aggressive)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, aggressive=aggressive))
+    t0 = time.monotonic()
+    r = v.ctl("up", name="site")
+    assert r["ok"], (r, v.log()[-4000:])
+    print(f"vpnd->strongSwan IKEv1 {'AM' if aggressive else 'MM'} {ike}/{esp}: "
+          f"{(time.monotonic() - t0) * 1000:.0f} ms to installed SA")
+    got = wait_child(v)
+    sas = ch.wait_child("site")
+    assert "IKEv1" in sas and got["child"]["spi_out"] in sas and got["child"]["spi_in"] in sas
+    assert got["ike"]["state"] == "ESTABLISHED" and got["ike"]["isakmp_state"] == "QM_IDLE"
+    check_traffic(topo)
+
+
+@pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+def test_psk_vpnd_responder(topo, make_charon, vpnds, ike, esp, aggressive):
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp))
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp, aggressive=aggressive)
+    ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["initiator"] is False
+    assert got["ike"]["exchange"] == ("Aggressive" if aggressive else "Main")
+    check_traffic(topo)
+
+
+# --------------------------------------------------------------------------- certificates
+
+DN_A = "C=CH, O=vpnd ikev1, CN=gw-a"
+DN_B = "C=CH, O=vpnd ikev1, CN=gw-b"
+
+
+def _pki(tmp: Path) -> dict:
+    """CA + gw-a + gw-b RSA certificates made with `cryptography` (subject DN, SAN IP)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vpnd ikev1"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (x509.CertificateBuilder().subject_name(name("ikev1 CA")).issuer_name(name("ikev1 CA"))
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=9))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": str(tmp / "ca.pem")}
+    (tmp / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for cn, ip in (("gw-a", "10.200.0.1"), ("gw-b", WAN_B)):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(int.from_bytes(cn.encode(), "big"))
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=9))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        (tmp / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        kp = tmp / f"{cn}.key"
+        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        kp.chmod(0o600)
+        (tmp / f"{cn}.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        out[cn] = (str(tmp / f"{cn}.pem"), str(kp), str(tmp / f"{cn}.pub"))
+    return out
+
+
+def charon_cert(ch, pki, topo, *, ike, esp, aggressive=False):
+    shutil.copy(pki["ca"], ch.swanctl_dir / "x509ca" / "ca.pem")
+    shutil.copy(pki["gw-b"][0], ch.swanctl_dir / "x509" / "gw-b.pem")
+    shutil.copy(pki["gw-b"][1], ch.swanctl_dir / "pkcs8" / "gw-b.key")
+    conn = {"version": 1, "local_addrs": WAN_B, "remote_addrs": topo.gwa_public, "proposals": ike,
+            "local": {"auth": "pubkey", "certs": "gw-b.pem", "id": f'"{DN_B}"'},
+            "remote": {"auth": "pubkey", "id": f'"{DN_A}"'},
+            "children": {"site": {"local_ts": LAN_B, "remote_ts": LAN_A, "esp_proposals": esp,
+                                  "start_action": "none"}}}
+    if aggressive:
+        conn["aggressive"] = "yes"
+    ch.load(swanctl_conf({"site": conn}))
+
+
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+@pytest.mark.parametrize("vpnd_initiates", [True, False], ids=["vpnd-init", "vpnd-resp"])
+def test_rsa_certificates(topo, make_charon, vpnds, vpnd_initiates, aggressive):
+    pki = _pki(Path(topo.workdir))
+    ike, esp = PAIRS[0]
+    auth = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
+            f"    remote_id: \"{DN_B}\"")
+    ch = _charon(make_charon, topo)
+    charon_cert(ch, pki, topo, ike=ike, esp=esp, aggressive=aggressive)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, auth=auth, aggressive=aggressive,
+                                     start="start" if vpnd_initiates else "none"))
+    if not vpnd_initiates:
+        ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["remote_id"] == DN_B and got["ike"]["auth"] == "rsa-sig"
+    sas = ch.wait_child("site")
+    assert DN_A in sas
+    check_traffic(topo, mbytes=1)
+
+
+# --------------------------------------------------------------------------- rekeying
+
+def _ping_loss(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) (packets )?received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("who", ["vpnd", "charon"])
+def test_rekeys_under_20pps_ping_lose_nothing(topo, make_charon, vpnds, who):
+    """Quick Mode and ISAKMP SA rekeys (short lifetimes) during a 20 packets/s ping."""
+    ike, esp = PAIRS[0]  # PFS modp2048: every Quick Mode rekey carries a KE
+    ch = _charon(make_charon, topo)
+    extra = {"rekey_time": "14s", "reauth_time": "0", "over_time": "10s"} if who == "charon" else {}
+    child_extra = {"rekey_time": "6s", "life_time": "60s"} if who == "charon" else {}
+    charon_psk(ch, topo, ike=ike, esp=esp, extra=extra, child_extra=child_extra)
+    life = "lifetime: {ike: 18, seconds: 8}" if who == "vpnd" else ""
+    # the Quick Mode initiator's lifetime rules (the responder takes the shorter one), so the
+    # side that should rekey also initiates
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra=life, start="start" if who == "vpnd" else "none"))
+    if who == "charon":
+        ch.initiate("site")
+    first = wait_child(v)
+    topo.wait_ping("hosta", topo.hostb_ip)
+    ping = topo.popen("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip])
+    if who == "charon":
+        # charon's kernel-libipsec does not rekey IKEv1 CHILD_SAs by time here (seen: no
+        # Quick Mode after rekey_time); ask it to, twice, during the ping
+        for pause in (5, 7):  # at 5 s and 12 s into the 25 s ping
+            time.sleep(pause)
+            ch.swanctl("--rekey", "--child", "site")
+    out = ping.communicate(timeout=60)[0].decode()
+    sent, got = _ping_loss(out)
+    now = wait_child(v)
+    assert now["child"]["spi_in"] != first["child"]["spi_in"], "no Quick Mode rekey happened"
+    assert now["ike"]["spi_i"] != first["ike"]["spi_i"], "no ISAKMP SA rekey happened"
+    assert sent == 500 and got == 500, out
+    check_traffic(topo, mbytes=1)
+
+
+def test_vpnctl_rekey_child_and_ike(topo, make_charon, vpnds):
+    ike, esp = PAIRS[1]
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start"))
+    first = wait_child(v)
+    assert v.ctl("rekey", name="site", ike=False)["ok"]
+    second = wait_child(v, not_spi=first["child"]["spi_in"])
+    assert v.ctl("rekey", name="site", ike=True)["ok"]
+    third = wait_child(v, not_ike=first["ike"]["spi_i"])
     sas = ch.list_sas()
-    assert "IKEv1" in sas and "ESTABLISHED" in sas, sas
-    assert "INSTALLED" in sas, sas
-    inst = [o for o in d.lines if "install" in o][-1]
-    # charon's SPIs are ours reversed: its inbound is our outbound
-    import re
-    spis = re.search(r"\bin\s+([0-9a-f]{8}),.*?\bout\s+([0-9a-f]{8}),", sas, re.S)
-    assert spis, sas
-    assert (int(spis.group(1), 16), int(spis.group(2), 16)) == (inst["out"][0], inst["in"][0]), (inst, sas)
-    assert want_enc in sas, sas
-    return inst
+    assert second["child"]["spi_in"] in sas and third["ike"]["spi_i"] in sas
+    check_traffic(topo, mbytes=1)
 
 
-@pytest.mark.parametrize("ike,esp", CASES, ids=[c[0] for c in CASES])
+# --------------------------------------------------------------------------- NAT, DPD
+
+def test_nat_traversal_with_keepalives(topo_nat, make_charon, vpnds):
+    import subprocess
+
+    topo = topo_nat
+    ike, esp = PAIRS[1]
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp, gwa="%any")
+    cap = topo.capture("gwb", "wan", "natt.pcap", "udp port 4500")
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra="nat_keepalive: 2", start="start"))
+    got = wait_child(v)
+    assert got["ike"]["nat_detected"] and got["ike"]["nat_local"]
+    assert got["ike"]["remote"] == f"{WAN_B}:4500" and got["child"]["udp_encap"]
+    sas = ch.list_sas()
+    assert "10.200.0.254[4500]" in sas, sas
+    check_traffic(topo, mbytes=1)
+    time.sleep(5)
+    path = cap.stop()
+    dump = subprocess.run(["tcpdump", "-r", str(path), "-n", "-v", "udp and ip[2:2] = 29"],
+                          capture_output=True).stdout.decode()
+    assert [ln for ln in dump.splitlines() if "nat-keep-alive" in ln.lower()], dump[-2000:]
+
+
+def test_dpd_dead_peer_and_restart(topo, make_charon, vpnds):
+    ike, esp = PAIRS[1]
+    interval, retry = 3, 1
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start",
+                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"))
+    wait_child(v)
+    check_traffic(topo, mbytes=0.5)
+    ch.kill()
+    t0 = time.monotonic()
+    # the seed: probe after `interval`, then every `retry` s; dead after 5 missed retries
+    bound = interval + (5 + 1) * retry + 1
+    while "is dead" not in v.log():
+        assert time.monotonic() - t0 < bound + 2, v.log()[-3000:]
+        time.sleep(0.1)
+    dead_after = time.monotonic() - t0
+    print(f"IKEv1 peer declared dead after {dead_after:.1f}s (bound {bound}s)")
+    assert dead_after <= bound
+    ch2 = _charon(make_charon, topo)
+    charon_psk(ch2, topo, ike=ike, esp=esp)
+    wait_child(v, timeout=40)
+    check_traffic(topo, mbytes=0.5)
+
+
 @pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
-def test_vpnd_initiates(make_topology, make_charon, ike, esp, aggressive):
-    topo = make_topology(prefix="ik1")
-    ch = _charon(make_charon, topo, aggressive)
-    ch.load(_charon_conf(topo, ike=ike, esp=esp, aggressive=aggressive))
-    d = Driver(topo, "gwa", _vpnd_conf(topo, ike=ike, esp=esp, aggressive=aggressive))
-    d.cmd("initiate site")
-    assert d.wait(lambda o: "install" in o, 20), d.dump()
-    ch.wait_child("net")
-    inst = _check_charon(ch, d, {"aes128": "AES_CBC-128", "aes256": "AES_CBC-256", "3des": "3DES_CBC"}[esp.split("-")[0]])
-    assert inst["udp"], "kernel-libipsec fakes a NAT: ESP must go UDP-encapsulated"
+def test_nat_vpnd_responder_any_peer(topo_nat, make_charon, vpnds, aggressive):
+    """charon behind the masquerading NAT initiates; vpnd answers on a `peer: %any` connection
+    (Aggressive Mode: matched by the FQDN identity of message 1)."""
+    from .topology import NAT_INSIDE_A
 
-
-@pytest.mark.parametrize("ike,esp", CASES[:1], ids=[c[0] for c in CASES[:1]])
-@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
-def test_vpnd_responds(make_topology, make_charon, ike, esp, aggressive):
-    topo = make_topology(prefix="ik1")
-    ch = _charon(make_charon, topo, aggressive)
-    ch.load(_charon_conf(topo, ike=ike, esp=esp, aggressive=aggressive))
-    d = Driver(topo, "gwa", _vpnd_conf(topo, ike=ike, esp=esp, aggressive=aggressive))
-    ch.initiate("net")
-    assert d.wait(lambda o: "install" in o, 20), d.dump()
-    _check_charon(ch, d, "AES_CBC-128")
+    topo = topo_nat
+    ike, esp = PAIRS[0]
+    ch = _charon(make_charon, topo, "gwa")
+    conn = psk_connection(local=NAT_INSIDE_A, remote=WAN_B, local_ts=LAN_A, remote_ts=LAN_B, ike=ike, esp=esp,
+                          version=1, child="site", local_id="@branch.example.com", remote_id=WAN_B,
+                          aggressive=aggressive)
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    conf = vpnd_conf(topo, "gwb", local=WAN_B, peer='"%any"', lts=LAN_B, rts=LAN_A, ike=ike, esp=esp,
+                     extra='remote_id: "@branch.example.com"')
+    v = vpnds(topo, "gwb", conf)
+    ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["nat_remote"] and got["ike"]["remote"] == "10.200.0.254:4500"
+    assert got["ike"]["remote_id"] == "@branch.example.com" and got["child"]["udp_encap"]
+    check_traffic(topo, mbytes=1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_ikev1_daemon import (DN_A, DN_B, PAIRS, _pki, check_traffic, topo, topo_nat, vpnd_conf,  # noqa: F401
+from .test_ikev1_strongswan import (DN_A, DN_B, PAIRS, _pki, check_traffic, topo, topo_nat, vpnd_conf,  # noqa: F401
                                 vpnds, wait_child)
 from .topology import LAN_A, LAN_B, WAN_B
 
@@ -32,7 +32,7 @@ def test_rsa_encr(topo, vpnds, aggressive):
               "    local_id: \"@gw-b.example\"\n    remote_id: \"@gw-a.example\"")
     a, b = _pair(topo, vpnds, ike=ike, esp=esp, auth_a=auth_a, auth_b=auth_b, aggressive=aggressive)
     ga, gb = wait_child(a), wait_child(b)
-    assert ga["ike"]["auth"] == "rsa-encr" and gb["ike"]["remote_id"] == "gw-a.example"
+    assert ga["ike"]["auth"] == "rsa-encr" and gb["ike"]["remote_id"] == "@gw-a.example"
     assert ga["child"]["spi_in"] == gb["child"]["spi_out"]
     check_traffic(topo, mbytes=2)
 

@@ -137,7 +137,7 @@ def test_rsa_encr_wrong_key(tmp_path):
 def test_identities(ident):
     net = pair({"local_id": ident}, {"remote_id": ident})
     _up(net)
-    assert net.b.status_ike_sas(0)[0]["remote_id"] == ident.lstrip("@")
+    assert net.b.status_ike_sas(0)[0]["remote_id"] == ident
 
 
 def test_identity_mismatch():

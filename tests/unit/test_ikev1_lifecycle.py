@@ -225,3 +225,69 @@ def test_status_shape():
             "remote_ts", "bytes_in", "rekey_in_s"} <= set(ch)
     assert net.a.connection_status("site") == {"state": "up", "ike_sas": 1, "child_sas": 1}
     _ = (InstallChildSA, SendDatagram)
+
+
+def test_nat_t_draft_vendor_ids_and_encapsulation_modes(monkeypatch):
+    """A peer speaking only draft-ietf-ipsec-nat-t-ike-02 (as strongSwan also offers): NAT-D
+    payloads are type 130 and Quick Mode uses the draft's UDP-Encapsulated-Tunnel 61443."""
+    from vpnd.ike import codec
+    from vpnd.ike.v1 import constants as C
+    from vpnd.ike.v1 import payloads as P
+    from vpnd.ike.v1 import quick
+
+    answers = []
+    orig_answer = quick.policy.p2_sa_answer
+
+    def spy(*a, **kw):
+        sa = orig_answer(*a, **kw)
+        answers.append(sa)
+        return sa
+
+    monkeypatch.setattr(quick.policy, "p2_sa_answer", spy)
+    net = pair(start=False, nat_a="10.200.0.254")
+    orig = net.a._our_vids
+    net.a._our_vids = lambda peer_natt=None, initiator=True: [
+        v for v in orig(peer_natt, initiator) if v.data not in (C.VID_NATT_RFC, C.VID_NATT_DRAFT_03)]
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    net.advance(1)
+    assert len(net.live_children("A")) == 1 and net.installs("A")[0].udp_encap
+    b_sa = next(iter(net.b.sas.values()))
+    assert b_sa.natt == "draft"
+    m3 = [dg.data for s, dg in net.sent if s == "A" and dg.data[18] == 2 and not dg.data[19] & 1][1]
+    types = [p.payload_type for p in codec.decode_message(m3, P.REGISTRY).payloads]
+    assert types.count(C.PL_NATD_DRAFT) == 2
+    attrs = dict(answers[0].proposals[0].transforms[0].attrs)
+    assert attrs[C.P2_ENCAP] == C.ENCAP_UDP_TUNNEL_DRAFT
+
+
+def test_rfc3947_encapsulation_mode_value(monkeypatch):
+    from vpnd.ike.v1 import constants as C
+    from vpnd.ike.v1 import quick
+
+    answers = []
+    orig_answer = quick.policy.p2_sa_answer
+    monkeypatch.setattr(quick.policy, "p2_sa_answer", lambda *a, **kw: answers.append(orig_answer(*a, **kw)) or answers[-1])
+    pair({"mode": "transport", "local_ts": None, "remote_ts": None},
+         {"mode": "transport", "local_ts": None, "remote_ts": None}, nat_a="10.200.0.254")
+    assert dict(answers[0].proposals[0].transforms[0].attrs)[C.P2_ENCAP] == C.ENCAP_UDP_TRANSPORT
+
+
+def test_commit_bit_waits_for_connected():
+    """RFC 2408 3.1: with the commit bit the initiator installs only after CONNECTED."""
+    from vpnd.ike import codec
+    from vpnd.ike.v1 import constants as C
+
+    net = pair(start=False)
+    orig = net.a._encrypted_raw
+
+    def with_commit(sa, exch, mid, first, body, flags=0):
+        if exch == C.EXCH_QUICK and len(body) > 100:  # message 1
+            flags |= codec.FLAG_V1_COMMIT
+        return orig(sa, exch, mid, first, body, flags)
+
+    net.a._encrypted_raw = with_commit
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    net.advance(1)
+    order = [s for s, x in net.log if isinstance(x, InstallChildSA)]
+    assert order == ["B", "A"], order  # B installs on HASH(3), A on B's CONNECTED
+    assert len(net.live_children("A")) == 1 and len(net.live_children("B")) == 1

@@ -85,7 +85,9 @@ def describe_id(p: ID) -> str:
             return str(ipaddress.IPv4Address(p.data))
         if p.id_type == C.ID_IPV6_ADDR and len(p.data) == 16:
             return str(ipaddress.IPv6Address(p.data))
-        if p.id_type in (C.ID_FQDN, C.ID_USER_FQDN):
+        if p.id_type == C.ID_FQDN:  # written as in the config (and as IKEv2's status shows it)
+            return "@" + p.data.decode("ascii", "replace")
+        if p.id_type == C.ID_USER_FQDN:
             return p.data.decode("ascii", "replace")
         if p.id_type == C.ID_DER_ASN1_DN:
             return ", ".join(f"{k}={v}" for k, v in _load_name(p.data))

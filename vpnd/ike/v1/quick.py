@@ -217,6 +217,13 @@ class QuickMixin:
             local_ts = ipaddress.ip_network(sa.local[0])
         else:
             raise QuickFailed("one proxy identity alone", C.N_INVALID_ID_INFORMATION)
+        if sa.nat_remote and remote_ts.num_addresses == 1 and len(ids) == 2 and \
+                remote_ts != ipaddress.ip_network(sa.remote[0]):
+            # transport mode from behind a NAT: the peer names its private address (RFC 3947
+            # 5.2, NAT-OA); the SA is with the address we see
+            cand = ipaddress.ip_network(sa.remote[0])
+            if self._conn_for_ts(sa, local_ts, remote_ts) is None:
+                remote_ts = cand
         conn = self._conn_for_ts(sa, local_ts, remote_ts)
         if conn is None:
             raise QuickFailed(f"proxy IDs {remote_ts} <-> {local_ts} match no configured subnets",
@@ -271,7 +278,7 @@ class QuickMixin:
         answer = policy.p2_sa_answer(answer_x, numbers, qm.spis_in, sa.natt, prop_no)
         pls_out = [answer, P.Nonce(qm.nr)] + out_ke
         if ids:
-            pls_out += [ts_id(remote_ts), ts_id(local_ts)]
+            pls_out += [P.ID(i.id_type, i.protocol, i.port, i.data) for i in ids]  # echoed as sent
         pls_out += notify
         mid = hdr.message_id
         hname, a = sa.policy.hash, sa.keys.a
