@@ -32,7 +32,7 @@ import pytest
 
 from .capture_check import (DirKeys, SaPair, Transform, ip_addrs, ipsec_spi,
                             read_ip_packets, tshark_decode, tshark_uat)
-from .topology import Topology
+from .topology import Topology, TopologyError
 
 pytestmark = pytest.mark.netns
 
@@ -138,8 +138,6 @@ class Conn:
                  f"    local_ts: [{lts}/32]", f"    remote_ts: [{rts}/32]",
                  f"    mode: {self.v.mode}", f"    encap: {'true' if self.v.encap else 'false'}",
                  "    replay_window: 64"]
-        if self.v.mode == "transport":  # route_transport() steers only ICMP: no vpnd steering
-            lines.append("    rri: {enabled: false}")
         if self.t.esp_text:
             lines.append(f"    esp: {self.t.esp_text}{esn}")
         if self.t.ah:
@@ -181,7 +179,6 @@ class VpndPair:
             for side in ("gwa", "gwb"):
                 self.start(side)
             self.wait_ready()
-            self.route_transport()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -192,20 +189,6 @@ class VpndPair:
             if p.poll() is None:
                 self.topo.stop(p)
         self.topo.__exit__(*exc)
-
-    def route_transport(self) -> None:
-        """vpnd (as of this test) routes only tunnel-mode remote subnets into its TUN
-        (reverse route injection). For transport mode the peer is the WAN address its own
-        ESP goes to, so a plain route would loop the ESP back into the TUN: the test steers
-        only the ICMP between the pair's addresses into vpnd0 with a policy rule."""
-        for c in self.conns.values():
-            if c.v.mode != "transport":
-                continue
-            for side, src, dst in (("gwa", c.outer_a, c.outer_b), ("gwb", c.outer_b, c.outer_a)):
-                table = 100 + c.v.index
-                self.topo.ip(side, f"route add {dst}/32 dev vpnd0 table {table}")
-                self.topo.ip(side, f"rule add from {src} to {dst} ipproto icmp "
-                                   f"lookup {table} pref {table}")
 
     def config(self, side: str) -> str:
         run = Path(self.topo.workdir) / f"vpnd-{side}"
@@ -231,6 +214,18 @@ class VpndPair:
         text = r.stdout.decode()
         return json.loads(text), text
 
+    def _all_up(self, side: str) -> bool:
+        """Every connection's SAs installed, per vpnctl status (the route alone can come
+        before the SA)."""
+        if not (Path(self.topo.workdir) / f"vpnd-{side}" / "vpnd.sock").exists():
+            return False
+        try:
+            status, _ = self.status(side)
+        except (TopologyError, ValueError):
+            return False
+        up = {c["name"] for c in status["connections"] if c["state"] == "up"}
+        return up >= {f"c{c.v.index}" for c in self.conns.values()}
+
     def logs(self) -> str:
         return "".join(f"\n--- vpnd {s} log (tail) ---\n" +
                        (Path(self.topo.workdir) / f"vpnd-{s}.log").read_text(errors="replace")[-3000:]
@@ -242,17 +237,18 @@ class VpndPair:
             raise AssertionError(f"vpnd exited in {dead}{self.logs()}")
 
     def wait_ready(self, timeout: float = 20) -> None:
-        """Until both TUNs exist and route every connection's remote side."""
+        """Until both daemons route every connection's remote side into their TUN: tunnel
+        mode by reverse route injection, transport mode (the gateway's own traffic to
+        the peer) by vpnd's policy routing (docs/daemon.md), in whichever table."""
         deadline = time.monotonic() + timeout
         for side in ("gwa", "gwb"):
             while True:
                 self.alive()
-                routes = self.topo.run(side, ["ip", "route", "show", "dev", "vpnd0"],
-                                       check=False).stdout.decode()
+                routes = self.topo.run(side, ["ip", "route", "show", "table", "all",
+                                              "dev", "vpnd0"], check=False).stdout.decode()
                 have = {line.split()[0].removesuffix("/32") for line in routes.splitlines()}
-                want = {c.inner_b if side == "gwa" else c.inner_a for c in self.conns.values()
-                        if c.v.mode == "tunnel"}
-                if want <= have:
+                want = {c.inner_b if side == "gwa" else c.inner_a for c in self.conns.values()}
+                if want <= have and self._all_up(side):
                     break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{side}: routes into vpnd0 missing: {routes!r}"
@@ -395,7 +391,8 @@ def _inject_and_check(pair: VpndPair, c: Conn) -> None:
     if c.v.mode == "tunnel":
         host_cap = topo.capture("hostb", "eth0", f"inject-hostb-{c.v.id}.pcap", "icmp")
     try:
-        r = topo.run("gwa", [sys.executable, "-c", _RAW_SENDER],
+        mac = topo.run("gwb", ["cat", "/sys/class/net/wan/address"]).stdout.decode().strip()
+        r = topo.run("gwa", [sys.executable, "-c", _WIRE_SENDER, "wan", mac],
                      input=b"\n".join(p.hex().encode() for p in outer), timeout=20)
         assert r.returncode == 0
         deadline = time.monotonic() + 3
@@ -423,14 +420,15 @@ def _inject_and_check(pair: VpndPair, c: Conn) -> None:
                 f"injected packet did not reach hostb: {want.summary()}"
 
 
-# Sends raw IPv4 packets (hex lines on stdin) from the namespace it runs in.
-_RAW_SENDER = r"""
+# Puts IPv4 packets (hex lines on stdin) on a link as Ethernet frames to a MAC address:
+# below routing, so gwa's own vpnd (whose transport-mode policy routing would take
+# locally sent packets to the peer into its TUN) never sees them.
+_WIRE_SENDER = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+ifname, mac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
 for line in sys.stdin.read().split():
-    pkt = bytes.fromhex(line)
-    dst = ".".join(map(str, pkt[16:20]))
-    s.sendto(pkt, (dst, 0))
+    s.sendto(bytes.fromhex(line), (ifname, 0x0800, 0, 0, mac))
 """
 
 

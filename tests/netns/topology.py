@@ -64,8 +64,20 @@ class Capture:
     path: Path
     topo: "Topology"
 
-    def stop(self) -> Path:
+    def stop(self, settle: float = 0.15, max_wait: float = 2.0) -> Path:
+        """Stop once the pcap has stopped growing for `settle` seconds: packets that
+        already crossed the link may still sit in tcpdump's socket buffer, and SIGINT
+        ends its loop without reading them (seen under load: a reply missing)."""
         if self.proc.poll() is None:
+            deadline = time.monotonic() + max_wait
+            size, still_since = -1, time.monotonic()
+            while time.monotonic() < deadline:
+                now_size = self.path.stat().st_size if self.path.exists() else 0
+                if now_size != size:
+                    size, still_since = now_size, time.monotonic()
+                elif time.monotonic() - still_since >= settle:
+                    break
+                time.sleep(0.03)
             # SIGINT makes tcpdump flush and close the file properly.
             self.proc.send_signal(signal.SIGINT)
             try:
