@@ -13,7 +13,9 @@ x ESN off / on), each with its own addresses and SPIs:
 (b) packets that scapy seals are accepted by gwb's vpnd and come out of its TUN unchanged
     (and reach hostb, which answers through the tunnel);
 (c) tshark with an esp_sa UAT decodes the capture with good ICVs, no malformed frames,
-    and shows the inner ICMP (Wireshark 4.0: ESP without ESN, not ChaCha20-Poly1305).
+    and shows the inner ICMP (Wireshark 4.0: ESP without ESN, not ChaCha20-Poly1305);
+and the receiver's `vpnctl status` counters agree, with no key in status or logs.
+Transport-mode traffic reaches the TUN by vpnd's own policy routing (docs/daemon.md).
 AH cannot be UDP-encapsulated (RFC 3948 covers ESP only), so AH cases are raw only.
 With ESN the sequence numbers start at 1, so their high 32 bits are 0; they still enter the
 ICV / AEAD AAD (RFC 4303 2.2.1, RFC 4106 5), which is what scapy checks.
