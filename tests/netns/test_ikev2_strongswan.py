@@ -252,8 +252,10 @@ def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who)
     topo = ik2_topo
     ike, esp = PAIRS[1]  # with PFS: every child rekey carries a KE
     ch = make_charon(topo, "gwb")
-    extra = {"rekey_time": "14s", "reauth_time": "0"} if who == "charon" else {}
-    child_extra = {"rekey_time": "6s", "life_time": "60s"} if who == "charon" else {}
+    # no randomisation (rand_time 0), so both rekeys fall inside the 25 s of pinging
+    extra = {"rekey_time": "14s", "reauth_time": "0", "rand_time": "0s", "over_time": "30s"} \
+        if who == "charon" else {}
+    child_extra = {"rekey_time": "6s", "life_time": "30s", "rand_time": "0s"} if who == "charon" else {}
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public, extra=extra, child_extra=child_extra)
     life = "lifetime: {ike: 18, seconds: 8}" if who == "vpnd" else ""
     v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
