@@ -246,9 +246,11 @@ def _ping_loss(out: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-@pytest.mark.parametrize("who", ["vpnd", "charon"])
+@pytest.mark.parametrize("who", ["vpnd", "charon", "vpnd-responder"])
 def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who):
-    """CHILD_SA and IKE SA rekeys (short lifetimes) while hosta pings hostb 20 times a second."""
+    """CHILD_SA and IKE SA rekeys (short lifetimes) while hosta pings hostb 20 times a second.
+    who: the side whose lifetimes drive the rekeys; "vpnd-responder": charon set the tunnel
+    up and vpnd, the original responder, rekeys."""
     topo = ik2_topo
     ike, esp = PAIRS[1]  # with PFS: every child rekey carries a KE
     ch = make_charon(topo, "gwb")
@@ -257,10 +259,14 @@ def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who)
         if who == "charon" else {}
     child_extra = {"rekey_time": "6s", "life_time": "30s", "rand_time": "0s"} if who == "charon" else {}
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public, extra=extra, child_extra=child_extra)
-    life = "lifetime: {ike: 18, seconds: 8}" if who == "vpnd" else ""
+    life = "lifetime: {ike: 18, seconds: 8}" if who.startswith("vpnd") else ""
     v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, extra=life))
+                                     ike=ike, esp=esp, extra=life,
+                                     start="none" if who == "vpnd-responder" else "start"))
+    if who == "vpnd-responder":
+        ch.initiate("site")
     first = wait_child(v)
+    assert first["ike"]["initiator"] is (who != "vpnd-responder")
     topo.wait_ping("hosta", topo.hostb_ip)
     out = topo.run("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip],
                    check=False, timeout=60).stdout.decode()
