@@ -291,3 +291,44 @@ def test_commit_bit_waits_for_connected():
     order = [s for s, x in net.log if isinstance(x, InstallChildSA)]
     assert order == ["B", "A"], order  # B installs on HASH(3), A on B's CONNECTED
     assert len(net.live_children("A")) == 1 and len(net.live_children("B")) == 1
+
+
+def test_failed_rekey_keeps_old_pair_and_retries():
+    net = pair({"lifetime": {"seconds": 200}}, {"lifetime": {"seconds": 200}})
+    first = net.installs("A")[0]
+    # the peer loses every Quick Mode message for a while: the rekey fails
+    net.drop = lambda side, dg: dg.data[18] == 32
+    net.advance(150)
+    assert first.child_id in net.live_children("A")  # still carrying traffic
+    assert net.a.children[first.child_id].state == "INSTALLED"
+    net.drop = lambda side, dg: False
+    net.advance(40)
+    live = net.live_children("A")
+    assert len(live) == 1 and live[0] != first.child_id, net.events("A")[-5:]
+
+
+def test_reload_changed_connection_restarts_it():
+    from vpnd.ike.actions import DeleteChildSA as Del
+    from test_ikev1_harness import A_IP as AIP, LAN_A as LA, LAN_B as LB, conn_conf, make_config
+
+    net = pair()
+    cfg = make_config(AIP, {"site": conn_conf(AIP, B_IP, LA, LB, esp="aes256-sha256")})
+    out = net.a.reload(cfg, net.now)
+    assert any(isinstance(x, Del) for x in out)  # the old SA pair goes ...
+    net.feed(net.a, out)
+    net.advance(1)
+    # ... and the connection comes up again as now configured, which B (still aes128) refuses
+    assert not net.live_children("A")
+    assert any("AES_CBC-256" in e.message for e in net.events("B", "no_proposal"))
+
+
+def test_internal_error_costs_one_message(monkeypatch):
+    net = pair()
+
+    def boom(*a, **kw):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(net.b, "_qm_receive", boom)
+    out = net.a.rekey("site", net.now)
+    net.feed(net.a, out)
+    assert any(e.kind == "error" and "internal error RuntimeError" in e.message for e in net.events("B"))

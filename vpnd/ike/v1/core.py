@@ -70,6 +70,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         except (codec.CodecError, Phase1Failed) as e:
             self.drops += 1
             self._event("drop", None, f"IKEv1 message from {remote[0]} dropped: {e}")
+        except Exception as e:  # a bug must cost one message, not the daemon (architecture.md)
+            self.drops += 1
+            self._event("error", None, f"IKEv1 message from {remote[0]} dropped: internal error "
+                        f"{type(e).__name__}")
         return self._end()
 
     def initiate(self, name: str, now: float) -> list:
@@ -144,14 +148,15 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._apply_config(config)
         new = {c.name: c for c in self.v1_conns}
         self._cred_cache.clear()
+        acc: list = []
         for name, c in old.items():
             if name not in new or new[name] != c:
-                self._out += self.terminate(name, now)
-                self._begin(now)
+                acc += self.terminate(name, now)  # changed or gone: down, then up as configured
+        self._begin(now)
         for name, c in new.items():
             if (name not in old or old[name] != c) and c.start == "start":
                 self._initiate_conn(c, now)
-        return self._end()
+        return acc + self._end()
 
     def next_timer(self) -> float | None:
         times = []
@@ -181,8 +186,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             if t <= now:
                 del self._restart_at[name]
                 conn = self._conn(name)
-                if conn is not None and not self._established_for_conn(name) and \
-                        not any(s.conn.name == name for s in self.sas.values()):
+                if conn is not None and not any(s.conn.name == name and not s.is_established
+                                                for s in self.sas.values()):
                     self._initiate_conn(conn, now)
         self._lingering = [x for x in self._lingering if not self._linger_done(x, now)]
         for sa in list(self.sas.values()):
@@ -234,7 +239,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 "auth": C.AUTH_NAMES.get(sa.policy.auth, "") if sa.policy else "",
                 "remote_id": identity.describe_id(sa.peer_id) if sa.peer_id else None,
                 "established_s": int(now - sa.established) if sa.established else 0,
-                "rekey_in_s": max(0, int(sa.rekey_at - now)) if sa.rekey_at else None,
+                "rekey_in_s": max(0, int((sa.rekey_at or sa.expire_at) - now)) if (sa.rekey_at or sa.expire_at) else 0,
                 "dpd": bool(sa.peer_dpd and sa.conn.dpd.interval),
                 "child_sas": [],
             }
@@ -380,8 +385,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             if q is not None and q.due is not None and now >= q.due:
                 if q.tries >= RETRANSMIT_TRIES:
                     self._event("error", qm.conn.name, f"Quick Mode {qm.mid:#010x} got no answer", ike_id=sa.ike_id)
-                    self.qms[sa.ike_id].pop(qm.mid, None)
-                    sa.p2_iv.pop(qm.mid, None)
+                    self._qm_failed(sa, qm, now)
                     continue
                 q.tries += 1
                 q.due = now + self.retransmit_base * (2 ** q.tries)

@@ -141,8 +141,7 @@ class InfoMixin:
             # a failed Quick Mode we started: stop retransmitting it
             for qm in list(self._qm_by_mid(sa).values()):
                 if qm.initiator and qm.state == "QM_SENT1":
-                    self._qm_by_mid(sa).pop(qm.mid, None)
-                    sa.p2_iv.pop(qm.mid, None)
+                    self._qm_failed(sa, qm, now)
 
     def _take_delete(self, sa: IsakmpSA, d: P.Delete, now: float) -> None:
         if d.protocol == C.PROTO_ISAKMP:

@@ -423,13 +423,27 @@ class QuickMixin:
             if e.notify:
                 self._info_send(sa, [P.Notify(e.notify, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r)], now)
             if qm is not None and qm.initiator:
-                self._qm_finish(sa, qm)
+                self._qm_failed(sa, qm, now)
             return
         if qm is not None:
             qm.last_in = dig
             if qm.state == "QM_DONE" and not qm.initiator:
                 self._qm_finish(sa, qm)
         sa.last_heard = now
+
+    def _qm_failed(self, sa: IsakmpSA, qm: QuickMode, now: float) -> None:
+        """A Quick Mode we started failed: forget it; a rekey is tried again later (the old
+        pair still carries traffic), a first SA when the connection wants to be up."""
+        self._qm_by_mid(sa).pop(qm.mid, None)
+        sa.p2_iv.pop(qm.mid, None)
+        old = self.children.get(qm.rekey_of) if qm.rekey_of is not None else None
+        if old is not None and old.state == "REKEYING":
+            old.state = "INSTALLED"
+            old.rekey_at = now + 30.0
+            if old.expire_at is not None:
+                old.rekey_at = min(old.rekey_at, max(now + 1.0, old.expire_at - 5.0))
+        elif old is None and qm.conn.start == "start" and qm.conn.peer != "%any":
+            self._restart_at[qm.conn.name] = now + 30.0
 
     def _qm_finish(self, sa: IsakmpSA, qm: QuickMode) -> None:
         """Forget a finished exchange, but keep answering a repeated last message for a while
