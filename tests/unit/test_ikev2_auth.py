@@ -157,3 +157,16 @@ def test_der_name_parser_matches_cryptography():
     for bad in (b"", b"\x30", b"\x30\x05\x31\x03\x30\x01\x06", b"\x31\x00"):
         with pytest.raises(ValueError):
             authc.parse_der_name(bad)
+
+
+def test_expired_certificate_fails(tmp_path):
+    a, b = cert_pair(tmp_path, "ecdsa256", "ecdsa256")
+    ca = make_ca("ecdsa256", "short-lived CA")
+    k, crt = make_cert(ca, "ecdsa256", "gw-a", days=-0.5)  # expired half a day ago
+    (tmp_path / "old").mkdir()
+    a["auth"] = write(tmp_path / "old", "a", k, crt, ca[1])
+    b["auth"] = dict(b["auth"], ca=str(tmp_path / "old" / "ca.pem"))
+    p = _pair(a, b)
+    p.up()
+    assert p.b.installed() == []
+    assert "expired" in [e for e in p.b.events if e.kind == "auth_failed"][0].message

@@ -166,9 +166,17 @@ def verify(cert: x509.Certificate, method: int, auth: bytes, data: bytes) -> boo
     return False
 
 
+def _validity(cert: x509.Certificate) -> tuple[datetime.datetime, datetime.datetime]:
+    if hasattr(cert, "not_valid_before_utc"):  # cryptography >= 42
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    utc = datetime.timezone.utc
+    return cert.not_valid_before.replace(tzinfo=utc), cert.not_valid_after.replace(tzinfo=utc)
+
+
 def verify_chain(cert: x509.Certificate, cas: list[x509.Certificate], when: datetime.datetime) -> str | None:
     """None if `cert` is issued by one of `cas` and valid at `when`; else the reason."""
-    if not (cert.not_valid_before_utc <= when <= cert.not_valid_after_utc):
+    start, end = _validity(cert)
+    if not (start <= when <= end):
         return "certificate expired or not yet valid"
     for ca in cas:
         if ca.subject != cert.issuer:
@@ -177,7 +185,8 @@ def verify_chain(cert: x509.Certificate, cas: list[x509.Certificate], when: date
             cert.verify_directly_issued_by(ca)
         except (InvalidSignature, ValueError, TypeError):
             continue
-        if not (ca.not_valid_before_utc <= when <= ca.not_valid_after_utc):
+        ca_start, ca_end = _validity(ca)
+        if not (ca_start <= when <= ca_end):
             return "CA certificate expired or not yet valid"
         return None
     return "certificate not issued by a trusted CA"
