@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import struct
 
-# struct virtio_net_hdr (legacy, host byte order: little-endian on the hosts we run on)
-VNET_HDR = struct.Struct("<BBHHHH")
+# struct virtio_net_hdr: legacy layout in the host's byte order (what a TUN expects unless
+# TUNSETVNETLE/BE is used)
+VNET_HDR = struct.Struct("=BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size                 # 10
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
