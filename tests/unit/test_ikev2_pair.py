@@ -380,3 +380,30 @@ def test_ike_sa_init_as_scapy_reads_it():
         types.append(n.type)
         n = n.payload if n.payload.__class__.__name__ == "IKEv2_Notify" else None
     assert types == [16388, 16389, 16431]
+
+
+def test_both_sides_start_at_once():
+    """Simultaneous initiation: whatever SAs result, both sides agree and traffic has a path."""
+    p = Pair()
+    p.feed(p.a, p.a.m.initiate("site", p.now))
+    p.feed(p.b, p.b.m.initiate("site", p.now))
+    p.pump()
+    p.run(5)
+    a, b = p.a.installed(), p.b.installed()
+    assert a and len(a) == len(b)
+    p.check_tunnel(len(a))
+    assert len(p.ike()) == len(p.ike(p.b))
+
+
+def test_initial_contact_after_dpd_restart_clears_peer():
+    dpd = {"interval": 5, "retry": 1, "mode": "periodic", "action": "restart"}
+    p = Pair({"dpd": dpd})
+    p.up()
+    p.check_tunnel()
+    p.filter = lambda s, d: "drop"  # the path breaks; B keeps its state (no DPD on B)
+    p.run(20)
+    assert "peer_dead" in p.a.kinds() and len(p.ike(p.b)) == 1
+    p.filter = None
+    p.run(30)
+    p.check_tunnel()
+    assert len(p.ike(p.b)) == 1  # the old SA went with A's INITIAL_CONTACT

@@ -127,7 +127,7 @@ def _initial_contact(e, sa: IkeSa, now: float) -> None:
     """2.4: the peer has no state from before; drop our older SAs with it."""
     for other in list(e.sas.values()):
         if other is not sa and other.conn.name == sa.conn.name and other.peer_id == sa.peer_id \
-                and other.state != "CONNECTING":
+                and other.state not in ("CONNECTING", "AUTHENTICATING"):
             e.kill_ike(other, now, "peer sent INITIAL_CONTACT")
 
 
@@ -154,7 +154,9 @@ class AuthTask:
         if conn.remote_id is not None and conn.remote_id.kind != "any":
             t, d = id_payload_body(conn.remote_id, None)
             out.insert(len(out) - 1, IDr(t, d))
-        if conn.name not in e.contacted:
+        # 2.4: we hold no other IKE SA with this peer (start-up, after DPD, ...); one in any
+        # state, also the peer's own attempt arriving at the same time, means no contact
+        if not any(o is not sa and o.conn.name == conn.name and o.state != "DEAD" for o in e.sas.values()):
             out.append(Notify(c.N_INITIAL_CONTACT))
         child_payloads, self.req = exchange_child.child_request(e, sa, conn, ts_hint=self.ts_hint, in_auth=True)
         return out + child_payloads

@@ -146,7 +146,7 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
             e.event("invalid_ke", conn.name, f"peer wants DH group {group}, retrying IKE_SA_INIT")
             send_init(e, sa, group, now)
         else:
-            e.event("error", conn.name, f"peer asked for unusable DH group {group}")
+            e.event("failed", conn.name, f"peer asked for unusable DH group {group}")
             e.kill_ike(sa, now, "DH group negotiation failed")
         return
     errors = [p for p in pl if isinstance(p, Notify) and p.is_error]
@@ -159,7 +159,7 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
                     f"{negotiate.describe_offer(sa.offered)} (its own are in its log)",
                     ours=negotiate.describe_offer(sa.offered))
         else:
-            e.event("error", conn.name, f"IKE_SA_INIT failed: peer answered {name}")
+            e.event("failed", conn.name, f"IKE_SA_INIT failed: peer answered {name}")
         sa.pending = None
         e.kill_ike(sa, now, f"peer answered {name}")
         return
@@ -169,13 +169,13 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
         return  # not a valid answer; keep retransmitting
     acc = negotiate.accept_response(sa.offered, sa_p.proposals)
     if acc is None or c.DH_IDS.get(acc[1].dh) != ke.group or ke.group != sa.kex.group_id:
-        e.event("error", conn.name, "IKE_SA_INIT: the peer's answer does not match our proposals")
+        e.event("failed", conn.name, "IKE_SA_INIT: the peer's answer does not match our proposals")
         e.kill_ike(sa, now, "invalid proposal in response")
         return
     try:
         shared = sa.kex.shared(ke.data)
     except InvalidPublicValue as err:
-        e.event("error", conn.name, f"IKE_SA_INIT: bad KE from peer: {err}")
+        e.event("failed", conn.name, f"IKE_SA_INIT: bad KE from peer: {err}")
         e.kill_ike(sa, now, "invalid KE payload")
         return
     sa.pending = None
@@ -289,7 +289,7 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
     try:
         shared = kex.shared(ke.data)
     except InvalidPublicValue as err:
-        e.event("error", accepting[0].name, f"IKE_SA_INIT from {remote[0]}: {err}")
+        e.event("bad_ke", accepting[0].name, f"IKE_SA_INIT from {remote[0]}: {err}")
         _reply_notify(e, h, local, remote, c.N_INVALID_SYNTAX)
         return
     conn = accepting[0]
