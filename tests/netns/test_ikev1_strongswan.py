@@ -372,3 +372,26 @@ def test_nat_vpnd_responder_any_peer(topo_nat, make_charon, vpnds, aggressive):
     assert got["ike"]["nat_remote"] and got["ike"]["remote"] == "10.200.0.254:4500"
     assert got["ike"]["remote_id"] == "@branch.example.com" and got["child"]["udp_encap"]
     check_traffic(topo, mbytes=1)
+
+
+@pytest.mark.parametrize("ike,esp", [("aes128-sha256-ecp256", "aes128gcm16"),
+                                     ("aes256-sha512-modp3072", "aes256gcm16-modp3072")],
+                         ids=["gcm128-ecp256", "gcm256-pfs-modp3072"])
+def test_gcm_keymat_with_salt_and_charon_dpd(topo, make_charon, vpnds, ike, esp):
+    """AES-GCM in Quick Mode: KEYMAT must carry the 4-byte salt after the key (RFC 4106 8.1)
+    in the order strongSwan expects, or no packet decrypts. charon also probes us with
+    R-U-THERE every 2 s (RFC 3706) and must keep getting its ACKs."""
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp, extra={"dpd_delay": "2s", "dpd_timeout": "6s"})
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start"))
+    got = wait_child(v)
+    assert got["child"]["proposal"].startswith("AES_GCM_16")
+    check_traffic(topo, mbytes=1)
+    time.sleep(8)  # several DPD rounds from charon with no ESP in between
+    sas = ch.list_sas()
+    assert "ESTABLISHED" in sas and "INSTALLED" in sas, sas
+    log = ch.log()
+    assert log.count("sending DPD request") >= 3 and log.count("N(DPD_ACK)") >= 3, log[-3000:]
+    assert "dead" not in log.lower(), log[-3000:]
+    check_traffic(topo, mbytes=0.5)
