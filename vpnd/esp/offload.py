@@ -11,6 +11,12 @@ Only the safe case is merged, the rest passes unchanged (with an empty header): 
 options or fragments, TCP with flags exactly ACK (a PSH ends the train), contiguous
 sequence numbers, identical addresses, ports, TOS, TTL, DF, ACK number, window, TCP
 options (timestamps included), and every segment but the last of the first one's size.
+
+Trade-off, stated plainly: unlike a NIC's GRO, the segments' own TCP checksums are not
+verified before merging (in Python that would cost more than the merge saves); the kernel
+writes fresh checksums when it resegments.  Between the gateways the ESP/AH ICV already
+rules out corruption; what is no longer caught end to end is a segment damaged between the
+remote host and the remote gateway's encryption.  VPND_NO_GRO=1 (net/tun.py) turns GRO off.
 """
 
 from __future__ import annotations
