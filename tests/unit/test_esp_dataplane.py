@@ -10,7 +10,7 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings, strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.inet6 import IPv6, ICMPv6PacketTooBig
 from scapy.layers.ipsec import AH, ESP, SecurityAssociation
 from scapy.packet import Raw

@@ -21,7 +21,6 @@ scapy notes (2.8.0), checked by reading scapy/layers/ipsec.py:
   (scapy_ah_over_esp below) - still independent of our code.
 """
 
-import hashlib
 import hmac
 import struct
 
