@@ -288,6 +288,13 @@ def test_lifetime_events_bytes_and_packets():
     assert [e[0] for e in tx2.events] == ["soft_expire", "hard_expire"]
 
 
+def test_hard_below_soft_still_stops():
+    out, _ = gcm_pair(lifetime=Lifetime(soft_packets=10, hard_packets=2))
+    dp = tx_dp(out)
+    assert [dp.encap(inner(1)) is not None for _ in range(3)] == [True, True, False]
+    assert [e[0] for e in dp.events] == ["soft_expire", "hard_expire"]
+
+
 def test_last_used_stamps_come_from_caller():
     out, inn = gcm_pair()
     tx, rx = tx_dp(out), rx_dp(inn)

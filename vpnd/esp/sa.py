@@ -253,9 +253,8 @@ def _next_limit(soft: int, hard: int, soft_fired: bool, hard_fired: bool = False
     """The next counter value at which _limit_hit must run."""
     if hard_fired:
         return float("inf")
-    if soft and not soft_fired:
-        return soft
-    return hard or float("inf")
+    pending = [x for x in (hard, 0 if soft_fired else soft) if x]
+    return min(pending) if pending else float("inf")
 
 
 # -- ESP ---------------------------------------------------------------------------------
