@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_ikev1_strongswan import (DN_A, DN_B, PAIRS, _pki, check_traffic, topo, topo_nat, vpnd_conf,  # noqa: F401
-                                vpnds, wait_child)
+# fixtures (topo, topo_nat, vpnds) and helpers shared with the charon tests
+from .test_ikev1_strongswan import (DN_A, DN_B, PAIRS, _pki, check_traffic, topo, topo_nat,  # noqa: F401,F811
+                                    vpnd_conf, vpnds, wait_child)
 from .topology import LAN_A, LAN_B, WAN_B
 
 pytestmark = [pytest.mark.netns]

@@ -2,8 +2,6 @@
 rsa-encr), Quick Mode, proposals, IDs, lost and duplicated messages."""
 import pytest
 
-from vpnd.ike.actions import DeleteChildSA, InstallChildSA
-
 from test_ikev1_harness import A_IP, B_IP, LAN_A, LAN_B, make_pki, pair
 
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from vpnd.config import parse_config
-from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram, UpdateChildAddresses
+from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram
 from vpnd.ike.v1.core import Ikev1Core
 
 A_IP, B_IP = "10.200.0.1", "10.200.0.2"

@@ -246,8 +246,8 @@ def test_nat_t_draft_vendor_ids_and_encapsulation_modes(monkeypatch):
     monkeypatch.setattr(quick.policy, "p2_sa_answer", spy)
     net = pair(start=False, nat_a="10.200.0.254")
     orig = net.a._our_vids
-    net.a._our_vids = lambda peer_natt=None, initiator=True: [
-        v for v in orig(peer_natt, initiator) if v.data not in (C.VID_NATT_RFC, C.VID_NATT_DRAFT_03)]
+    net.a._our_vids = lambda sa=None: [
+        v for v in orig(sa) if v.data not in (C.VID_NATT_RFC, C.VID_NATT_DRAFT_03)]
     net.feed(net.a, net.a.initiate("site", 0.0))
     net.advance(1)
     assert len(net.live_children("A")) == 1 and net.installs("A")[0].udp_encap

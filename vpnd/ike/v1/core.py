@@ -45,7 +45,6 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._out: list = []
         self._now = now
         self._last_raw = b""
-        self._peer_draft_vid = None
         self.drops = 0
         self.retransmit_base = RETRANSMIT_BASE
         self.rekeyed_linger = 5.0

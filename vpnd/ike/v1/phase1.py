@@ -8,13 +8,13 @@ and send messages, and the action list.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import hmac
+
+from cryptography import x509
 
 from vpnd.crypto import dh
 from vpnd.crypto.rsa_encr import RsaError, decrypt_pkcs1, encrypt_pkcs1, sign_raw_pkcs1, verify_raw_pkcs1
 from vpnd.ike import codec
-from vpnd.ike.actions import Event
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import identity, keys, policy
 from vpnd.ike.v1 import payloads as P
@@ -40,26 +40,27 @@ def _auth_method(conn) -> int:
 class Phase1Mixin:
     # ------------------------------------------------------------------ vendor IDs / NAT-D
 
-    def _our_vids(self, peer_natt: str | None = None, initiator: bool = True) -> list:
+    def _our_vids(self, sa: IsakmpSA | None = None) -> list:
+        """DPD (RFC 3706 2.1) and NAT-T vendor IDs: all NAT-T versions in message 1, the one
+        chosen from the peer's in the answer (RFC 3947 3.1)."""
         vids = [P.VendorID(C.VID_DPD)]
-        if initiator:
+        if sa is None or sa.initiator:
             vids += [P.VendorID(v) for v in C.VIDS_NATT]
-        elif peer_natt == "rfc":
+        elif sa.natt == "rfc":
             vids.append(P.VendorID(C.VID_NATT_RFC))
-        elif peer_natt == "draft":
-            vids.append(P.VendorID(self._peer_draft_vid or C.VID_NATT_DRAFT_02N))
+        elif sa.natt == "draft":
+            vids.append(P.VendorID(sa.natt_vid or C.VID_NATT_DRAFT_02N))
         return vids
 
     def _take_vids(self, sa: IsakmpSA, pls: list) -> None:
         got = {p.data for p in pls if isinstance(p, P.VendorID)}
-        self._peer_draft_vid = None
         if C.VID_NATT_RFC in got:
             sa.natt = "rfc"
         else:
             for v in (C.VID_NATT_DRAFT_03, C.VID_NATT_DRAFT_02N, C.VID_NATT_DRAFT_02):
                 if v in got:
                     sa.natt = "draft"
-                    self._peer_draft_vid = v
+                    sa.natt_vid = v
                     break
         sa.peer_dpd = any(v[:14] == C.VID_DPD[:14] for v in got)
 
@@ -159,7 +160,6 @@ class Phase1Mixin:
             if sig is None or not certs:
                 raise Phase1Failed("signature or certificate missing", C.N_INVALID_SIGNATURE, "auth_failed")
             try:
-                from cryptography import x509
                 cert = x509.load_der_x509_certificate(certs[0].data)
             except ValueError:
                 raise Phase1Failed("peer certificate does not parse", C.N_AUTHENTICATION_FAILED, "auth_failed")
@@ -175,8 +175,7 @@ class Phase1Mixin:
             sa.peer_cert = cert
         else:
             got = _first(pls, P.Hash)
-            import hmac as _h
-            if got is None or not _h.compare_digest(got.data, want):
+            if got is None or not hmac.compare_digest(got.data, want):
                 raise Phase1Failed("HASH_%s mismatch (wrong pre-shared key?)" % ("I" if from_initiator else "R"),
                                    C.N_INVALID_HASH_INFORMATION, "auth_failed")
         if not identity.id_matches(sa.conn.remote_id, peer_id):
@@ -407,7 +406,7 @@ class Phase1Mixin:
         if not aggressive:
             self.sas[sa.cky_i] = sa
             sa.state = "MM_SA_SETUP"
-            self._send(sa, self._plain(sa, C.EXCH_MAIN, 0, [answer] + self._our_vids(sa.natt, False)),
+            self._send(sa, self._plain(sa, C.EXCH_MAIN, 0, [answer] + self._our_vids(sa)),
                        now, expect_reply=False)
             return
         # Aggressive Mode message 2
@@ -444,7 +443,7 @@ class Phase1Mixin:
             body = [answer, P.KE(sa.gxr), P.Nonce(sa.nr), idp] + self._auth_payloads(sa, False)
             # the initiator's certificate comes in message 3; peers send it only when asked
             body += self._certreq(sa)
-        body += self._our_vids(sa.natt, False) + self._natd_payloads(sa)
+        body += self._our_vids(sa) + self._natd_payloads(sa)
         sa.state = "AG_INIT_EXCH"
         self._send(sa, self._plain(sa, C.EXCH_AGGRESSIVE, 0, body), now, expect_reply=True)
 
@@ -675,5 +674,3 @@ _NOTIFY_NAMES = {v: k[2:] for k, v in vars(C).items() if k.startswith("N_")}
 def notify_name(t: int) -> str:
     return _NOTIFY_NAMES.get(t, str(t)).replace("_", "-")
 
-
-_ = (datetime, ipaddress)

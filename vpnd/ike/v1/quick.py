@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import struct
 
-from vpnd.crypto import ciphers, dh
+from vpnd.crypto import dh
 from vpnd.ike import codec
 from vpnd.ike.actions import ChildKeys, InstallChildSA
 from vpnd.ike.v1 import constants as C
@@ -469,5 +468,3 @@ def _digest(data: bytes) -> bytes:
 
     return hashlib.sha256(data).digest()[:16]
 
-
-_ = (ciphers, struct)

@@ -55,6 +55,7 @@ class IsakmpSA:
     p2_iv: dict = field(default_factory=dict)  # message ID -> IV of that exchange
     # vendor options
     natt: str | None = None  # "rfc" | "draft" when both sides do NAT-T
+    natt_vid: bytes = b""  # the draft vendor ID the peer sent (echoed back)
     peer_dpd: bool = False
     nat_local: bool = False  # we are behind a NAT
     nat_remote: bool = False  # the peer is
