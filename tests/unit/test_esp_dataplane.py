@@ -295,6 +295,29 @@ def test_hard_below_soft_still_stops():
     assert [e[0] for e in dp.events] == ["soft_expire", "hard_expire"]
 
 
+def test_continue_from_keeps_sequence_counters_and_lifetime_progress():
+    out, inn = gcm_pair(lifetime=Lifetime(soft_packets=2, hard_packets=5))
+    tx, rx = tx_dp(out), rx_dp(inn)
+    wires = [tx.encap(inner(i))[2] for i in range(3)]
+    for w in wires:
+        rx.decap(w, 50, LOCAL, None)
+    assert [e[0] for e in tx.events] == ["soft_expire"]
+    # the peer moved: the outbound SA is rebuilt towards a new address
+    moved = SA(0x3000, "esp", "tunnel", "aes128gcm16", None, KEY20, local=LOCAL,
+               remote="10.200.0.9", lifetime=Lifetime(soft_packets=2, hard_packets=5))
+    moved.continue_from(out)
+    tx.add_outbound("p", ["10.1.0.0/16"], ["10.2.0.0/16"], [moved])
+    o = tx.encap(inner(9))
+    assert o[1] == "10.200.0.9" and struct.unpack("!I", o[2][24:28])[0] == 4
+    assert moved.packets_out == 4 and [e[0] for e in tx.events] == ["soft_expire"]
+    assert rx.decap(o[2], 50, LOCAL, None) == inner(9)
+    # the same for an inbound SA: replayed packets stay replays
+    inn2 = SA(0x3000, "esp", "tunnel", "aes128gcm16", None, KEY20, local=REMOTE, remote=LOCAL)
+    inn2.continue_from(inn)
+    rx2 = rx_dp(inn2)
+    assert rx2.decap(wires[1], 50, LOCAL, None) is None and inn2.replay_drops == 1
+
+
 def test_last_used_stamps_come_from_caller():
     out, inn = gcm_pair()
     tx, rx = tx_dp(out), rx_dp(inn)

@@ -170,6 +170,24 @@ class SA:
         return (f"<SA {self.protocol} spi=0x{self.spi:08x} {self.mode} "
                 f"{self.encryption or ''}/{self.integrity or ''} {self.local}->{self.remote}>")
 
+    def continue_from(self, old: "SA") -> None:
+        """Take over the state of `old` (same SPI and keys, rebuilt e.g. for a new peer
+        address): sequence number, replay window, counters, lifetime progress, IP ID."""
+        self.seq = old.seq
+        self.rp_top = old.rp_top
+        self.rp_bitmap = old.rp_bitmap & self.rp_mask
+        for name in COUNTER_NAMES:
+            setattr(self, name, getattr(old, name))
+        self.last_in, self.last_out = old.last_in, old.last_out
+        self.soft_fired, self.hard_fired, self.expired = old.soft_fired, old.hard_fired, old.expired
+        lt = self.lifetime
+        self._limit_bytes = _next_limit(lt.soft_bytes, lt.hard_bytes, self.soft_fired,
+                                        self.hard_fired)
+        self._limit_packets = _next_limit(lt.soft_packets, lt.hard_packets, self.soft_fired,
+                                          self.hard_fired)
+        if self.outer is not None and old.outer is not None:
+            self.outer.ident = old.outer.ident
+
     # -- lifetime (slow path, called when a limit counter is crossed) -------------------
 
     def _limit_hit(self) -> bool:
