@@ -332,3 +332,17 @@ def test_internal_error_costs_one_message(monkeypatch):
     out = net.a.rekey("site", net.now)
     net.feed(net.a, out)
     assert any(e.kind == "error" and "internal error RuntimeError" in e.message for e in net.events("B"))
+
+
+def test_timer_bug_does_not_leave_a_due_timer(monkeypatch):
+    conf = {"dpd": {"interval": 10, "retry": 2, "mode": "periodic", "action": "clear"}}
+    net = pair(conf, conf)
+
+    def boom(sa, now):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(net.a, "_dpd_timer", boom)
+    net.advance(11)
+    assert any("timer failed" in e.message for e in net.events("A", "error"))
+    nt = net.a.next_timer()
+    assert nt is None or nt > net.now

@@ -192,19 +192,32 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         for sa in list(self.sas.values()):
             if sa.cky_i not in self.sas:
                 continue
-            self._sa_timers(sa, now)
+            try:
+                self._sa_timers(sa, now)
+            except Exception as e:
+                # never leave a due timer behind (the daemon would spin on it): drop the SA
+                self._event("error", sa.conn.name, f"ISAKMP SA timer failed ({type(e).__name__}); SA dropped",
+                            ike_id=sa.ike_id)
+                self._drop_isakmp(sa, now, reason="internal error", notify_peer=False)
         for c in list(self.children.values()):
             if c.child_id not in self.children:
                 continue
-            if c.delete_at is not None and now >= c.delete_at:
-                self._delete_child(c, now, reason="replaced by rekeyed SA", notify_peer=c.initiator)
-            elif c.expire_at is not None and now >= c.expire_at:
-                self._delete_child(c, now, reason="lifetime expired")
-            elif c.state == "INSTALLED" and c.rekey_at is not None and now >= c.rekey_at:
-                self._rekey_child(c, now)
-            elif c.conn.idle_time and now - max(c.last_in, c.last_out) >= c.conn.idle_time:
-                self._delete_child(c, now, reason=f"idle for {c.conn.idle_time} s")
+            try:
+                self._child_timers(c, now)
+            except Exception as e:
+                self._event("error", c.conn.name, f"IPsec SA timer failed ({type(e).__name__}); SA deleted")
+                self._delete_child(c, now, reason="internal error", notify_peer=False)
         return self._end()
+
+    def _child_timers(self, c, now: float) -> None:
+        if c.delete_at is not None and now >= c.delete_at:
+            self._delete_child(c, now, reason="replaced by rekeyed SA", notify_peer=c.initiator)
+        elif c.expire_at is not None and now >= c.expire_at:
+            self._delete_child(c, now, reason="lifetime expired")
+        elif c.state == "INSTALLED" and c.rekey_at is not None and now >= c.rekey_at:
+            self._rekey_child(c, now)
+        elif c.conn.idle_time and now - max(c.last_in, c.last_out) >= c.conn.idle_time:
+            self._delete_child(c, now, reason=f"idle for {c.conn.idle_time} s")
 
     # ------------------------------------------------------------------ status
 
