@@ -593,3 +593,29 @@ def test_outer_mtu_per_policy_and_global_change():
     limit_a = max_inner_size(1000, encryption="aes128gcm16")
     assert IP(dp.encap(inner(limit_a, dst="10.2.0.1", flags="DF"))[1])[ICMP].nexthopmtu == limit_a
     assert dp.encap(inner(limit_b - 28, dst="10.3.0.1", flags="DF"))[0] == "raw"
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "transport"])
+@pytest.mark.parametrize("kind", ["ah", "esp+ah", "esp-udp"])
+def test_max_inner_exact_for_ah_bundles_and_transport(kind, mode):
+    from vpnd.esp.overhead import max_inner_size
+    bundle = []
+    if kind != "ah":
+        bundle.append(SA(0x7100, "esp", mode, "aes256", "sha256", bytes(32), bytes(32),
+                         local=LOCAL, remote=REMOTE, encap=(4500, 4500) if kind == "esp-udp" else None))
+    if kind != "esp-udp":
+        bundle.append(SA(0x7101, "ah", mode, None, "sha512", b"", bytes(64), local=LOCAL, remote=REMOTE))
+    mtu = 1300
+    dp = DataPlane(outer_mtu=mtu)
+    lts, rts = (["10.1.0.0/16"], ["10.2.0.0/16"]) if mode == "tunnel" else ([LOCAL], [REMOTE])
+    dp.add_outbound("p", lts, rts, bundle)
+    limit = max_inner_size(mtu, encryption=None if kind == "ah" else "aes256",
+                           integrity=None if kind == "ah" else "sha256",
+                           ah_integrity=None if kind == "esp-udp" else "sha512",
+                           udp_encap=kind == "esp-udp", mode=mode)
+    src, dst = ("10.1.0.5", "10.2.0.7") if mode == "tunnel" else (LOCAL, REMOTE)
+    wire = lambda o: len(o[2]) + (28 if o[0] == "udp" else 0)
+    sizes = [wire(dp.encap(inner(limit - 28 - k, src=src, dst=dst, flags="DF"))) for k in range(16)]
+    assert max(sizes) <= mtu and mtu - max(sizes) < 16
+    r = dp.encap(inner(limit - 27, src=src, dst=dst, flags="DF"))
+    assert r[0] == "tun" and IP(r[1])[ICMP].nexthopmtu == limit
