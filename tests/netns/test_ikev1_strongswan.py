@@ -395,3 +395,38 @@ def test_gcm_keymat_with_salt_and_charon_dpd(topo, make_charon, vpnds, ike, esp)
     assert log.count("sending DPD request") >= 3 and log.count("N(DPD_ACK)") >= 3, log[-3000:]
     assert "dead" not in log.lower(), log[-3000:]
     check_traffic(topo, mbytes=0.5)
+
+
+def test_aggressive_mode_refused_by_global_switch(topo, make_charon, vpnds):
+    """The seed's `crypto isakmp aggressive-mode disable` (daemon.aggressive_mode: false)."""
+    ike, esp = PAIRS[0]
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, daemon_extra="aggressive_mode: false"))
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp, aggressive=True)
+    out = ch.swanctl("--initiate", "--child", "site", "--timeout", "4", check=False, timeout=15)
+    assert "established" not in out.lower() or "failed" in out.lower(), out
+    assert "Aggressive Mode from 10.200.0.2 refused" in v.log()
+    assert v.status()["ike_sas"] == []
+    # Main Mode from the same peer is still welcome
+    charon_psk(ch, topo, ike=ike, esp=esp, aggressive=False)
+    ch.initiate("site")
+    wait_child(v)
+
+
+def test_wrong_psk_is_an_authentication_failure(topo, make_charon, vpnds):
+    ike, esp = PAIRS[0]
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp))
+    ch = _charon(make_charon, topo)
+    conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts=LAN_B, remote_ts=LAN_A,
+                          ike=ike, esp=esp, version=1, child="site")
+    conn["remote"]["id"] = "%any"
+    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret("not the key vpnd has")}))
+    ch.swanctl("--initiate", "--child", "site", "--timeout", "4", check=False, timeout=15)
+    deadline = time.monotonic() + 10
+    while "wrong pre-shared key" not in v.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "wrong pre-shared key" in v.log(), v.log()[-3000:]
+    assert v.status()["ike_sas"] == []
+    assert "not the key" not in v.log()  # the secret never reaches the log
