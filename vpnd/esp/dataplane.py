@@ -406,31 +406,43 @@ class DataPlane:
         src_b, dst_b = outer.src, outer.dst
         hdr_pack = IPV4_HDR.pack
 
+        # ESP length for an inner packet of n bytes: header, IV, padded payload, ICV
+        esp_fixed = 8 + esp.iv_size + esp.icv_size
+        bmask = esp.block - 1
+
         def send_esp_tunnel(pkt):
             n = len(pkt)
             if (n < 20 or pkt[0] >> 4 != 4 or (pkt[2] << 8 | pkt[3]) != n
                     or n > pol.max_inner or (dp.mss_clamp and pkt[9] == PROTO_TCP)):
                 return send(pkt)
-            body = seal(pkt, PROTO_IPIP)
-            if body is None:
-                dp.expired_drops += 1
-                return None
+            if udp_dst is not None:
+                body = seal(pkt, PROTO_IPIP)
+                if body is None:
+                    dp.expired_drops += 1
+                    return None
+                out = ("udp", udp_dst, body, udp_src)
+            else:
+                # the outer header first, so that seal() joins it in its one copy
+                tos = pkt[1]
+                frag = (pkt[6] & 0x40) << 8             # DF copied from the inner packet
+                total = 20 + esp_fixed + ((n + 2 + bmask) & ~bmask)
+                ident = (outer.ident + 1) & 0xFFFF
+                c = base + tos + total + ident + frag
+                c = (c & 0xFFFF) + (c >> 16)
+                c = (c & 0xFFFF) + (c >> 16)
+                body = seal(pkt, PROTO_IPIP, hdr_pack(0x45, tos, total, ident, frag, OUTER_TTL,
+                                                      PROTO_ESP, ~c & 0xFFFF, src_b, dst_b))
+                if body is None:
+                    dp.expired_drops += 1
+                    return None
+                outer.ident = ident
+                out = ("raw", remote, body)
             esp.packets_out += 1
             esp.bytes_out += n
             esp.last_out = dp.now
             if esp.bytes_out >= esp._limit_bytes or esp.packets_out >= esp._limit_packets:
                 esp._limit_hit()
-            if udp_dst is not None:
-                return ("udp", udp_dst, body, udp_src)
-            tos = pkt[1]
-            frag = (pkt[6] & 0x40) << 8                 # DF copied from the inner packet
-            total = 20 + len(body)
-            ident = outer.ident = (outer.ident + 1) & 0xFFFF
-            c = base + tos + total + ident + frag
-            c = (c & 0xFFFF) + (c >> 16)
-            c = (c & 0xFFFF) + (c >> 16)
-            return ("raw", remote, hdr_pack(0x45, tos, total, ident, frag, OUTER_TTL,
-                                            PROTO_ESP, ~c & 0xFFFF, src_b, dst_b) + body)
+            return out
 
         return send_esp_tunnel
 

@@ -280,7 +280,8 @@ def _next_limit(soft: int, hard: int, soft_fired: bool, hard_fired: bool = False
 def _build_esp(sa: SA):
     """Return (seal, open) closures for this SA's algorithms.
 
-    seal(payload, nh) -> ESP bytes (header .. ICV) or None when the SA cannot send.
+    seal(payload, nh, prefix=b"") -> prefix + ESP bytes (header .. ICV), or None when the
+        SA cannot send (prefix: an outer header, joined in the same copy).
     open(esp) -> (payload, nh) or None (counted).  `esp` is bytes or memoryview of the
     ESP packet starting at the SPI.
     """
@@ -331,7 +332,7 @@ def _build_esp(sa: SA):
 
         seq_max = sa.seq_max
 
-        def seal(payload, nh):
+        def seal(payload, nh, prefix=b""):
             seq = sa.seq + 1
             if seq > seq_max or sa.expired:
                 next_seq()                   # counts the drop and reports the expiry
@@ -342,7 +343,7 @@ def _build_esp(sa: SA):
             hdr = spi_b + seqb[4:]
             ct = encrypt(salt + seqb, payload + trailers[nh][-(len(payload) + 2) & 3],
                          spi_b + seqb if esn else hdr)
-            return b"".join((hdr, seqb, ct))
+            return b"".join((prefix, hdr, seqb, ct))
 
         def open_(esp):
             if len(esp) < min_len:
@@ -379,7 +380,7 @@ def _build_esp(sa: SA):
         opad = integ._opad
     urandom = os.urandom
 
-    def seal(payload, nh):
+    def seal(payload, nh, prefix=b""):
         seq = next_seq()
         if seq < 0:
             return None
@@ -389,19 +390,22 @@ def _build_esp(sa: SA):
         if is_cbc:
             # A fresh random IV per packet: CBC needs it unpredictable (RFC 3602 3)
             iv = urandom(iv_size)
-            body = b"".join((hdr, iv, cbc_encrypt(iv, pt)))
+            ct = cbc_encrypt(iv, pt)
         else:
-            body = hdr + pt
+            iv = b""
+            ct = pt
         if integ is None:
-            return body
+            return b"".join((prefix, hdr, iv, ct))
         h = ipad.copy()
-        h.update(body)
+        h.update(hdr)
+        h.update(iv)
+        h.update(ct)
         if esn:
             # the high half is authenticated but not sent (RFC 4303 2.2.1, 3.3.2)
             h.update(seqb[:4])
         o = opad.copy()
         o.update(h.digest())
-        return body + o.digest()[:icv_size]
+        return b"".join((prefix, hdr, iv, ct, o.digest()[:icv_size]))
 
     def open_(esp):
         n = len(esp)
