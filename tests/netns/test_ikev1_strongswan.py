@@ -430,3 +430,31 @@ def test_wrong_psk_is_an_authentication_failure(topo, make_charon, vpnds):
     assert "wrong pre-shared key" in v.log(), v.log()[-3000:]
     assert v.status()["ike_sas"] == []
     assert "not the key" not in v.log()  # the secret never reaches the log
+
+
+def test_restarted_peer_initial_contact_cleans_up(topo, make_charon, vpnds):
+    """charon restarts and connects afresh with INITIAL-CONTACT: vpnd drops the stale SAs."""
+    ike, esp = PAIRS[1]
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, extra="dpd: {interval: 0}"))
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    ch.initiate("site")
+    first = wait_child(v)
+    ch.kill()
+    ch2 = _charon(make_charon, topo)
+    charon_psk(ch2, topo, ike=ike, esp=esp)
+    ch2.initiate("site")
+    second = wait_child(v, not_spi=first["child"]["spi_in"], not_ike=first["ike"]["spi_i"])
+    # charon 5.9.8 sends no INITIAL-CONTACT in Main Mode here: the new ISAKMP SA replaces
+    # the stale one, which goes after a grace period; the stale IPsec SA pair likewise
+    st = v.status()
+    live = [s for s in st["ike_sas"] if s["state"] == "ESTABLISHED"]
+    assert len(live) == 1 and live[0]["spi_i"] == second["ike"]["spi_i"], st
+    assert [c["state"] for c in live[0]["child_sas"]].count("INSTALLED") == 1, st
+    assert st["connections"][0]["ike_sas"] == 1 and st["connections"][0]["child_sas"] == 1
+    check_traffic(topo, mbytes=0.5)
+    deadline = time.monotonic() + 15
+    while len(v.status()["ike_sas"]) > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(v.status()["ike_sas"]) == 1, v.status()

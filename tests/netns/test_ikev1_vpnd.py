@@ -88,3 +88,22 @@ def test_esp_ah_bundle_transport(topo, vpnds):
     # the echo went through the bundle, not around it
     now = wait_child(a)["child"]
     assert now["packets_out"] >= 3 and now["packets_in"] >= 3, now
+
+
+def test_trap_per_host(topo, vpnds):
+    """start: trap with per_host: the first packet from hosta to hostb brings up an SA pair for
+    exactly that host pair (the seed's `set security-association level per-host`)."""
+    from .topology import HOST_A, HOST_B
+
+    ike, esp = PAIRS[1]
+    b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
+                                     ike=ike, esp=esp, extra="per_host: true"))
+    a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="trap", extra="per_host: true"))
+    assert a.status()["ike_sas"] == []
+    r = topo.ping("hosta", HOST_B, count=1, timeout=5)
+    assert r.returncode == 0, r.stdout.decode()  # the triggering packet was queued, not lost
+    got = wait_child(a)
+    assert got["child"]["local_ts"] == [f"{HOST_A}/32"] and got["child"]["remote_ts"] == [f"{HOST_B}/32"]
+    _ = b
+    check_traffic(topo, mbytes=0.5)

@@ -25,6 +25,7 @@ from vpnd.ike.v1.state import IsakmpSA, Retransmit
 RETRANSMIT_BASE = 4.0  # seconds, doubled per try (strongSwan's default timing, 5 tries)
 RETRANSMIT_TRIES = 5
 HALF_OPEN_TIMEOUT = 60.0
+REPLACED_GRACE = 10.0  # seconds a replaced ISAKMP SA lingers on the responder
 
 
 class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
@@ -228,7 +229,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         state = "up" if children else ("connecting" if sas else "down")
         if up and not children:
             state = "up" if any(s.is_established for s in sas) else state
-        return {"state": state, "ike_sas": sum(1 for s in sas if s.is_established),
+        return {"state": state, "ike_sas": sum(1 for s in sas if s.is_established and not s.replaced),
                 "child_sas": sum(1 for c in children if c.state != "REKEYED")}
 
     def status_ike_sas(self, now: float) -> list[dict]:
@@ -241,7 +242,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         for sa in sorted(self.sas.values(), key=lambda s: s.ike_id):
             entry = {
                 "connection": sa.conn.name, "version": 1,
-                "state": "ESTABLISHED" if sa.is_established else "CONNECTING",
+                "state": ("REPLACED" if sa.replaced else "ESTABLISHED") if sa.is_established else "CONNECTING",
                 "isakmp_state": sa.state,
                 "exchange": "Aggressive" if sa.aggressive else "Main",
                 "local": f"{sa.local[0]}:{sa.local[1]}", "remote": f"{sa.remote[0]}:{sa.remote[1]}",
@@ -541,6 +542,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 if sa.initiator:
                     self._send_delete_isakmp(other, now)
                     self._drop_isakmp(other, now, reason="rekeyed", notify_peer=False)
+                else:
+                    # the peer re-authenticated (it deletes the old SA itself) or restarted
+                    # without INITIAL-CONTACT (nobody will): the old SA goes after a grace period
+                    other.rekey_at = None
+                    other.dpd_due = None
+                    other.expire_at = min(other.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
         for c in self.children.values():
             if c.conn.name == sa.conn.name:
                 c.ike_id = sa.ike_id
