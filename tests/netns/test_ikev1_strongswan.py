@@ -458,3 +458,22 @@ def test_restarted_peer_initial_contact_cleans_up(topo, make_charon, vpnds):
     while len(v.status()["ike_sas"]) > 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(v.status()["ike_sas"]) == 1, v.status()
+
+
+@pytest.mark.parametrize("sport", [500, 4500], ids=["lose-msg2", "lose-msg6"])
+def test_lost_message_retransmitted_with_charon(topo, make_charon, vpnds, sport):
+    """nftables in gwa drops the first IKE packet charon sends from port `sport` (Main Mode
+    message 2, or message 6 after the float to 4500); vpnd's retransmission recovers."""
+    ike, esp = PAIRS[1]
+    rules = ("table inet ik1loss {\n chain input {\n  type filter hook input priority 0;\n"
+             f"  udp sport {sport} limit rate 1/hour burst 1 packets counter drop\n }}\n}}\n")
+    topo.run("gwa", ["nft", "-f", "-"], input=rules.encode())
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start"))
+    wait_child(v, timeout=30)
+    ruleset = topo.run("gwa", ["nft", "list", "table", "inet", "ik1loss"]).stdout.decode()
+    assert "packets 1 " in ruleset, ruleset  # exactly one message was lost
+    assert "retransmit" in ch.log().lower(), ch.log()[-2000:]
+    check_traffic(topo, mbytes=0.5)
