@@ -87,7 +87,7 @@ class RouteManager:
 
     def __init__(self, tun_index: int):
         self.tun_index = tun_index
-        # (dst, next_hop, metric, tag) -> number of holders; present only for routes we added
+        # (dst, *RouteOptions.key()) -> number of holders; only routes we added
         self._refs: dict[tuple, int] = {}
         self._foreign: dict[tuple, int] = {}  # routes that existed before us: counted, never removed
         self._steered: dict[str, int] = {}   # transport-mode peer -> holders
