@@ -253,29 +253,31 @@ def test_sighup_reload(topo, daemons):
     assert not resp["ok"] and "manual keying" in resp["error"]
 
 
-# -- packets attacked on the wire (scapy reads the capture, a raw socket in gwb injects) ----
+# -- packets attacked on the wire (scapy reads the capture, gwb injects) -----------------
 
 _INJECT = r"""
 import socket, sys
-pkt = bytes.fromhex(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-s.sendto(pkt, (sys.argv[2], 0))
+pkt, dst = bytes.fromhex(sys.argv[1]), sys.argv[2]
+if sys.argv[3] == "raw":      # a whole IPv4 packet
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    s.sendto(pkt, (dst, 0))
+else:                         # ESP in UDP to the NAT-T port, from an ephemeral port
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(pkt, (dst, 4500))
 """
 
 
-def _inject(topo, pkt: bytes, dst: str):
-    topo.run("gwb", [sys.executable, "-c", _INJECT, pkt.hex(), dst])
-
-
-def _last_esp_to_gwa(topo):
-    """Capture the ESP packets gwb sends to gwa during a ping; scapy parses them."""
-    from scapy.all import ESP, IP, rdpcap
-    with topo.capture("gwb", "wan", "attack.pcap", "esp and dst host 10.200.0.1") as cap:
+def _last_esp_to_gwa(topo, encap: bool) -> bytes:
+    """The last ESP packet gwb sent to gwa during a ping, as captured on the WAN: the whole
+    IPv4 packet (raw) or the UDP payload (ESP in UDP); scapy parses the capture."""
+    from scapy.all import IP, UDP, raw, rdpcap
+    bpf = "udp dst port 4500" if encap else "esp"
+    with topo.capture("gwb", "wan", "attack.pcap", f"{bpf} and dst host 10.200.0.1") as cap:
         assert topo.ping("hostb", HOST_A, count=2, interval=0.05).returncode == 0
         time.sleep(0.2)
-    pkts = [p for p in rdpcap(str(cap.path)) if p.haslayer(ESP)]
+    pkts = [p[IP] for p in rdpcap(str(cap.path)) if p.haslayer(IP)]
     assert pkts, "no ESP captured"
-    return pkts[-1][IP]
+    return bytes(pkts[-1][UDP].payload) if encap else raw(pkts[-1])
 
 
 def _wait_counter(get, before, what, timeout=5):
@@ -285,58 +287,62 @@ def _wait_counter(get, before, what, timeout=5):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("alg", ["aes128gcm16", "aes256-sha256"])
-def test_wire_attacks_dropped_and_counted(topo, daemons, alg):
-    from scapy.all import ESP, raw
-    a, b = daemons(alg)
+@pytest.mark.parametrize("alg,encap", [("aes128gcm16", False), ("aes256-sha256", False),
+                                       ("aes128gcm16", True), ("chacha20poly1305", True)],
+                         ids=["gcm-raw", "cbc-raw", "gcm-udp", "chacha-udp"])
+def test_wire_attacks_dropped_and_counted(topo, daemons, alg, encap):
+    """A replayed packet, a flipped bit, a truncated packet and an unknown SPI, injected from
+    gwb: each dropped and counted where it belongs; the daemon keeps running, traffic flows."""
+    a, b = daemons(alg, encap=encap)
     wait_tunnel(topo)
-    ip = _last_esp_to_gwa(topo)
-    esp = ip[ESP]
-    original = raw(ip)
+    pkt = _last_esp_to_gwa(topo, encap)
+    off = 0 if encap else (pkt[0] & 0x0F) * 4  # where ESP starts
+    seq = int.from_bytes(pkt[off + 4:off + 8], "big")
+
+    def inject(data: bytes):
+        topo.run("gwb", [sys.executable, "-c", _INJECT, data.hex(), "10.200.0.1",
+                         "udp" if encap else "raw"])
+
+    def counter(name):
+        st = a.status()
+        return sum(ch.get(name, 0) for sa in st["ike_sas"] for ch in sa["child_sas"]) + \
+            st["daemon"].get(f"dp_{name}", 0)
 
     # 1. replayed packet: the same bytes again
-    before = a.child()["replay_drops"]
-    _inject(topo, original, "10.200.0.1")
-    _wait_counter(lambda: a.child()["replay_drops"], before, "replay_drops")
+    before = counter("replay_drops")
+    inject(pkt)
+    _wait_counter(lambda: counter("replay_drops"), before, "replay_drops")
 
     # 2. a flipped bit in the ciphertext, with a fresh sequence number (so that only the
     #    ICV can catch it, not the replay window); the kernel fixes the IP checksum
-    hdr_len = ip.ihl * 4
-    before = a.child()["auth_failures"]
-    forged = bytearray(original)
-    forged[hdr_len + 4:hdr_len + 8] = (esp.seq + 1000).to_bytes(4, "big")
-    forged[hdr_len + 20] ^= 0x01
-    _inject(topo, bytes(forged), "10.200.0.1")
-    _wait_counter(lambda: a.child()["auth_failures"], before, "auth_failures")
+    before = counter("auth_failures")
+    forged = bytearray(pkt)
+    forged[off + 4:off + 8] = (seq + 1000).to_bytes(4, "big")
+    forged[off + 20] ^= 0x01
+    inject(bytes(forged))
+    _wait_counter(lambda: counter("auth_failures"), before, "auth_failures")
 
-    # 3. a truncated packet: SPI and sequence number only, and a few bytes
-    trunc = bytearray(original[:hdr_len + 10])
-    trunc[2:4] = len(trunc).to_bytes(2, "big")
-    st0 = a.status()
-    dropped0 = _drops(st0)
-    _inject(topo, bytes(trunc), "10.200.0.1")
-    _wait_counter(lambda: _drops(a.status()), dropped0, "drop counters (truncated)")
+    # 3. a truncated packet: SPI, sequence number and two bytes
+    before = counter("malformed")
+    trunc = bytearray(pkt[:off + 10])
+    if not encap:
+        trunc[2:4] = len(trunc).to_bytes(2, "big")
+    inject(bytes(trunc))
+    _wait_counter(lambda: counter("malformed"), before, "malformed")
 
     # 4. an unknown SPI
-    unknown = bytearray(original)
-    unknown[hdr_len:hdr_len + 4] = (0xDEADBEEF).to_bytes(4, "big")
-    dropped1 = _drops(a.status())
-    _inject(topo, bytes(unknown), "10.200.0.1")
-    _wait_counter(lambda: _drops(a.status()), dropped1, "drop counters (unknown SPI)")
+    before = counter("unknown_spi")
+    unknown = bytearray(pkt)
+    unknown[off:off + 4] = (0xDEADBEEF).to_bytes(4, "big")
+    inject(bytes(unknown))
+    _wait_counter(lambda: counter("unknown_spi"), before, "unknown_spi")
 
-    # the daemon is still there and traffic continues
+    # nothing of it reached the TUN, the daemon is still there and traffic continues
+    ch = a.child()
+    assert ch["replay_drops"] >= 1 and ch["auth_failures"] >= 1
     assert a.alive() and b.alive()
     assert topo.ping("hostb", HOST_A, count=3, interval=0.05).returncode == 0
     assert topo.ping("hosta", HOST_B, count=3, interval=0.05).returncode == 0
-
-
-def _drops(st: dict) -> int:
-    """Every drop the daemon reports: per child SA and daemon-wide."""
-    n = st["daemon"].get("decap_drops", 0)
-    for sa in st["ike_sas"]:
-        for ch in sa["child_sas"]:
-            n += ch.get("malformed", 0) + ch.get("replay_drops", 0) + ch.get("auth_failures", 0)
-    return n
 
 
 @pytest.mark.parametrize("encap", [False, True], ids=["raw", "udp"])
