@@ -107,3 +107,39 @@ def test_trap_per_host(topo, vpnds):
     assert got["child"]["local_ts"] == [f"{HOST_A}/32"] and got["child"]["remote_ts"] == [f"{HOST_B}/32"]
     _ = b
     check_traffic(topo, mbytes=0.5)
+
+
+def test_rekeys_under_20pps_ping(topo, vpnds):
+    from .test_ikev1_strongswan import _ping_loss
+
+    ike, esp = PAIRS[0]
+    life = "lifetime: {ike: 18, seconds: 8}"
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, extra_a=life, extra_b=life)
+    first = wait_child(a)
+    topo.wait_ping("hosta", topo.hostb_ip)
+    out = topo.run("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip],
+                   check=False, timeout=60).stdout.decode()
+    sent, got = _ping_loss(out)
+    now = wait_child(a)
+    assert now["child"]["spi_in"] != first["child"]["spi_in"] and now["ike"]["spi_i"] != first["ike"]["spi_i"]
+    assert sent == 500 and got == 500, out
+    _ = b
+
+
+def test_dpd_dead_peer_and_restart(topo, vpnds):
+    import time
+
+    ike, esp = PAIRS[1]
+    dpd = "dpd: {interval: 2, retry: 1, mode: periodic, action: restart}"
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, extra_a=dpd, extra_b=dpd)
+    wait_child(a)
+    b.stop(sig=9)
+    t0 = time.monotonic()
+    while "is dead" not in a.log():
+        assert time.monotonic() - t0 < 2 + 6 * 1 + 3, a.log()[-3000:]
+        time.sleep(0.1)
+    b2 = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
+                                      ike=ike, esp=esp, extra=dpd))
+    wait_child(a, timeout=40)
+    _ = b2
+    check_traffic(topo, mbytes=0.5)
