@@ -402,3 +402,27 @@ def test_mtu_auto_and_mss_clamp(topo, daemons):
     incoming_a = [ln for ln in seen["hosta"] if "10.2.0.10." in ln.split(">")[0]]
     assert incoming_b and all("mss 1200" in ln for ln in incoming_b), seen
     assert incoming_a and all("mss 1200" in ln for ln in incoming_a), seen
+
+
+def test_wrong_key_counted_as_auth_failures(topo):
+    """gwa's inbound key differs from gwb's outbound key: every packet from gwb fails the ICV
+    check at gwa (counted), nothing is delivered, the daemons keep running."""
+    import yaml
+    ca, cb = manual_pair(topo, "aes256-sha256")
+    doc = yaml.safe_load(ca)
+    inbound = doc["connections"]["tunnel"]["manual"]["inbound"]["esp"]
+    inbound["auth_key"] = "%064x" % (int(inbound["auth_key"], 16) ^ 1)
+    a = Vpnd(topo, "gwa", yaml.safe_dump(doc))
+    b = Vpnd(topo, "gwb", cb)
+    try:
+        a.start()
+        b.start()
+        assert topo.ping("hosta", HOST_B, count=3, interval=0.05, timeout=0.5).returncode != 0
+        ch = a.child()
+        assert ch["auth_failures"] >= 3 and ch["packets_in"] == 0, ch
+        assert b.child()["packets_in"] >= 3  # gwa -> gwb still fine
+        assert a.alive() and b.alive()
+    finally:
+        for d in (a, b):
+            if d.alive():
+                assert d.stop() == 0
