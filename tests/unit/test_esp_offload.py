@@ -110,3 +110,25 @@ def test_different_timestamps_not_merged():
     a = seg(1000, b"a" * 1000, ts=(1, 2))
     b = seg(2000, b"b" * 1000, ts=(2, 2))
     assert gro_coalesce([a, b]) == [NO_VNET + a, NO_VNET + b]
+
+
+def test_segment_with_bad_tcp_checksum_is_not_merged():
+    """A segment damaged before the remote gateway encrypted it must reach the receiving TCP
+    with its bad checksum (which then drops it), not be hidden inside a GSO train whose
+    checksums the kernel recomputes."""
+    data, segs = flow(4)
+    bad = bytearray(segs[2])
+    bad[-1] ^= 0x01                                   # payload bit flip, checksum unchanged
+    segs[2] = bytes(bad)
+    out = gro_coalesce(segs)
+    passed_alone = [b for b in out if VNET_HDR.unpack_from(b, 0)[1] == 0]
+    assert any(b[VNET_HDR.size:] == segs[2] for b in passed_alone)
+    for b in out:
+        if VNET_HDR.unpack_from(b, 0)[1] != 0:
+            assert segs[2][40:] not in b              # never part of a merged train
+
+
+def test_valid_odd_length_segments_pass_the_checksum_check():
+    data, segs = flow(3, mss=1347, last_len=1001)
+    out = gro_coalesce(segs)
+    assert len(out) == 1 and VNET_HDR.unpack_from(out[0], 0)[1] == 1

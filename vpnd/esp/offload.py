@@ -12,11 +12,11 @@ options or fragments, TCP with flags exactly ACK (a PSH ends the train), contigu
 sequence numbers, identical addresses, ports, TOS, TTL, DF, ACK number, window, TCP
 options (timestamps included), and every segment but the last of the first one's size.
 
-Trade-off, stated plainly: unlike a NIC's GRO, the segments' own TCP checksums are not
-verified before merging (in Python that would cost more than the merge saves); the kernel
-writes fresh checksums when it resegments.  Between the gateways the ESP/AH ICV already
-rules out corruption; what is no longer caught end to end is a segment damaged between the
-remote host and the remote gateway's encryption.  VPND_NO_GRO=1 (net/tun.py) turns GRO off.
+Like a NIC's GRO, every segment's own TCP checksum is verified before it joins a train:
+the kernel writes fresh checksums when it resegments, so merging a segment damaged between
+the remote host and the remote gateway (where the ESP ICV does not reach) would hide the
+damage from the receiving TCP.  A segment that fails the check passes unmerged, with its
+bad checksum, and the receiver drops it.  VPND_NO_GRO=1 (net/tun.py) turns GRO off.
 """
 
 from __future__ import annotations
@@ -49,6 +49,18 @@ def _ip_checksum(h) -> int:
     return ~_fold(s) & 0xFFFF
 
 
+def _tcp_checksum_ok(p, n: int) -> bool:
+    """RFC 1071 check of an IPv4 TCP segment (pseudo-header included), without a Python
+    loop: 2**16 == 1 (mod 0xFFFF), so the one's complement sum of the 16-bit words is
+    congruent to the big-endian integer of the bytes, and a correct sum is 0xFFFF == 0."""
+    seg = p[20:n]
+    s = int.from_bytes(seg, "big")
+    if (n - 20) & 1:
+        s <<= 8                               # odd length: pad with a zero byte
+    s += int.from_bytes(p[12:20], "big") + 6 + n - 20
+    return s % 0xFFFF == 0
+
+
 def _mergeable(p) -> int:
     """TCP payload length if `p` may start or join a train, else -1."""
     n = len(p)
@@ -59,6 +71,8 @@ def _mergeable(p) -> int:
     doff = (p[32] >> 4) * 4
     if doff < 20 or 20 + doff > n or p[33] & ~PSH != ACK:
         return -1                             # only ACK (+PSH on the last one)
+    if not _tcp_checksum_ok(p, n):
+        return -1                             # damaged before encryption: let TCP see it
     return n - 20 - doff
 
 
