@@ -600,3 +600,36 @@ def test_rekey_crossing_strongswan(ik2_topo, make_charon, vpnds, ike_sa):
     assert ("by the peer" in log) if ike_sa else ("rekeyed by the peer meanwhile" in log or "collision" in log), \
         log[-3000:]
     check_traffic(topo, mbytes=0.5)
+
+
+def test_initial_contact_from_restarted_charon(ik2_topo, make_charon, vpnds):
+    """charon crashes and initiates again at once: vpnd drops the stale SAs on its
+    INITIAL_CONTACT instead of keeping two tunnels."""
+    topo = ik2_topo
+    ike, esp = PAIRS[2]
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="none"))
+    def load(c):
+        # charon sends INITIAL_CONTACT only towards a definite identity, not %any
+        conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts=LAN_B, remote_ts=LAN_A,
+                              ike=ike, esp=esp, child="site", remote_id=topo.gwa_wan)
+        c.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+
+    ch = make_charon(topo, "gwb")
+    load(ch)
+    ch.initiate("site")
+    first = wait_child(v)
+    ch.kill()
+    ch2 = make_charon(topo, "gwb")
+    load(ch2)
+    ch2.initiate("site")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        sas = v.status()["ike_sas"]
+        if len(sas) == 1 and sas[0]["spi_i"] != first["ike"]["spi_i"] and sas[0]["child_sas"]:
+            break
+        time.sleep(0.2)
+    sas = v.status()["ike_sas"]
+    assert len(sas) == 1 and sas[0]["spi_i"] != first["ike"]["spi_i"], sas
+    assert "INITIAL_CONTACT" in ch2.log() or "INIT_CONTACT" in ch2.log()
+    check_traffic(topo, mbytes=0.5)
