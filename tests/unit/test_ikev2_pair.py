@@ -407,3 +407,23 @@ def test_initial_contact_after_dpd_restart_clears_peer():
     p.run(30)
     p.check_tunnel()
     assert len(p.ike(p.b)) == 1  # the old SA went with A's INITIAL_CONTACT
+
+
+def test_lost_authentication_failed_answer_is_repeated():
+    p = Pair({"psk": "one key for a"}, {"psk": "another key for b"})
+    lost = []
+
+    def lose_auth_answer(sender, d):
+        if sender is p.b and d.data[18] == 35 and not lost:
+            lost.append(d)
+            return "drop"
+        return None
+
+    p.filter = lose_auth_answer
+    p.up()
+    assert "auth_failed" in p.b.kinds() and "auth_failed" not in p.a.kinds()
+    p.run(5)
+    assert "auth_failed" in p.a.kinds()  # the retransmit got the cached AUTHENTICATION_FAILED
+    assert p.b.m.status(p.now)["ike_sas"] == []
+    p.run(20)
+    assert p.b.m.v2.sas == {} and p.a.m.v2.sas == {}

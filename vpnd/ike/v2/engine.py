@@ -27,6 +27,7 @@ from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
 INVALID_SPI_INTERVAL = 1.0
 DROP_REPORT_INTERVAL = 10.0
+FAILED_LINGER = 10.0
 CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
 
 
@@ -277,7 +278,7 @@ class Ikev2Engine:
             self.persistent.add(conn.name)
 
     def _has_other_sa(self, conn, exclude: IkeSa) -> bool:
-        return any(s is not exclude and s.conn.name == conn.name and s.state != "DEAD"
+        return any(s is not exclude and s.conn.name == conn.name and s.state not in ("DEAD", "FAILED")
                    for s in self.sas.values())
 
     # ------------------------------------------------------------------ receive path
@@ -363,7 +364,7 @@ class Ikev2Engine:
                 return
             self.send(sa.last_response[1], sa, now=now)
             return
-        if h.message_id != sa.mid_in:
+        if h.message_id != sa.mid_in or sa.state == "FAILED":
             self.drops += 1
             return
         try:
@@ -452,6 +453,18 @@ class Ikev2Engine:
                 self.kill_ike(sa, now, "terminated")
         return self.take()
 
+    def linger(self, sa: IkeSa, now: float) -> None:
+        """A failed SA stays FAILED_LINGER seconds, only to answer a retransmitted request
+        with the same cached error (2.1), then goes."""
+        for d in (self.half_open,):
+            for k, v in list(d.items()):
+                if v is sa:
+                    del d[k]
+        sa.state = "FAILED"
+        sa.pending = None
+        sa.queue.clear()
+        sa.expire_at = now + FAILED_LINGER
+
     def queue_force(self, sa: IkeSa, task, now: float) -> None:
         """Queue on an SA that is being deleted (only the delete itself is still sent)."""
         state = sa.state
@@ -524,6 +537,9 @@ class Ikev2Engine:
     def next_timer(self) -> float | None:
         times: list[float] = list(self.retry_at.values())
         for sa in self.sas.values():
+            if sa.state == "FAILED":
+                times.append(sa.expire_at)
+                continue
             if sa.pending is not None:
                 times.append(sa.pending.next_at)
             if sa.state == "CONNECTING":
@@ -576,6 +592,10 @@ class Ikev2Engine:
         return self.take()
 
     def _timers_of(self, sa: IkeSa, now: float) -> None:
+        if sa.state == "FAILED":
+            if now >= sa.expire_at:
+                self.forget(sa)
+            return
         req = sa.pending
         if req is not None and req.next_at <= now:
             if req.tries >= len(req.timeouts) - 1:
@@ -648,7 +668,7 @@ class Ikev2Engine:
     def status(self, now: float) -> list[dict]:
         out = []
         for sa in self.sas.values():
-            if sa.state == "DEAD":
+            if sa.state in ("DEAD", "FAILED"):
                 continue
             out.append({
                 "connection": sa.conn.name, "version": 2, "state": sa.state, "ike_id": sa.ike_id,

@@ -156,7 +156,8 @@ class AuthTask:
             out.insert(len(out) - 1, IDr(t, d))
         # 2.4: we hold no other IKE SA with this peer (start-up, after DPD, ...); one in any
         # state, also the peer's own attempt arriving at the same time, means no contact
-        if not any(o is not sa and o.conn.name == conn.name and o.state != "DEAD" for o in e.sas.values()):
+        if not any(o is not sa and o.conn.name == conn.name and o.state not in ("DEAD", "FAILED")
+                   for o in e.sas.values()):
             out.append(Notify(c.N_INITIAL_CONTACT))
         child_payloads, self.req = exchange_child.child_request(e, sa, conn, ts_hint=self.ts_hint, in_auth=True)
         return out + child_payloads
@@ -236,4 +237,4 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
 def _fail(e, sa: IkeSa, h, why: str, now: float) -> None:
     e.event("auth_failed", sa.conn.name, f"IKE_AUTH from {sa.remote[0]}: {why}")
     e.respond(sa, c.IKE_AUTH, h.message_id, [Notify(c.N_AUTHENTICATION_FAILED)], now)
-    e.kill_ike(sa, now, "authentication failed")
+    e.linger(sa, now)
