@@ -633,3 +633,19 @@ def test_initial_contact_from_restarted_charon(ik2_topo, make_charon, vpnds):
     assert len(sas) == 1 and sas[0]["spi_i"] != first["ike"]["spi_i"], sas
     assert "INITIAL_CONTACT" in ch2.log() or "INIT_CONTACT" in ch2.log()
     check_traffic(topo, mbytes=0.5)
+
+
+def test_rsa_certificates_through_nat(ik2_topo_nat, make_charon, vpnds):
+    """IKE_AUTH with RSA certificates exceeds one MTU: IP fragments through the masquerade."""
+    topo = ik2_topo_nat
+    pki = _pki(Path(topo.workdir), "rsa")
+    ike, esp = PAIRS[0]
+    ch = make_charon(topo, "gwb")
+    charon_cert(ch, pki, ike=ike, esp=esp, gwa="%any")
+    auth = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
+            f"    remote_id: \"{DN_B}\"")
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, auth=auth))
+    got = wait_child(v)
+    assert got["ike"]["nat_local"] and got["ike"]["remote_id"] == DN_B
+    check_traffic(topo, mbytes=0.5)
