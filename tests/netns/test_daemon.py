@@ -79,7 +79,7 @@ def test_manual_tunnel(topo, daemons, alg, encap):
         assert ch["replay_drops"] == 0 and ch["auth_failures"] == 0
     esp, ah = ALGORITHMS[alg]
     # what crossed the WAN really was protected: no plain ICMP between the hosts there
-    with topo.capture("gwb", "wan", f"{alg}-{encap}.pcap") as cap:
+    with topo.capture("gwb", "wan", f"{alg}-{encap}.pcap", "ip") as cap:  # no ARP
         assert topo.ping("hosta", HOST_B, count=2, interval=0.05).returncode == 0
     lines = subprocess.run(["tcpdump", "-nr", str(cap.path)], capture_output=True,
                            text=True).stdout.splitlines()
@@ -353,7 +353,7 @@ def test_transport_mode_between_gateways(topo, daemons, encap):
     topo.wait_ping("gwa", "10.200.0.2")
     rules = topo.run("gwa", ["ip", "rule", "show"]).stdout.decode()
     assert "fwmark 0x7670 lookup main" in rules and "to 10.200.0.2 iif lo lookup 2220" in rules
-    with topo.capture("gwb", "wan", f"transport-{encap}.pcap") as cap:
+    with topo.capture("gwb", "wan", f"transport-{encap}.pcap", "ip") as cap:  # no ARP
         assert topo.ping("gwa", "10.200.0.2", count=3, interval=0.05).returncode == 0
         assert topo.ping("gwb", "10.200.0.1", count=3, interval=0.05).returncode == 0
     lines = subprocess.run(["tcpdump", "-nr", str(cap.path)], capture_output=True,
