@@ -426,3 +426,42 @@ def test_wrong_key_counted_as_auth_failures(topo):
         for d in (a, b):
             if d.alive():
                 assert d.stop() == 0
+
+
+_GARBAGE = r"""
+import os, random, socket, struct, sys
+dst, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(int(sys.argv[3]))
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+src = socket.inet_aton("10.200.0.2")
+for i in range(n):
+    body = os.urandom(rnd.choice((0, 1, 3, 4, 7, 8, 12, 16, 40, 100, 1400)))
+    if i % 7 == 0 and len(body) >= 4:
+        body = struct.pack("!I", 0x1000 + rnd.randrange(0x20000)) + body[4:]  # plausible SPIs
+    kind = i % 4
+    if kind < 2:  # raw ESP (50) / AH (51); the kernel sets total length and checksum
+        proto = 50 + kind
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), i & 0xFFFF, 0, 64, proto, 0, src,
+                          socket.inet_aton(dst))
+        try:
+            raw.sendto(hdr + body, (dst, 0))
+        except OSError:
+            pass
+    else:         # UDP to the NAT-T port and to the IKE port
+        udp.sendto(body if kind == 2 else b"\0\0\0\0" + body, (dst, 4500 if kind == 2 else 500))
+"""
+
+
+def test_garbage_on_every_socket(topo, daemons):
+    """Random ESP, AH, NAT-T and IKE datagrams (some with plausible SPIs): all dropped and
+    counted, no exception in the log, the tunnel keeps working."""
+    a, b = daemons("aes128gcm16", encap=True)
+    wait_tunnel(topo)
+    topo.run("gwb", [sys.executable, "-c", _GARBAGE, "10.200.0.1", "4000", "7"], timeout=120)
+    time.sleep(0.5)
+    st = a.status()
+    assert st["daemon"]["decap_drops"] > 500, st["daemon"]
+    assert a.alive() and "Traceback" not in a.log(), a.log()
+    assert topo.ping("hosta", HOST_B, count=3, interval=0.05).returncode == 0
+    assert topo.ping("hostb", HOST_A, count=3, interval=0.05).returncode == 0
