@@ -18,6 +18,8 @@ import os
 import socket
 import struct
 
+from vpnd.net.routes import SOCKET_MARK
+
 IPPROTO_ESP = 50
 IPPROTO_AH = 51
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -25,6 +27,9 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+BUFFER_SIZE = 4 << 20
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 RECV_SIZE = 65535
@@ -49,6 +54,14 @@ def classify_natt(data: bytes) -> int:
     if data[:4] == NON_ESP_MARKER:
         return KIND_IKE if len(data) > 4 else KIND_INVALID
     return KIND_ESP
+
+
+def _buffer(s: socket.socket, force_opt: int, opt: int, size: int = BUFFER_SIZE) -> None:
+    """A socket buffer of `size`: beyond net.core.[rw]mem_max with CAP_NET_ADMIN, else capped."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, force_opt, size)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
 def _udp_socket(addr: str, port: int, what: str) -> socket.socket:
@@ -111,16 +124,15 @@ class WireSockets:
             self.esp_raw = self._keep(_raw_socket(IPPROTO_ESP, bind, "ESP"))
             self.ah_raw = self._keep(_raw_socket(IPPROTO_AH, bind, "AH"))
             self.send_raw = self._keep(_raw_socket(socket.IPPROTO_RAW, None, "IPv4 send"))
-            # the send socket must never receive: IPPROTO_RAW receives nothing on Linux anyway
-            self.send_raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            # room for bursts on the data path (IPPROTO_RAW only sends on Linux)
             for s in (self.natt, self.esp_raw, self.ah_raw):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            self.natt.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                _buffer(s, SO_RCVBUFFORCE, socket.SO_RCVBUF)
+            for s in (self.natt, self.send_raw):
+                _buffer(s, SO_SNDBUFFORCE, socket.SO_SNDBUF)
         except BaseException:
             self.close()
             raise
         # our own packets skip the transport-mode steering rule (net/routes.py)
-        from vpnd.net.routes import SOCKET_MARK
         for s in (self.ike, self.natt, self.send_raw):
             try:
                 s.setsockopt(socket.SOL_SOCKET, SO_MARK, SOCKET_MARK)
