@@ -346,3 +346,12 @@ def test_timer_bug_does_not_leave_a_due_timer(monkeypatch):
     assert any("timer failed" in e.message for e in net.events("A", "error"))
     nt = net.a.next_timer()
     assert nt is None or nt > net.now
+
+
+def test_short_lifetimes_rekey_once_per_lifetime():
+    """Rekey times stay within 85-90 % of the lifetime however short it is (no cascade)."""
+    net = pair({"lifetime": {"seconds": 8, "ike": 60}}, {"lifetime": {"seconds": 8, "ike": 60}})
+    net.advance(40, step=0.1)
+    n = len(net.installs("A"))
+    assert 5 <= n <= 7, n  # 40 s / ~7 s per rekey
+    assert len(net.live_children("A")) in (1, 2)

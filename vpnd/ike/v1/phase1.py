@@ -598,7 +598,8 @@ class Phase1Mixin:
         sa.established = now
         sa.expire_at = now + sa.policy.lifetime
         if sa.initiator:
-            sa.rekey_at = now + sa.policy.lifetime * 0.9 - (sa.ike_id % 7)
+            life = sa.policy.lifetime
+            sa.rekey_at = now + life * 0.9 - life * 0.045 * ((sa.ike_id * 7) % 10) / 9
         # keep our last message only where the peer may still repeat its own: the Main
         # Mode responder (message 6 answers a repeated 5) and the Aggressive Mode initiator
         # (message 3 answers a repeated 2); nobody answers a final message
