@@ -226,3 +226,20 @@ def test_secrets_not_in_events_or_status():
     for x in net.installs("A"):
         for k in x.inbound + x.outbound:
             assert k.enc_key.hex() not in text
+
+
+@pytest.mark.parametrize("ike", [
+    "des-md5-modp768", "3des-md5-modp1024", "aes128-sha1-modp1536", "aes192-sha256-modp2048",
+    "aes256-sha384-modp3072", "aes128-sha512-modp4096", "aes128-sha256-ecp256", "aes256-sha384-ecp384",
+    "aes256-sha512-ecp521",
+])
+def test_every_isakmp_attribute_combination(ike):
+    """The seed's policy knobs: encryption des/3des/aes 128/192/256, hash md5/sha/sha2, groups
+    1, 2, 5, 14, 15, 16, 19, 20, 21 (des and group 1 only with allow_legacy)."""
+    conf = {"ike": ike, "esp": "aes128-sha1", "allow_legacy": True}
+    net = pair(conf, conf)
+    _up(net)
+    from vpnd.proposals import describe_ike, parse_proposals
+
+    (p,) = parse_proposals(ike, "ike", allow_legacy=True)
+    assert net.a.status_ike_sas(0)[0]["proposal"] == describe_ike(p.encryption[0], p.integrity[0], p.prf[0], p.dh[0])
