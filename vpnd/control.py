@@ -22,6 +22,8 @@ import stat
 log = logging.getLogger("vpnd.control")
 
 MAX_REQUEST = 64 * 1024
+MAX_CLIENTS = 32      # connections served at once; more are answered with an error and closed
+IDLE_TIMEOUT = 120.0  # seconds a connection may sit without sending a complete request
 COMMANDS = ("status", "up", "down", "rekey", "reload")
 
 
@@ -35,6 +37,8 @@ def parse_request(line: bytes) -> dict:
         req = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("request is not valid JSON") from None
+    except RecursionError:  # "[[[[..." within MAX_REQUEST nests deeper than the parser goes
+        raise ProtocolError("request is nested too deeply") from None
     if not isinstance(req, dict):
         raise ProtocolError("request must be a JSON object")
     cmd = req.get("command")
@@ -142,14 +146,21 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         task = asyncio.current_task()
+        if len(self._clients) >= MAX_CLIENTS:
+            # half-open or stuck clients must not pile up file descriptors without bound
+            writer.write(encode({"ok": False, "error": "too many control connections"}))
+            writer.close()
+            return
         self._clients.add(task)
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(encode({"ok": False, "error": "request too long"}))
                     break
+                except asyncio.TimeoutError:
+                    break  # an idle connection is closed; vpnctl sends at once
                 if not line:
                     break
                 if not line.strip():
@@ -164,6 +175,8 @@ class ControlServer:
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except Exception:  # nothing a client sends may reach the event loop as an exception
+            log.exception("control connection failed")
         finally:
             self._clients.discard(task)
             try:
