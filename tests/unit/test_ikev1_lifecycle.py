@@ -355,3 +355,27 @@ def test_short_lifetimes_rekey_once_per_lifetime():
     n = len(net.installs("A"))
     assert 5 <= n <= 7, n  # 40 s / ~7 s per rekey
     assert len(net.live_children("A")) in (1, 2)
+
+
+def test_dpd_restart_keeps_trying_until_peer_returns():
+    """A connection with start: none but DPD action restart retries until the peer is back,
+    and says INITIAL-CONTACT again (the peer may still hold our old SAs)."""
+    from vpnd.ike.v1 import constants as C
+    from vpnd.ike.v1 import payloads as P
+
+    conf = {"start": "none", "dpd": {"interval": 5, "retry": 1, "mode": "periodic", "action": "restart"}}
+    net = pair(conf, conf)
+    sent_ic = []
+    orig = net.a._initial_contact
+    net.a._initial_contact = lambda sa: sent_ic.append(orig(sa)) or sent_ic[-1]
+    net.drop = lambda side, dg: True
+    net.advance(300)  # several failed Main Mode attempts
+    assert net.events("A", "peer_dead")
+    net.drop = lambda side, dg: False
+    net.advance(120)
+    assert len(net.live_children("A")) == 1
+    sa = next(iter(net.a.sas.values()))
+    assert sa.is_established
+    with_ic = [x for x in sent_ic if x and x[0].notify_type == C.N_INITIAL_CONTACT]
+    assert with_ic, sent_ic  # the new contact after the dead peer carried INITIAL-CONTACT
+    _ = P

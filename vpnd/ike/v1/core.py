@@ -43,6 +43,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._cred_cache: dict = {}
         self._had_contact: dict = {}
         self._restart_at: dict[str, float] = {}
+        self._want_up: set[str] = set()  # DPD action restart: keep trying until it is back
         self._out: list = []
         self._now = now
         self._last_raw = b""
@@ -86,6 +87,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def terminate(self, name: str, now: float) -> list:
         self._begin(now)
         self._restart_at.pop(name, None)
+        self._want_up.discard(name)
+        conn = self._conn(name)
+        if conn is not None:
+            self._had_contact.pop(conn.peer, None)  # next contact says INITIAL-CONTACT again
         for c in list(self.children.values()):
             if c.conn.name == name:
                 self._delete_child(c, now, reason="terminated")
@@ -532,6 +537,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._p1_initiate(conn, now, [])
 
     def _on_isakmp_up(self, sa: IsakmpSA, now: float) -> None:
+        self._want_up.discard(sa.conn.name)
         # a newer ISAKMP SA for the same connection replaces older ones (rekey)
         for other in list(self.sas.values()):
             if other is not sa and other.conn.name == sa.conn.name and other.is_established \
@@ -584,15 +590,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _after_failure(self, sa: IsakmpSA, now: float) -> None:
         """A failed phase 1 we started: try again later if the connection wants to be up."""
         conn = sa.conn
-        if sa.initiator and conn.peer != "%any" and (conn.start == "start" or conn.dpd.action == "restart"
-                                                     and self._was_up(conn.name)):
+        if sa.initiator and conn.peer != "%any" and (conn.start == "start" or conn.name in self._want_up):
             self._restart_at[conn.name] = now + 10.0
         for c in self.children.values():
             if c.conn.name == conn.name and c.state == "REKEYING":
                 c.state = "INSTALLED"
-
-    def _was_up(self, name: str) -> bool:
-        return self._had_contact.get(self._conn(name).peer, False) if self._conn(name) else False
 
     def _has_children(self, sa: IsakmpSA) -> bool:
         return any(c.conn.name == sa.conn.name for c in self.children.values())

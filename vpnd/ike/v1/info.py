@@ -249,7 +249,10 @@ class InfoMixin:
         for c in list(self.children.values()):
             if c.conn.name == conn.name:
                 self._delete_child(c, now, reason="peer dead", notify_peer=False)
+        # the peer lost our state (or will have): the next contact says INITIAL-CONTACT
+        self._had_contact.pop(sa.remote[0], None)
         if conn.dpd.action == "restart" and conn.peer != "%any":
+            self._want_up.add(conn.name)
             self._initiate_conn(conn, now)
 
     # ------------------------------------------------------------------ NAT keepalive
