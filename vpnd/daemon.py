@@ -24,7 +24,8 @@ from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
 from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, KIND_KEEPALIVE, SocketError,
                               WireSockets, classify_natt, local_address)
-from vpnd.net.tun import Tun, TunError, link_mtu_towards, outer_path, source_address_towards
+from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
+                          source_address_towards)
 
 log = logging.getLogger("vpnd")
 
@@ -163,7 +164,10 @@ class Daemon:
         self._stop = None
         self.started_at = time.monotonic()
         self.counters = {"tun_in": 0, "tun_out": 0, "wire_in": 0, "wire_out": 0,
-                         "decap_drops": 0, "natt_invalid": 0, "keepalives_in": 0}
+                         "decap_drops": 0, "natt_invalid": 0, "keepalives_in": 0,
+                         "loop_errors": 0}
+        self.exit_code = 0
+        self._last_error_log = -1e9
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class Daemon:
                 await self.control.close()
                 self.control = None
             self.teardown()
-        return 0
+        return self.exit_code
 
     def stop(self) -> None:
         if self._stop is not None and not self._stop.done():
@@ -277,11 +281,30 @@ class Daemon:
 
     def _attach_readers(self):
         lp = self.loop
-        lp.add_reader(self.tun.fileno(), self._on_tun)
-        lp.add_reader(self.wire.esp_raw.fileno(), self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
-        lp.add_reader(self.wire.ah_raw.fileno(), self._on_raw, self.wire.ah_raw, IPPROTO_AH)
-        lp.add_reader(self.wire.natt.fileno(), self._on_natt)
-        lp.add_reader(self.wire.ike.fileno(), self._on_ike_socket)
+        guard = self._guarded
+        lp.add_reader(self.tun.fileno(), guard, self._on_tun)
+        lp.add_reader(self.wire.esp_raw.fileno(), guard, self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
+        lp.add_reader(self.wire.ah_raw.fileno(), guard, self._on_raw, self.wire.ah_raw, IPPROTO_AH)
+        lp.add_reader(self.wire.natt.fileno(), guard, self._on_natt)
+        lp.add_reader(self.wire.ike.fileno(), guard, self._on_ike_socket)
+
+    def _guarded(self, handler, *args):
+        """Run one reader callback (a burst, not a packet): nothing from the wire or the TUN
+        reaches the event loop as an exception. A failure is counted (loop_errors) and
+        logged at most once a second, so a packet that trips a bug cannot flood the log."""
+        try:
+            handler(*args)
+        except TunGone as e:
+            self.loop.remove_reader(self.tun.fileno())
+            log.error("%s: stopping (a restart creates it again)", e)
+            self.exit_code = 2  # not 1: systemd's Restart=on-failure brings vpnd back
+            self.stop()
+        except Exception:
+            self.counters["loop_errors"] += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= 1.0:
+                self._last_error_log = now
+                log.exception("error in %s (burst dropped)", handler.__name__)
 
     def _detach_readers(self):
         if self.loop is None:
@@ -786,10 +809,8 @@ class Daemon:
             raise CommandError(f"{name}: peer is %any: this connection only responds")
         if self._has_child(name):
             return {"connection": name, "state": "up", "already": True}
-        wait = asyncio.ensure_future(self._wait(name, "up", timeout))
-        await asyncio.sleep(0)
-        self._run_actions(self.ike.initiate(name, self._now()))
-        await wait
+        await self._act_and_wait(self._wait(name, "up", timeout),
+                                 lambda: self.ike.initiate(name, self._now()))
         return {"connection": name, "state": "up"}
 
     async def cmd_down(self, name: str, timeout: float = 15.0) -> dict:
@@ -800,13 +821,11 @@ class Daemon:
             return {"connection": name, "state": "down"}
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
-        wait = None
+        terminate = lambda: self.ike.terminate(name, self._now())  # noqa: E731
         if self._has_child(name):
-            wait = asyncio.ensure_future(self._wait(name, "down", timeout))
-            await asyncio.sleep(0)
-        self._run_actions(self.ike.terminate(name, self._now()))
-        if wait is not None:
-            await wait
+            await self._act_and_wait(self._wait(name, "down", timeout), terminate)
+        else:
+            self._run_actions(terminate())
         return {"connection": name, "state": "down"}
 
     async def cmd_rekey(self, name: str, ike: bool = False, timeout: float = 30.0) -> dict:
@@ -816,14 +835,25 @@ class Daemon:
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
         if ike:
-            wait = asyncio.ensure_future(self._wait(name, "ike_rekeyed", timeout))
+            wait = self._wait(name, "ike_rekeyed", timeout)
         else:
             before = {c.child_id for c in self.children.values() if c.connection == name}
-            wait = asyncio.ensure_future(self._wait_new_child(name, before, timeout))
-        await asyncio.sleep(0)  # the waiter is registered before the core can answer
-        self._run_actions(self.ike.rekey(name, self._now(), ike=ike))
-        await wait
+            wait = self._wait_new_child(name, before, timeout)
+        await self._act_and_wait(wait, lambda: self.ike.rekey(name, self._now(), ike=ike))
         return {"connection": name, "rekeyed": "ike" if ike else "child"}
+
+    async def _act_and_wait(self, wait, start) -> None:
+        """Register the waiter `wait` (a coroutine), then run the core's `start()` actions
+        (the core may answer at once), then wait. If start() raises, the waiter goes too
+        instead of timing out later with nobody to tell."""
+        task = asyncio.ensure_future(wait)
+        await asyncio.sleep(0)
+        try:
+            self._run_actions(start())
+        except BaseException:
+            task.cancel()
+            raise
+        await task
 
     async def _wait_new_child(self, name: str, before: set, timeout: float):
         deadline = self._now() + timeout
@@ -845,7 +875,9 @@ class Daemon:
         try:
             self.reload()
         except CommandError:
-            pass
+            pass  # reload() logged why; the old config keeps running
+        except Exception:  # a signal handler's exception would only reach the loop
+            log.exception("reload on SIGHUP failed part-way")
 
     def reload(self) -> dict:
         from vpnd.config import ConfigError, load_config

@@ -127,6 +127,9 @@ class RouteManager:
                 return
             log.error("cannot add route %s: %s", dst, e.args[-1] if e.args else e)
             return
+        except Exception as e:  # netlink thread timeout, socket errors: a log line, not a crash
+            log.error("cannot add route %s: %s", dst, e or type(e).__name__)
+            return
         self._refs[key] = 1
         log.info("route %s added via %s", dst, opts.next_hop or "tunnel")
 
@@ -155,6 +158,8 @@ class RouteManager:
         except NetlinkError as e:
             if e.code != ESRCH:  # already gone (e.g. with the TUN device): nothing to do
                 log.warning("cannot remove route %s: %s", dst, e.args[-1] if e.args else e)
+        except Exception as e:
+            log.warning("cannot remove route %s: %s", dst, e or type(e).__name__)
 
     def installed(self) -> list[str]:
         return (sorted(k[0] for k in self._refs if k[5] is None)
@@ -198,6 +203,8 @@ class RouteManager:
             # a rule left by a vpnd that was killed is adopted (add) or already gone (del)
             if not (cmd == "add" and e.code == EEXIST) and not (cmd == "del" and e.code in (ENOENT, ESRCH)):
                 log.warning("cannot %s policy rule %s: %s", cmd, spec, e.args[-1] if e.args else e)
+        except Exception as e:
+            log.warning("cannot %s policy rule %s: %s", cmd, spec, e or type(e).__name__)
 
     def remove_all(self) -> None:
         for peer in list(self._steered):

@@ -32,6 +32,11 @@ class TunError(Exception):
     """The TUN device could not be created or configured (message is for humans)."""
 
 
+class TunGone(TunError):
+    """The device was deleted under the open file (`ip link del`): reads fail with EBADFD
+    and poll reports POLLERR for ever, so the reader must stop."""
+
+
 class Tun:
     """An up, address-less TUN device; routes point at it by index."""
 
@@ -42,6 +47,7 @@ class Tun:
         self.vnet_hdr = os.environ.get("VPND_NO_GRO") != "1" if vnet_hdr is None else vnet_hdr
         self.fd = -1
         self.index = 0
+        self.read_errors = 0
         try:
             self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
@@ -79,7 +85,8 @@ class Tun:
         return self.fd
 
     def read_burst(self, limit: int = MAX_BURST) -> list[bytes]:
-        """Up to `limit` packets, stopping at EAGAIN."""
+        """Up to `limit` packets, stopping at EAGAIN or a read error (counted); TunGone
+        when the device no longer exists."""
         out = []
         read = os.read
         fd = self.fd
@@ -92,6 +99,10 @@ class Tun:
                     out.append(read(fd, READ_SIZE))
         except BlockingIOError:
             pass
+        except OSError as e:
+            if e.errno in (errno.EBADFD, errno.EBADF):
+                raise TunGone(f"TUN device {self.name} was removed") from None
+            self.read_errors += 1
         return out
 
     def write_many(self, packets) -> None:
