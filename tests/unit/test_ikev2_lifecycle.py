@@ -419,3 +419,16 @@ def test_ipv6_outer_and_inner():
     (a,), _ = p.check_tunnel()
     assert str(a.remote_ts[0]) == "fd02::/64" and p.ike()[0]["remote"] == "[fd00::2]:500"
     assert not p.ike()[0]["nat_detected"]
+
+
+def test_equal_lifetimes_rekey_from_the_creator_without_collisions():
+    life = {"lifetime": {"seconds": 60, "ike": 150}}
+    p = Pair(life, life)
+    p.up()
+    p.run(400)
+    p.check_tunnel()
+    assert len(p.ike()) == 1 and len(p.ike(p.b)) == 1
+    assert not any(e.kind == "rekey_collision" for e in p.a.events + p.b.events)
+    rekeys_by_b = [d for t, d in p.b.sent if d.data[18] == 36 and not d.data[19] & 0x20]
+    rekeys_by_a = [d for t, d in p.a.sent if d.data[18] == 36 and not d.data[19] & 0x20]
+    assert len(rekeys_by_a) >= 6 and not rekeys_by_b

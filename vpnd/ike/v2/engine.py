@@ -205,8 +205,7 @@ class Ikev2Engine:
         child.installed_at = now
         child.udp_encap = sa.udp_encap
         if lt.seconds:
-            # rekey before expiry, with jitter so both ends do not collide (2.8)
-            child.rekey_at = now + lt.seconds * (0.9 - 0.05 * self.rand.random())
+            child.rekey_at = now + lt.seconds * self.rekey_fraction(child.initiator)
             child.expire_at = now + lt.seconds
         child.last_in = child.last_out = now
         sa.children[child.child_id] = child
@@ -228,6 +227,14 @@ class Ikev2Engine:
                    f"{child.spi_in:08x}_i {child.spi_out:08x}_o and TS "
                    f"{' '.join(map(str, child.local_ts))} === {' '.join(map(str, child.remote_ts))}",
                    child_id=child.child_id, proposal=ch.describe(), udp_encap=sa.udp_encap)
+
+    def rekey_fraction(self, creator: bool) -> float:
+        """When to rekey, as a fraction of the lifetime, with jitter (2.8). The side that
+        created the SA rekeys at 85-90 %; the other side only as a fallback at 94-96 %, so
+        that equal lifetimes on both ends do not make every rekey a collision."""
+        if creator:
+            return 0.9 - 0.05 * self.rand.random()
+        return 0.96 - 0.02 * self.rand.random()
 
     def remove_child(self, sa: IkeSa, child: ChildSa, reason: str) -> None:
         if sa.children.pop(child.child_id, None) is None:

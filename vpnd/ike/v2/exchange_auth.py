@@ -110,7 +110,7 @@ def established(e, sa: IkeSa, now: float) -> None:
     sa.last_recv = now
     lt = sa.conn.lifetime.ike
     if lt:
-        sa.rekey_at = now + lt * (0.9 - 0.05 * e.rand.random())
+        sa.rekey_at = now + lt * e.rekey_fraction(sa.initiator)
         sa.expire_at = now + lt
     for k, v in list(e.half_open.items()):
         if v is sa:
