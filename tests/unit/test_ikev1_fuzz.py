@@ -66,3 +66,12 @@ def test_mutated_messages_against_established_pair(idx, pos, bit, cut, mode):
     net.feed(net.a, net.a.rekey("site", net.now + 1))
     net.advance(2)
     assert len(net.installs("A")) == before + 1, net.events("A")[-5:]
+
+
+def test_garbage_flood_is_counted_not_logged_each_time():
+    net = pair(start=False)
+    events = []
+    for i in range(200):
+        out = net.b.receive_datagram(_header(body=b"\xff" * 40), (B_IP, 500), (A_IP, 500), 0.001 * i)
+        events += [e for e in out if getattr(e, "kind", "") == "drop"]
+    assert net.b.drops == 200 and len(events) == 1

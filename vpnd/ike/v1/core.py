@@ -48,6 +48,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._now = now
         self._last_raw = b""
         self.drops = 0
+        self._last_drop_report = float("-inf")
         self.retransmit_base = RETRANSMIT_BASE
         self.rekeyed_linger = 5.0
         self._apply_config(config)
@@ -69,8 +70,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         try:
             self._receive(bytes(data), tuple(local), tuple(remote), now)
         except (codec.CodecError, Phase1Failed) as e:
-            self.drops += 1
-            self._event("drop", None, f"IKEv1 message from {remote[0]} dropped: {e}")
+            self._drop_event(None, f"IKEv1 message from {remote[0]} dropped: {e}")
         except Exception as e:  # a bug must cost one message, not the daemon (architecture.md)
             self.drops += 1
             self._event("error", None, f"IKEv1 message from {remote[0]} dropped: internal error "
@@ -606,8 +606,15 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         return max((c.last_out for c in self.children.values() if c.conn.name == sa.conn.name), default=0.0)
 
     def _count_drop(self, sa: IsakmpSA | None, why: str) -> None:
+        self._drop_event(sa.conn.name if sa else None, why, ike_id=sa.ike_id if sa else None)
+
+    def _drop_event(self, conn: str | None, why: str, **data) -> None:
+        """Count a dropped message; report at most one a second so that a flood of garbage
+        cannot flood the log too."""
         self.drops += 1
-        self._event("drop", sa.conn.name if sa else None, why, ike_id=sa.ike_id if sa else None)
+        if self._now - self._last_drop_report >= 1.0:
+            self._last_drop_report = self._now
+            self._event("drop", conn, f"{why} ({self.drops} dropped so far)", **data)
 
     # ------------------------------------------------------------------ actions
 
