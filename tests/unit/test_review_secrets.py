@@ -1,0 +1,163 @@
+"""No secret in any output: two daemons (the real glue, IkeManager and DataPlane; no
+kernel) negotiate IKEv2 and IKEv1 with log_level debug, rekey, tear down, answer status;
+manual-keyed connections install. Then every log line (all levels), the status object,
+the human status table, error replies and reprs are searched for the PSK, the manual keys,
+every CHILD_SA key and every IKE SA key (SK_*, SKEYID_*), in hex either case, base64 and
+raw bytes."""
+
+import base64
+import gc
+import json
+import logging
+
+import pytest
+
+from vpnd import esp
+from vpnd.config import ConfigError, parse_config
+from vpnd.daemon import CommandError, Daemon, setup_logging
+from vpnd.status import format_status
+
+PSK = "rvw secret PSK d41d8cd98f00b204"
+MANUAL_KEYS = {"enc_in": "a1" * 16, "auth_in": "b2" * 32, "enc_out": "c3" * 16, "auth_out": "d4" * 32}
+
+
+def config(me, peer, lts, rts, version, start, inbound, outbound):
+    return parse_config({
+        "daemon": {"log_level": "debug"},
+        "connections": {
+            "ike": {"version": version, "local": me, "peer": peer, "psk": PSK,
+                    "local_ts": [lts], "remote_ts": [rts], "ike": "aes128-sha256-modp2048",
+                    "esp": "aes128-sha256-modp2048", "start": start},
+            "man": {"local": me, "peer": peer, "esp": "aes128-sha256",
+                    "local_ts": ["10.5.0.0/16" if start == "start" else "10.6.0.0/16"],
+                    "remote_ts": ["10.6.0.0/16" if start == "start" else "10.5.0.0/16"],
+                    "manual": {"inbound": {"esp": {"spi": inbound, "enc_key": MANUAL_KEYS[
+                        "enc_in" if start == "start" else "enc_out"], "auth_key": MANUAL_KEYS[
+                        "auth_in" if start == "start" else "auth_out"]}},
+                        "outbound": {"esp": {"spi": outbound, "enc_key": MANUAL_KEYS[
+                            "enc_out" if start == "start" else "enc_in"], "auth_key": MANUAL_KEYS[
+                            "auth_out" if start == "start" else "auth_in"]}}}}}})
+
+
+class Wire:
+    ike_port = 500
+    send_errors = 0
+
+    def __init__(self):
+        self.q = []
+
+    def send_ike(self, data, local, remote):
+        self.q.append((data, local, remote))
+
+
+class Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record):
+        self.lines.append(self.format(record))  # with tracebacks, as the daemon would print
+
+
+def pump(a, b, rounds=40):
+    for _ in range(rounds):
+        for d in (a, b):
+            d._run_actions(d.ike.handle_timer(d._now()), rearm=False)
+        for src, dst in ((a, b), (b, a)):
+            q, src.wire.q = src.wire.q, []
+            for data, local, remote in q:
+                dst._ike_receive(data, remote, local)
+
+
+def ike_keys_alive() -> list[bytes]:
+    """SK_* (IKEv2) and SKEYID_* (IKEv1) of the IKE SAs that exist now."""
+    out = []
+    for obj in gc.get_objects():
+        if type(obj).__name__ in ("IkeKeys", "Phase1Keys"):
+            out += [v for v in vars(obj).values() if isinstance(v, bytes) and len(v) >= 8]
+    return out
+
+
+def forms(secret: bytes) -> list[str]:
+    return [secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(), repr(secret)[2:-1],
+            secret.hex(":"), secret.hex(" ")]
+
+
+@pytest.fixture
+def capture():
+    setup_logging("debug")
+    h = Capture()
+    root = logging.getLogger()
+    root.addHandler(h)
+    yield h
+    root.removeHandler(h)
+    for old in list(root.handlers):
+        if old is not h:
+            root.removeHandler(old)
+    root.setLevel(logging.WARNING)
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_no_key_in_logs_status_or_errors(version, capture, monkeypatch):
+    child_keys = []
+    orig = Daemon._install_child
+
+    def spy(self, act, manual=False):
+        for k in act.inbound + act.outbound:
+            child_keys.extend(x for x in (k.enc_key, k.auth_key) if x)
+        return orig(self, act, manual)
+
+    monkeypatch.setattr(Daemon, "_install_child", spy)
+    a = Daemon(config("10.200.0.1", "10.200.0.2", "10.1.0.0/16", "10.2.0.0/16", version, "start",
+                      0x1001, 0x1002))
+    b = Daemon(config("10.200.0.2", "10.200.0.1", "10.2.0.0/16", "10.1.0.0/16", version, "none",
+                      0x1002, 0x1001))
+    outputs = []
+    for d in (a, b):
+        d.dp = esp.DataPlane()
+        d.wire = Wire()
+        d._apply_static_routes = lambda: None
+    for d in (b, a):
+        d._apply_connections(initial=True)
+        d._start_ike()
+    pump(a, b)
+    ike_keys = ike_keys_alive()
+    assert any(c.connection == "ike" for c in a.children.values()), "\n".join(capture.lines[-30:])
+    now = a._now()
+    a._run_actions(a.ike.rekey("ike", now))
+    pump(a, b)
+    a._run_actions(a.ike.rekey("ike", now, ike=True))
+    pump(a, b)
+    ike_keys += ike_keys_alive()
+    for d in (a, b):
+        st = d.status()
+        outputs += [json.dumps(st), format_status(st), repr(d.children), repr(d.config)]
+        outputs += [repr(s) for c in d.children.values() for s in c.inbound + c.outbound]
+    # debug lines: malformed IKE datagrams, an ESP packet with an unknown SPI
+    a._ike_receive(b"\x00" * 8 + b"\x11" * 20, ("10.200.0.1", 500), ("10.200.0.2", 500))
+    a._ike_receive(a.wire.q[0][0][:40] if a.wire.q else b"\x01" * 40, ("10.200.0.1", 500), ("10.200.0.2", 500))
+    a.dp.decap(b"\xde\xad\xbe\xef" + bytes(40), 17, "10.200.0.2", 4500)
+    a._drain_events()
+    # a data-plane failure is logged with its traceback: no key in it either
+    a._guarded(lambda: (_ for _ in ()).throw(ValueError("x")))
+    a._run_actions(a.ike.terminate("ike", a._now()))
+    pump(a, b)
+    try:
+        parse_config({"connections": {"x": {"peer": "10.0.0.2", "psk": "0x" + PSK, "esp": "aes128-sha256",
+                                             "manual": {"inbound": {"esp": {"spi": 0x100, "enc_key": PSK}}}}}})
+    except ConfigError as e:
+        outputs += e.problems
+    try:
+        a._require("missing " + PSK[:0])
+    except CommandError as e:
+        outputs.append(str(e))
+    assert child_keys and ike_keys
+    text = "\n".join(capture.lines + outputs)
+    assert "DEBUG" in text  # debug logging was on
+    assert PSK not in text and PSK.encode().hex() not in text
+    for k in list(MANUAL_KEYS.values()):
+        assert k not in text and k.upper() not in text
+    for secret in child_keys + ike_keys:
+        for f in forms(secret):
+            assert f not in text, f"key material {secret.hex()[:8]}... appears in the output"
