@@ -1,4 +1,5 @@
-"""No secret in any output: two daemons (the real glue, IkeManager and DataPlane; no
+"""Two daemons in one process. The status object against the contract's schema, and
+no secret in any output: two daemons (the real glue, IkeManager and DataPlane; no
 kernel) negotiate IKEv2 and IKEv1 with log_level debug, rekey, tear down, answer status;
 manual-keyed connections install. Then every log line (all levels), the status object,
 the human status table, error replies and reprs are searched for the PSK, the manual keys,
@@ -28,6 +29,8 @@ def config(me, peer, lts, rts, version, start, inbound, outbound):
             "ike": {"version": version, "local": me, "peer": peer, "psk": PSK,
                     "local_ts": [lts], "remote_ts": [rts], "ike": "aes128-sha256-modp2048",
                     "esp": "aes128-sha256-modp2048", "start": start},
+            "dead": {"version": version, "local": me, "peer": "10.200.0.9", "psk": PSK,
+                     "local_ts": ["10.7.0.0/16"], "remote_ts": ["10.8.0.0/16"], "start": "none"},
             "man": {"local": me, "peer": peer, "esp": "aes128-sha256",
                     "local_ts": ["10.5.0.0/16" if start == "start" else "10.6.0.0/16"],
                     "remote_ts": ["10.6.0.0/16" if start == "start" else "10.5.0.0/16"],
@@ -70,6 +73,23 @@ def pump(a, b, rounds=40):
                 dst._ike_receive(data, remote, local)
 
 
+def start_pair(version):
+    """gwa (start: start) and gwb (start: none), negotiated; plus a manual connection each."""
+    a = Daemon(config("10.200.0.1", "10.200.0.2", "10.1.0.0/16", "10.2.0.0/16", version, "start",
+                      0x1001, 0x1002))
+    b = Daemon(config("10.200.0.2", "10.200.0.1", "10.2.0.0/16", "10.1.0.0/16", version, "none",
+                      0x1002, 0x1001))
+    for d in (a, b):
+        d.dp = esp.DataPlane()
+        d.wire = Wire()
+        d._apply_static_routes = lambda: None
+    for d in (b, a):
+        d._apply_connections(initial=True)
+        d._start_ike()
+    pump(a, b)
+    return a, b
+
+
 def ike_keys_alive() -> list[bytes]:
     """SK_* (IKEv2) and SKEYID_* (IKEv1) of the IKE SAs that exist now."""
     out = []
@@ -109,19 +129,8 @@ def test_no_key_in_logs_status_or_errors(version, capture, monkeypatch):
         return orig(self, act, manual)
 
     monkeypatch.setattr(Daemon, "_install_child", spy)
-    a = Daemon(config("10.200.0.1", "10.200.0.2", "10.1.0.0/16", "10.2.0.0/16", version, "start",
-                      0x1001, 0x1002))
-    b = Daemon(config("10.200.0.2", "10.200.0.1", "10.2.0.0/16", "10.1.0.0/16", version, "none",
-                      0x1002, 0x1001))
+    a, b = start_pair(version)
     outputs = []
-    for d in (a, b):
-        d.dp = esp.DataPlane()
-        d.wire = Wire()
-        d._apply_static_routes = lambda: None
-    for d in (b, a):
-        d._apply_connections(initial=True)
-        d._start_ike()
-    pump(a, b)
     ike_keys = ike_keys_alive()
     assert any(c.connection == "ike" for c in a.children.values()), "\n".join(capture.lines[-30:])
     now = a._now()
@@ -161,3 +170,52 @@ def test_no_key_in_logs_status_or_errors(version, capture, monkeypatch):
     for secret in child_keys + ike_keys:
         for f in forms(secret):
             assert f not in text, f"key material {secret.hex()[:8]}... appears in the output"
+
+
+HEX = set("0123456789abcdef")
+COUNTERS = ("bytes_in", "packets_in", "bytes_out", "packets_out", "replay_drops", "auth_failures")
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_status_object_matches_the_contract(version):
+    """Key names and types of the contract's `vpnctl status --json` example, through JSON."""
+    a, b = start_pair(version)
+    for d in (a, b):
+        st = json.loads(json.dumps(d.status()))
+        assert set(st) >= {"connections", "ike_sas"}
+        conns = {c["name"]: c for c in st["connections"]}
+        assert set(conns) == {"ike", "dead", "man"}  # every configured one, also while down
+        for c in conns.values():
+            assert {"name", "version", "peer", "state", "ike_sas", "child_sas"} <= set(c)
+            assert c["version"] == version or c["name"] == "man"
+            assert isinstance(c["peer"], str) and isinstance(c["state"], str)
+            assert is_int(c["ike_sas"]) and is_int(c["child_sas"])
+        assert conns["ike"]["state"] == "up" and conns["ike"]["child_sas"] >= 1
+        assert conns["dead"]["state"] == "down" and conns["dead"]["child_sas"] == 0
+        assert conns["man"]["state"] == "up"
+        ike = [sa for sa in st["ike_sas"] if sa["connection"] == "ike"]
+        assert ike
+        for sa in ike:
+            assert sa["state"] == "ESTABLISHED" and sa["version"] == version
+            for k in ("local", "remote"):
+                ip, port = sa[k].rsplit(":", 1)
+                assert ip.startswith("10.200.0.") and port == "500"
+            assert isinstance(sa["nat_detected"], bool) and isinstance(sa["initiator"], bool)
+            assert len(sa["spi_i"]) == 16 and set(sa["spi_i"]) <= HEX and set(sa["spi_r"]) <= HEX
+            assert sa["proposal"] == "AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"
+            assert is_int(sa["established_s"]) and is_int(sa["rekey_in_s"])
+            for ch in sa["child_sas"]:
+                assert ch["name"] == "ike" and ch["state"] == "INSTALLED"
+                assert (ch["mode"], ch["protocol"], ch["udp_encap"]) == ("tunnel", "esp", False)
+                assert len(ch["spi_in"]) == 8 and set(ch["spi_in"] + ch["spi_out"]) <= HEX
+                assert ch["proposal"].startswith("AES_CBC-128/HMAC_SHA2_256_128")
+                assert isinstance(ch["local_ts"], list) and isinstance(ch["remote_ts"], list)
+                assert all(is_int(ch[k]) for k in COUNTERS) and is_int(ch["rekey_in_s"])
+        man = [sa for sa in st["ike_sas"] if sa["connection"] == "man"]
+        assert [ch["state"] for sa in man for ch in sa["child_sas"]] == ["INSTALLED"]
+        assert all(is_int(ch[k]) for sa in man for ch in sa["child_sas"] for k in COUNTERS)
+        assert all(is_int(v) for k, v in st["daemon"].items() if k not in ("tun", "mtu", "routes"))
