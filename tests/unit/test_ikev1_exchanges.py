@@ -243,3 +243,53 @@ def test_every_isakmp_attribute_combination(ike):
 
     (p,) = parse_proposals(ike, "ike", allow_legacy=True)
     assert net.a.status_ike_sas(0)[0]["proposal"] == describe_ike(p.encryption[0], p.integrity[0], p.prf[0], p.dh[0])
+
+
+def test_rsa_sig_through_intermediate_ca(tmp_path):
+    """gwa's certificate comes from an intermediate CA; gwa sends both, gwb trusts the root."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    pki = make_pki(tmp_path)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    root = (x509.CertificateBuilder().subject_name(name("root")).issuer_name(name("root"))
+            .public_key(root_key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=5))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    mid_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    mid = (x509.CertificateBuilder().subject_name(name("intermediate")).issuer_name(root.subject)
+           .public_key(mid_key.public_key()).serial_number(2)
+           .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=5))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .sign(root_key, hashes.SHA256()))
+    ee_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ee = (x509.CertificateBuilder().subject_name(name("gwa-leaf")).issuer_name(mid.subject)
+          .public_key(ee_key.public_key()).serial_number(3)
+          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=5))
+          .sign(mid_key, hashes.SHA256()))
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    (tmp_path / "chain.pem").write_bytes(pem(ee) + pem(mid))
+    (tmp_path / "root.pem").write_bytes(pem(root))
+    kp = tmp_path / "leaf.key"
+    kp.write_bytes(ee_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    kp.chmod(0o600)
+    # gwb's own certificate stays under make_pki's CA; each side trusts the other's root
+    a = {"psk": None, "auth": {"cert": str(tmp_path / "chain.pem"), "key": str(kp), "ca": pki["ca"]},
+         "remote_id": pki["gwb"]["dn"]}
+    b = {"psk": None, "auth": {"cert": pki["gwb"]["cert"], "key": pki["gwb"]["key"], "ca": str(tmp_path / "root.pem")},
+         "remote_id": "CN=gwa-leaf"}
+    net = pair(a, b)
+    _up(net)
+    # without the intermediate the chain does not verify
+    (tmp_path / "chain.pem").write_bytes(pem(ee))
+    net2 = pair(a, b)
+    assert not net2.installs("B")
+    assert any("not trusted" in e.message for e in net2.events("B", "auth_failed"))

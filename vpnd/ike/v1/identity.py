@@ -169,6 +169,7 @@ class Credentials:
     """Our certificate (DER), private key, trusted CAs and the peer's raw public key."""
 
     cert: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()  # intermediates sent after our certificate
     key: rsa.RSAPrivateKey | None = None
     cas: tuple[x509.Certificate, ...] = ()
     peer_pubkey: rsa.RSAPublicKey | None = None  # rsa-encr: "crypto key pubkey-chain rsa"
@@ -211,29 +212,52 @@ def load_public_key(path: str):
         return x509.load_der_x509_certificate(data).public_key()
 
 
-def verify_chain(cert: x509.Certificate, cas: tuple[x509.Certificate, ...], now: datetime.datetime
-                 ) -> bool:
-    """The end-entity certificate is valid now and signed by one of the trusted CAs."""
-    nb = cert.not_valid_before_utc if hasattr(cert, "not_valid_before_utc") else cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
-    na = cert.not_valid_after_utc if hasattr(cert, "not_valid_after_utc") else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
-    if not nb <= now <= na:
+def _valid_at(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    nb = cert.not_valid_before_utc if hasattr(cert, "not_valid_before_utc") else \
+        cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+    na = cert.not_valid_after_utc if hasattr(cert, "not_valid_after_utc") else \
+        cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return nb <= now <= na
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if issuer.subject != cert.issuer:
         return False
-    for ca in cas:
-        if ca.subject != cert.issuer:
-            continue
-        pub = ca.public_key()
-        try:
-            if isinstance(pub, rsa.RSAPublicKey):
-                pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                           cert.signature_hash_algorithm)
-            elif isinstance(pub, ec.EllipticCurvePublicKey):
-                pub.verify(cert.signature, cert.tbs_certificate_bytes,
-                           ec.ECDSA(cert.signature_hash_algorithm))
-            else:
-                continue
+    pub = issuer.public_key()
+    try:
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+                       cert.signature_hash_algorithm)
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        else:
+            return False
+        return True
+    except Exception:
+        return False
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def verify_chain(cert: x509.Certificate, cas: tuple[x509.Certificate, ...], now: datetime.datetime,
+                 intermediates: tuple[x509.Certificate, ...] = ()) -> bool:
+    """The end-entity certificate is valid now and chains to one of the trusted CAs, possibly
+    through intermediate CA certificates the peer sent in further CERT payloads."""
+    current = cert
+    for _ in range(8):  # path length bound
+        if not _valid_at(current, now):
+            return False
+        if any(_signed_by(current, ca) for ca in cas):
             return True
-        except Exception:
-            continue
+        nxt = next((i for i in intermediates if i is not current and _is_ca(i) and _signed_by(current, i)), None)
+        if nxt is None:
+            return False
+        current = nxt
     return False
 
 

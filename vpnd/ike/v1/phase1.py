@@ -115,8 +115,9 @@ class Phase1Mixin:
         if cr is None:
             a = conn.auth
             cas = tuple(c for path in a.ca for c in identity.load_certs(path))
+            chain = identity.load_certs(a.cert) if a.cert else ()
             cr = identity.Credentials(
-                cert=identity.load_cert(a.cert) if a.cert else None,
+                cert=chain[0] if chain else None, chain=tuple(chain[1:]),
                 key=identity.load_private_key(a.key) if a.key else None,
                 cas=cas,
                 peer_pubkey=identity.load_public_key(a.peer_pubkey) if a.peer_pubkey else None)
@@ -144,8 +145,8 @@ class Phase1Mixin:
                            gxr=sa.gxr, cky_i=sa.cky_i, cky_r=sa.cky_r, sai_b=sa.sai_b, id_b=id_b)
         if sa.policy.auth == C.AUTH_RSA_SIG:
             cr = self._creds(sa.conn)
-            return [P.Cert(C.CERT_X509_SIG, identity.cert_der(cr.cert)),
-                    P.Signature(sign_raw_pkcs1(cr.key, h))]
+            return [P.Cert(C.CERT_X509_SIG, identity.cert_der(c)) for c in (cr.cert,) + cr.chain] + \
+                [P.Signature(sign_raw_pkcs1(cr.key, h))]
         return [P.Hash(h)]
 
     def _verify_auth(self, sa: IsakmpSA, pls: list, from_initiator: bool) -> None:
@@ -161,10 +162,11 @@ class Phase1Mixin:
                 raise Phase1Failed("signature or certificate missing", C.N_INVALID_SIGNATURE, "auth_failed")
             try:
                 cert = x509.load_der_x509_certificate(certs[0].data)
+                more = tuple(x509.load_der_x509_certificate(c.data) for c in certs[1:5])
             except ValueError:
                 raise Phase1Failed("peer certificate does not parse", C.N_AUTHENTICATION_FAILED, "auth_failed")
             cr = self._creds(sa.conn)
-            if not identity.verify_chain(cert, cr.cas, self._wallclock()):
+            if not identity.verify_chain(cert, cr.cas, self._wallclock(), more):
                 raise Phase1Failed("peer certificate not trusted (CA or validity)",
                                    C.N_AUTHENTICATION_FAILED, "auth_failed")
             if not identity.cert_matches_id(cert, peer_id):
