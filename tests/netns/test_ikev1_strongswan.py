@@ -477,3 +477,23 @@ def test_lost_message_retransmitted_with_charon(topo, make_charon, vpnds, sport)
     assert "packets 1 " in ruleset, ruleset  # exactly one message was lost
     assert "retransmit" in ch.log().lower(), ch.log()[-2000:]
     check_traffic(topo, mbytes=0.5)
+
+
+def test_vpnctl_down_deletes_on_both_sides(topo, make_charon, vpnds):
+    """Delete payloads for the IPsec SA pair and the ISAKMP SA (RFC 2408 3.15) reach charon."""
+    ike, esp = PAIRS[0]
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start"))
+    wait_child(v)
+    ch.wait_child("site")
+    r = v.ctl("down", name="site")
+    assert r["ok"], r
+    deadline = time.monotonic() + 5
+    while ("ESTABLISHED" in ch.list_sas() or "INSTALLED" in ch.list_sas()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ch.list_sas().strip() == "", ch.list_sas()
+    log = ch.log()
+    assert "received DELETE for ESP CHILD_SA" in log and "received DELETE for IKE_SA" in log, log[-3000:]
+    assert v.status()["ike_sas"] == []
