@@ -1,16 +1,18 @@
 """Diffie-Hellman groups for IKE by canonical name (docs/internals.md).
 
-MODP groups of RFC 2409 6 / RFC 3526, ECP groups with the x||y public value and x-only shared
+MODP groups of RFC 2409 6 / RFC 3526 computed with Python's modular `pow` (cryptography's
+finite-field DH is deprecated and announced for removal), ECP groups with the x||y public value and x-only shared
 secret of RFC 5903, Curve25519 per RFC 8031. Every peer public value is validated before use
 (RFC 7296 5.12 / RFC 6989): a bad one raises `InvalidPublicValue`, never another exception.
 """
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 # IANA "Transform Type 4" numbers (RFC 7296 3.3.2, RFC 5903, RFC 8031).
 GROUP_IDS: dict[str, int] = {
@@ -24,6 +26,12 @@ GROUP_NAMES: dict[int, str] = {v: k for k, v in GROUP_IDS.items()}
 # (RFC 2409 6.1-6.2, RFC 3526 2-7); generator 2. k per size:
 _MODP_K = {768: 149686, 1024: 129093, 1536: 741804, 2048: 124476, 3072: 1690314,
            4096: 240904, 6144: 929484, 8192: 4743158}
+
+# Private exponent length in bits: the upper end of the strength estimates of RFC 3526 8
+# (at least twice the group's security strength, as NIST SP 800-56A asks of safe-prime
+# groups); a full-length exponent would cost 10-100x more for no gain in strength.
+_MODP_EXPONENT_BITS = {768: 256, 1024: 256, 1536: 256, 2048: 320, 3072: 420, 4096: 480,
+                       6144: 540, 8192: 620}
 
 _CURVES = {"ecp256": (ec.SECP256R1, 32), "ecp384": (ec.SECP384R1, 48), "ecp521": (ec.SECP521R1, 66)}
 
@@ -60,11 +68,6 @@ def modp_prime(bits: int) -> int:
     return 2**bits - 2 ** (bits - 64) - 1 + 2**64 * (_pi_floor(bits - 130) + k)
 
 
-@lru_cache(maxsize=None)
-def _modp_params(bits: int) -> dh.DHParameters:
-    return dh.DHParameterNumbers(modp_prime(bits), 2).parameters()
-
-
 def public_value_length(group: str) -> int:
     """Length of the KE data for the group (RFC 7296 3.4, RFC 5903 7, RFC 8031 2)."""
     if group.startswith("modp"):
@@ -88,15 +91,14 @@ class KeyExchange:
         if group.startswith("modp"):
             bits = int(group[4:])
             self._bits = bits
-            params = _modp_params(bits)
             if private is None:
-                self._priv = params.generate_private_key()
+                # x in [2^(n-1), 2^n): never 0 or 1, always the full strength of n bits
+                n = _MODP_EXPONENT_BITS[bits]
+                x = secrets.randbits(n - 1) | (1 << (n - 1))
             else:
-                pn = params.parameter_numbers()
                 x = int.from_bytes(private, "big")
-                self._priv = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(pow(2, x, pn.p), pn)).private_key()
-            y = self._priv.public_key().public_numbers().y
-            self.public = y.to_bytes(bits // 8, "big")
+            self._priv = x
+            self.public = pow(2, x, modp_prime(bits)).to_bytes(bits // 8, "big")
         elif group in _CURVES:
             curve, size = _CURVES[group]
             if private is None:
@@ -127,8 +129,8 @@ class KeyExchange:
                 # RFC 6989 2.1: 1 < y < p-1 rules out the small-subgroup values 0, 1, p-1.
                 if not 1 < y < p - 1:
                     raise InvalidPublicValue(f"{self.group}: public value out of range")
-                pub = dh.DHPublicNumbers(y, dh.DHParameterNumbers(p, 2)).public_key()
-                return self._priv.exchange(pub).rjust(self._bits // 8, b"\0")
+                # RFC 7296 2.14: g^ir as an integer of the prime's length, zero-padded
+                return pow(y, self._priv, p).to_bytes(self._bits // 8, "big")
             if self.group in _CURVES:
                 curve, size = _CURVES[self.group]
                 # RFC 6989 2.3: the point must be on the curve (checked by from_encoded_point).
