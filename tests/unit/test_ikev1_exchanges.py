@@ -293,3 +293,31 @@ def test_rsa_sig_through_intermediate_ca(tmp_path):
     net2 = pair(a, b)
     assert not net2.installs("B")
     assert any("not trusted" in e.message for e in net2.events("B", "auth_failed"))
+
+
+def test_lost_quick_mode_answer_resent_without_waiting():
+    """Quick Mode message 2 lost: the initiator's repeat of message 1 brings it back at once
+    (the responder does not wait for its own timer)."""
+    net = pair(start=False)
+    seen = {"qm2": 0}
+
+    def drop(side, dg):
+        if side == "B" and dg.data[18] == 32 and seen["qm2"] == 0:
+            seen["qm2"] += 1
+            return True
+        return False
+
+    net.drop = drop
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    assert not net.installs("A")
+    net.advance(4.5)  # the initiator's first retransmission is due after 4 s
+    assert net.installs("A") and net.installs("B")
+    assert net.now < 5
+
+
+def test_duplicates_everywhere_stay_bounded():
+    net = pair(start=False)
+    net.dup = lambda side, dg: True
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    net.advance(30)
+    assert len(net.sent) < 60, len(net.sent)

@@ -33,7 +33,7 @@ def test_valid_header_garbage_body(np, exch, flags, mid, body):
     assert isinstance(net.b.receive_datagram(data, (B_IP, 500), (A_IP, 500), 0.0), list)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(idx=st.integers(0, len(_MSGS) - 1), pos=st.integers(0, 2000), bit=st.integers(0, 7),
        cut=st.integers(0, 2000), mode=st.sampled_from(["flip", "truncate", "extend"]))
 def test_mutated_messages_against_established_pair(idx, pos, bit, cut, mode):

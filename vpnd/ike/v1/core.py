@@ -317,7 +317,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 self._p1_respond_new(hdr, pls, local, remote, now)
                 return
             if hdr.spi_r == zero:
-                if not sa.initiator and _digest(data) == sa.last_in and sa.retx and sa.retx.due is None:
+                if not sa.initiator and _digest(data) == sa.last_in and sa.retx:
                     self._resend(sa.retx)  # a repeated message 1
                 return
             if (ex == C.EXCH_AGGRESSIVE) != sa.aggressive:

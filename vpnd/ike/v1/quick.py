@@ -384,7 +384,9 @@ class QuickMixin:
         qm = qms.get(mid)
         dig = _digest(data)
         if qm is not None and dig == qm.last_in:
-            if qm.retx and qm.retx.due is None:  # only the answering side (see phase1.py)
+            # the answering side resends at once (see phase1.py); so does the responder, whose
+            # message 2 the initiator's repeated message 1 shows lost
+            if qm.retx and (qm.retx.due is None or not qm.initiator):
                 self._resend(qm.retx)
             return
         if qm is None and mid in self._done_mids.get(sa.ike_id, ()):
