@@ -196,3 +196,116 @@ def test_up_whose_core_call_fails_leaves_no_waiter(tmp_path):
 
     asyncio.run(main())
 
+
+
+def gcm_pair(udp: bool):
+    """(sender DataPlane LAN_A->LAN_B, receiving SA) for one AES-GCM SA, RFC 3948 if udp."""
+    import ipaddress
+    key = bytes(range(20))
+
+    def sa(local, remote):
+        return esp.SA(0x2001, "esp", "tunnel", "aes128gcm16", None, key, b"", local=local,
+                      remote=remote, encap=(4500, 4500) if udp else None)
+    tx = esp.DataPlane()
+    tx.add_outbound(1, [ipaddress.ip_network("10.1.0.0/16")], [ipaddress.ip_network("10.2.0.0/16")],
+                    [sa("10.200.0.1", "10.200.0.2")])
+    return tx, sa("10.200.0.2", "10.200.0.1")
+
+
+def ipv4_udp(i: int, size: int = 100) -> bytes:
+    import struct
+    payload = bytes([i & 0xFF]) * size
+    return struct.pack("!BBHHHBBH4s4sHHHH", 0x45, 0, 28 + size, i, 0x4000, 64, 17, 0,
+                       bytes([10, 1, 0, 10]), bytes([10, 2, 0, 10]), 1000, 2000, 8 + size, 0) + payload
+
+
+class FakeNattWire:
+    natt = object()
+    natt_port = 4500
+    ike_port = 500
+    listen = "0.0.0.0"
+    send_errors = 0
+
+    def __init__(self, items):
+        self.items = items
+
+    def recv_udp(self, sock, limit=64):
+        return self.items
+
+
+class FakeTun:
+    def __init__(self):
+        self.written = []
+
+    def write_many(self, pkts):
+        self.written += pkts
+
+    def write(self, pkt):
+        self.written.append(pkt)
+
+
+class Clock:
+    def time(self):
+        return 5.0
+
+
+def test_natt_socket_sorts_esp_ike_keepalive_and_garbage(tmp_path):
+    d, _ = make_daemon(tmp_path)
+    tx, rx = gcm_pair(udp=True)
+    d.dp.add_inbound(rx)
+    good = [o[2] for o in tx.encap_many([ipv4_udp(i) for i in range(3)])]
+    ike_seen = []
+    d._ike_receive = lambda data, local, remote: ike_seen.append(data)
+    peer = ("10.200.0.1", 4500)
+    datagrams = good + [
+        b"\xff",                             # NAT keepalive (RFC 3948 2.3)
+        b"\x00\x00\x00\x00" + b"I" * 28,     # IKE behind the non-ESP marker
+        b"\x00\x00\x00\x00",                 # marker alone: invalid
+        b"\x00\x01",                         # too short for anything
+        b"\x00\x00\x20\x01",                 # an SPI alone: ESP, malformed
+        b"\x00\x00\x20\x01\x00\x00\x00\x64" + bytes(56),  # known SPI, seq 100, bad ICV
+        b"\xde\xad\xbe\xef" + bytes(60),     # unknown SPI
+        good[0],                             # replayed
+    ]
+    d.wire = FakeNattWire([(x, peer, []) for x in datagrams])
+    d.tun = FakeTun()
+    d.loop = Clock()
+    d._guarded(d._on_natt)
+    c = d.counters
+    assert d.tun.written == [ipv4_udp(i) for i in range(3)]
+    assert ike_seen == [b"I" * 28]
+    assert (c["keepalives_in"], c["natt_invalid"], c["loop_errors"]) == (1, 2, 0)
+    assert (c["wire_in"], c["tun_out"], c["decap_drops"]) == (7, 3, 4)
+    assert rx.auth_failures == 1 and rx.replay_drops == 1
+
+
+class RecordingWire:
+    def __init__(self):
+        self.sent = []
+
+    def send_ipv4(self, dst, pkt):
+        self.sent.append(("raw", dst, len(pkt)))
+
+    def send_esp_udp_run(self, addr, run, src):
+        self.sent.append(("udp", addr, src, [len(x) for x in run]))
+
+
+def test_send_outputs_groups_equal_udp_runs_per_peer_and_source(tmp_path):
+    d, _ = make_daemon(tmp_path)
+    d.wire = RecordingWire()
+    d.tun = FakeTun()
+    p1, p2 = ("10.200.0.2", 4500), ("10.200.0.3", 4500)
+    s1 = ("10.200.0.1", 4500)
+    outs = ([("udp", p1, b"a" * 100, s1)] * 3 + [("udp", p1, b"b" * 60, s1)]
+            + [("udp", p2, b"c" * 100, s1)] * 2 + [("udp", p2, b"c" * 100, ("10.200.0.9", 4500))]
+            + [("raw", "10.200.0.2", b"r" * 80), ("tun", b"icmp")]
+            + [("udp", p1, b"d" * 100, s1)] * 40)
+    d._send_outputs(outs)
+    assert d.wire.sent == [
+        ("udp", p1, "10.200.0.1", [100, 100, 100]), ("udp", p1, "10.200.0.1", [60]),
+        ("udp", p2, "10.200.0.1", [100, 100]),
+        ("raw", "10.200.0.2", 80),  # raw goes at once; a pending UDP run after it
+        ("udp", p2, "10.200.0.9", [100]),
+        ("udp", p1, "10.200.0.1", [100] * 32), ("udp", p1, "10.200.0.1", [100] * 8)]
+    assert d.tun.written == [b"icmp"]
+    assert d.counters["wire_out"] == len(outs) - 1 and d.counters["tun_out"] == 1
