@@ -12,7 +12,7 @@ from vpnd.crypto import auth as authc
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_child
 from vpnd.ike.v2.payloads import IDi, IDr, Auth, Cert, CertReq, Notify, notify
-from vpnd.ike.v2.sa import IkeSa, id_matches, id_payload_body, id_to_str
+from vpnd.ike.v2.sa import EVENT_SEQ, IkeSa, id_matches, id_payload_body, id_to_str
 
 
 def _psk(conn) -> bytes | None:
@@ -107,6 +107,7 @@ def _verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_in
 def established(e, sa: IkeSa, now: float) -> None:
     sa.state = "ESTABLISHED"
     sa.established_at = now
+    sa.established_seq = next(EVENT_SEQ)
     sa.last_recv = now
     lt = sa.conn.lifetime.ike
     if lt:
@@ -124,11 +125,46 @@ def established(e, sa: IkeSa, now: float) -> None:
 
 
 def _initial_contact(e, sa: IkeSa, now: float) -> None:
-    """2.4: the peer has no state from before; drop our older SAs with it."""
+    """2.4: the peer has no state from before; drop our older SAs with it. Only SAs up
+    before this SA's IKE_SA_INIT reached us: when both ends initiate at once, the peer's
+    INITIAL_CONTACT was true when sent but our own SA with it completed meanwhile, and the
+    peer has it too (drop_duplicate settles that pair with a Delete both ends see)."""
     for other in list(e.sas.values()):
         if other is not sa and other.conn.name == sa.conn.name and other.peer_id == sa.peer_id \
-                and other.state not in ("CONNECTING", "AUTHENTICATING"):
+                and other.state not in ("CONNECTING", "AUTHENTICATING") \
+                and (other.established_seq is None or other.established_seq < sa.created_seq):
             e.kill_ike(other, now, "peer sent INITIAL_CONTACT")
+
+
+# IKE SAs of one connection set up by both ends within this many seconds of each other are
+# one simultaneous initiation, not a peer that restarted and came back.
+DUPLICATE_WINDOW = 30.0
+
+
+def drop_duplicate(e, sa: IkeSa, now: float) -> None:
+    """Both ends initiated the same connection at once and now share two IKE SAs, each with
+    its CHILD_SA. RFC 7296 2.8 leaves this open; we keep one, decided as for a rekey
+    collision (2.8.1) so that both ends agree without a message: the SA whose smaller nonce
+    is the lowest of the four nonces is redundant, and the end that initiated it deletes it
+    (its CHILD_SAs go with it). The data plane keeps the surviving CHILD_SA's policy, so
+    traffic carries on; status shows one IKE SA again."""
+    for other in list(e.sas.values()):
+        if other is sa or other.state != "ESTABLISHED" or other.initiator == sa.initiator \
+                or other.conn.name != sa.conn.name or other.peer_id != sa.peer_id \
+                or other.remote[0] != sa.remote[0] or other.rekeyed_to is not None \
+                or abs(other.created_at - sa.created_at) > DUPLICATE_WINDOW:
+            continue
+        redundant, kept = sorted((sa, other), key=lambda s: min(s.ni, s.nr))
+        if redundant.initiator:
+            from vpnd.ike.v2 import exchange_info
+
+            e.event("ike_duplicate", sa.conn.name,
+                    f"IKE_SA {sa.conn.name}[{redundant.ike_id}] duplicates {sa.conn.name}[{kept.ike_id}] "
+                    "(both ends initiated): deleting it")
+            redundant.queue.clear()
+            redundant.state = "DELETING"
+            e.queue_force(redundant, exchange_info.DeleteIkeTask(), now)
+        return
 
 
 class AuthTask:
@@ -184,6 +220,7 @@ class AuthTask:
             return
         established(e, sa, now)
         exchange_child.child_accept(e, sa, self.req, payloads, sa.ni, sa.nr, now)
+        drop_duplicate(e, sa, now)
 
 
 def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
@@ -232,6 +269,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     if child is not None:
         e.install_child(sa, child, keymat, now)
     e.respond(sa, c.IKE_AUTH, h.message_id, ours + child_payloads, now)
+    drop_duplicate(e, sa, now)
 
 
 def _fail(e, sa: IkeSa, h, why: str, now: float) -> None:

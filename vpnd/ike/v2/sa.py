@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,9 @@ class ChildSa:
         return f"ChildSa({self.child_id}, {self.name}, in={self.spi_in:08x}, out={self.spi_out:08x}, {self.state})"
 
 
+EVENT_SEQ = itertools.count()
+
+
 @dataclass(repr=False)
 class IkeSa:
     ike_id: int
@@ -110,6 +114,10 @@ class IkeSa:
     # first child negotiated inside IKE_AUTH (initiator side)
     auth_child: Any = None
     ike_collision: dict | None = None  # peer's simultaneous rekey of this IKE SA (2.8.2)
+    # order of events in this process, immune to equal clock readings: when the SA was
+    # created and when it was established (INITIAL_CONTACT compares the two, 2.4)
+    created_seq: int = field(default_factory=lambda: next(EVENT_SEQ))
+    established_seq: int | None = None
 
     def __repr__(self) -> str:
         return f"IkeSa({self.ike_id}, {self.conn.name}, {self.spi_i.hex()}/{self.spi_r.hex()}, {self.state})"
