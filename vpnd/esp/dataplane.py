@@ -40,7 +40,7 @@ from vpnd.esp.ipv4 import (
     icmp_frag_needed, rebuild_header,
 )
 from vpnd.esp.overhead import max_inner
-from vpnd.esp.sa import SA
+from vpnd.esp.sa import SA, seq_allocator
 from vpnd.esp.spd import SPD, Policy, addr_in, parse_selectors, selectors_v4, selectors_v6
 
 import hmac as _hmac
@@ -170,18 +170,12 @@ class DataPlane:
             key = pkt[12:20]
             pol = spd.cache.get(key, _MISS)
             if pol is _MISS:
-                if len(spd.cache) >= spd.CACHE_MAX:
-                    spd.cache.clear()
-                pol = spd.cache[key] = spd.lookup4(_from_bytes(pkt[12:16], "big"),
-                                                   _from_bytes(pkt[16:20], "big"))
+                pol = self._spd_miss(key, 4, spd.lookup4)
         elif ver == 6 and n >= 40:
             key = pkt[8:40]
             pol = spd.cache.get(key, _MISS)
             if pol is _MISS:
-                if len(spd.cache) >= spd.CACHE_MAX:
-                    spd.cache.clear()
-                pol = spd.cache[key] = spd.lookup6(_from_bytes(pkt[8:24], "big"),
-                                                   _from_bytes(pkt[24:40], "big"))
+                pol = self._spd_miss(key, 16, spd.lookup6)
         else:
             self.malformed += 1
             return None
@@ -189,6 +183,15 @@ class DataPlane:
             self.no_policy += 1
             return None
         return pol.encap(pkt)
+
+    def _spd_miss(self, key, half: int, lookup):
+        """SPD lookup of an address pair not in the cache (key: source then destination
+        address, `half` bytes each); the answer, also None, is cached."""
+        cache = self.spd.cache
+        if len(cache) >= self.spd.CACHE_MAX:
+            cache.clear()
+        pol = cache[key] = lookup(_from_bytes(key[:half], "big"), _from_bytes(key[half:], "big"))
+        return pol
 
     def encap_many(self, packets) -> list:
         """encap() over a burst; "many" results are flattened.  The SPD cache hit of
@@ -272,15 +275,7 @@ class DataPlane:
             if sa.bytes_out >= sa._limit_bytes or sa.packets_out >= sa._limit_packets:
                 sa._limit_hit()
 
-        def ah_seq():
-            seq = ah.seq + 1
-            if seq > ah.seq_max or ah.expired:
-                if not ah.expired:
-                    ah._seq_exhausted()
-                ah.expired_drops += 1
-                return -1
-            ah.seq = seq
-            return seq
+        ah_seq = seq_allocator(ah) if ah is not None else None
 
         def ah_tunnel(payload, nh, tos, frag):
             """AH over a fresh outer header (AH alone, or outside ESP in a bundle).  The

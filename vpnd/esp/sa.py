@@ -277,6 +277,22 @@ def _next_limit(soft: int, hard: int, soft_fired: bool, hard_fired: bool = False
 
 # -- ESP ---------------------------------------------------------------------------------
 
+def seq_allocator(sa):
+    """A closure giving the SA's next outbound sequence number, or -1 (counted in
+    expired_drops, the SA reported expired) when it would cycle: RFC 4303 3.3.3 and
+    RFC 4302 3.3.2 forbid reusing a number, a new SA must be negotiated instead."""
+    def next_seq():
+        seq = sa.seq + 1
+        if seq > sa.seq_max or sa.expired:
+            if not sa.expired:
+                sa._seq_exhausted()
+            sa.expired_drops += 1
+            return -1
+        sa.seq = seq
+        return seq
+    return next_seq
+
+
 def _build_esp(sa: SA):
     """Return (seal, open) closures for this SA's algorithms.
 
@@ -302,16 +318,7 @@ def _build_esp(sa: SA):
     min_len = 8 + iv_size + 4 + icv_size
     compare = _hmac.compare_digest
 
-    def next_seq():
-        """The next sequence number, or -1 (counted, SA expired) when it would cycle."""
-        seq = sa.seq + 1
-        if seq > sa.seq_max or sa.expired:
-            if not sa.expired:
-                sa._seq_exhausted()
-            sa.expired_drops += 1
-            return -1
-        sa.seq = seq
-        return seq
+    next_seq = seq_allocator(sa)
 
     def check_trailer(pt):
         """(end of payload, nh) or -1: RFC 4303 2.4 padding is 1, 2, 3, ... and checked."""
