@@ -101,6 +101,10 @@ def vpnctl_parser() -> argparse.ArgumentParser:
         if name == "rekey":
             c.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
+    # `vpnctl status --socket X` works as well as `vpnctl --socket X status`
+    for c in sub.choices.values():
+        c.add_argument("--socket", "-s", metavar="PATH", default=argparse.SUPPRESS,
+                       help="control socket (as before the command)")
     return p
 
 

@@ -1,0 +1,65 @@
+"""The contract's command lines, run as commands: `vpnd --check` exit codes and one line
+per problem with its key path; vpnctl's socket from --socket (before or after the
+command), VPND_SOCKET, and daemon.control_socket of the default config."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vpnd import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*argv, env=None):
+    return subprocess.run([sys.executable, "-c", "import sys; from vpnd.cli import {0}; sys.exit({0}(sys.argv[1:]))"
+                           .format(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("conf", ["conf/vpnd.yaml", "conf/manual.yaml", "conf/demo/site-a.yaml",
+                                  "conf/demo/site-b.yaml", "conf/demo/site-a-manual.yaml",
+                                  "conf/demo/site-b-manual.yaml"])
+def test_shipped_configs_pass_check(conf):
+    r = run("vpnd_main", "--config", str(ROOT / conf), "--check")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_check_reports_each_problem_on_one_line_with_its_key_path(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("daemon: {mtu: 10}\nconnections:\n  site-b:\n    peer: 10.200.0.2\n"
+                   "    psk: \"secret value 42\"\n    esp: aes999\n    mode: tunell\n")
+    r = run("vpnd_main", "--config", str(bad), "--check")
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert "connections.site-b.esp: unknown algorithm 'aes999'" in lines
+    assert any(line.startswith("daemon.mtu: ") for line in lines)
+    assert any(line.startswith("connections.site-b.mode: ") for line in lines)
+    assert len(lines) == 3 and "secret value 42" not in r.stderr
+
+
+def test_check_of_a_missing_file_is_one_line_exit_1(tmp_path):
+    r = run("vpnd_main", "--config", str(tmp_path / "none.yaml"), "--check")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["--socket", "/a.sock", "status"], ["status", "--socket", "/a.sock"],
+                                  ["up", "x", "--socket", "/a.sock"], ["-s", "/a.sock", "reload"],
+                                  ["rekey", "x", "--ike", "-s", "/a.sock"]])
+def test_socket_before_or_after_the_command(argv):
+    assert cli.vpnctl_parser().parse_args(argv).socket == "/a.sock"
+
+
+def test_socket_absent_is_none_so_the_default_applies():
+    assert cli.vpnctl_parser().parse_args(["status"]).socket is None
+
+
+def test_unreachable_daemon_exit_3_and_env_socket_used(tmp_path):
+    env = {"VPND_SOCKET": str(tmp_path / "gone.sock"), "PYTHONPATH": str(ROOT)}
+    r = run("vpnctl_main", "status", env=env)
+    assert r.returncode == 3 and str(tmp_path / "gone.sock") in r.stderr
+    r = run("vpnctl_main", "status", "--socket", str(tmp_path / "other.sock"), env=env)
+    assert r.returncode == 3 and "other.sock" in r.stderr  # --socket wins over VPND_SOCKET
