@@ -63,3 +63,21 @@ def test_unreachable_daemon_exit_3_and_env_socket_used(tmp_path):
     assert r.returncode == 3 and str(tmp_path / "gone.sock") in r.stderr
     r = run("vpnctl_main", "status", "--socket", str(tmp_path / "other.sock"), env=env)
     assert r.returncode == 3 and "other.sock" in r.stderr  # --socket wins over VPND_SOCKET
+
+
+def test_readme_examples_are_valid():
+    """The YAML of README.md's manual-keying section parses; its opening commands exist."""
+    import re
+
+    import yaml
+
+    from vpnd.config import parse_config
+    text = (ROOT / "README.md").read_text()
+    assert "sudo ./scripts/demo" in text and "sudo ./scripts/test" in text
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        cfg = parse_config(yaml.safe_load(block))
+        assert cfg.connections[0].manual is not None
+    for cmd in ("status", "up", "down", "rekey", "reload"):
+        assert f"vpnctl {cmd}" in text
