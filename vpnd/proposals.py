@@ -214,7 +214,8 @@ def _parse_cisco(words: list[str], b: _Builder) -> None:
         if w in _CISCO_ESP_ENC:
             base = _CISCO_ESP_ENC[w]
             bits = None
-            if i < len(words) and words[i].isdigit():
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+            if i < len(words) and words[i].isascii() and words[i].isdigit():
                 bits = int(words[i])
                 i += 1
             if base in ("aes", "gcm"):
