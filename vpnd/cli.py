@@ -49,6 +49,10 @@ def load_or_report(path: str):
     except OSError as e:
         print(f"{path}: {e.strerror or e}", file=sys.stderr)
         return None
+    except Exception as e:  # a checker bug: still one line, and no value quoted (secrets)
+        print(f"{path}: internal error while checking the config ({type(e).__name__})",
+              file=sys.stderr)
+        return None
 
 
 def vpnd_main(argv: list[str] | None = None) -> int:

@@ -914,6 +914,11 @@ class Daemon:
             except OSError as e:
                 log.error("reload: cannot read %s: %s", self.config_path, e.strerror)
                 raise CommandError(f"reload failed: cannot read {self.config_path}: {e.strerror}") from None
+            except Exception as e:  # a checker bug: the old config keeps running
+                log.error("reload: internal error while checking %s (%s)", self.config_path,
+                          type(e).__name__)
+                raise CommandError("reload failed: internal error while checking the config, "
+                                   "still running the old one") from None
             for w in getattr(new, "warnings", ()):
                 log.warning("reload: %s", w)
             self._reload_daemon_section(new)

@@ -81,3 +81,15 @@ def test_readme_examples_are_valid():
         assert cfg.connections[0].manual is not None
     for cmd in ("status", "up", "down", "rekey", "reload"):
         assert f"vpnctl {cmd}" in text
+
+
+def test_check_with_a_checker_bug_is_one_line(tmp_path, monkeypatch, capsys):
+    import vpnd.config
+
+    def bug(path):
+        raise KeyError("psk value 99")
+
+    monkeypatch.setattr(vpnd.config, "load_config", bug)
+    assert cli.vpnd_main(["--config", str(tmp_path / "x.yaml"), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "psk value" not in err

@@ -309,3 +309,19 @@ def test_send_outputs_groups_equal_udp_runs_per_peer_and_source(tmp_path):
         ("udp", p1, "10.200.0.1", [100] * 32), ("udp", p1, "10.200.0.1", [100] * 8)]
     assert d.tun.written == [b"icmp"]
     assert d.counters["wire_out"] == len(outs) - 1 and d.counters["tun_out"] == 1
+
+
+def test_reload_with_a_checker_bug_keeps_the_old_config(tmp_path, monkeypatch, caplog):
+    import vpnd.config
+    d, _ = make_daemon(tmp_path)
+    before = d.config
+
+    def bug(path):
+        raise ValueError("secret-looking value 1234")
+
+    monkeypatch.setattr(vpnd.config, "load_config", bug)
+    with caplog.at_level(logging.ERROR, logger="vpnd"):
+        with pytest.raises(CommandError, match="internal error"):
+            d.reload()
+    assert d.config is before
+    assert "secret-looking" not in caplog.text
