@@ -301,11 +301,16 @@ class Daemon:
             self.exit_code = 2  # not 1: systemd's Restart=on-failure brings vpnd back
             self.stop()
         except Exception:
-            self.counters["loop_errors"] += 1
-            now = time.monotonic()
-            if now - self._last_error_log >= 1.0:
-                self._last_error_log = now
-                log.exception("error in %s (burst dropped)", handler.__name__)
+            self._internal_error("error in %s (burst dropped)", handler.__name__)
+
+    def _internal_error(self, msg: str, *args) -> None:
+        """A bug met by input from outside: counted (loop_errors), logged with its traceback
+        at most once a second, so that a flood of such input cannot flood the log."""
+        self.counters["loop_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 1.0:
+            self._last_error_log = now
+            log.exception(msg, *args)
 
     def _detach_readers(self):
         if self.loop is None:
@@ -689,7 +694,7 @@ class Daemon:
         try:
             actions = self.ike.receive(data, local, remote, self._now())
         except Exception:
-            log.exception("IKE core failed on a datagram from %s:%d (dropped)", *remote)
+            self._internal_error("IKE core failed on a datagram from %s:%d (dropped)", *remote)
             return
         self._run_actions(actions)
 

@@ -325,3 +325,23 @@ def test_reload_with_a_checker_bug_keeps_the_old_config(tmp_path, monkeypatch, c
             d.reload()
     assert d.config is before
     assert "secret-looking" not in caplog.text
+
+
+class CrashingIke:
+    drops = 0
+
+    def receive(self, data, local, remote, now):
+        raise IndexError("core bug")
+
+    def next_timer(self):
+        return None
+
+
+def test_ike_core_failures_are_counted_and_logged_once_a_second(tmp_path, caplog):
+    d, _ = make_daemon(tmp_path)
+    d.ike = CrashingIke()
+    with caplog.at_level(logging.ERROR, logger="vpnd"):
+        for _ in range(100):
+            d._ike_receive(b"\x00" * 28, ("10.200.0.1", 500), ("10.200.0.2", 500))
+    assert d.counters["loop_errors"] == 100
+    assert sum("IKE core failed" in r.getMessage() for r in caplog.records) == 1
