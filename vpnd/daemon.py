@@ -703,9 +703,9 @@ class Daemon:
         if self.ike is not None:
             try:
                 self._run_actions(self.ike.handle_timer(self._now()), rearm=False)
+                self._report_activity()
             except Exception:
-                log.exception("IKE timer handling failed")
-            self._report_activity()
+                self._internal_error("IKE timer handling failed")
         self._arm_timer()
 
     def _report_activity(self):
@@ -722,7 +722,11 @@ class Daemon:
     def _arm_timer(self):
         if self.ike is None or self.loop is None:
             return
-        when = self.ike.next_timer()
+        try:
+            when = self.ike.next_timer()
+        except Exception:  # the one-second tick below keeps the core's timers running
+            self._internal_error("IKE next_timer failed")
+            when = None
         # activity reports need a tick even when the core has nothing scheduled
         tick = self._now() + 1.0
         when = tick if when is None else min(when, tick)

@@ -345,3 +345,35 @@ def test_ike_core_failures_are_counted_and_logged_once_a_second(tmp_path, caplog
             d._ike_receive(b"\x00" * 28, ("10.200.0.1", 500), ("10.200.0.2", 500))
     assert d.counters["loop_errors"] == 100
     assert sum("IKE core failed" in r.getMessage() for r in caplog.records) == 1
+
+
+class TimerBugIke:
+    def __init__(self):
+        self.ticks = 0
+
+    def handle_timer(self, now):
+        self.ticks += 1
+        raise KeyError("timer bug")
+
+    def next_timer(self):
+        if self.ticks:
+            raise RuntimeError("next_timer bug")
+        return None
+
+    def child_activity(self, *a):
+        raise AssertionError("not reached")
+
+
+def test_failing_ike_timer_keeps_ticking(tmp_path):
+    d, _ = make_daemon(tmp_path)
+    d.ike = TimerBugIke()
+
+    async def main():
+        d.loop = asyncio.get_running_loop()
+        d._now = lambda: d.loop.time() - 0.9  # ticks come every 0.1 s of loop time
+        d._arm_timer()
+        await asyncio.sleep(0.45)
+        d._timer.cancel()
+
+    asyncio.run(main())
+    assert d.ike.ticks >= 2 and d.counters["loop_errors"] >= 2
