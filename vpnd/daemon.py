@@ -442,7 +442,7 @@ class Daemon:
             try:
                 self._handle_dp_event(ev)
             except Exception:
-                log.exception("error handling data plane event %r", ev[0])
+                self._internal_error("error handling data plane event %r", ev[0])
 
     def _handle_dp_event(self, ev):
         """Events of esp.DataPlane (see its docstring): lifetimes, unknown SPIs, acquires."""
