@@ -22,9 +22,8 @@ from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, S
                               UpdateChildAddresses)
 from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
-from vpnd.net.sockets import (IPPROTO_AH, IPPROTO_ESP, KIND_ESP, KIND_IKE, KIND_KEEPALIVE,
-                              NON_ESP_MARKER, SocketError, WireSockets, classify_natt,
-                              local_address)
+from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
+from vpnd.net.sockets import IPPROTO_AH, IPPROTO_ESP, SocketError, WireSockets, local_address
 from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
                           source_address_towards)
 
@@ -398,26 +397,21 @@ class Daemon:
         esp_in = 0
         counters = self.counters
         for data, addr, anc in items:
-            # ESP (RFC 3948 2.2: a non-zero SPI where IKE has its marker) is the common case:
-            # decided here without a call; the rest goes through classify_natt
-            if len(data) > 4 and data[:4] != NON_ESP_MARKER:
+            # ESP (RFC 3948 2.2: a non-zero SPI where IKE has its marker, 8 bytes at least) is
+            # the common case: decided here without a call; the rest by classify_udp4500
+            if len(data) >= 8 and data[:4] != NON_ESP_MARKER:
                 esp_in += 1
                 inner = decap(data, 17, addr[0], addr[1])
                 if inner is not None:
                     append(inner)
                 continue
-            kind = classify_natt(data)
-            if kind == KIND_IKE:
+            kind = classify_udp4500(data)
+            if kind == "ike":
                 port = self.wire.natt_port
                 self._ike_receive(data[4:], (local_address(anc, self.wire.listen), port), addr)
-            elif kind == KIND_KEEPALIVE:
+            elif kind == "keepalive":
                 counters["keepalives_in"] += 1
-            elif kind == KIND_ESP:  # 4 bytes: an SPI alone, the engine counts it malformed
-                esp_in += 1
-                inner = decap(data, 17, addr[0], addr[1])
-                if inner is not None:
-                    append(inner)
-            else:
+            else:  # "bad": what is left of "esp" was decided above
                 counters["natt_invalid"] += 1
         if esp_in:
             delivered = len(inners)

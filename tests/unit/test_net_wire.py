@@ -8,22 +8,22 @@ import pytest
 
 from vpnd.net import notify
 from vpnd.net.routes import RTPROT_STATIC, RTNH_F_ONLINK, RouteManager, RouteOptions
-from vpnd.net.sockets import (KIND_ESP, KIND_IKE, KIND_INVALID, KIND_KEEPALIVE, NON_ESP_MARKER,
-                              classify_natt)
+from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
 
 
 @pytest.mark.parametrize("data,kind", [
-    (b"\xff", KIND_KEEPALIVE),                          # RFC 3948 2.3 NAT-keepalive
-    (NON_ESP_MARKER + b"\x11" * 28, KIND_IKE),          # RFC 3948 2.2 non-ESP marker
-    (b"\x00\x00\x10\x01" + b"\x00" * 20, KIND_ESP),      # SPI 0x1001
-    (b"\xde\xad\xbe\xef", KIND_ESP),                    # SPI only: the engine counts it malformed
-    (NON_ESP_MARKER, KIND_INVALID),                     # a marker and nothing after it
-    (b"", KIND_INVALID),
-    (b"\x00\x01", KIND_INVALID),
-    (b"\xff\xff", KIND_INVALID),                        # not a keepalive (length 1 only)
+    (b"\xff", "keepalive"),                             # RFC 3948 2.3 NAT-keepalive
+    (NON_ESP_MARKER + b"\x11" * 28, "ike"),             # RFC 3948 2.2 non-ESP marker
+    (b"\x00\x00\x10\x01" + b"\x00" * 20, "esp"),         # SPI 0x1001
+    (b"\xde\xad\xbe\xef", "bad"),                       # SPI only: shorter than any ESP
+    (b"\xde\xad\xbe\xef\x00\x00\x00\x01", "esp"),       # SPI and sequence number
+    (NON_ESP_MARKER, "bad"),                            # a marker and nothing after it
+    (b"", "bad"),
+    (b"\x00\x01", "bad"),
+    (b"\xff\xff", "bad"),                               # not a keepalive (length 1 only)
 ])
 def test_classify_natt(data, kind):
-    assert classify_natt(data) == kind
+    assert classify_udp4500(data) == kind
 
 
 def _listener(tmp_path):

@@ -2,8 +2,8 @@
 
 - UDP listen:ike_port carries IKE only.
 - UDP listen:natt_port carries IKE, NAT keepalives and ESP, told apart by the first bytes
-  (RFC 3948 section 2.2-2.3): 4 zero bytes (the non-ESP marker) = IKE, a single 0xff byte =
-  NAT keepalive, anything else = ESP whose first 4 bytes are its non-zero SPI.
+  (RFC 3948 section 2.2-2.3, esp.classify_udp4500): 4 zero bytes (the non-ESP marker) = IKE,
+  a single 0xff byte = NAT keepalive, else ESP whose first 4 bytes are its non-zero SPI.
 - Raw sockets for IP protocols 50 (ESP) and 51 (AH) receive whole IPv4 packets (the
   engine needs the outer header for AH's ICV and for the peer's address).
 - One IPPROTO_RAW socket (IP_HDRINCL implied) sends the full IPv4 packets the engine builds.
@@ -18,6 +18,8 @@ import os
 import socket
 import struct
 
+from vpnd.esp.natt import NON_ESP_MARKER
+from vpnd.ike.actions import NAT_KEEPALIVE
 from vpnd.net.routes import SOCKET_MARK
 
 IPPROTO_ESP = 50
@@ -31,29 +33,13 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 BUFFER_SIZE = 4 << 20
 
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
 RECV_SIZE = 65535
 MAX_BURST = 64
 
-KIND_ESP = 0
-KIND_IKE = 1
-KIND_KEEPALIVE = 2
-KIND_INVALID = 3
 
 
 class SocketError(Exception):
     """A socket could not be opened (message is for humans)."""
-
-
-def classify_natt(data: bytes) -> int:
-    """Which of IKE, keepalive or ESP a datagram on the NAT-T port is (RFC 3948 2.2, 2.3)."""
-    if len(data) == 1 and data[0] == 0xFF:
-        return KIND_KEEPALIVE
-    if len(data) < 4:
-        return KIND_INVALID
-    if data[:4] == NON_ESP_MARKER:
-        return KIND_IKE if len(data) > 4 else KIND_INVALID
-    return KIND_ESP
 
 
 def _buffer(s: socket.socket, force_opt: int, opt: int, size: int = BUFFER_SIZE) -> None:
@@ -226,7 +212,7 @@ class WireSockets:
         sock = self.by_port.get(local[1])
         if sock is None:
             sock = self.ike
-        if sock is self.natt and data != b"\xff":  # a NAT keepalive goes bare (RFC 3948 2.3)
+        if sock is self.natt and data != NAT_KEEPALIVE:  # a NAT keepalive goes bare (RFC 3948 2.3)
             data = NON_ESP_MARKER + data
         try:
             sock.sendmsg([data], self._pktinfo(local[0]), 0, tuple(remote))
@@ -236,6 +222,6 @@ class WireSockets:
     def send_keepalive(self, remote) -> None:
         """NAT keepalive: one 0xff byte on the NAT-T port (RFC 3948 section 2.3)."""
         try:
-            self.natt.sendto(b"\xff", tuple(remote))
+            self.natt.sendto(NAT_KEEPALIVE, tuple(remote))
         except OSError:
             self.send_errors += 1

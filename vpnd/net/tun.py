@@ -14,6 +14,7 @@ import fcntl
 import os
 import struct
 
+from vpnd.esp.offload import gro_coalesce
 from vpnd.net import netlink
 
 TUNSETIFF = 0x400454CA
@@ -111,7 +112,6 @@ class Tun:
             for p in packets:
                 self.write(p)
             return
-        from vpnd.esp.offload import gro_coalesce
         fd = self.fd
         for buf in gro_coalesce(packets):
             try:
