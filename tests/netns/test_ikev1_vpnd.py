@@ -55,7 +55,7 @@ def test_rsa_sig(topo, vpnds):
               f"    remote_id: \"{DN_B}\"")
     auth_b = (f"    auth: {{cert: {pki['gw-b'][0]}, key: {pki['gw-b'][1]}, ca: {pki['ca']}}}\n"
               f"    remote_id: \"{DN_A}\"")
-    a, b = _pair(topo, vpnds, ike=ike, esp=esp, auth_a=auth_a, auth_b=auth_b)
+    a, _ = _pair(topo, vpnds, ike=ike, esp=esp, auth_a=auth_a, auth_b=auth_b)
     assert wait_child(a)["ike"]["remote_id"] == DN_B
     check_traffic(topo, mbytes=1)
 
@@ -74,7 +74,7 @@ def test_nat_traversal(topo_nat, vpnds):
 def test_esp_ah_bundle_transport(topo, vpnds):
     """The seed's "ESP + AH" transform set in transport mode between the gateways."""
     esp = "ah-sha-hmac esp-aes 256 esp-sha-hmac"
-    b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=f"{WAN_B}/32",
+    vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=f"{WAN_B}/32",
                                      rts=f"{topo.gwa_wan}/32", ike=PAIRS[0][0], esp=f"\"{esp}\"",
                                      extra="mode: transport"))
     a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=f"{topo.gwa_wan}/32",
@@ -82,7 +82,6 @@ def test_esp_ah_bundle_transport(topo, vpnds):
                                      extra="mode: transport"))
     ga = wait_child(a)
     assert ga["child"]["mode"] == "transport" and "AH" in ga["child"]["proposal"]
-    _ = b
     r = topo.run("gwa", ["ping", "-c", "3", "-i", "0.2", "-W", "1", WAN_B], check=False)
     assert r.returncode == 0, r.stdout.decode()
     # the echo went through the bundle, not around it
@@ -96,8 +95,8 @@ def test_trap_per_host(topo, vpnds):
     from .topology import HOST_A, HOST_B
 
     ike, esp = PAIRS[1]
-    b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
-                                     ike=ike, esp=esp, extra="per_host: true"))
+    vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
+                                 ike=ike, esp=esp, extra="per_host: true"))
     a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
                                      ike=ike, esp=esp, start="trap", extra="per_host: true"))
     assert a.status()["ike_sas"] == []
@@ -105,7 +104,6 @@ def test_trap_per_host(topo, vpnds):
     assert r.returncode == 0, r.stdout.decode()  # the triggering packet was queued, not lost
     got = wait_child(a)
     assert got["child"]["local_ts"] == [f"{HOST_A}/32"] and got["child"]["remote_ts"] == [f"{HOST_B}/32"]
-    _ = b
     check_traffic(topo, mbytes=0.5)
 
 
@@ -114,7 +112,7 @@ def test_rekeys_under_20pps_ping(topo, vpnds):
 
     ike, esp = PAIRS[0]
     life = "lifetime: {ike: 18, seconds: 8}"
-    a, b = _pair(topo, vpnds, ike=ike, esp=esp, extra_a=life, extra_b=life)
+    a, _ = _pair(topo, vpnds, ike=ike, esp=esp, extra_a=life, extra_b=life)
     first = wait_child(a)
     topo.wait_ping("hosta", topo.hostb_ip)
     out = topo.run("hosta", ["ping", "-n", "-q", "-i", "0.05", "-c", "500", "-W", "1", topo.hostb_ip],
@@ -123,7 +121,6 @@ def test_rekeys_under_20pps_ping(topo, vpnds):
     now = wait_child(a)
     assert now["child"]["spi_in"] != first["child"]["spi_in"] and now["ike"]["spi_i"] != first["ike"]["spi_i"]
     assert sent == 500 and got == 500, out
-    _ = b
 
 
 def test_dpd_dead_peer_and_restart(topo, vpnds):
@@ -138,8 +135,7 @@ def test_dpd_dead_peer_and_restart(topo, vpnds):
     while "is dead" not in a.log():
         assert time.monotonic() - t0 < 2 + 6 * 1 + 3, a.log()[-3000:]
         time.sleep(0.1)
-    b2 = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
-                                      ike=ike, esp=esp, extra=dpd))
+    vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
+                                 ike=ike, esp=esp, extra=dpd))
     wait_child(a, timeout=40)
-    _ = b2
     check_traffic(topo, mbytes=0.5)

@@ -176,7 +176,6 @@ def test_proxy_ids_outside_config_refused():
 
 
 def test_per_host():
-    import struct
     conf = {"per_host": True, "start": "trap"}
     net = pair(conf, {"per_host": True}, start=False)
     pkt = bytes([0x45, 0, 0, 20]) + bytes(8) + bytes([10, 1, 0, 10, 10, 2, 0, 10])
@@ -186,7 +185,6 @@ def test_per_host():
     pkt2 = pkt[:16] + bytes([10, 2, 0, 11])
     net.feed(net.a, net.a.acquire("site", pkt2, 0.0))
     assert len(net.installs("A")) == 2 and len(net.installs("B")) == 2
-    _ = struct
 
 
 @pytest.mark.parametrize("which", range(9))

@@ -8,7 +8,6 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from vpnd.ike.actions import InstallChildSA, SendDatagram
 from vpnd.ike.v1 import keys
 
 from test_ikev1_harness import pair
@@ -152,4 +151,3 @@ def test_scapy_parses_our_main_mode_offer():
     assert got[0]["Hash"] == "SHA2-256" and got[0]["GroupDesc"] == "2048MODPgr"
     assert got[0]["Authentication"] == "PSK"
     assert got[1]["Encryption"] == "3DES-CBC" and got[1]["GroupDesc"] == "1536MODPgr"
-    _ = (InstallChildSA, SendDatagram)
