@@ -497,3 +497,30 @@ def test_vpnctl_down_deletes_on_both_sides(topo, make_charon, vpnds):
     log = ch.log()
     assert "received DELETE for ESP CHILD_SA" in log and "received DELETE for IKE_SA" in log, log[-3000:]
     assert v.status()["ike_sas"] == []
+
+
+def test_dpd_on_demand_with_traffic(topo, make_charon, vpnds):
+    """The seed's default `keepalive ... on-demand`: probes only while we send and hear
+    nothing; idle tunnels stay quiet."""
+    ike, esp = PAIRS[1]
+    interval, retry = 3, 1
+    ch = _charon(make_charon, topo)
+    charon_psk(ch, topo, ike=ike, esp=esp)
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, start="start",
+                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: on-demand, action: clear}}"))
+    wait_child(v)
+    time.sleep(2 * interval + 1)  # idle: no R-U-THERE
+    assert "N(DPD)" not in ch.log() and "DPD request" not in ch.log()
+    ch.kill()
+    ping = topo.popen("hosta", ["ping", "-n", "-q", "-i", "0.2", "-c", "100", "-W", "1", topo.hostb_ip])
+    t0 = time.monotonic()
+    bound = interval + (5 + 1) * retry + 2  # + the daemon's 1 s activity reporting tick
+    try:
+        while "is dead" not in v.log():
+            assert time.monotonic() - t0 < bound + 2, v.log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        topo.stop(ping)
+    print(f"IKEv1 on-demand DPD: peer declared dead after {time.monotonic() - t0:.1f}s (bound {bound}s)")
+    assert v.status()["ike_sas"] == []  # action clear
