@@ -1014,6 +1014,7 @@ class Daemon:
                          "uptime_s": int(time.monotonic() - self.started_at),
                          "routes": self.routes.installed() if self.routes else [],
                          **self.counters, "send_errors": self.wire.send_errors if self.wire else 0,
+                         "tun_read_errors": getattr(self.tun, "read_errors", 0) if self.tun else 0,
                          "ike_drops": int(getattr(self.ike, "drops", 0) or 0),
                          **self._dp_counters()}
         return out

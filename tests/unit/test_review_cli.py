@@ -93,3 +93,13 @@ def test_check_with_a_checker_bug_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.vpnd_main(["--config", str(tmp_path / "x.yaml"), "--check"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "psk value" not in err
+
+
+def test_status_footer_shows_internal_errors_only_when_they_moved():
+    from vpnd.status import format_status
+    base = {"connections": [], "ike_sas": [], "daemon": {"tun": "vpnd0", "mtu": 1400, "uptime_s": 1,
+                                                         "routes": [], "loop_errors": 0, "tun_read_errors": 0}}
+    assert "drops: none" in format_status(base)
+    base["daemon"].update(loop_errors=3, tun_read_errors=2)
+    out = format_status(base)
+    assert "loop_errors 3" in out and "tun_read_errors 2" in out
