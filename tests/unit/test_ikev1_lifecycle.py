@@ -374,3 +374,23 @@ def test_dpd_restart_keeps_trying_until_peer_returns():
     assert sa.is_established
     with_ic = [x for x in sent_ic if x and x[0].notify_type == C.N_INITIAL_CONTACT]
     assert with_ic, sent_ic  # the new contact after the dead peer carried INITIAL-CONTACT
+
+
+def test_nat_oa_in_transport_mode_behind_nat(monkeypatch):
+    """RFC 3947 5.2: NAT-OAi/NAT-OAr with the original addresses in transport-mode Quick Mode."""
+    from vpnd.ike.v1 import payloads as P
+    from vpnd.ike.v1 import quick
+
+    seen = []
+    orig = quick.QuickMixin._qm_r_msg1
+
+    def spy(self, sa, hdr, plain, pls, now):
+        seen.append([p for p in pls if isinstance(p, P.NatOA)])
+        return orig(self, sa, hdr, plain, pls, now)
+
+    monkeypatch.setattr(quick.QuickMixin, "_qm_r_msg1", spy)
+    conf = {"mode": "transport", "local_ts": None, "remote_ts": None}
+    net = pair(conf, conf, nat_a="10.200.0.254")
+    assert net.installs("A") and net.installs("B")
+    oa = seen[0]
+    assert [x.data[4:] for x in oa] == [bytes([10, 200, 0, 1]), bytes([10, 200, 0, 2])]

@@ -109,6 +109,20 @@ class QuickMixin:
         hv = plain[ext[0][1] + 4:ext[0][2]]
         return hv, plain[ext[0][2]:ext[-1][2]]
 
+    def _nat_oa(self, sa: IsakmpSA, mode: str, ip_i: str, ip_r: str) -> list:
+        """NAT-OAi/NAT-OAr (RFC 3947 5.2): the original addresses, sent in transport mode
+        behind a NAT so that the peer can fix TCP/UDP checksums. ip_i/ip_r: the Quick Mode
+        initiator's and responder's addresses as this side knows them."""
+        if mode != "transport" or not sa.nat or not sa.natt:
+            return []
+        cls = P.NatOA if sa.natt == "rfc" else P.NatOADraft
+        out = []
+        for ip in (ip_i, ip_r):
+            a = ipaddress.ip_address(ip)
+            t = C.ID_IPV4_ADDR if a.version == 4 else C.ID_IPV6_ADDR
+            out.append(cls(bytes([t, 0, 0, 0]) + a.packed))
+        return out
+
     # ------------------------------------------------------------------ initiator
 
     def _qm_initiate(self, sa: IsakmpSA, conn, local_ts, remote_ts, now: float, *,
@@ -129,6 +143,7 @@ class QuickMixin:
             qm.kex = dh.KeyExchange(group)
             pls.append(P.KE(qm.kex.public))
         pls += [ts_id(local_ts), ts_id(remote_ts)]
+        pls += self._nat_oa(sa, conn.mode, sa.local[0], sa.remote[0])
         hname, a = sa.policy.hash, sa.keys.a
         first, body = self._hashed_body(lambda rest: keys.qm_hash1(hname, a, mid, rest), pls)
         sa.p2_iv[mid] = keys.phase2_iv(hname, sa.iv, mid, sa.cipher.block_size)
@@ -279,6 +294,7 @@ class QuickMixin:
         if ids:
             pls_out += [P.ID(i.id_type, i.protocol, i.port, i.data) for i in ids]  # echoed as sent
         pls_out += notify
+        pls_out += self._nat_oa(sa, answer_x[0].mode, sa.remote[0], sa.local[0])
         mid = hdr.message_id
         hname, a = sa.policy.hash, sa.keys.a
         first, body = self._hashed_body(lambda r: keys.qm_hash2(hname, a, mid, qm.ni, r), pls_out)
