@@ -43,8 +43,17 @@ class ConfigError(Exception):
     """All problems of a configuration, one line each."""
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+        self.problems = [one_line(p) for p in problems]
         super().__init__("\n".join(self.problems))
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other unprintable characters escaped: a user value
+    quoted in a problem (a file name, an identity) must not split its line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 class Secret:
@@ -420,7 +429,7 @@ class _Parser:
 
     # --- problem bookkeeping
     def err(self, path: str, msg: str) -> None:
-        line = f"{path}: {msg}" if path else msg
+        line = one_line(f"{path}: {msg}" if path else msg)
         if line not in self.problems:
             self.problems.append(line)
 
@@ -518,6 +527,8 @@ class _Parser:
                 pass
         except OSError as e:
             self.fail(path, f"cannot read '{s}': {e.strerror}")
+        except ValueError:  # a NUL byte in the name: open() refuses it before the kernel
+            self.fail(path, f"'{s}' is not a valid file name")
         return str(p)
 
     # --- sections
@@ -561,7 +572,8 @@ class _Parser:
         def tun(v, p):
             s = self.string(v, p)
             # IFNAMSIZ is 16 with the NUL; '/' and blanks are not allowed in names.
-            if len(s) > 15 or re.search(r"[\s/:]", s) or s in (".", ".."):
+            if (len(s.encode()) > 15 or re.search(r"[\s/:]", s) or s in (".", "..")
+                    or not s.isprintable()):
                 self.fail(p, f"{_show(s)} is not a valid interface name (max 15 characters)")
             return s
 
@@ -594,6 +606,8 @@ class _Parser:
             s = self.string(v, p)
             if not os.path.isabs(s):
                 self.fail(p, f"{_show(s)} must be an absolute path")
+            if "\0" in s:  # the kernel's sun_path ends at the first NUL
+                self.fail(p, f"{_show(s)} is not a valid path")
             if len(s.encode()) > 107:  # sun_path is 108 bytes with the NUL
                 self.fail(p, "path too long for a unix socket (max 107 bytes)")
             return s
@@ -760,7 +774,7 @@ class _Parser:
                 if not text:
                     self.fail(p, "the file is empty")
                 if os.stat(fp).st_mode & 0o004:
-                    self.warnings.append(f"{p}: '{fp}' is readable by everyone; chmod 600 it")
+                    self.warnings.append(one_line(f"{p}: '{fp}' is readable by everyone; chmod 600 it"))
                 return Auth("psk", psk=_decode_psk(text, lambda msg: self.fail(p, msg)))
             return self._auth_block(m["auth"], _join(path, "auth"), version)
         except _Bad:
@@ -823,7 +837,7 @@ class _Parser:
         fp = self.file_path(v, path)
         _load_pem_or_der(fp, "private key", lambda msg: self.fail(path, msg))
         if os.stat(fp).st_mode & 0o004:
-            self.warnings.append(f"{path}: '{fp}' is readable by everyone; chmod 600 it")
+            self.warnings.append(one_line(f"{path}: '{fp}' is readable by everyone; chmod 600 it"))
         return fp
 
     def _pubkey_file(self, v, path):

@@ -340,7 +340,9 @@ def parse_proposals(text: str, protocol: str, *, allow_legacy: bool = False
         raise ProposalError(f"unknown protocol '{protocol}'")
     if not isinstance(text, str):
         raise ProposalError(f"expected a proposal string, got {type(text).__name__}")
-    items = [i.strip() for i in text.split(",")]
+    # whitespace runs (newlines of a folded YAML string too) count as one space, so that
+    # every message quoting a proposal stays on one line
+    items = [" ".join(i.split()) for i in text.split(",")]
     if not any(items):
         raise ProposalError("no proposal given")
     out: list[Proposal] = []

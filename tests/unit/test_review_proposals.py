@@ -43,3 +43,36 @@ def test_any_string_in_a_connection_key_is_a_problem_line_or_accepted(key, text)
         parse_config({"connections": {"x": conn}})
     except ConfigError as e:
         assert all("\n" not in p for p in e.problems)
+
+
+@pytest.mark.parametrize("conn", [
+    {"local_id": "C=C\nH, O=x"}, {"local_id": "a\nb"}, {"remote_id": "@a\nb"},
+    {"psk_file": "x\ny"}, {"auth": {"cert": "a\nb", "key": "c\rd", "ca": "e\x00f"}},
+    {"esp": "esp-aes\n999"}, {"ike": "aes128-sha256\n-modp2048\n, x"},
+])
+def test_user_values_with_line_breaks_stay_on_one_problem_line(conn):
+    body = {"peer": "10.0.0.2", "version": 1, **conn}
+    if "psk_file" not in conn and "auth" not in conn:
+        body["psk"] = "k" * 20
+    with pytest.raises(ConfigError) as e:
+        parse_config({"connections": {"x": body}})
+    for line in e.value.problems:
+        assert line.isprintable() and line.startswith("connections.x."), line
+    assert str(e.value).count("\n") == len(e.value.problems) - 1
+
+
+@pytest.mark.parametrize("daemon,line", [
+    ({"control_socket": "/run/a\x00b.sock"}, "daemon.control_socket: '/run/a\\x00b.sock' is not a valid path"),
+    ({"tun": "vpn\x00d"}, "daemon.tun: 'vpn\\x00d' is not a valid interface name (max 15 characters)"),
+    ({"tun": "éééééééé"}, "daemon.tun: 'éééééééé' is not a valid interface name (max 15 characters)"),
+])
+def test_names_the_kernel_would_cut_or_refuse(daemon, line):
+    with pytest.raises(ConfigError) as e:
+        parse_config({"daemon": daemon})
+    assert e.value.problems == [line]
+
+
+def test_nul_in_a_file_name_is_a_problem_not_a_crash():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"connections": {"x": {"peer": "10.0.0.2", "psk_file": "a\x00b"}}})
+    assert e.value.problems == ["connections.x.psk_file: 'a\\x00b' is not a valid file name"]
