@@ -451,3 +451,33 @@ def test_lost_authentication_failed_answer_is_repeated():
     assert p.b.m.status(p.now)["ike_sas"] == []
     p.run(20)
     assert p.b.m.v2.sas == {} and p.a.m.v2.sas == {}
+
+
+# Issue 3's algorithm list, each negotiated as IKE and ESP proposal (PFS with the group):
+# every encryption, every PRF/integrity and every DH group at least once.
+ALGORITHM_MATRIX = [
+    ("aes128-sha1-modp1024", "aes128-sha1-modp1024", "AES_CBC-128/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1024"),
+    ("aes192-sha256-modp1536", "aes192-sha256-modp1536", "AES_CBC-192/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_1536"),
+    ("aes256-sha384-modp3072", "aes256-sha384-modp3072", "AES_CBC-256/HMAC_SHA2_384_192/PRF_HMAC_SHA2_384/MODP_3072"),
+    ("3des-sha512-modp4096", "3des-sha512-modp4096", "3DES_CBC/HMAC_SHA2_512_256/PRF_HMAC_SHA2_512/MODP_4096"),
+    ("aes128gcm16-prfsha256-ecp256", "aes128gcm16-ecp256", "AES_GCM_16-128/PRF_HMAC_SHA2_256/ECP_256"),
+    ("aes256gcm16-prfsha512-ecp521", "aes256gcm16-ecp521", "AES_GCM_16-256/PRF_HMAC_SHA2_512/ECP_521"),
+    ("chacha20poly1305-prfsha384-x25519", "chacha20poly1305-x25519", "CHACHA20_POLY1305/PRF_HMAC_SHA2_384/CURVE_25519"),
+    ("aes128-md5-modp768", "aes128-md5", "AES_CBC-128/HMAC_MD5_96/PRF_HMAC_MD5/MODP_768"),
+]
+
+
+@pytest.mark.parametrize("ike,esp,desc", ALGORITHM_MATRIX, ids=[m[0] for m in ALGORITHM_MATRIX])
+def test_every_algorithm_of_the_issue_negotiates(ike, esp, desc):
+    kw = {"ike": ike, "esp": esp}
+    if "md5" in ike:  # MD5 and MODP768 only when configured explicitly (issue 3)
+        kw["allow_legacy"] = True
+    p = Pair(kw, kw)
+    p.up()
+    p.check_tunnel()
+    assert p.ike()[0]["proposal"] == desc == p.ike(p.b)[0]["proposal"]
+    if "-modp" in esp or "-ecp" in esp or "-x25519" in esp:  # PFS: the CHILD_SA rekey runs a DH
+        p.feed(p.a, p.a.m.rekey("site", p.now))
+        p.pump()
+        p.check_tunnel()
+    assert not [k for s in (p.a, p.b) for k in s.kinds() if k in ("error", "auth_failed")]
