@@ -281,26 +281,18 @@ class Daemon:
 
     def _attach_readers(self):
         lp = self.loop
-        guard = self._guarded
-        lp.add_reader(self.tun.fileno(), guard, self._on_tun)
-        lp.add_reader(self.wire.esp_raw.fileno(), guard, self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
-        lp.add_reader(self.wire.ah_raw.fileno(), guard, self._on_raw, self.wire.ah_raw, IPPROTO_AH)
-        lp.add_reader(self.wire.natt.fileno(), guard, self._on_natt)
-        lp.add_reader(self.wire.ike.fileno(), guard, self._on_ike_socket)
+        lp.add_reader(self.tun.fileno(), self._on_tun)
+        lp.add_reader(self.wire.esp_raw.fileno(), self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
+        lp.add_reader(self.wire.ah_raw.fileno(), self._on_raw, self.wire.ah_raw, IPPROTO_AH)
+        lp.add_reader(self.wire.natt.fileno(), self._on_natt)
+        lp.add_reader(self.wire.ike.fileno(), self._on_ike_socket)
 
-    def _guarded(self, handler, *args):
-        """Run one reader callback (a burst, not a packet): nothing from the wire or the TUN
-        reaches the event loop as an exception. A failure is counted (loop_errors) and
-        logged at most once a second, so a packet that trips a bug cannot flood the log."""
-        try:
-            handler(*args)
-        except TunGone as e:
-            self.loop.remove_reader(self.tun.fileno())
-            log.error("%s: stopping (a restart creates it again)", e)
-            self.exit_code = 2  # not 1: systemd's Restart=on-failure brings vpnd back
-            self.stop()
-        except Exception:
-            self._internal_error("error in %s (burst dropped)", handler.__name__)
+    def _tun_gone(self, e: TunGone) -> None:
+        """The TUN device was deleted under us: poll would report it readable for ever."""
+        self.loop.remove_reader(self.tun.fileno())
+        log.error("%s: stopping (a restart creates it again)", e)
+        self.exit_code = 2  # not 1: systemd's Restart=on-failure brings vpnd back
+        self.stop()
 
     def _internal_error(self, msg: str, *args) -> None:
         """A bug met by input from outside: counted (loop_errors), logged with its traceback
@@ -325,14 +317,19 @@ class Daemon:
     # -- hot path ------------------------------------------------------------------------
 
     def _on_tun(self):
-        pkts = self.tun.read_burst()
-        if not pkts:
-            return
-        self.counters["tun_in"] += len(pkts)
-        self.dp.now = self.loop.time()
-        self._send_outputs(self.dp.encap_many(pkts))
-        if self.dp.events:
-            self._drain_events()
+        try:
+            pkts = self.tun.read_burst()
+            if not pkts:
+                return
+            self.counters["tun_in"] += len(pkts)
+            self.dp.now = self.loop.time()
+            self._send_outputs(self.dp.encap_many(pkts))
+            if self.dp.events:
+                self._drain_events()
+        except TunGone as e:
+            self._tun_gone(e)
+        except Exception:  # nothing from outside reaches the event loop: the burst is dropped
+            self._internal_error("error reading the TUN device (burst dropped)")
 
     def _send_outputs(self, outs):
         """Carry out the data plane's results: runs of equal-size ESP-in-UDP datagrams to
@@ -368,64 +365,74 @@ class Daemon:
             self.counters["tun_out"] += tun_out
 
     def _on_raw(self, sock, proto):
-        pkts = self.wire.recv_raw(sock)
-        if not pkts:
-            return
-        self.counters["wire_in"] += len(pkts)
-        self.dp.now = self.loop.time()
-        decap = self.dp.decap
-        inners = []
-        for data, src in pkts:
-            inner = decap(data, proto, src, 0)  # never raises: drops are counted
-            if inner is not None:
-                inners.append(inner)
-        self.tun.write_many(inners)  # TCP runs coalesced (GRO, esp/offload.py)
-        delivered = len(inners)
-        self.counters["tun_out"] += delivered
-        self.counters["decap_drops"] += len(pkts) - delivered
-        if self.dp.events:
-            self._drain_events()
+        try:
+            pkts = self.wire.recv_raw(sock)
+            if not pkts:
+                return
+            self.counters["wire_in"] += len(pkts)
+            self.dp.now = self.loop.time()
+            decap = self.dp.decap
+            inners = []
+            for data, src in pkts:
+                inner = decap(data, proto, src, 0)  # never raises: drops are counted
+                if inner is not None:
+                    inners.append(inner)
+            self.tun.write_many(inners)  # TCP runs coalesced (GRO, esp/offload.py)
+            delivered = len(inners)
+            self.counters["tun_out"] += delivered
+            self.counters["decap_drops"] += len(pkts) - delivered
+            if self.dp.events:
+                self._drain_events()
+        except Exception:  # nothing from outside reaches the event loop: the burst is dropped
+            self._internal_error("error reading a raw socket (burst dropped)")
 
     def _on_natt(self):
-        items = self.wire.recv_udp(self.wire.natt)
-        if not items:
-            return
-        self.dp.now = self.loop.time()
-        decap = self.dp.decap
-        inners = []
-        append = inners.append
-        esp_in = 0
-        counters = self.counters
-        for data, addr, anc in items:
-            # ESP (RFC 3948 2.2: a non-zero SPI where IKE has its marker, 8 bytes at least) is
-            # the common case: decided here without a call; the rest by classify_udp4500
-            if len(data) >= 8 and data[:4] != NON_ESP_MARKER:
-                esp_in += 1
-                inner = decap(data, 17, addr[0], addr[1])
-                if inner is not None:
-                    append(inner)
-                continue
-            kind = classify_udp4500(data)
-            if kind == "ike":
-                port = self.wire.natt_port
-                self._ike_receive(data[4:], (local_address(anc, self.wire.listen), port), addr)
-            elif kind == "keepalive":
-                counters["keepalives_in"] += 1
-            else:  # "bad": what is left of "esp" was decided above
-                counters["natt_invalid"] += 1
-        if esp_in:
-            delivered = len(inners)
-            counters["wire_in"] += esp_in
-            counters["tun_out"] += delivered
-            counters["decap_drops"] += esp_in - delivered
-        self.tun.write_many(inners)
-        if self.dp.events:
-            self._drain_events()
+        try:
+            items = self.wire.recv_udp(self.wire.natt)
+            if not items:
+                return
+            self.dp.now = self.loop.time()
+            decap = self.dp.decap
+            inners = []
+            append = inners.append
+            esp_in = 0
+            counters = self.counters
+            for data, addr, anc in items:
+                # ESP (RFC 3948 2.2: a non-zero SPI where IKE has its marker, 8 bytes at
+                # least) is the common case: decided without a call; the rest by
+                # classify_udp4500
+                if len(data) >= 8 and data[:4] != NON_ESP_MARKER:
+                    esp_in += 1
+                    inner = decap(data, 17, addr[0], addr[1])
+                    if inner is not None:
+                        append(inner)
+                    continue
+                kind = classify_udp4500(data)
+                if kind == "ike":
+                    port = self.wire.natt_port
+                    self._ike_receive(data[4:], (local_address(anc, self.wire.listen), port), addr)
+                elif kind == "keepalive":
+                    counters["keepalives_in"] += 1
+                else:  # "bad": what is left of "esp" was decided above
+                    counters["natt_invalid"] += 1
+            if esp_in:
+                delivered = len(inners)
+                counters["wire_in"] += esp_in
+                counters["tun_out"] += delivered
+                counters["decap_drops"] += esp_in - delivered
+            self.tun.write_many(inners)
+            if self.dp.events:
+                self._drain_events()
+        except Exception:  # nothing from outside reaches the event loop: the burst is dropped
+            self._internal_error("error reading the NAT-T socket (burst dropped)")
 
     def _on_ike_socket(self):
-        port = self.wire.ike_port
-        for data, addr, anc in self.wire.recv_udp(self.wire.ike, 16):
-            self._ike_receive(data, (local_address(anc, self.wire.listen), port), addr)
+        try:
+            port = self.wire.ike_port
+            for data, addr, anc in self.wire.recv_udp(self.wire.ike, 16):
+                self._ike_receive(data, (local_address(anc, self.wire.listen), port), addr)
+        except Exception:  # nothing from outside reaches the event loop: the burst is dropped
+            self._internal_error("error reading the IKE socket (burst dropped)")
 
     # -- data plane events ---------------------------------------------------------------
 

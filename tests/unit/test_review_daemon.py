@@ -53,11 +53,6 @@ def test_tun_deleted_under_the_daemon_is_tun_gone():
         bare_tun(r).read_burst()
 
 
-class Stub:
-    def fileno(self):
-        return 99
-
-
 def make_daemon(tmp_path, text=GOOD):
     path = tmp_path / "vpnd.yaml"
     path.write_text(text)
@@ -68,17 +63,42 @@ def make_daemon(tmp_path, text=GOOD):
     return d, path
 
 
+class RaisingTun:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def read_burst(self):
+        raise self.exc
+
+    def fileno(self):
+        return 99
+
+
 def test_failing_reader_is_counted_and_logged_once_a_second(tmp_path, caplog):
     d, _ = make_daemon(tmp_path)
-
-    def boom():
-        raise ValueError("a bug on the hot path")
-
+    d.tun = RaisingTun(ValueError("a bug on the hot path"))
     with caplog.at_level(logging.ERROR, logger="vpnd"):
         for _ in range(5):
-            d._guarded(boom)
+            d._on_tun()  # must not raise
     assert d.counters["loop_errors"] == 5
-    assert sum("error in boom" in r.getMessage() for r in caplog.records) == 1
+    assert sum("error reading the TUN device" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_every_reader_is_guarded(tmp_path):
+    d, _ = make_daemon(tmp_path)
+
+    class Broken:
+        natt = ike = None
+        ike_port = 500
+
+        def __getattr__(self, name):
+            raise RuntimeError("socket layer bug")
+
+    d.wire = Broken()
+    d._on_raw(None, 50)
+    d._on_natt()
+    d._on_ike_socket()
+    assert d.counters["loop_errors"] == 3
 
 
 def test_tun_gone_stops_the_daemon_with_exit_2(tmp_path):
@@ -89,12 +109,8 @@ def test_tun_gone_stops_the_daemon_with_exit_2(tmp_path):
         d.loop = asyncio.get_running_loop()
         d._stop = d.loop.create_future()
         d.loop.remove_reader = lambda fd: removed.append(fd)
-        d.tun = Stub()
-
-        def gone():
-            raise TunGone("TUN device vpnd0 was removed")
-
-        d._guarded(gone)
+        d.tun = RaisingTun(TunGone("TUN device vpnd0 was removed"))
+        d._on_tun()
         await asyncio.wait_for(d._stop, 1)
 
     asyncio.run(main())
@@ -270,7 +286,7 @@ def test_natt_socket_sorts_esp_ike_keepalive_and_garbage(tmp_path):
     d.wire = FakeNattWire([(x, peer, []) for x in datagrams])
     d.tun = FakeTun()
     d.loop = Clock()
-    d._guarded(d._on_natt)
+    d._on_natt()
     c = d.counters
     assert d.tun.written == [ipv4_udp(i) for i in range(3)]
     assert ike_seen == [b"I" * 28]

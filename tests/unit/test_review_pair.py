@@ -149,7 +149,13 @@ def test_no_key_in_logs_status_or_errors(version, capture, monkeypatch):
     a.dp.decap(b"\xde\xad\xbe\xef" + bytes(40), 17, "10.200.0.2", 4500)
     a._drain_events()
     # a data-plane failure is logged with its traceback: no key in it either
-    a._guarded(lambda: (_ for _ in ()).throw(ValueError("x")))
+    class BrokenTun:
+        def read_burst(self):
+            raise ValueError("x")
+
+    a.tun = BrokenTun()
+    a._on_tun()
+    a.tun = None
     a._run_actions(a.ike.terminate("ike", a._now()))
     pump(a, b)
     try:
