@@ -309,6 +309,23 @@ class DataPlane:
             return b"".join((rebuild_header(hdr, PROTO_AH, total), head, icv,
                              ah_pad[len(icv):], payload))
 
+        def esp_body(payload, nh, n):
+            """ESP of `payload`, counted on the SA; None (counted) when the SA cannot send."""
+            body = seal(payload, nh)
+            if body is None:
+                dp.expired_drops += 1
+                return None
+            count_out(esp, n)
+            return body
+
+        def ah_out(packet, n):
+            """The AH-protected packet as a raw send, counted; None when AH cannot send."""
+            if packet is None:
+                dp.expired_drops += 1
+                return None
+            count_out(ah, n)
+            return ("raw", remote, packet)
+
         def send(pkt):
             n = len(pkt)
             ver = pkt[0] >> 4
@@ -344,11 +361,9 @@ class DataPlane:
                     return r or None
             if tunnel:
                 if esp is not None:
-                    body = seal(pkt, inner_nh)
+                    body = esp_body(pkt, inner_nh, n)
                     if body is None:
-                        dp.expired_drops += 1
                         return None
-                    count_out(esp, n)
                     if ah is None:
                         if udp_dst is not None:
                             return ("udp", udp_dst, body, udp_src)
@@ -357,12 +372,7 @@ class DataPlane:
                     payload, nh = body, PROTO_ESP
                 else:
                     payload, nh = pkt, inner_nh
-                out = ah_tunnel(payload, nh, tos, frag)
-                if out is None:
-                    dp.expired_drops += 1
-                    return None
-                count_out(ah, n)
-                return ("raw", remote, out)
+                return ah_out(ah_tunnel(payload, nh, tos, frag), n)
 
             # transport mode: the packet's own IPv4 header stays outside (RFC 4303 3.1.1)
             if ver != 4 or not policy_ok(pkt, first):
@@ -371,11 +381,9 @@ class DataPlane:
             ihl = (pkt[0] & 0x0F) * 4
             hdr = pkt[:ihl]
             if esp is not None:
-                body = seal(pkt[ihl:], pkt[9])
+                body = esp_body(pkt[ihl:], pkt[9], n)
                 if body is None:
-                    dp.expired_drops += 1
                     return None
-                count_out(esp, n)
                 if ah is None:
                     if udp_dst is not None:
                         return ("udp", udp_dst, body, udp_src)
@@ -383,13 +391,7 @@ class DataPlane:
                 payload, nh = body, PROTO_ESP
             else:
                 payload, nh = pkt[ihl:], pkt[9]
-
-            out = ah_transport(hdr, payload, nh)
-            if out is None:
-                dp.expired_drops += 1
-                return None
-            count_out(ah, n)
-            return ("raw", remote, out)
+            return ah_out(ah_transport(hdr, payload, nh), n)
 
         if not (tunnel and esp is not None and ah is None):
             return send
