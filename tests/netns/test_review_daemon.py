@@ -121,3 +121,71 @@ def test_hostile_control_clients_against_the_daemon(topo, pair):
     assert a.stop() == 0
     no_traceback(a)
     assert b.stop() == 0
+
+
+PSK = "rvw netns PSK 5e884898da28047151d0e56f8dc629"
+
+
+def ike_text(topo, role: str, start: str) -> str:
+    me, peer, lts, rts = ((topo.gwa_wan, topo.gwb_wan, "10.1.0.0/16", "10.2.0.0/16") if role == "gwa"
+                          else (topo.gwb_wan, topo.gwa_public, "10.2.0.0/16", "10.1.0.0/16"))
+    return f"""daemon:
+  tun: vpnd0
+  control_socket: {topo.workdir}/{role}.sock
+  log_level: debug
+connections:
+  site:
+    version: 2
+    local: {me}
+    peer: {peer}
+    psk: "{PSK}"
+    ike: aes256-sha384-ecp384
+    esp: aes256-sha256
+    local_ts: [{lts}]
+    remote_ts: [{rts}]
+    start: {start}
+"""
+
+
+def test_no_secret_in_debug_logs_or_vpnctl_output(topo, pair):
+    """Real daemons at log_level debug: IKEv2 with a PSK (negotiate, rekey both SAs, tear
+    down) and, separately, manual keys. Nothing they print contains the PSK or a key."""
+    import sys
+
+    import yaml
+    b = Vpnd(topo, "gwb", ike_text(topo, "gwb", "none")).start()
+    a = Vpnd(topo, "gwa", ike_text(topo, "gwa", "start")).start()
+    outputs = []
+    try:
+        topo.wait_ping("hosta", HOST_B, timeout=15)
+        assert a.ctl("rekey", name="site")["ok"]
+        assert a.ctl("rekey", name="site", ike=True)["ok"]
+        for args in (["status"], ["status", "--json"], ["up", "nope"], ["rekey", "site", "--ike"]):
+            r = topo.run("gwa", [sys.executable, "-c", "import sys; from vpnd.cli import vpnctl_main; "
+                                 "sys.exit(vpnctl_main(sys.argv[1:]))", "--socket", a.sock, *args],
+                         check=False, env=Vpnd.env())
+            outputs += [r.stdout.decode(), r.stderr.decode()]
+        assert a.ctl("down", name="site")["ok"]
+    finally:
+        for d in (a, b):
+            if d.alive():
+                assert d.stop() == 0
+    text = a.log() + b.log() + "".join(outputs)
+    assert " DEBUG " in text  # debug logging was on
+    assert PSK not in text and PSK.encode().hex() not in text
+    # manual keys, at debug, with traffic
+    ca, cb = manual_pair(topo, "aes256-sha256", log_level="debug")
+    keys = []
+    for conf in (ca, cb):
+        man = yaml.safe_load(conf)["connections"]["tunnel"]["manual"]
+        keys += [v for d in man.values() for k, v in d["esp"].items() if k.endswith("key")]
+    ma, mb = Vpnd(topo, "gwa", ca).start(), Vpnd(topo, "gwb", cb).start()
+    try:
+        topo.wait_ping("hosta", HOST_B, timeout=10)
+        st = json.dumps(ma.status()) + json.dumps(mb.status())
+    finally:
+        for d in (ma, mb):
+            if d.alive():
+                assert d.stop() == 0
+    text = ma.log() + mb.log() + st
+    assert keys and all(k.lower() not in text.lower() for k in keys)
