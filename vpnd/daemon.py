@@ -811,8 +811,10 @@ class Daemon:
         try:
             await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise CommandError(f"{connection}: timed out after {timeout:g}s waiting for the "
-                               f"CHILD_SA to be {'installed' if what == 'up' else 'deleted'}") from None
+            goal = {"up": "the CHILD_SA to be installed", "down": "the CHILD_SA to be deleted",
+                    "ike_rekeyed": "the IKE SA to be rekeyed"}.get(what, what)
+            raise CommandError(f"{connection}: timed out after {timeout:g}s waiting for "
+                               f"{goal}") from None
         finally:
             self._waiters.remove(item)
 

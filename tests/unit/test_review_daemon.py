@@ -393,3 +393,28 @@ def test_failing_ike_timer_keeps_ticking(tmp_path):
 
     asyncio.run(main())
     assert d.ike.ticks >= 2 and d.counters["loop_errors"] >= 2
+
+
+class SilentIke:
+    """A core that accepts a request and never answers."""
+
+    def rekey(self, name, now, ike=False):
+        return []
+
+    def next_timer(self):
+        return None
+
+
+@pytest.mark.parametrize("ike,goal", [(True, "the IKE SA to be rekeyed"), (False, "the new CHILD_SA")])
+def test_rekey_timeout_names_what_it_waited_for(tmp_path, ike, goal):
+    d, _ = make_daemon(tmp_path)
+    d.ike = SilentIke()
+
+    async def main():
+        d.loop = asyncio.get_running_loop()
+        with pytest.raises(CommandError) as e:
+            await d.cmd_rekey("site-b", ike=ike, timeout=0.05)
+        assert str(e.value) == f"site-b: timed out after 0.05s waiting for {goal}"
+        assert d._waiters == []
+
+    asyncio.run(main())
