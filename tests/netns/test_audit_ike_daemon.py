@@ -33,7 +33,7 @@ from vpnd.ike.manager import IkeManager
 
 from .test_ikev2_strongswan import PAIRS, check_traffic, vpnds, wait_child  # noqa: F401
 from .test_ikev2_vpnd import pair_confs, up_timed
-from .topology import LAN_A, LAN_B, WAN_B, Topology
+from .topology import LAN_A, LAN_B, WAN_B, Topology  # noqa: F401
 
 pytestmark = [pytest.mark.netns]
 
@@ -213,3 +213,39 @@ def test_malformed_ike_against_a_running_daemon(aud_topo, vpnds):
         assert time.monotonic() < deadline, a.status()
         time.sleep(0.2)
     check_traffic(topo, mbytes=0.5)
+
+
+def test_invalid_spi_notify_from_a_running_daemon(aud_topo, vpnds):
+    """ESP for an unknown SPI from a peer we share an IKE SA with gets an INVALID_SPI
+    notify (RFC 7296 2.21.3) over that IKE SA, at most one per second (the seed's
+    invalid-spi-recovery): 60 packets over ~3 s give 2-5 INFORMATIONAL requests, not 60,
+    and gwb answers each; the tunnel is untouched."""
+    topo = aud_topo
+    ike, esp = PAIRS[0]
+    ca, cb = pair_confs(topo, ike=ike, esp=esp)
+    vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    up_timed(a)
+    check_traffic(topo, mbytes=0.2)
+    cap = topo.capture("gwb", "wan", "aud-invalid-spi.pcap", "udp port 500 or udp port 4500")
+    script = (
+        "import socket, struct, sys, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)\n"
+        "for i in range(60):\n"
+        "    s.sendto(struct.pack('!II', 0xdeadbeef, i + 1) + bytes(48), (sys.argv[1], 0))\n"
+        "    time.sleep(0.05)\n"
+    )
+    topo.run("gwb", [sys.executable, "-c", script, topo.gwa_wan], timeout=30)
+    time.sleep(1.0)
+    cap.stop()
+    msgs = [(p["IP"].src, bytes(p["UDP"].payload)) for p in rdpcap(str(cap.path)) if p.haslayer("UDP")]
+    msgs = [(src, m[4:] if m[:4] == bytes(4) else m) for src, m in msgs]
+    msgs = [(src, m) for src, m in msgs if len(m) >= 28]
+    # INFORMATIONAL requests gwa sent, and gwb's responses
+    from_a = [m for src, m in msgs if src == topo.gwa_wan and m[18] == 37 and not m[19] & 0x20]
+    answers = [m for src, m in msgs if src == WAN_B and m[18] == 37 and m[19] & 0x20]
+    assert 2 <= len(from_a) <= 5, [(src, m[:28].hex()) for src, m in msgs]
+    assert len(answers) >= len(from_a)
+    after = a.status()
+    assert a.alive() and len(after["ike_sas"]) == 1
+    check_traffic(topo, mbytes=0.2)
