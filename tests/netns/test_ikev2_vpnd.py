@@ -156,3 +156,44 @@ def test_garbage_never_stops_the_daemon(ik2_topo, vpnds):
     check_traffic(topo, mbytes=1)
     assert a.ctl("rekey", name="site", ike=False)["ok"]
     check_traffic(topo, mbytes=0.5)
+
+
+def test_both_ends_initiate_at_once(ik2_topo, vpnds):
+    """Both gateways `vpnctl up` the same connection while nftables on gwb holds back all
+    IKE traffic, so that both IKE_SA_INIT requests are out before either is answered: the
+    exchanges cross (two IKE SAs). One end deletes the duplicate (RFC 7296 2.8.1's nonce
+    rule, see docs/acceptance.md), both report one IKE SA with one CHILD_SA, traffic flows."""
+    import threading
+
+    topo = ik2_topo
+    ike, esp = PAIRS[1]
+    ca, cb = pair_confs(topo, ike=ike, esp=esp)
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    rules = ("table inet audhold {\n"
+             " chain input {\n  type filter hook input priority 0;\n  udp dport { 500, 4500 } drop\n }\n"
+             " chain output {\n  type filter hook output priority 0;\n  udp dport { 500, 4500 } drop\n }\n}\n")
+    topo.run("gwb", ["nft", "-f", "-"], input=rules.encode())
+    results = {}
+    threads = [threading.Thread(target=lambda v=v, k=k: results.__setitem__(k, v.ctl("up", name="site")))
+               for k, v in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    time.sleep(0.7)  # both requests sent and lost; the retransmissions cross
+    topo.run("gwb", ["nft", "delete", "table", "inet", "audhold"])
+    for t in threads:
+        t.join(timeout=40)
+    assert results.get("a", {}).get("ok") and results.get("b", {}).get("ok"), results
+    logs = a.log() + b.log()
+    assert "(both ends initiated): deleting it" in logs, logs[-3000:]
+    deadline = time.monotonic() + 10
+    while True:
+        sa_a, sa_b = a.status()["ike_sas"], b.status()["ike_sas"]
+        if len(sa_a) == 1 and len(sa_b) == 1:
+            break
+        assert time.monotonic() < deadline, (sa_a, sa_b)
+        time.sleep(0.2)
+    assert sa_a[0]["spi_i"] == sa_b[0]["spi_i"] and sa_a[0]["spi_r"] == sa_b[0]["spi_r"]
+    assert len(sa_a[0]["child_sas"]) == 1 and len(sa_b[0]["child_sas"]) == 1
+    assert sa_a[0]["child_sas"][0]["spi_in"] == sa_b[0]["child_sas"][0]["spi_out"]
+    check_traffic(topo, mbytes=1)
