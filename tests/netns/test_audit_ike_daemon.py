@@ -2,9 +2,9 @@
 message is answered per the RFC or dropped, and existing SAs keep working"), at the daemon
 level, next to the in-memory fuzzing of the core (tests/unit/test_ikev2_malformed.py).
 
-Hypothesis derives the messages from two real ones: an IKE_SA_INIT request built by an
-independent in-memory core, and a CREATE_CHILD_SA request gwb's vpnd really sent (captured
-on the WAN). Each is sent from its own port of gwb to gwa's vpnd, and every answer is judged
+Hypothesis derives the messages from real ones: an IKE_SA_INIT request built by an
+independent in-memory core, and the IKE_AUTH, CREATE_CHILD_SA and INFORMATIONAL requests
+gwb's vpnd really sent (captured on the WAN). Each is sent from its own port of gwb to gwa's vpnd, and every answer is judged
 with scapy's IKEv2 parser:
 - to an IKE_SA_INIT that is well-formed but unacceptable (no common proposal, a KE of
   another group): exactly the RFC's NO_PROPOSAL_CHOSEN / INVALID_KE_PAYLOAD;
@@ -144,33 +144,39 @@ def _judge_init_answer(sent: bytes, answer: bytes) -> str | None:
 def test_malformed_ike_against_a_running_daemon(aud_topo, vpnds):
     topo = aud_topo
     ike, esp = PAIRS[0]
-    ca, cb = pair_confs(topo, ike=ike, esp=esp)
+    # gwb initiates (its IKE_AUTH request is captured) and probes liveness every second (its
+    # INFORMATIONAL requests are captured too)
+    ca, cb = pair_confs(topo, ike=ike, esp=esp,
+                        b_extra="dpd: {interval: 1, retry: 5, mode: periodic, action: clear}")
     b = vpnds(topo, "gwb", cb)
     a = vpnds(topo, "gwa", ca)
-    up_timed(a)
+    cap = topo.capture("gwb", "wan", "aud-ike.pcap", "udp port 500 or udp port 4500")
+    up_timed(b)
     first = wait_child(a)
     drops_before = a.status()["daemon"]["ike_drops"]
-
-    # one real protected request from gwb (a CHILD_SA rekey) and gwa's response to it
-    cap = topo.capture("gwb", "wan", "aud-ike.pcap", "udp port 500 or udp port 4500")
+    # a CHILD_SA rekey by gwb, and DPD exchanges
     assert b.ctl("rekey", name="site", ike=False)["ok"]
     wait_child(a, not_spi=first["child"]["spi_in"])
+    time.sleep(2.5)
     cap.stop()
     ike_msgs = [bytes(p["UDP"].payload) for p in rdpcap(str(cap.path)) if p.haslayer("UDP")]
     ike_msgs = [m[4:] if m[:4] == bytes(4) else m for m in ike_msgs]
-    requests = [m for m in ike_msgs if m[17] == 0x20 and m[18] == 36 and not m[19] & 0x20]
+    # gwb's protected requests (IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL) and gwa's responses
+    requests = {x: [m for m in ike_msgs if m[17] == 0x20 and m[18] == x and not m[19] & 0x20
+                    and m[19] & 0x08] for x in (35, 36, 37)}
     responses = {m for m in ike_msgs if m[17] == 0x20 and m[19] & 0x20}
-    assert requests and responses, [m[:20].hex() for m in ike_msgs]
-    protected = requests[0]
+    assert all(requests.values()) and responses, [m[:20].hex() for m in ike_msgs]
+    protected = [requests[x][-1] for x in (35, 36, 37)]
 
     init = _real_init_request(topo.gwa_wan, ike)
     init_blobs = _draw(mutations(init, 8), 150)   # SPIi stays, everything after may change
-    sk_blobs = _draw(mutations(protected, 16), 100)  # real SPIs, damaged from the flags on
+    # real SPIs, damaged from the flags on
+    sk_blobs = [m for req in protected for m in _draw(mutations(req, 16), 50)]
     # well-formed requests gwa must refuse with the RFC's notify (1.2, 2.7, 3.10.1)
     expect = {_real_init_request(topo.gwa_wan, "aes256-sha512-modp4096"): 14,      # NO_PROPOSAL_CHOSEN
               _real_init_request(topo.gwa_wan, "aes128-sha256-ecp256-modp2048"): 17}  # INVALID_KE_PAYLOAD
-    blobs = ([(500, m) for m in expect] + [(500, m) for m in init_blobs] + [(500, protected)]
-             + [(500, m) for m in sk_blobs] + [(4500, bytes(4) + m) for m in sk_blobs[:30]])
+    blobs = ([(500, m) for m in expect] + [(500, m) for m in init_blobs] + [(500, m) for m in protected]
+             + [(500, m) for m in sk_blobs] + [(4500, bytes(4) + m) for m in sk_blobs[::5]])
     out = topo.run("gwb", [sys.executable, "-c", SEND_AND_LISTEN],
                    input=pickle.dumps((topo.gwa_wan, blobs)), timeout=240).stdout
     answers = pickle.loads(out)
