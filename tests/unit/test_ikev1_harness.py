@@ -68,7 +68,12 @@ class Net:
         return None
 
     def feed(self, side_core, actions):
-        q = [(side_core, x) for x in actions]
+        self.feed_pairs([(side_core, x) for x in actions])
+
+    def feed_pairs(self, q: list):
+        """Deliver (core, action) pairs in order, answers after everything already queued
+        (breadth first: two exchanges started at once interleave message by message)."""
+        q = list(q)
         while q:
             core, x = q.pop(0)
             side = self.side(core)

@@ -1,5 +1,7 @@
 """IKEv1 cores in memory over time: Quick Mode and ISAKMP rekeys, expiry, DPD, NAT-T,
 Delete/INITIAL-CONTACT/INVALID-SPI informationals."""
+import pytest
+
 from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram, UpdateChildAddresses
 
 from test_ikev1_harness import A_IP, B_IP, pair
@@ -394,3 +396,32 @@ def test_nat_oa_in_transport_mode_behind_nat(monkeypatch):
     assert net.installs("A") and net.installs("B")
     oa = seen[0]
     assert [x.data[4:] for x in oa] == [bytes([10, 200, 0, 1]), bytes([10, 200, 0, 2])]
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "one-after-the-other"])
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+def test_both_ends_initiate_at_once(interleaved, aggressive):
+    """`start: start` on both ends: two ISAKMP SAs cross. Each end used to take the peer's
+    INITIAL-CONTACT as a restart and drop its own half-open SA, so no Quick Mode ran."""
+    conf = {"start": "start", "aggressive": aggressive}
+    net = pair(conf, conf, start=False)
+    oa, ob = net.a.initiate("site", 0.0), net.b.initiate("site", 0.0)
+    if interleaved:
+        net.feed_pairs([(net.a, x) for x in oa] + [(net.b, x) for x in ob])
+    else:
+        net.feed(net.a, oa)
+        net.feed(net.b, ob)
+    net.advance(2)
+    assert net.live_children("A") and net.live_children("B"), (net.events("A"), net.events("B"))
+    net.advance(80)  # duplicate ISAKMP SA retired after 10 s, duplicate IPsec SA pair after 60 s
+    for side, core in (("A", net.a), ("B", net.b)):
+        assert not [e for e in net.events(side) if e.kind in ("error", "auth_failed", "failed")]
+        assert len(core.sas) == 1 and next(iter(core.sas.values())).is_established
+        assert core.connection_status("site") == {"state": "up", "ike_sas": 1, "child_sas": 1}
+    # both ends kept the same ISAKMP SA and the same IPsec SA pair
+    assert set(net.a.sas) == set(net.b.sas)
+    (ca,), (cb,) = net.a.children.values(), net.b.children.values()
+    assert ca.spis_in == cb.spis_out and ca.spis_out == cb.spis_in
+    ia = {i.child_id: i for i in net.installs("A")}[ca.child_id]
+    ib = {i.child_id: i for i in net.installs("B")}[cb.child_id]
+    assert [(k.spi, k.enc_key) for k in ia.outbound] == [(k.spi, k.enc_key) for k in ib.inbound]

@@ -409,6 +409,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 q.due = now + self.retransmit_base * (2 ** q.tries)
                 self._resend(q)
         if sa.expire_at is not None and now >= sa.expire_at:
+            if sa.duplicate:
+                # its initiator tells the peer; the peer's own timer may have beaten it
+                self._drop_isakmp(sa, now, reason="duplicate retired", notify_peer=sa.initiator)
+                return
             self._event("ike_down", sa.conn.name, "ISAKMP SA lifetime expired", ike_id=sa.ike_id)
             self._drop_isakmp(sa, now, reason="expired")
             return
@@ -542,6 +546,16 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         for other in list(self.sas.values()):
             if other is not sa and other.conn.name == sa.conn.name and other.is_established \
                     and other.remote[0] == sa.remote[0]:
+                if sa.created <= other.established and not other.replaced:
+                    # Both ends initiated at once (`start: start` on both sides): neither
+                    # SA replaces the other. Each initiator runs its Quick Modes on its own
+                    # SA (RFC 2409 5.5 lets any ISAKMP SA protect them), and the redundant
+                    # SA is the one with the lowest of the four nonces (the rule of RFC 7296
+                    # 2.8.1): both ends compute the same answer with no further message.
+                    # Deleting at once, or "the initiator's SA replaces the responder's",
+                    # made both ends delete each other's SA and no Quick Mode survived.
+                    self._retire_duplicate(sa if _nonce_key(sa) < _nonce_key(other) else other, now)
+                    continue
                 other.replaced = True
                 self._event("ike_rekeyed", sa.conn.name, f"ISAKMP SA {other.cky_i.hex()} replaced by "
                             f"{sa.cky_i.hex()}", ike_id=sa.ike_id, old_ike_id=other.ike_id)
@@ -554,9 +568,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                     other.rekey_at = None
                     other.dpd_due = None
                     other.expire_at = min(other.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
-        for c in self.children.values():
-            if c.conn.name == sa.conn.name:
-                c.ike_id = sa.ike_id
+        if not sa.replaced:
+            for c in self.children.values():
+                if c.conn.name == sa.conn.name:
+                    c.ike_id = sa.ike_id
         if sa.aggressive and sa.initiator and sa.pending:
             # message 3 and the first Quick Mode would leave back to back; a multi-threaded
             # peer (charon) may then see Quick Mode before its ISAKMP SA is up and drop it,
@@ -564,6 +579,16 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             sa.pending_at = now + 0.2
             return
         self._start_pending(sa, now)
+
+    def _retire_duplicate(self, sa: IsakmpSA, now: float) -> None:
+        """The redundant one of two ISAKMP SAs set up at once: no new exchanges on it; it
+        goes after a grace period that lets its Quick Modes in flight finish."""
+        sa.replaced = sa.duplicate = True
+        sa.rekey_at = None
+        sa.dpd_due = None
+        sa.expire_at = min(sa.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
+        self._event("ike_duplicate", sa.conn.name, f"ISAKMP SA {sa.cky_i.hex()} set up at the same time as "
+                    f"another with {sa.remote[0]}: retired in {REPLACED_GRACE:.0f} s", ike_id=sa.ike_id)
 
     def _start_pending(self, sa: IsakmpSA, now: float) -> None:
         sa.pending_at = None
@@ -628,3 +653,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def _event(self, kind: str, conn: str | None, message: str, **data) -> None:
         self._out.append(Event(kind, conn, message, {k: v for k, v in data.items() if v is not None}))
+
+
+def _nonce_key(sa: IsakmpSA) -> bytes:
+    """The lower of an SA's two nonces (RFC 7296 2.8.1: the lowest nonce loses a tie)."""
+    return min(sa.ni, sa.nr)

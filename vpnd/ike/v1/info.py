@@ -164,9 +164,16 @@ class InfoMixin:
 
     def _peer_restarted(self, sa: IsakmpSA, now: float) -> None:
         """INITIAL-CONTACT (RFC 2407 4.6.3.3): the peer lost its state; drop what we hold
-        with it except the SA that carried the notify."""
+        with it except the SA that carried the notify.
+
+        Only SAs that were up before this one's negotiation began are the peer's lost
+        state: one still being set up, or set up while this one was (both ends initiating
+        at once, each sending INITIAL-CONTACT), is one the peer is working on right now.
+        Dropping those made simultaneous `start: start` ends kill each other's
+        initiator SA, and with it every Quick Mode."""
         for other in list(self.sas.values()):
-            if other is not sa and other.remote[0] == sa.remote[0]:
+            if other is not sa and other.remote[0] == sa.remote[0] and \
+                    other.established is not None and other.established < sa.created:
                 self._drop_isakmp(other, now, reason="peer restarted (INITIAL-CONTACT)", notify_peer=False)
         for c in list(self.children.values()):
             if c.conn.name in self._peer_conns(sa) and c.installed < sa.created:

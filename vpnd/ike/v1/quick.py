@@ -346,12 +346,21 @@ class QuickMixin:
         udp = sa.nat
         child_id = self._new_id()
         replaces = qm.rekey_of
+        redundant = False  # this pair lost the tie-break against one negotiated at the same time
+        nonce_key = min(qm.ni, qm.nr)
         if replaces is None:
             # responder side of a rekey, or a duplicate SA: the newest carries the traffic
             for c in self.children.values():
                 if c.conn.name == conn.name and c.local_ts == qm.local_ts and \
                         c.remote_ts == qm.remote_ts and c.state == "INSTALLED":
-                    replaces = c.child_id
+                    if c.installed >= qm.started and c.nonce_key and nonce_key < c.nonce_key:
+                        # Both ends ran a Quick Mode for the same selectors at once; the two
+                        # ends may install the pairs in different orders, so "newest wins"
+                        # would make each delete the other's. The pair with the lowest nonce
+                        # is the redundant one (RFC 7296 2.8.1's rule), the same on both ends.
+                        redundant = True
+                    else:
+                        replaces = c.child_id
                     break
         life_s = qm.life_s
         # the initiator rekeys at 85.5-90 % of the lifetime (spread so that many SAs do not
@@ -363,8 +372,12 @@ class QuickMixin:
                       qm.life_kb,
                       rekey_at=(now + life_s * (1 - margin) - jitter) if life_s else None,
                       expire_at=(now + life_s) if life_s else None, per_host=qm.per_host,
-                      pfs_group=qm.chosen[0].group)
+                      pfs_group=qm.chosen[0].group, started=qm.started, nonce_key=nonce_key)
         child.last_in = child.last_out = now
+        if redundant:
+            # installed all the same: the peer may send on it until it installs the other one
+            child.state = "REKEYED"
+            child.delete_at = min(child.expire_at or now + 60, now + 60)
         self.children[child_id] = child
         desc = child.proposal()
         self._out.append(InstallChildSA(

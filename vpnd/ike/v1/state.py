@@ -66,7 +66,8 @@ class IsakmpSA:
     established: float | None = None
     expire_at: float | None = None
     rekey_at: float | None = None
-    replaced: bool = False  # a newer ISAKMP SA took over (rekey)
+    replaced: bool = False  # a newer ISAKMP SA took over (rekey), or this one lost a tie-break
+    duplicate: bool = False  # retired as the redundant one of two set up at once
     pending: list = field(default_factory=list)  # QMs to start once established
     pending_at: float | None = None  # when to start them (Aggressive Mode: after message 3 landed)
     # DPD (RFC 3706)
@@ -149,6 +150,8 @@ class Child:
     last_in: float = 0.0
     last_out: float = 0.0
     pfs_group: str | None = None
+    started: float = 0.0  # when its Quick Mode began (duplicates: negotiations that overlapped)
+    nonce_key: bytes = b""  # the lower of its Quick Mode's two nonces: tie-break between duplicates
 
     def __repr__(self) -> str:
         return f"Child({self.child_id}, {self.state})"
