@@ -255,3 +255,44 @@ def test_invalid_spi_notify_from_a_running_daemon(aud_topo, vpnds):
     after = a.status()
     assert a.alive() and len(after["ike_sas"]) == 1
     check_traffic(topo, mbytes=0.2)
+
+
+def test_cookies_above_the_half_open_threshold(aud_topo, vpnds):
+    """RFC 7296 2.6 against a live daemon: with cookie_threshold 4, eight IKE_SA_INIT
+    requests that are never completed leave four half-open SAs; from then on gwa answers
+    with only a COOKIE notify (SPIr 0, no state). vpnd on gwb then gets a COOKIE too,
+    repeats its request with it, and the tunnel comes up."""
+    topo = aud_topo
+    ike, esp = PAIRS[0]
+    ca, cb = pair_confs(topo, ike=ike, esp=esp)
+    ca = ca.replace("  log_level: debug\n", "  log_level: debug\n  cookie_threshold: 4\n", 1)
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    inits = [_real_init_request(topo.gwa_wan, ike) for _ in range(8)]
+    out = topo.run("gwb", [sys.executable, "-c", SEND_AND_LISTEN],
+                   input=pickle.dumps((topo.gwa_wan, [(500, m) for m in inits])), timeout=60).stdout
+    answers = pickle.loads(out)
+    assert all(len(g) == 1 for g in answers), answers
+    for sent, (ans,) in zip(inits, answers):
+        assert _judge_init_answer(sent, ans) is None
+    full = [IKEv2(g[0]) for g in answers if g[0][8:16] != bytes(8)]
+    cookies = [IKEv2(g[0]) for g in answers if g[0][8:16] == bytes(8)]
+    assert len(full) == 4 and len(cookies) == 4, [h.summary() for h in full + cookies]
+    assert all(h["IKEv2_Notify"].type == 16390 and len(h["IKEv2_Notify"].notify or b"") >= 1 for h in cookies)
+    # gwb's vpnd meets the cookie, retries with it (2.6) and gets through
+    cap = topo.capture("gwb", "wan", "aud-cookie.pcap", "udp port 500")
+    up_timed(b)
+    cap.stop()
+    seen = [(p["UDP"].sport, IKEv2(bytes(p["UDP"].payload))) for p in rdpcap(str(cap.path)) if p.haslayer("UDP")]
+    init_reqs = [h for sport, h in seen if sport == 500 and h.exch_type == 34 and not h.flags & 0x20]
+    cookie_answers = [h for _, h in seen if h.exch_type == 34 and h.flags & 0x20 and h.resp_SPI == bytes(8)]
+    assert cookie_answers and cookie_answers[0]["IKEv2_Notify"].type == 16390, [h.summary() for _, h in seen]
+    retry = [h for h in init_reqs if h.next_payload == NOTIFY and h["IKEv2_Notify"].type == 16390]
+    assert retry and retry[0]["IKEv2_Notify"].notify == cookie_answers[0]["IKEv2_Notify"].notify
+    check_traffic(topo, mbytes=0.5)
+    sas = a.status()["ike_sas"]
+    up = [sa for sa in sas if sa["state"] == "ESTABLISHED"]
+    assert a.alive() and len(up) == 1 and len(up[0]["child_sas"]) == 1, sas
+    # the four half-open SAs (never completed) are shown as such, without CHILD_SAs
+    assert len(sas) == 5 and all(sa["state"] != "ESTABLISHED" and not sa["child_sas"]
+                                 for sa in sas if sa not in up), sas
