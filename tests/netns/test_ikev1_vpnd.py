@@ -2,6 +2,7 @@
 and Aggressive Mode, certificates, NAT-T, with ping and a checksummed TCP transfer."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ from .topology import LAN_A, LAN_B, WAN_B
 pytestmark = [pytest.mark.netns]
 
 
-def _pair(topo, vpnds, *, ike, esp, auth_a=None, auth_b=None, aggressive=False, extra_a="", extra_b=""):
+def _pair(topo, vpnds, *, ike, esp, auth_a=None, auth_b=None, aggressive=False, extra_a="", extra_b="",
+          start_b="none"):
     b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
-                                     ike=ike, esp=esp, auth=auth_b, extra=extra_b))
+                                     ike=ike, esp=esp, auth=auth_b, extra=extra_b, start=start_b,
+                                     aggressive=aggressive and start_b == "start"))
     a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
                                      ike=ike, esp=esp, auth=auth_a, aggressive=aggressive, start="start",
                                      extra=extra_a))
@@ -139,3 +142,21 @@ def test_dpd_dead_peer_and_restart(topo, vpnds):
                                  ike=ike, esp=esp, extra=dpd))
     wait_child(a, timeout=40)
     check_traffic(topo, mbytes=0.5)
+
+
+@pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
+def test_both_ends_start(topo, vpnds, aggressive):
+    """`start: start` on both gateways: the two phase-1 negotiations cross. Both ends must
+    end up with IPsec SAs (they used to drop each other's SA and never run Quick Mode)."""
+    ike, esp = PAIRS[1]
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, aggressive=aggressive, start_b="start")
+    wait_child(a, timeout=30), wait_child(b, timeout=30)
+    check_traffic(topo, mbytes=1)
+    # the duplicate ISAKMP SA goes after 10 s; the connection stays up with one on each end
+    time.sleep(12)
+    for v in (a, b):
+        sas = [s for s in v.status()["ike_sas"] if s["version"] == 1 and s["state"] == "ESTABLISHED"]
+        assert len(sas) == 1, sas
+    ga, gb = wait_child(a), wait_child(b)
+    assert ga["ike"]["spi_i"] == gb["ike"]["spi_i"]
+    check_traffic(topo, mbytes=1)

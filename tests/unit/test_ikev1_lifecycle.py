@@ -398,19 +398,28 @@ def test_nat_oa_in_transport_mode_behind_nat(monkeypatch):
     assert [x.data[4:] for x in oa] == [bytes([10, 200, 0, 1]), bytes([10, 200, 0, 2])]
 
 
-@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "one-after-the-other"])
+@pytest.mark.parametrize("order", ["interleaved", "one-after-the-other", "b-first-lost"])
 @pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
-def test_both_ends_initiate_at_once(interleaved, aggressive):
+def test_both_ends_initiate_at_once(order, aggressive):
     """`start: start` on both ends: two ISAKMP SAs cross. Each end used to take the peer's
-    INITIAL-CONTACT as a restart and drop its own half-open SA, so no Quick Mode ran."""
+    INITIAL-CONTACT as a restart and drop its own half-open SA, so no Quick Mode ran; and
+    the ends must agree on which duplicate SA goes, whatever order they see things in."""
     conf = {"start": "start", "aggressive": aggressive}
     net = pair(conf, conf, start=False)
-    oa, ob = net.a.initiate("site", 0.0), net.b.initiate("site", 0.0)
-    if interleaved:
-        net.feed_pairs([(net.a, x) for x in oa] + [(net.b, x) for x in ob])
+    ob = net.b.initiate("site", 0.0)
+    if order == "b-first-lost":
+        # B starts first, its message 1 is lost (A is not up yet); A starts a second later,
+        # its SA is up at both ends before B's retransmission arrives
+        net.now = 1.0
+        net.feed(net.a, net.a.initiate("site", 1.0))
+        net.advance(5)
     else:
-        net.feed(net.a, oa)
-        net.feed(net.b, ob)
+        oa = net.a.initiate("site", 0.0)
+        if order == "interleaved":
+            net.feed_pairs([(net.a, x) for x in oa] + [(net.b, x) for x in ob])
+        else:
+            net.feed(net.a, oa)
+            net.feed(net.b, ob)
     net.advance(2)
     assert net.live_children("A") and net.live_children("B"), (net.events("A"), net.events("B"))
     net.advance(80)  # duplicate ISAKMP SA retired after 10 s, duplicate IPsec SA pair after 60 s

@@ -409,9 +409,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 q.due = now + self.retransmit_base * (2 ** q.tries)
                 self._resend(q)
         if sa.expire_at is not None and now >= sa.expire_at:
-            if sa.duplicate:
-                # its initiator tells the peer; the peer's own timer may have beaten it
-                self._drop_isakmp(sa, now, reason="duplicate retired", notify_peer=sa.initiator)
+            if sa.duplicate and now < sa.established + sa.policy.lifetime:
+                if self._established_for_conn(sa.conn.name) is None:
+                    self._revive_duplicate(sa, now)  # never retire the last one
+                else:
+                    self._drop_isakmp(sa, now, reason="duplicate retired")
                 return
             self._event("ike_down", sa.conn.name, "ISAKMP SA lifetime expired", ike_id=sa.ike_id)
             self._drop_isakmp(sa, now, reason="expired")
@@ -542,32 +544,28 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def _on_isakmp_up(self, sa: IsakmpSA, now: float) -> None:
         self._want_up.discard(sa.conn.name)
-        # a newer ISAKMP SA for the same connection replaces older ones (rekey)
         for other in list(self.sas.values()):
-            if other is not sa and other.conn.name == sa.conn.name and other.is_established \
-                    and other.remote[0] == sa.remote[0]:
-                if sa.created <= other.established and not other.replaced:
-                    # Both ends initiated at once (`start: start` on both sides): neither
-                    # SA replaces the other. Each initiator runs its Quick Modes on its own
-                    # SA (RFC 2409 5.5 lets any ISAKMP SA protect them), and the redundant
-                    # SA is the one with the lowest of the four nonces (the rule of RFC 7296
-                    # 2.8.1): both ends compute the same answer with no further message.
-                    # Deleting at once, or "the initiator's SA replaces the responder's",
-                    # made both ends delete each other's SA and no Quick Mode survived.
-                    self._retire_duplicate(sa if _nonce_key(sa) < _nonce_key(other) else other, now)
-                    continue
+            if other is sa or other.conn.name != sa.conn.name or not other.is_established \
+                    or other.remote[0] != sa.remote[0]:
+                continue
+            if sa.initiator and sa.rekeying:
+                # our own rekey: the new SA takes over, the old one goes now
                 other.replaced = True
                 self._event("ike_rekeyed", sa.conn.name, f"ISAKMP SA {other.cky_i.hex()} replaced by "
                             f"{sa.cky_i.hex()}", ike_id=sa.ike_id, old_ike_id=other.ike_id)
-                if sa.initiator:
-                    self._send_delete_isakmp(other, now)
-                    self._drop_isakmp(other, now, reason="rekeyed", notify_peer=False)
-                else:
-                    # the peer re-authenticated (it deletes the old SA itself) or restarted
-                    # without INITIAL-CONTACT (nobody will): the old SA goes after a grace period
-                    other.rekey_at = None
-                    other.dpd_due = None
-                    other.expire_at = min(other.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
+                self._send_delete_isakmp(other, now)
+                self._drop_isakmp(other, now, reason="rekeyed", notify_peer=False)
+            elif not other.replaced:
+                # Two SAs up at once: the peer rekeyed (it deletes the old one itself), or
+                # both ends initiated at the same time (`start: start` on both), or the peer
+                # restarted without INITIAL-CONTACT. Only the initiator of an SA knows whether
+                # it was a rekey, and the ends may see the two SAs come up in either order,
+                # so both pick the redundant one by the same rule, the lowest of the four
+                # nonces (RFC 7296 2.8.1's rule): the ends agree without another message.
+                # Each initiator still runs its Quick Modes on its own SA (RFC 2409 5.5
+                # allows any ISAKMP SA), and a Delete from the peer settles a rekey.
+                loser = sa if _nonce_key(sa) < _nonce_key(other) else other
+                self._retire(loser, now, rekey=not sa.initiator and loser is other)
         if not sa.replaced:
             for c in self.children.values():
                 if c.conn.name == sa.conn.name:
@@ -580,15 +578,44 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             return
         self._start_pending(sa, now)
 
-    def _retire_duplicate(self, sa: IsakmpSA, now: float) -> None:
-        """The redundant one of two ISAKMP SAs set up at once: no new exchanges on it; it
-        goes after a grace period that lets its Quick Modes in flight finish."""
+    def _retire(self, sa: IsakmpSA, now: float, *, rekey: bool) -> None:
+        """No new exchanges on `sa`. Where we initiated it, or it is the older SA, it goes
+        after a grace period that lets Quick Modes in flight finish; an SA the peer set up
+        waits for the peer's Delete (the peer may take it as its rekey and delete the
+        other), so that the ends never delete different SAs."""
         sa.replaced = sa.duplicate = True
         sa.rekey_at = None
         sa.dpd_due = None
-        sa.expire_at = min(sa.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
-        self._event("ike_duplicate", sa.conn.name, f"ISAKMP SA {sa.cky_i.hex()} set up at the same time as "
-                    f"another with {sa.remote[0]}: retired in {REPLACED_GRACE:.0f} s", ike_id=sa.ike_id)
+        if sa.initiator or rekey:
+            sa.expire_at = min(sa.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
+        if rekey:
+            new = self._established_for_conn(sa.conn.name)
+            self._event("ike_rekeyed", sa.conn.name, f"ISAKMP SA {sa.cky_i.hex()} replaced by "
+                        f"{new.cky_i.hex() if new else '?'}", ike_id=new.ike_id if new else None,
+                        old_ike_id=sa.ike_id)
+        else:
+            self._event("ike_duplicate", sa.conn.name, f"ISAKMP SA {sa.cky_i.hex()} with {sa.remote[0]} is "
+                        "a duplicate of one set up at the same time: retired", ike_id=sa.ike_id)
+
+    def _revive_duplicate(self, gone: IsakmpSA, now: float) -> None:
+        """The SA that won a tie-break went (the peer deleted it: to the peer the other SA
+        was its rekey): the retired one carries on."""
+        if self._established_for_conn(gone.conn.name) is not None:
+            return
+        cands = [s for s in self.sas.values() if s.duplicate and s.is_established
+                 and s.conn.name == gone.conn.name and s.remote[0] == gone.remote[0]]
+        if not cands:
+            return
+        sa = max(cands, key=lambda s: s.established)
+        sa.replaced = sa.duplicate = False
+        sa.expire_at = sa.established + sa.policy.lifetime
+        if sa.initiator:
+            life = sa.policy.lifetime
+            sa.rekey_at = sa.established + life * 0.9 - life * 0.045 * ((sa.ike_id * 7) % 10) / 9
+        self._dpd_arm(sa, now)
+        for c in self.children.values():
+            if c.conn.name == sa.conn.name:
+                c.ike_id = sa.ike_id
 
     def _start_pending(self, sa: IsakmpSA, now: float) -> None:
         sa.pending_at = None
@@ -611,6 +638,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             sa.state = "DELETED"
             self._event("ike_down", sa.conn.name, f"ISAKMP SA with {sa.remote[0]} deleted ({reason})",
                         ike_id=sa.ike_id)
+            if not sa.replaced:
+                self._revive_duplicate(sa, now)
 
     def _after_failure(self, sa: IsakmpSA, now: float) -> None:
         """A failed phase 1 we started: try again later if the connection wants to be up."""

@@ -283,3 +283,7 @@ class InfoMixin:
         self._out.append(DeleteChildSA(c.child_id))
         self._event("child_down", c.conn.name, f"IPsec SA {c.local_ts} <-> {c.remote_ts} deleted ({reason})",
                     child_id=c.child_id)
+        if c.state == "INSTALLED":
+            for o in self.children.values():
+                if o.standby and o.conn.name == c.conn.name and (o.local_ts, o.remote_ts) == (c.local_ts, c.remote_ts):
+                    o.state, o.standby = "INSTALLED", False  # see _qm_install

@@ -235,6 +235,7 @@ class Phase1Mixin:
         sa.policies = policy.p1_policies(conn.ike, _auth_method(conn), conn.lifetime.ike)
         sa.pending = list(pending)
         sa.last_heard = now
+        sa.rekeying = self._established_for_conn(conn.name) is not None
         self.sas[sa.cky_i] = sa
         offer = policy.p1_sa(sa.policies)
         sa.sai_b = offer.encode()

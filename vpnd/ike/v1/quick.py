@@ -346,19 +346,21 @@ class QuickMixin:
         udp = sa.nat
         child_id = self._new_id()
         replaces = qm.rekey_of
-        redundant = False  # this pair lost the tie-break against one negotiated at the same time
+        redundant = None  # the pair this one lost the tie-break against
         nonce_key = min(qm.ni, qm.nr)
         if replaces is None:
             # responder side of a rekey, or a duplicate SA: the newest carries the traffic
             for c in self.children.values():
                 if c.conn.name == conn.name and c.local_ts == qm.local_ts and \
                         c.remote_ts == qm.remote_ts and c.state == "INSTALLED":
-                    if c.installed >= qm.started and c.nonce_key and nonce_key < c.nonce_key:
-                        # Both ends ran a Quick Mode for the same selectors at once; the two
-                        # ends may install the pairs in different orders, so "newest wins"
-                        # would make each delete the other's. The pair with the lowest nonce
-                        # is the redundant one (RFC 7296 2.8.1's rule), the same on both ends.
-                        redundant = True
+                    if c.nonce_key and nonce_key < c.nonce_key and not c.standby:
+                        # Both ends ran a Quick Mode for the same selectors at once, or the
+                        # peer rekeyed. The ends may install the two pairs in either order,
+                        # so "the newest wins" made each end delete a different one. The
+                        # pair with the lowest nonce is the redundant one (RFC 7296 2.8.1's
+                        # rule), the same on both ends; a rekeying peer deletes the old
+                        # pair itself whatever we chose.
+                        redundant = c
                     else:
                         replaces = c.child_id
                     break
@@ -372,12 +374,19 @@ class QuickMixin:
                       qm.life_kb,
                       rekey_at=(now + life_s * (1 - margin) - jitter) if life_s else None,
                       expire_at=(now + life_s) if life_s else None, per_host=qm.per_host,
-                      pfs_group=qm.chosen[0].group, started=qm.started, nonce_key=nonce_key)
+                      pfs_group=qm.chosen[0].group, nonce_key=nonce_key)
         child.last_in = child.last_out = now
-        if redundant:
-            # installed all the same: the peer may send on it until it installs the other one
+        if redundant is not None and qm.initiator:
+            # installed all the same (the peer may send on it until it installs the other
+            # one), behind the other pair's outbound policy; we delete it, as its initiator
             child.state = "REKEYED"
             child.delete_at = min(child.expire_at or now + 60, now + 60)
+        elif redundant is not None:
+            # the peer deletes one of the two: this one (it ran its Quick Mode at the same
+            # time as ours) or the older (it rekeyed). Until then the older one carries the
+            # traffic but is not rekeyed; it is back to INSTALLED if this one goes.
+            redundant.state = "REKEYED"
+            redundant.standby = True
         self.children[child_id] = child
         desc = child.proposal()
         self._out.append(InstallChildSA(

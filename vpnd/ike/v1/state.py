@@ -67,7 +67,8 @@ class IsakmpSA:
     expire_at: float | None = None
     rekey_at: float | None = None
     replaced: bool = False  # a newer ISAKMP SA took over (rekey), or this one lost a tie-break
-    duplicate: bool = False  # retired as the redundant one of two set up at once
+    duplicate: bool = False  # retired by the tie-break between two SAs up at once
+    rekeying: bool = False  # we started it while another SA of the connection was up
     pending: list = field(default_factory=list)  # QMs to start once established
     pending_at: float | None = None  # when to start them (Aggressive Mode: after message 3 landed)
     # DPD (RFC 3706)
@@ -150,8 +151,8 @@ class Child:
     last_in: float = 0.0
     last_out: float = 0.0
     pfs_group: str | None = None
-    started: float = 0.0  # when its Quick Mode began (duplicates: negotiations that overlapped)
     nonce_key: bytes = b""  # the lower of its Quick Mode's two nonces: tie-break between duplicates
+    standby: bool = False  # REKEYED until the peer deletes it or the pair that stands in for it
 
     def __repr__(self) -> str:
         return f"Child({self.child_id}, {self.state})"
