@@ -1122,10 +1122,6 @@ def setup_logging(level: str = "info") -> None:
 def run_daemon(config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
     setup_logging(config.daemon.log_level)
-    # MODP groups are deprecated in `cryptography` but configured on purpose (modp2048 is
-    # IKE's common default); the warning is not for the operator's log
-    import warnings
-    warnings.filterwarnings("ignore", message=".*Diffie-Hellman over finite fields.*")
     try:
         import uvloop
         runner = uvloop.run
