@@ -160,3 +160,15 @@ def test_both_ends_start(topo, vpnds, aggressive):
     ga, gb = wait_child(a), wait_child(b)
     assert ga["ike"]["spi_i"] == gb["ike"]["spi_i"]
     check_traffic(topo, mbytes=1)
+
+
+def test_vpnctl_rekey_without_sa_fails_at_once(topo, vpnds):
+    """`vpnctl rekey` on a connection that has no SA fails at once, not after its timeout."""
+    ike, esp = PAIRS[1]
+    a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp))  # start: none, and no peer running
+    for ike_too in (False, True):
+        t0 = time.monotonic()
+        resp = a.ctl("rekey", name="site", ike=ike_too)
+        assert not resp["ok"] and "to rekey" in str(resp), resp
+        assert time.monotonic() - t0 < 5

@@ -2,7 +2,7 @@
 Delete/INITIAL-CONTACT/INVALID-SPI informationals."""
 import pytest
 
-from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram, UpdateChildAddresses
+from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram, UpdateChildAddresses
 
 from test_ikev1_harness import A_IP, B_IP, pair
 
@@ -434,3 +434,19 @@ def test_both_ends_initiate_at_once(order, aggressive):
     ia = {i.child_id: i for i in net.installs("A")}[ca.child_id]
     ib = {i.child_id: i for i in net.installs("B")}[cb.child_id]
     assert [(k.spi, k.enc_key) for k in ia.outbound] == [(k.spi, k.enc_key) for k in ib.inbound]
+
+
+@pytest.mark.parametrize("ike", [False, True], ids=["quick-mode", "isakmp"])
+def test_rekey_without_sa_fails_at_once(ike):
+    """`vpnctl rekey` waits until an event ends it: with nothing to rekey, say so at once
+    (as IKEv2 does) instead of letting the command run into its timeout."""
+    net = pair(start=False)
+    out = net.a.rekey("site", 0.0, ike=ike)
+    errors = [x for x in out if isinstance(x, Event) and x.kind == "error"]
+    assert errors and "to rekey" in errors[0].message and errors[0].connection == "site"
+    assert not [x for x in out if isinstance(x, SendDatagram)]  # and nothing was started
+    # with an SA up, a rekey is no error
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    out = net.a.rekey("site", net.now, ike=ike)
+    assert not [x for x in out if isinstance(x, Event) and x.kind == "error"]
+    assert [x for x in out if isinstance(x, SendDatagram)]

@@ -103,12 +103,20 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._begin(now)
         conn = self._conn(name)
         if conn is not None:
+            # a waiting `vpnctl rekey` ends on a failure event (daemon.FAILURE_EVENTS), as IKEv2's does
             if ike:
-                self._rekey_isakmp(conn, now)
+                if self._established_for_conn(name) is None:
+                    self._event("error", name, f"connection {name} has no established ISAKMP SA to rekey")
+                elif conn.peer == "%any":
+                    self._event("error", name, f"connection {name}: cannot rekey, the peer is %any")
+                else:
+                    self._rekey_isakmp(conn, now)
             else:
-                for c in list(self.children.values()):
-                    if c.conn.name == name and c.state == "INSTALLED":
-                        self._rekey_child(c, now)
+                children = [c for c in self.children.values() if c.conn.name == name and c.state == "INSTALLED"]
+                if not children:
+                    self._event("error", name, f"connection {name} has no IPsec SA to rekey")
+                for c in children:
+                    self._rekey_child(c, now)
         return self._end()
 
     def acquire(self, name: str, packet: bytes, now: float) -> list:
