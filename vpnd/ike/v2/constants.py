@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# The AUTH method and RFC 7427 hash numbers are defined once, next to the signers that use them
+from vpnd.crypto.auth import (  # noqa: F401
+    AUTH_DIGITAL_SIGNATURE, AUTH_ECDSA_256, AUTH_ECDSA_384, AUTH_ECDSA_521, AUTH_PSK, AUTH_RSA,
+    HASH_SHA1, HASH_SHA256, HASH_SHA384, HASH_SHA512,
+)
 from vpnd.crypto.dh import GROUP_IDS
 from vpnd.crypto.prf import PRF_IDS
 
@@ -119,22 +124,12 @@ ID_IPV6_ADDR = 5
 ID_DER_ASN1_DN = 9
 ID_KEY_ID = 11
 
-# AUTH methods (RFC 7296 3.8, RFC 4754, RFC 7427)
-AUTH_RSA = 1
-AUTH_PSK = 2
-AUTH_ECDSA_256 = 9
-AUTH_ECDSA_384 = 10
-AUTH_ECDSA_521 = 11
-AUTH_DIGITAL_SIGNATURE = 14
+# AUTH methods (RFC 7296 3.8, RFC 4754, RFC 7427): AUTH_*, imported above from crypto/auth.py
 
 # Certificate encodings (RFC 7296 3.6)
 CERT_X509_SIGNATURE = 4
 
-# RFC 7427 4: hash algorithm identifiers in SIGNATURE_HASH_ALGORITHMS
-HASH_SHA1 = 1
-HASH_SHA256 = 2
-HASH_SHA384 = 3
-HASH_SHA512 = 4
+# RFC 7427 4: hash algorithm identifiers in SIGNATURE_HASH_ALGORITHMS: HASH_SHA*, imported above
 
 # Traffic selector types (RFC 7296 3.13.1)
 TS_IPV4_ADDR_RANGE = 7

@@ -180,15 +180,14 @@ class Auth(Payload):
         return bytes([self.method, 0, 0, 0]) + self.data
 
 
-@REGISTRY.register
 @dataclass
-class Cert(Payload):
-    payload_type = c.PT_CERT
+class _Encoded(Payload):
+    """CERT (3.6) and CERTREQ (3.7) share one body: an encoding octet, then data."""
     encoding: int
     data: bytes
 
     @classmethod
-    def decode(cls, body: bytes) -> "Cert":
+    def decode(cls, body: bytes):
         r = Reader(body)
         return cls(r.u8(), r.rest())
 
@@ -198,18 +197,15 @@ class Cert(Payload):
 
 @REGISTRY.register
 @dataclass
-class CertReq(Payload):
+class Cert(_Encoded):
+    payload_type = c.PT_CERT
+
+
+@REGISTRY.register
+@dataclass
+class CertReq(_Encoded):
     payload_type = c.PT_CERTREQ
-    encoding: int
-    data: bytes  # concatenated SHA-1 hashes of CA SubjectPublicKeyInfo (3.7)
-
-    @classmethod
-    def decode(cls, body: bytes) -> "CertReq":
-        r = Reader(body)
-        return cls(r.u8(), r.rest())
-
-    def encode(self) -> bytes:
-        return bytes([self.encoding]) + self.data
+    # data: concatenated SHA-1 hashes of CA SubjectPublicKeyInfo (3.7)
 
 
 @REGISTRY.register
