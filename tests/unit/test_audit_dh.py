@@ -46,8 +46,16 @@ def test_modp_agrees_with_openssl_both_ways(group):
 
 def test_modp_works_without_cryptographys_ffdh():
     # cryptography announced the removal of finite-field DH: every group must keep working
-    # in an interpreter where importing it fails, with warnings turned into errors
-    code = ("import sys; sys.modules['cryptography.hazmat.primitives.asymmetric.dh'] = None\n"
+    # in an interpreter where any use of it fails, with warnings turned into errors.
+    # cryptography >= 50 imports its own dh module from `serialization`, so the module is
+    # replaced (after that import) by one whose every name raises ImportError.
+    code = ("import sys, types\n"
+            "import cryptography.hazmat.primitives.serialization\n"
+            "import cryptography.hazmat.primitives.asymmetric as asym\n"
+            "gone = types.ModuleType('cryptography.hazmat.primitives.asymmetric.dh')\n"
+            "def _gone(name): raise ImportError('no finite-field DH: ' + name)\n"
+            "gone.__getattr__ = _gone\n"
+            "sys.modules[gone.__name__] = asym.dh = gone\n"
             "from vpnd.crypto.dh import KeyExchange, GROUP_IDS\n"
             "for g in GROUP_IDS:\n"
             "    if g != 'modp8192':\n"
