@@ -428,7 +428,10 @@ def test_wrong_psk_is_an_authentication_failure(topo, make_charon, vpnds):
     while "wrong pre-shared key" not in v.log() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "wrong pre-shared key" in v.log(), v.log()[-3000:]
-    assert v.status()["ike_sas"] == []
+    # reported at once, but the message is only dropped (it might be a forgery, RFC 2408
+    # 5.4-5.6; as Cisco does): the half-open SA waits for charon's retransmissions, and
+    # none of them can establish it
+    assert not [s for s in v.status()["ike_sas"] if s["state"] == "ESTABLISHED"]
     assert "not the key" not in v.log()  # the secret never reaches the log
 
 

@@ -26,6 +26,7 @@ RETRANSMIT_BASE = 4.0  # seconds, doubled per try (strongSwan's default timing, 
 RETRANSMIT_TRIES = 5
 HALF_OPEN_TIMEOUT = 60.0
 REPLACED_GRACE = 10.0  # seconds a replaced ISAKMP SA lingers on the responder
+MAX_ALTERNATES = 4  # other half-open responder SAs per initiator cookie (differing message 1s)
 
 
 class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
@@ -44,6 +45,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._had_contact: dict = {}
         self._restart_at: dict[str, float] = {}
         self._want_up: set[str] = set()  # DPD action restart: keep trying until it is back
+        self._alts: dict[bytes, IsakmpSA] = {}  # cky_i + cky_r -> another half-open responder SA
         self._out: list = []
         self._now = now
         self._last_raw = b""
@@ -310,7 +312,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         sa = self.sas.get(hdr.spi_i)
         zero = b"\x00" * 8
         if sa is not None and sa.cky_r != zero and hdr.spi_r != sa.cky_r:
-            if not (hdr.spi_r == zero and not sa.initiator):
+            alt = self._alts.get(hdr.spi_i + hdr.spi_r)
+            if alt is not None:
+                sa = alt
+            elif not (hdr.spi_r == zero and not sa.initiator):
                 return  # not ours
         if sa is not None and sa.remote[0] != remote[0]:
             return  # cookies are bound to the peer address (RFC 2408 2.5.3)
@@ -325,8 +330,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 self._p1_respond_new(hdr, pls, local, remote, now)
                 return
             if hdr.spi_r == zero:
-                if not sa.initiator and _digest(data) == sa.last_in and sa.retx:
-                    self._resend(sa.retx)  # a repeated message 1
+                if not sa.initiator:
+                    self._repeated_or_other_msg1(sa, hdr, data, local, remote, now)
                 return
             if (ex == C.EXCH_AGGRESSIVE) != sa.aggressive:
                 return
@@ -339,6 +344,32 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             self._info_receive(sa, hdr, data, local, remote, now)
         else:
             self.drops += 1
+
+    def _repeated_or_other_msg1(self, sa: IsakmpSA, hdr, data: bytes, local, remote, now: float) -> None:
+        """A message 1 with the cookie of a responder SA we hold. The same message again: the
+        peer lost our answer. Another one while that SA is half-open: nothing tells which of
+        the two is genuine (phase 1 authenticates only at its end), so a forgery that came
+        first must not shadow the real one: it gets a responder SA of its own, under its own
+        responder cookie, and whichever the initiator continues (RFC 2408 2.5.3: the cookie
+        pair names the SA) is the one that can finish."""
+        dig = _digest(data)
+        alts = [a for k, a in self._alts.items() if k[:8] == sa.cky_i]
+        for cand in [sa] + alts:
+            if dig == cand.last_in:
+                if cand.retx:
+                    self._resend(cand.retx)
+                return
+        if sa.is_established or len(alts) >= MAX_ALTERNATES:
+            return
+        pls = codec.decode_chain(data, hdr.next_payload, P.REGISTRY, start=codec.HEADER_LEN)
+        self._p1_respond_new(hdr, pls, local, remote, now, alternate=True)
+
+    def _settle_alternates(self, sa: IsakmpSA) -> None:
+        """`sa` finished phase 1: it becomes the SA of its initiator cookie, the other
+        candidates (answers to another message 1 with that cookie) go."""
+        for k in [k for k in self._alts if k[:8] == sa.cky_i]:
+            del self._alts[k]
+        self.sas[sa.cky_i] = sa
 
     def _adopt_if_moved(self, sa: IsakmpSA, local, remote) -> None:
         if sa.is_established and (local, remote) != (sa.local, sa.remote) and local[1] == self.natt_port:
@@ -396,12 +427,13 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def _sa_timers(self, sa: IsakmpSA, now: float) -> None:
         if not sa.is_established and now >= sa.created + HALF_OPEN_TIMEOUT:
-            self._p1_fail(sa, Phase1Failed("negotiation timed out"), now)
+            self._p1_fail(sa, self._give_up(sa, "negotiation timed out"), now)
             return
         r = sa.retx
         if r is not None and r.due is not None and now >= r.due:
             if r.tries >= RETRANSMIT_TRIES:
-                self._p1_fail(sa, Phase1Failed(f"no answer from {sa.remote[0]} after {r.tries} retransmissions"), now)
+                self._p1_fail(sa, self._give_up(sa, f"no answer from {sa.remote[0]} after {r.tries} "
+                                                "retransmissions"), now)
                 return
             r.tries += 1
             r.due = now + self.retransmit_base * (2 ** r.tries)
@@ -436,6 +468,15 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             self._dpd_timer(sa, now)
         if sa.cky_i in self.sas and sa.keepalive_at is not None and now >= sa.keepalive_at:
             self._keepalive_timer(sa, now)
+
+    @staticmethod
+    def _give_up(sa: IsakmpSA, why: str) -> Phase1Failed:
+        """The failure of a phase 1 that ran out of time: if a message was dropped on the
+        way, that is the likelier cause (a wrong key looks like this), and its answer."""
+        e = sa.rejected
+        if e is None:
+            return Phase1Failed(why)
+        return Phase1Failed(f"{why}; dropped: {e}", e.notify, e.kind)
 
     def _linger_done(self, item, now: float) -> bool:
         ike_id, mid, t = item
@@ -563,8 +604,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                             f"{sa.cky_i.hex()}", ike_id=sa.ike_id, old_ike_id=other.ike_id)
                 self._send_delete_isakmp(other, now)
                 self._drop_isakmp(other, now, reason="rekeyed", notify_peer=False)
+            elif not other.replaced and other.initiator == sa.initiator:
+                # both the peer's: it rekeyed (and deletes the old SA itself) or restarted
+                # without INITIAL-CONTACT (nobody will): the old SA goes after a grace period
+                self._retire(other, now, rekey=True)
             elif not other.replaced:
-                # Two SAs up at once: the peer rekeyed (it deletes the old one itself), or
+                # Two SAs up at once, one from each end: the peer rekeyed one of ours, or
                 # both ends initiated at the same time (`start: start` on both), or the peer
                 # restarted without INITIAL-CONTACT. Only the initiator of an SA knows whether
                 # it was a rekey, and the ends may see the two SAs come up in either order,
@@ -637,6 +682,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         if notify_peer:
             self._send_delete_isakmp(sa, now)
         del self.sas[sa.cky_i]
+        for k in [k for k in self._alts if k[:8] == sa.cky_i]:
+            del self._alts[k]  # they lived only as long as the half-open SA they shadowed
         self.qms.pop(sa.ike_id, None)
         self._done_mids.pop(sa.ike_id, None)
         for c in self.children.values():

@@ -77,6 +77,7 @@ class InfoMixin:
         mid = hdr.message_id
         if mid in sa.info_seen:
             return  # a replayed informational
+        self._lock_phase2_iv(sa, data)
         iv = keys.phase2_iv(sa.policy.hash, sa.iv, mid, sa.cipher.block_size)
         try:
             plain, _ = self._decrypt(sa, data, iv)

@@ -8,6 +8,7 @@ and send messages, and the action list.
 
 from __future__ import annotations
 
+import copy
 import hmac
 
 from cryptography import x509
@@ -21,6 +22,7 @@ from vpnd.ike.v1 import payloads as P
 from vpnd.ike.v1.state import IsakmpSA
 
 NONCE_LEN = 32
+RESEND_LIMIT = 5  # answers resent on variants of the peer's last message
 
 
 class Phase1Failed(Exception):
@@ -367,8 +369,9 @@ class Phase1Mixin:
 
     # ------------------------------------------------------------------ responder
 
-    def _p1_respond_new(self, hdr, pls, local, remote, now):
-        """Message 1 of Main or Aggressive Mode from a new peer."""
+    def _p1_respond_new(self, hdr, pls, local, remote, now, *, alternate: bool = False):
+        """Message 1 of Main or Aggressive Mode from a new peer (`alternate`: another
+        message 1 with the cookie of a half-open responder SA, see core.py)."""
         aggressive = hdr.exchange == C.EXCH_AGGRESSIVE
         if aggressive and not self.aggressive_allowed:
             self._event("error", None, f"Aggressive Mode from {remote[0]} refused "
@@ -407,7 +410,7 @@ class Phase1Mixin:
         self._take_vids(sa, pls)
         answer = P.SA([P.Proposal(1, C.PROTO_ISAKMP, b"", [transform])])
         if not aggressive:
-            self.sas[sa.cky_i] = sa
+            self._store_responder(sa, alternate)
             sa.state = "MM_SA_SETUP"
             self._send(sa, self._plain(sa, C.EXCH_MAIN, 0, [answer] + self._our_vids(sa)),
                        now, expect_reply=False)
@@ -437,7 +440,7 @@ class Phase1Mixin:
             if e.notify:
                 self._notify_plain(hdr, e.notify, local, remote)
             return
-        self.sas[sa.cky_i] = sa
+        self._store_responder(sa, alternate)
         idp = self._local_id(sa)
         sa.id_r = idp.encode()
         if pol.auth == C.AUTH_RSA_ENCR:
@@ -449,6 +452,12 @@ class Phase1Mixin:
         body += self._our_vids(sa) + self._natd_payloads(sa)
         sa.state = "AG_INIT_EXCH"
         self._send(sa, self._plain(sa, C.EXCH_AGGRESSIVE, 0, body), now, expect_reply=True)
+
+    def _store_responder(self, sa: IsakmpSA, alternate: bool) -> None:
+        if alternate:
+            self._alts[sa.cky_i + sa.cky_r] = sa
+        else:
+            self.sas[sa.cky_i] = sa
 
     def _mm_r_msg3(self, sa: IsakmpSA, hdr, pls, local, remote, now):
         self._make_kex(sa)
@@ -509,8 +518,13 @@ class Phase1Mixin:
             # the peer repeats its last message: it lost our answer. Only the answering side
             # resends on a duplicate; a side with its own retransmit timer waits for it, so
             # duplicates cannot ping-pong (RFC 2408 5.x leaves the policy to us).
-            if _digest(data) == sa.last_in and sa.retx and sa.retx.due is None:
-                self._resend(sa.retx)
+            if sa.retx and sa.retx.due is None:
+                if _digest(data) == sa.last_in:
+                    self._resend(sa.retx)
+                elif sa.is_established:
+                    self._resend_answer(sa.retx)
+            if sa.is_established and enc and _digest(data) != sa.last_in:
+                self._final_variant(sa, data)
             return
         new_iv = None
         if enc:
@@ -524,12 +538,16 @@ class Phase1Mixin:
             try:
                 pls = codec.decode_chain(plain, hdr.next_payload, P.REGISTRY, start=0, trailing_ok=True)
             except codec.CodecError:
-                # keys differ: with a PSK this is the usual sign of a wrong key
-                self._p1_fail(sa, Phase1Failed("encrypted phase-1 message does not decrypt to payloads "
-                                               "(wrong pre-shared key?)", None, "auth_failed"), now)
+                # keys differ: with a PSK this is the usual sign of a wrong key, or a forgery
+                self._p1_reject(sa, Phase1Failed("encrypted phase-1 message does not decrypt to payloads "
+                                                 "(wrong pre-shared key?)", None, "auth_failed"))
                 return
         else:
-            pls = codec.decode_chain(data, hdr.next_payload, P.REGISTRY, start=codec.HEADER_LEN)
+            try:
+                pls = codec.decode_chain(data, hdr.next_payload, P.REGISTRY, start=codec.HEADER_LEN)
+            except codec.CodecError as e:
+                self._p1_reject(sa, Phase1Failed(f"malformed message: {e}"))
+                return
         n = _first(pls, P.Notify)
         if n is not None and n.notify_type < 16384 and not _first(pls, P.SA) and not _first(pls, P.KE):
             self._p1_fail(sa, Phase1Failed(f"peer sent {notify_name(n.notify_type)}", None,
@@ -537,6 +555,7 @@ class Phase1Mixin:
             return
         st = sa.state
         old_iv = sa.iv
+        before = copy.copy(sa)
         try:
             if new_iv is not None:
                 sa.iv = new_iv
@@ -576,11 +595,79 @@ class Phase1Mixin:
                     sa.iv = old_iv
                     return
         except Phase1Failed as e:
+            # Nothing in phase 1 proves who sent a message before its HASH/SIG checks out:
+            # a message that fails is dropped and the exchange goes on as if it had never
+            # come (RFC 2408 5.4-5.6: invalid payloads and hashes are discarded), so that a
+            # forgery cannot end or poison it; the genuine message (or its retransmission)
+            # still finds the state it needs. A real failure (wrong key) ends the exchange
+            # when the retransmissions run out; the first rejection is reported at once.
+            sa.__dict__.update(before.__dict__)
             sa.iv = old_iv
-            self._p1_fail(sa, e, now)
+            self._p1_reject(sa, e)
             return
         sa.last_in = _digest(data)
         sa.last_heard = now
+        if enc and sa.is_established:
+            sa.final_iv = old_iv
+
+    def _resend_answer(self, r) -> None:
+        """The peer sent its last message again, but not byte for byte the copy we took: a
+        forger changed what no hash covers (vendor IDs, NAT-D, padding) in a copy that came
+        first, and the peer, repeating the genuine one, never got our answer. Resend it, a
+        bounded number of times (the copy may also be the forger's)."""
+        if r.tries < 2 * RESEND_LIMIT:
+            r.tries += 1
+            self._resend(r)
+
+    def _final_variant(self, sa: IsakmpSA, data: bytes) -> None:
+        """Another copy of the peer's final phase-1 message that also verifies: it differs
+        where no hash reaches (trailing NAT-D or notify payloads, padding), so one of the two
+        is forged, and we cannot tell which. The phase-2 IVs derive from its last cipher
+        block (RFC 2409 app. B): keep that block as an alternative, and let the first
+        authenticated phase-2 message decide (_lock_phase2_iv)."""
+        if not sa.final_iv or len(sa.iv_alts) >= 3:
+            return
+        try:
+            plain, last = self._decrypt(sa, data, sa.final_iv)
+            pls = codec.decode_chain(plain, data[16], P.REGISTRY, start=0, trailing_ok=True)
+            idp = _first(pls, P.ID)
+            if idp is not None and idp.encode() != (sa.id_r if sa.initiator else sa.id_i):
+                return
+            self._verify_auth(sa, pls, from_initiator=not sa.initiator)
+        except (ValueError, codec.CodecError, Phase1Failed):
+            self._count_drop(sa, "a changed copy of the final phase-1 message dropped")
+            return
+        if last != sa.iv and last not in sa.iv_alts:
+            sa.iv_alts.append(last)
+
+    def _lock_phase2_iv(self, sa: IsakmpSA, data: bytes) -> None:
+        """With alternative phase-1 IVs (see _final_variant), the one under which this
+        phase-2 message decrypts and its HASH(1) verifies is the peer's: keep it."""
+        if not sa.iv_alts:
+            return
+        mid = int.from_bytes(data[20:24], "big")
+        for base in [sa.iv] + sa.iv_alts:
+            try:
+                plain, _ = self._decrypt(sa, data, keys.phase2_iv(sa.policy.hash, base, mid,
+                                                                  sa.cipher.block_size))
+                hv, rest = self._after_hash(plain, data[16])
+            except Exception:  # ValueError, QuickFailed
+                continue
+            if hmac.compare_digest(hv, keys.qm_hash1(sa.policy.hash, sa.keys.a, mid, rest)):
+                sa.iv, sa.iv_alts = base, []
+                return
+
+    def _p1_reject(self, sa: IsakmpSA, e: Phase1Failed) -> None:
+        """A phase-1 message that does not fit or does not verify: counted and dropped. The
+        first one of an SA is reported as a failure event of its kind (so that a waiting
+        `vpnctl up` learns of a wrong key at once), later ones count as drops."""
+        if sa.rejected is None:
+            sa.rejected = e
+            self.drops += 1
+            self._event(e.kind, sa.conn.name, f"ISAKMP SA with {sa.remote[0]}: message dropped: {e}",
+                        ike_id=sa.ike_id)
+        else:
+            self._count_drop(sa, f"phase-1 message from {sa.remote[0]} dropped: {e}")
 
     def _p1_fail(self, sa: IsakmpSA, e: Phase1Failed, now: float) -> None:
         self._event(e.kind, sa.conn.name, f"ISAKMP SA with {sa.remote[0]} failed: {e}", ike_id=sa.ike_id)
@@ -597,6 +684,8 @@ class Phase1Mixin:
             sa.local, sa.remote = local, remote
 
     def _p1_established(self, sa: IsakmpSA, now: float) -> None:
+        if not sa.initiator:
+            self._settle_alternates(sa)
         sa.state = "QM_IDLE"
         sa.established = now
         sa.expire_at = now + sa.policy.lifetime
@@ -656,9 +745,12 @@ def _decode_id(body: bytes) -> P.ID:
 
 
 def _digest(data: bytes) -> bytes:
+    """What tells a repeated message: all of it but the version and flags octets of the
+    header, which no HASH covers -- a copy with those changed is the same message to us
+    (we act on it alike), and the genuine one after it must count as a repeat."""
     import hashlib
 
-    return hashlib.sha256(data).digest()[:16]
+    return hashlib.sha256(data[:17] + data[18:19] + data[20:]).digest()[:16]
 
 
 class _RawID(P.ID):

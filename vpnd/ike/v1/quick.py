@@ -308,10 +308,10 @@ class QuickMixin:
 
     def _qm_r_msg3(self, sa: IsakmpSA, qm: QuickMode, hdr, plain: bytes, pls: list, now: float):
         hv, rest = self._after_hash(plain, hdr.next_payload)
-        if rest:
-            raise QuickFailed("payloads after HASH(3)", C.N_PAYLOAD_MALFORMED)
         if not hmac.compare_digest(hv, keys.qm_hash3(sa.policy.hash, sa.keys.a, qm.mid, qm.ni, qm.nr)):
             raise QuickFailed("HASH(3) mismatch", C.N_INVALID_HASH_INFORMATION)
+        if rest:
+            raise QuickFailed("payloads after HASH(3)", C.N_PAYLOAD_MALFORMED)
         qm.retx = None
         qm.state = "QM_DONE"
         self._qm_install(sa, qm, now)
@@ -353,9 +353,11 @@ class QuickMixin:
             for c in self.children.values():
                 if c.conn.name == conn.name and c.local_ts == qm.local_ts and \
                         c.remote_ts == qm.remote_ts and c.state == "INSTALLED":
-                    if c.nonce_key and nonce_key < c.nonce_key and not c.standby:
+                    if c.nonce_key and nonce_key < c.nonce_key and not c.standby \
+                            and c.initiator != qm.initiator:
                         # Both ends ran a Quick Mode for the same selectors at once, or the
-                        # peer rekeyed. The ends may install the two pairs in either order,
+                        # peer rekeyed ours (two pairs of the peer's: the newer one wins, as
+                        # before). The ends may install the two pairs in either order,
                         # so "the newest wins" made each end delete a different one. The
                         # pair with the lowest nonce is the redundant one (RFC 7296 2.8.1's
                         # rule), the same on both ends; a rekeying peer deletes the old
@@ -427,10 +429,17 @@ class QuickMixin:
             if qm.retx and (qm.retx.due is None or not qm.initiator):
                 self._resend(qm.retx)
             return
+        if qm is not None and qm.initiator and qm.state == "QM_DONE" and qm.retx:
+            # another message 2 after we answered one: the peer did not get our HASH(3),
+            # whichever copy of its message 2 we took (see phase1._resend_answer)
+            self._resend_answer(qm.retx)
+            return
         if qm is None and mid in self._done_mids.get(sa.ike_id, ()):
             return
         if not hdr.flags & codec.FLAG_V1_ENCRYPTION:
             return
+        if qm is None:
+            self._lock_phase2_iv(sa, data)
         iv = sa.p2_iv.get(mid) or keys.phase2_iv(sa.policy.hash, sa.iv, mid, sa.cipher.block_size)
         try:
             plain, new_iv = self._decrypt(sa, data, iv)
@@ -458,9 +467,14 @@ class QuickMixin:
             else:
                 return
         except QuickFailed as e:
-            self._event("error", sa.conn.name, f"Quick Mode {mid:#010x} failed: {e}", ike_id=sa.ike_id)
             if qm is None:
                 sa.p2_iv.pop(mid, None)
+            if e.notify == C.N_INVALID_HASH_INFORMATION:
+                # not from the peer (RFC 2408 5.5: discarded): answering it, or giving up
+                # the exchange, would let a forgery spoil the genuine message that follows
+                self._count_drop(sa, f"Quick Mode {mid:#010x} message dropped: {e}")
+                return
+            self._event("error", sa.conn.name, f"Quick Mode {mid:#010x} failed: {e}", ike_id=sa.ike_id)
             if e.notify:
                 self._info_send(sa, [P.Notify(e.notify, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r)], now)
             if qm is not None and qm.initiator:
@@ -505,8 +519,5 @@ def _first(pls, cls):
     return None
 
 
-def _digest(data: bytes) -> bytes:
-    import hashlib
-
-    return hashlib.sha256(data).digest()[:16]
+from vpnd.ike.v1.phase1 import _digest  # noqa: E402  (one notion of "the same message")
 

@@ -53,6 +53,8 @@ class IsakmpSA:
     cipher: object = None
     iv: bytes = b""  # phase-1 CBC chain; after establishment: the last phase-1 block
     p2_iv: dict = field(default_factory=dict)  # message ID -> IV of that exchange
+    final_iv: bytes = b""  # the IV the final phase-1 message we took was decrypted with
+    iv_alts: list = field(default_factory=list)  # last blocks of verified copies of that message
     # vendor options
     natt: str | None = None  # "rfc" | "draft" when both sides do NAT-T
     natt_vid: bytes = b""  # the draft vendor ID the peer sent (echoed back)
@@ -63,6 +65,7 @@ class IsakmpSA:
     # exchange bookkeeping
     retx: Retransmit | None = None
     last_in: bytes = b""  # digest of the last phase-1 message taken
+    rejected: object = None  # Phase1Failed of the first message dropped (a forgery or a wrong key)
     established: float | None = None
     expire_at: float | None = None
     rekey_at: float | None = None
