@@ -1,8 +1,8 @@
 """Phase-1 identities (RFC 2407 4.6.2.1) and X.509 handling for rsa-sig / rsa-encr.
 
-Identity strings follow the contract: an IP address, an FQDN written "@name" (or a bare
-hostname), "user@domain", or a DN "C=CH, O=Org, CN=host" (RDNs in the order written, as
-strongSwan writes them). `%any` matches every identity.
+Identities are config.Identity values (config.parse_identity reads the contract's forms:
+an address, "@name" or a bare host name, "user@domain", a DN "C=CH, O=Org, CN=host" or
+"/C=CH/O=Org/CN=host" with "\\," escapes); `%any` matches every identity.
 """
 
 from __future__ import annotations
@@ -16,66 +16,38 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from vpnd.config import Identity, parse_identity
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1.payloads import ID
 
-_DN_OIDS = {
-    "C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
-    "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
-    "CN": NameOID.COMMON_NAME, "E": NameOID.EMAIL_ADDRESS, "EMAIL": NameOID.EMAIL_ADDRESS,
-    "SN": NameOID.SERIAL_NUMBER, "DC": NameOID.DOMAIN_COMPONENT, "UID": NameOID.USER_ID,
+# how a DN attribute is written back (status, logs): the names config.parse_identity
+# writes, so that a shown DN can be pasted into the config as it is
+_DN_NAMES = {
+    NameOID.COUNTRY_NAME: "C", NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.LOCALITY_NAME: "L",
+    NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.COMMON_NAME: "CN",
+    NameOID.EMAIL_ADDRESS: "E", NameOID.DOMAIN_COMPONENT: "DC", NameOID.SURNAME: "SN",
+    NameOID.SERIAL_NUMBER: "serialNumber", NameOID.GIVEN_NAME: "G", NameOID.TITLE: "T",
+    NameOID.USER_ID: "UID", NameOID.STREET_ADDRESS: "STREET", NameOID.POSTAL_CODE: "postalCode",
 }
 
 
-class IdentityError(ValueError):
-    pass
-
-
-def parse_dn(text: str) -> x509.Name:
-    rdns = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        k, sep, v = part.partition("=")
-        oid = _DN_OIDS.get(k.strip().upper())
-        if not sep or oid is None:
-            raise IdentityError(f"bad DN component {part!r}")
-        rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(oid, v.strip())]))
-    if not rdns:
-        raise IdentityError("empty DN")
-    return x509.Name(rdns)
-
-
-def looks_like_dn(text: str) -> bool:
-    head = text.split("=", 1)[0].strip().upper()
-    return "=" in text and head in _DN_OIDS
-
-
 def id_payload(ident) -> ID:
-    """ID payload for our identity (a config.Identity or its text). Phase-1 IDs carry
-    protocol 0 / port 0 (RFC 2407 4.6.2: both MAY be zero), as strongSwan sends them."""
-    kind = getattr(ident, "kind", None)
+    """ID payload for our identity (a config.Identity, or text the config's parser reads:
+    an address, @fqdn, user@fqdn, a DN). Phase-1 IDs carry protocol 0 / port 0 (RFC 2407
+    4.6.2: both MAY be zero), as strongSwan sends them. Raises ValueError on bad text."""
+    if not isinstance(ident, Identity):
+        ident = parse_identity(str(ident))
+    kind = ident.kind
     if kind == "dn":
         return ID(C.ID_DER_ASN1_DN, 0, 0, ident.x509_name().public_bytes())
     if kind == "fqdn":
         return ID(C.ID_FQDN, 0, 0, ident.value.encode())
     if kind == "email":
         return ID(C.ID_USER_FQDN, 0, 0, ident.value.encode())
-    text = str(ident.value) if kind else str(ident)
-    try:
-        ip = ipaddress.ip_address(text)
-        if ip.version == 4:
-            return ID(C.ID_IPV4_ADDR, 0, 0, ip.packed)
-        return ID(C.ID_IPV6_ADDR, 0, 0, ip.packed)
-    except ValueError:
-        pass
-    if looks_like_dn(text):
-        return ID(C.ID_DER_ASN1_DN, 0, 0, parse_dn(text).public_bytes())
-    if text.startswith("@"):
-        return ID(C.ID_FQDN, 0, 0, text[1:].encode())
-    if "@" in text:
-        return ID(C.ID_USER_FQDN, 0, 0, text.encode())
-    return ID(C.ID_FQDN, 0, 0, text.encode())
+    if kind in ("ipv4", "ipv6"):
+        ip = ipaddress.ip_address(ident.value)
+        return ID(C.ID_IPV4_ADDR if ip.version == 4 else C.ID_IPV6_ADDR, 0, 0, ip.packed)
+    raise ValueError(f"identity {ident} has no ID payload")
 
 
 def describe_id(p: ID) -> str:
@@ -89,14 +61,14 @@ def describe_id(p: ID) -> str:
             return "@" + p.data.decode("ascii", "replace")
         if p.id_type == C.ID_USER_FQDN:
             return p.data.decode("ascii", "replace")
-        if p.id_type == C.ID_DER_ASN1_DN:
-            return ", ".join(f"{k}={v}" for k, v in _load_name(p.data))
+        if p.id_type == C.ID_DER_ASN1_DN:  # commas in values escaped as the config reads them
+            return ", ".join(f"{k}={v.replace(',', chr(92) + ',')}" for k, v in _load_name(p.data))
     except Exception:
         pass
     return f"type{p.id_type}:{p.data.hex()}"
 
 
-_OID_SHORT = {oid.dotted_string: k for k, oid in _DN_OIDS.items() if k not in ("EMAIL",)}
+_OID_SHORT = {oid.dotted_string: k for oid, k in _DN_NAMES.items()}
 
 
 def _der_items(data: bytes):
