@@ -197,6 +197,12 @@ class Charon:
         os.chmod(path, 0o600)
         return self.swanctl("--load-all", "--noprompt", "--file", str(path))
 
+    def load_psk(self, psk: str, *, name: str = "site", **conn) -> str:
+        """Load one psk_connection(**conn) as connection `name`, its CHILD_SA of the same
+        name, and the PSK as secret "ike-`name`"."""
+        return self.load(swanctl_conf({name: psk_connection(child=name, **conn)},
+                                      {f"ike-{name}": psk_secret(psk)}))
+
     def initiate(self, child: str, *, ike: str | None = None, timeout: float = 30) -> str:
         args = ["--initiate", "--child", child]
         if ike:

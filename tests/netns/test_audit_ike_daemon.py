@@ -31,7 +31,7 @@ from scapy.utils import rdpcap
 from vpnd.ike.actions import SendDatagram
 from vpnd.ike.manager import IkeManager
 
-from .test_ikev2_strongswan import PAIRS, check_traffic, vpnds, wait_child  # noqa: F401
+from .test_ikev2_strongswan import PAIRS, vpnds, wait_child  # noqa: F401
 from .test_ikev2_vpnd import pair_confs, up_timed
 from .topology import LAN_A, LAN_B, WAN_B, Topology  # noqa: F401
 
@@ -211,14 +211,14 @@ def test_malformed_ike_against_a_running_daemon(aud_topo, vpnds):
     st_a = a.status()
     assert st_a["daemon"]["ike_drops"] > drops_before  # damaged protected messages were counted
     assert len(st_a["ike_sas"]) == 1 and len(b.status()["ike_sas"]) == 1
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
     before = wait_child(a)
     assert a.ctl("rekey", name="site", ike=True)["ok"]
     deadline = time.monotonic() + 20
     while a.status()["ike_sas"][0]["spi_i"] == before["ike"]["spi_i"]:
         assert time.monotonic() < deadline, a.status()
         time.sleep(0.2)
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_invalid_spi_notify_from_a_running_daemon(aud_topo, vpnds):
@@ -232,7 +232,7 @@ def test_invalid_spi_notify_from_a_running_daemon(aud_topo, vpnds):
     vpnds(topo, "gwb", cb)
     a = vpnds(topo, "gwa", ca)
     up_timed(a)
-    check_traffic(topo, mbytes=0.2)
+    topo.check_traffic(mbytes=0.2)
     cap = topo.capture("gwb", "wan", "aud-invalid-spi.pcap", "udp port 500 or udp port 4500")
     script = (
         "import socket, struct, sys, time\n"
@@ -254,7 +254,7 @@ def test_invalid_spi_notify_from_a_running_daemon(aud_topo, vpnds):
     assert len(answers) >= len(from_a)
     after = a.status()
     assert a.alive() and len(after["ike_sas"]) == 1
-    check_traffic(topo, mbytes=0.2)
+    topo.check_traffic(mbytes=0.2)
 
 
 def test_cookies_above_the_half_open_threshold(aud_topo, vpnds):
@@ -289,7 +289,7 @@ def test_cookies_above_the_half_open_threshold(aud_topo, vpnds):
     assert cookie_answers and cookie_answers[0]["IKEv2_Notify"].type == 16390, [h.summary() for _, h in seen]
     retry = [h for h in init_reqs if h.next_payload == NOTIFY and h["IKEv2_Notify"].type == 16390]
     assert retry and retry[0]["IKEv2_Notify"].notify == cookie_answers[0]["IKEv2_Notify"].notify
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
     sas = a.status()["ike_sas"]
     up = [sa for sa in sas if sa["state"] == "ESTABLISHED"]
     assert a.alive() and len(up) == 1 and len(up[0]["child_sas"]) == 1, sas

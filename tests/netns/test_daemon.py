@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .topology import HOST_A, HOST_B, LAN_B, Topology
-from .vpnd_proc import ALGORITHMS, Vpnd, gw_links, gw_routes, manual_pair
+from .vpnd_proc import ALGORITHMS, Vpnd, gw_links, gw_routes, manual_pair, start_manual_pair
 
 pytestmark = pytest.mark.netns
 
@@ -38,13 +38,7 @@ def daemons(topo, request):
     started: list[Vpnd] = []
 
     def start(alg="aes128gcm16", encap=False, **kw):
-        ca, cb = manual_pair(topo, alg, encap=encap, **kw)
-        a = Vpnd(topo, "gwa", ca)
-        b = Vpnd(topo, "gwb", cb)
-        started.extend([a, b])
-        a.start()
-        b.start()
-        return a, b
+        return start_manual_pair(topo, started, alg, encap=encap, **kw)
 
     yield start
     for d in started:

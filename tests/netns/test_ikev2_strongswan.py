@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from .charon import psk_connection, psk_secret, swanctl_conf
+from .charon import swanctl_conf
 from .topology import GW_LAN_B, LAN_A, LAN_B, Topology, WAN_B
-from .vpnd_proc import Vpnd
+from .vpnd_proc import Vpnd, ike_config, vpnd_starter
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan]
 
@@ -45,44 +45,18 @@ def ik2_topo_nat():
 
 @pytest.fixture
 def vpnds(request):
-    started: list[Vpnd] = []
-
-    def make(topo, role, text):
-        v = Vpnd(topo, role, text)
-        started.append(v)
-        return v.start()
-
-    yield make
-    rep = getattr(request.node, "rep_call", None)
-    for v in started:
-        if rep is not None and rep.failed:
-            rep.sections.append((f"vpnd log ({v.role})", v.log()))
-        if v.alive():
-            v.stop()
+    with vpnd_starter(request) as make:
+        yield make
 
 
-def vpnd_conf(topo, role: str, *, local: str, peer: str, lts: str, rts: str, ike: str, esp: str,
-              start: str = "start", extra: str = "", auth: str | None = None, name: str = "site") -> str:
-    sock = Path(topo.workdir) / f"{role}.sock"
-    lines = [
-        "daemon:",
-        "  tun: vpnd0",
-        f"  control_socket: {sock}",
-        "  log_level: debug",
-        "connections:",
-        f"  {name}:",
-        "    version: 2",
-        f"    local: {local}",
-        f"    peer: {peer}",
-        auth or f"    psk: \"{PSK}\"",
-        f"    ike: {ike}",
-        f"    esp: {esp}",
-        f"    local_ts: [{lts}]",
-        f"    remote_ts: [{rts}]",
-        f"    start: {start}",
-    ]
-    lines += [f"    {x}" for x in extra.splitlines() if x.strip()]
-    return "\n".join(lines) + "\n"
+def vpnd_conf(topo, role: str, *, start: str = "start", **kw) -> str:
+    return ike_config(topo, role, version=2, psk=PSK, start=start, **kw)
+
+
+def vpnd_gwa(topo, vpnds, *, ike: str, esp: str, **kw) -> Vpnd:
+    """The vpnd in gwa: connection "site" to gwb's WAN address, LAN_A <-> LAN_B."""
+    return vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                        ike=ike, esp=esp, **kw))
 
 
 def wait_child(v: Vpnd, name: str = "site", timeout: float = 20, *, not_spi: str | None = None) -> dict:
@@ -102,19 +76,12 @@ def wait_child(v: Vpnd, name: str = "site", timeout: float = 20, *, not_spi: str
     raise AssertionError(f"no INSTALLED child {name} in {v.role} within {timeout}s: {json.dumps(last)}\n{v.log()[-6000:]}")
 
 
-def check_traffic(topo, mbytes: float = 2) -> None:
-    topo.wait_ping("hosta", topo.hostb_ip, timeout=10)
-    assert topo.ping("hostb", topo.hosta_ip, count=3, interval=0.2).returncode == 0
-    topo.tcp_transfer("hosta", "hostb", topo.hostb_ip, mbytes=mbytes)
-    topo.tcp_transfer("hostb", "hosta", topo.hosta_ip, mbytes=mbytes, port=5202)
-
-
-def charon_psk(ch, *, ike: str, esp: str, gwa: str, start_action: str = "none", extra=None, child_extra=None):
-    conn = psk_connection(local=WAN_B, remote=gwa, local_ts=LAN_B, remote_ts=LAN_A, ike=ike, esp=esp,
-                          child="site", start_action=start_action, esp_extra=child_extra or {},
-                          **(extra or {}))
-    conn["remote"]["id"] = "%any"
-    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+def charon_psk(ch, *, ike: str, esp: str, gwa: str, local_ts: str = LAN_B, remote_ts: str = LAN_A,
+               remote_id: str = "%any", start_action: str = "none", extra=None, child_extra=None):
+    """charon in gwb: PSK connection "site" to vpnd at `gwa`, any identity unless `remote_id`."""
+    ch.load_psk(PSK, local=WAN_B, remote=gwa, local_ts=local_ts, remote_ts=remote_ts, ike=ike, esp=esp,
+                remote_id=remote_id, start_action=start_action, esp_extra=child_extra or {},
+                **(extra or {}))
 
 
 @pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
@@ -122,8 +89,7 @@ def test_psk_vpnd_initiator(ik2_topo, make_charon, vpnds, ike, esp):
     topo = ik2_topo
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="none"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, start="none")
     t0 = time.monotonic()
     assert v.ctl("up", name="site")["ok"]
     print(f"vpnd->strongSwan {ike}/{esp}: IKE_SA_INIT to installed CHILD_SA in "
@@ -132,14 +98,13 @@ def test_psk_vpnd_initiator(ik2_topo, make_charon, vpnds, ike, esp):
     sas = ch.wait_child("site")
     assert got["child"]["spi_out"] in sas and got["child"]["spi_in"] in sas
     assert got["ike"]["proposal"]
-    check_traffic(topo)
+    topo.check_traffic()
 
 
 @pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
 def test_psk_vpnd_responder(ik2_topo, make_charon, vpnds, ike, esp):
     topo = ik2_topo
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="none"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, start="none")
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
     t0 = time.monotonic()
@@ -148,7 +113,7 @@ def test_psk_vpnd_responder(ik2_topo, make_charon, vpnds, ike, esp):
           f"{(time.monotonic() - t0) * 1000:.0f} ms")
     got = wait_child(v)
     assert got["ike"]["initiator"] is False
-    check_traffic(topo)
+    topo.check_traffic()
 
 
 # --------------------------------------------------------------------------- certificates
@@ -225,15 +190,14 @@ def test_certificates(ik2_topo, make_charon, vpnds, kind, vpnd_initiates):
             f"    remote_id: \"{DN_B}\"")
     ch = make_charon(topo, "gwb")
     charon_cert(ch, pki, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, auth=auth, start="start" if vpnd_initiates else "none"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, auth=auth, start="start" if vpnd_initiates else "none")
     if not vpnd_initiates:
         ch.initiate("site")
     got = wait_child(v)
     assert got["ike"]["remote_id"] == DN_B
     sas = ch.wait_child("site")
     assert DN_A in sas
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 # --------------------------------------------------------------------------- rekeying
@@ -260,9 +224,8 @@ def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who)
     child_extra = {"rekey_time": "6s", "life_time": "30s", "rand_time": "0s"} if who == "charon" else {}
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public, extra=extra, child_extra=child_extra)
     life = "lifetime: {ike: 18, seconds: 8}" if who.startswith("vpnd") else ""
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, extra=life,
-                                     start="none" if who == "vpnd-responder" else "start"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, extra=life,
+                 start="none" if who == "vpnd-responder" else "start")
     if who == "vpnd-responder":
         ch.initiate("site")
     first = wait_child(v)
@@ -276,7 +239,7 @@ def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who)
     assert now["ike"]["spi_i"] != first["ike"]["spi_i"], "no IKE SA rekey happened"
     assert sent == 500 and got == 500, out
     assert len(v.status()["ike_sas"]) == 1
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 def test_vpnctl_rekey_child_and_ike(ik2_topo, make_charon, vpnds):
@@ -284,8 +247,7 @@ def test_vpnctl_rekey_child_and_ike(ik2_topo, make_charon, vpnds):
     ike, esp = PAIRS[2]
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp)
     first = wait_child(v)
     assert v.ctl("rekey", name="site", ike=False)["ok"]
     second = wait_child(v, not_spi=first["child"]["spi_in"])
@@ -294,7 +256,7 @@ def test_vpnctl_rekey_child_and_ike(ik2_topo, make_charon, vpnds):
     assert third["ike"]["spi_i"] != first["ike"]["spi_i"]
     sas = ch.list_sas()
     assert second["child"]["spi_in"] in sas and third["ike"]["spi_i"] in sas
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 # --------------------------------------------------------------------------- NAT, DPD
@@ -305,15 +267,14 @@ def test_nat_traversal_with_keepalives(ik2_topo_nat, make_charon, vpnds):
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa="%any")
     cap = topo.capture("gwb", "wan", "natt.pcap", "udp port 4500")
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, extra="nat_keepalive: 2"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, extra="nat_keepalive: 2")
     got = wait_child(v)
     assert got["ike"]["nat_detected"] and got["ike"]["nat_local"]
     assert got["ike"]["remote"] == f"{WAN_B}:4500" and got["child"]["udp_encap"]
     sas = ch.list_sas()
     assert "10.200.0.254[4500]" in sas, sas
     assert "remote host is behind NAT" in ch.log()  # NAT seen on both sides
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
     time.sleep(5)
     path = cap.stop()
     dump = subprocess.run(["tcpdump", "-r", str(path), "-n", "-v", "udp and ip[2:2] = 29"],
@@ -328,11 +289,10 @@ def test_dpd_dead_peer_and_restart(ik2_topo, make_charon, vpnds):
     interval, retry = 3, 2
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp,
-                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp,
+                 extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}")
     wait_child(v)
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
     ch.kill()
     t0 = time.monotonic()
     while "is dead" not in v.log():
@@ -344,7 +304,7 @@ def test_dpd_dead_peer_and_restart(ik2_topo, make_charon, vpnds):
     ch2 = make_charon(topo, "gwb")
     charon_psk(ch2, ike=ike, esp=esp, gwa=topo.gwa_public)
     wait_child(v, timeout=40)
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 # --------------------------------------------------------------------------- more cases
@@ -356,9 +316,8 @@ def test_nat_vpnd_responder_any_peer_by_identity(ik2_topo_nat, make_charon, vpnd
     topo = ik2_topo_nat
     ike, esp = PAIRS[2]
     ch = make_charon(topo, "gwa")
-    conn = psk_connection(local=NAT_INSIDE_A, remote=WAN_B, local_ts=LAN_A, remote_ts=LAN_B, ike=ike, esp=esp,
-                          child="site", local_id="@branch.example.com", remote_id=WAN_B)
-    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    ch.load_psk(PSK, local=NAT_INSIDE_A, remote=WAN_B, local_ts=LAN_A, remote_ts=LAN_B, ike=ike, esp=esp,
+                local_id="@branch.example.com", remote_id=WAN_B)
     conf = vpnd_conf(topo, "gwb", local=WAN_B, peer='"%any"', lts=LAN_B, rts=LAN_A, ike=ike, esp=esp,
                      start="none", extra='remote_id: "@branch.example.com"')
     v = vpnds(topo, "gwb", conf)
@@ -367,7 +326,7 @@ def test_nat_vpnd_responder_any_peer_by_identity(ik2_topo_nat, make_charon, vpnd
     assert got["ike"]["nat_remote"] and got["ike"]["remote"] == "10.200.0.254:4500"
     assert got["ike"]["remote_id"] == "@branch.example.com" and got["child"]["udp_encap"]
     assert "local host is behind NAT" in ch.log()
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 def test_trap_first_packet_starts_tunnel(ik2_topo, make_charon, vpnds):
@@ -375,43 +334,34 @@ def test_trap_first_packet_starts_tunnel(ik2_topo, make_charon, vpnds):
     ike, esp = PAIRS[0]
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="trap"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, start="trap")
     time.sleep(0.5)
     assert v.status()["ike_sas"] == []
     r = topo.ping("hosta", topo.hostb_ip, count=1, timeout=5)
     assert r.returncode == 0, r.stdout.decode()  # the triggering packet was queued, not lost
     wait_child(v)
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 def test_ts_narrowing_by_strongswan(ik2_topo, make_charon, vpnds):
     topo = ik2_topo
     ike, esp = PAIRS[0]
     ch = make_charon(topo, "gwb")
-    conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24",
-                          ike=ike, esp=esp, child="site")
-    conn["remote"]["id"] = "%any"
-    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp))
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public, local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24")
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp)
     got = wait_child(v)
     assert got["child"]["local_ts"] == ["10.1.0.0/24"] and got["child"]["remote_ts"] == ["10.2.0.0/24"]
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 @pytest.mark.parametrize("what", ["esp", "ts", "ike"])
 def test_failures_are_logged_with_reason(ik2_topo, make_charon, vpnds, what):
     topo = ik2_topo
     ch = make_charon(topo, "gwb")
-    conn = psk_connection(local=WAN_B, remote=topo.gwa_public,
-                          local_ts="10.77.0.0/16" if what == "ts" else LAN_B, remote_ts=LAN_A,
-                          ike="aes256-sha512-ecp521" if what == "ike" else PAIRS[0][0],
-                          esp="aes256gcm16" if what == "esp" else "aes128-sha256", child="site")
-    conn["remote"]["id"] = "%any"
-    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=PAIRS[0][0], esp="aes128-sha256", start="none"))
+    charon_psk(ch, gwa=topo.gwa_public, local_ts="10.77.0.0/16" if what == "ts" else LAN_B,
+               ike="aes256-sha512-ecp521" if what == "ike" else PAIRS[0][0],
+               esp="aes256gcm16" if what == "esp" else "aes128-sha256")
+    v = vpnd_gwa(topo, vpnds, ike=PAIRS[0][0], esp="aes128-sha256", start="none")
     r = v.ctl("up", name="site")
     assert not r["ok"]
     log = v.log()
@@ -430,12 +380,11 @@ def test_invalid_ke_retry_against_strongswan(ik2_topo, make_charon, vpnds):
     topo = ik2_topo
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike="aes128-sha256-modp2048", esp="aes128-sha256", gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike="aes128-sha256-ecp256-modp2048", esp="aes128-sha256"))
+    v = vpnd_gwa(topo, vpnds, ike="aes128-sha256-ecp256-modp2048", esp="aes128-sha256")
     got = wait_child(v)
     assert got["ike"]["proposal"].endswith("MODP_2048")
     assert "retrying IKE_SA_INIT" in v.log()
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_delete_both_ways(ik2_topo, make_charon, vpnds):
@@ -443,8 +392,7 @@ def test_delete_both_ways(ik2_topo, make_charon, vpnds):
     ike, esp = PAIRS[0]
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="none"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, start="none")
     assert v.ctl("up", name="site")["ok"]
     ch.wait_child("site")
     assert v.ctl("down", name="site")["ok"]
@@ -467,15 +415,13 @@ def test_several_subnets_per_side(ik2_topo, make_charon, vpnds):
     ike, esp = PAIRS[1]
     topo.ip("gwb", "addr add 10.22.0.1/16 dev lan")  # charon routes need a local source in each TS
     ch = make_charon(topo, "gwb")
-    conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts=f"{LAN_B},10.22.0.0/16",
-                          remote_ts=f"{LAN_A},10.11.0.0/16", ike=ike, esp=esp, child="site")
-    conn["remote"]["id"] = "%any"
-    ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+    charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public, local_ts=f"{LAN_B},10.22.0.0/16",
+               remote_ts=f"{LAN_A},10.11.0.0/16")
     v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B,
                                      lts=f"{LAN_A}, 10.11.0.0/16", rts=f"{LAN_B}, 10.22.0.0/16", ike=ike, esp=esp))
     got = wait_child(v)
     assert sorted(got["child"]["remote_ts"]) == ["10.2.0.0/16", "10.22.0.0/16"]
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_initial_contact_after_vpnd_restart(ik2_topo, make_charon, vpnds):
@@ -496,7 +442,7 @@ def test_initial_contact_after_vpnd_restart(ik2_topo, make_charon, vpnds):
     sas = ch.list_sas()
     assert first["ike"]["spi_i"] not in sas and second["ike"]["spi_i"] in sas, sas
     assert sas.count("ESTABLISHED") == 1, sas
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_per_host_trap_and_idle_time(ik2_topo, make_charon, vpnds):
@@ -504,8 +450,7 @@ def test_per_host_trap_and_idle_time(ik2_topo, make_charon, vpnds):
     ike, esp = PAIRS[0]
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="trap", extra="per_host: true\nidle_time: 4"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, start="trap", extra="per_host: true\nidle_time: 4")
     # charon's libipsec routes need a local source inside its TS: talk to gwb's LAN address
     assert topo.ping("hosta", GW_LAN_B, count=1, timeout=5).returncode == 0
     got = wait_child(v)
@@ -528,9 +473,8 @@ def test_dpd_on_demand_with_traffic(ik2_topo, make_charon, vpnds):
     interval, retry = 3, 2
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp,
-                                     extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: on-demand, action: clear}}"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp,
+                 extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: on-demand, action: clear}}")
     wait_child(v)
     topo.wait_ping("hosta", topo.hostb_ip)
     pinger = topo.popen("hosta", ["ping", "-n", "-q", "-i", "0.2", topo.hostb_ip])
@@ -559,8 +503,7 @@ def test_rekey_crossing_strongswan(ik2_topo, make_charon, vpnds, ike_sa):
     ike, esp = PAIRS[0]
     ch = make_charon(topo, "gwb")
     charon_psk(ch, ike=ike, esp=esp, gwa=topo.gwa_public)
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp)
     first = wait_child(v)
     assert first["ike"]["remote"].endswith(":4500")  # libipsec: always NAT-T
     # UDP payload: 4-byte non-ESP marker, then the IKE header: exchange at byte 22, flags at 23
@@ -599,7 +542,7 @@ def test_rekey_crossing_strongswan(ik2_topo, make_charon, vpnds, ike_sa):
     log = v.log()
     assert ("by the peer" in log) if ike_sa else ("rekeyed by the peer meanwhile" in log or "collision" in log), \
         log[-3000:]
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_initial_contact_from_restarted_charon(ik2_topo, make_charon, vpnds):
@@ -607,13 +550,10 @@ def test_initial_contact_from_restarted_charon(ik2_topo, make_charon, vpnds):
     INITIAL_CONTACT instead of keeping two tunnels."""
     topo = ik2_topo
     ike, esp = PAIRS[2]
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="none"))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, start="none")
     def load(c):
         # charon sends INITIAL_CONTACT only towards a definite identity, not %any
-        conn = psk_connection(local=WAN_B, remote=topo.gwa_public, local_ts=LAN_B, remote_ts=LAN_A,
-                              ike=ike, esp=esp, child="site", remote_id=topo.gwa_wan)
-        c.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
+        charon_psk(c, ike=ike, esp=esp, gwa=topo.gwa_public, remote_id=topo.gwa_wan)
 
     ch = make_charon(topo, "gwb")
     load(ch)
@@ -632,7 +572,7 @@ def test_initial_contact_from_restarted_charon(ik2_topo, make_charon, vpnds):
     sas = v.status()["ike_sas"]
     assert len(sas) == 1 and sas[0]["spi_i"] != first["ike"]["spi_i"], sas
     assert "INITIAL_CONTACT" in ch2.log() or "INIT_CONTACT" in ch2.log()
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_rsa_certificates_through_nat(ik2_topo_nat, make_charon, vpnds):
@@ -644,8 +584,7 @@ def test_rsa_certificates_through_nat(ik2_topo_nat, make_charon, vpnds):
     charon_cert(ch, pki, ike=ike, esp=esp, gwa="%any")
     auth = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
             f"    remote_id: \"{DN_B}\"")
-    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, auth=auth))
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, auth=auth)
     got = wait_child(v)
     assert got["ike"]["nat_local"] and got["ike"]["remote_id"] == DN_B
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_ikev2_strongswan import (DN_A, DN_B, PAIRS, _pki, _ping_loss, check_traffic, ik2_topo,  # noqa: F401
+from .test_ikev2_strongswan import (DN_A, DN_B, PAIRS, _pki, _ping_loss, ik2_topo,  # noqa: F401
                                     ik2_topo_nat, vpnd_conf, vpnds, wait_child)
 from .topology import LAN_A, LAN_B, WAN_B
 
@@ -41,7 +41,7 @@ def test_psk_proposal_pairs(ik2_topo, vpnds, ike, esp):
     got_a, got_b = wait_child(a), wait_child(b)
     assert got_a["child"]["spi_in"] == got_b["child"]["spi_out"]
     assert got_a["ike"]["proposal"] == got_b["ike"]["proposal"]
-    check_traffic(topo)
+    topo.check_traffic()
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa256"])
@@ -58,7 +58,7 @@ def test_certificates(ik2_topo, vpnds, kind):
     a = vpnds(topo, "gwa", ca)
     up_timed(a)
     assert wait_child(b)["ike"]["remote_id"] == DN_A
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 def test_rekeys_under_20pps_ping(ik2_topo, vpnds):
@@ -79,7 +79,7 @@ def test_rekeys_under_20pps_ping(ik2_topo, vpnds):
     assert now["ike"]["spi_i"] != first["ike"]["spi_i"] or now["ike"]["spi_r"] != first["ike"]["spi_r"]
     assert (sent, got) == (500, 500), out
     assert len(a.status()["ike_sas"]) == 1 and len(b.status()["ike_sas"]) == 1
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 def test_nat(ik2_topo_nat, vpnds):
@@ -93,7 +93,7 @@ def test_nat(ik2_topo_nat, vpnds):
     ga, gb = wait_child(a), wait_child(b)
     assert ga["ike"]["nat_local"] and gb["ike"]["nat_remote"]
     assert ga["child"]["udp_encap"] and gb["child"]["udp_encap"]
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
 
 
 def test_dpd_kill_and_restart(ik2_topo, vpnds):
@@ -105,7 +105,7 @@ def test_dpd_kill_and_restart(ik2_topo, vpnds):
     b = vpnds(topo, "gwb", cb)
     a = vpnds(topo, "gwa", ca)
     up_timed(a)
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
     b.stop(sig=9)
     t0 = time.monotonic()
     while "is dead" not in a.log():
@@ -114,7 +114,7 @@ def test_dpd_kill_and_restart(ik2_topo, vpnds):
     b2 = vpnds(topo, "gwb", cb)
     wait_child(a, timeout=40)
     wait_child(b2)
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_garbage_never_stops_the_daemon(ik2_topo, vpnds):
@@ -153,9 +153,9 @@ def test_garbage_never_stops_the_daemon(ik2_topo, vpnds):
     topo.run("gwb", [sys.executable, "-c", script, topo.gwa_wan], input=pickle.dumps(blobs), timeout=60)
     assert a.alive() and b.alive()
     assert len(a.status()["ike_sas"]) == 1
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)
     assert a.ctl("rekey", name="site", ike=False)["ok"]
-    check_traffic(topo, mbytes=0.5)
+    topo.check_traffic(mbytes=0.5)
 
 
 def test_both_ends_initiate_at_once(ik2_topo, vpnds):
@@ -196,4 +196,4 @@ def test_both_ends_initiate_at_once(ik2_topo, vpnds):
     assert sa_a[0]["spi_i"] == sa_b[0]["spi_i"] and sa_a[0]["spi_r"] == sa_b[0]["spi_r"]
     assert len(sa_a[0]["child_sas"]) == 1 and len(sa_b[0]["child_sas"]) == 1
     assert sa_a[0]["child_sas"][0]["spi_in"] == sa_b[0]["child_sas"][0]["spi_out"]
-    check_traffic(topo, mbytes=1)
+    topo.check_traffic(mbytes=1)

@@ -15,7 +15,7 @@ import pytest
 from vpnd.control import request
 
 from .topology import HOST_B, LAN_B, Topology
-from .vpnd_proc import Vpnd, gw_links, gw_routes, manual_pair
+from .vpnd_proc import Vpnd, gw_links, gw_routes, ike_config, manual_pair, start_manual_pair
 
 pytestmark = pytest.mark.netns
 
@@ -31,12 +31,7 @@ def pair(topo):
     started: list[Vpnd] = []
 
     def start(**kw):
-        ca, cb = manual_pair(topo, "aes128gcm16", **kw)
-        a, b = Vpnd(topo, "gwa", ca), Vpnd(topo, "gwb", cb)
-        started.extend([a, b])
-        a.start()
-        b.start()
-        return a, b
+        return start_manual_pair(topo, started, "aes128gcm16", **kw)
 
     yield start
     for d in started:
@@ -129,22 +124,8 @@ PSK = "rvw netns PSK 5e884898da28047151d0e56f8dc629"
 def ike_text(topo, role: str, start: str) -> str:
     me, peer, lts, rts = ((topo.gwa_wan, topo.gwb_wan, "10.1.0.0/16", "10.2.0.0/16") if role == "gwa"
                           else (topo.gwb_wan, topo.gwa_public, "10.2.0.0/16", "10.1.0.0/16"))
-    return f"""daemon:
-  tun: vpnd0
-  control_socket: {topo.workdir}/{role}.sock
-  log_level: debug
-connections:
-  site:
-    version: 2
-    local: {me}
-    peer: {peer}
-    psk: "{PSK}"
-    ike: aes256-sha384-ecp384
-    esp: aes256-sha256
-    local_ts: [{lts}]
-    remote_ts: [{rts}]
-    start: {start}
-"""
+    return ike_config(topo, role, version=2, psk=PSK, local=me, peer=peer, lts=lts, rts=rts,
+                      ike="aes256-sha384-ecp384", esp="aes256-sha256", start=start)
 
 
 def test_no_secret_in_debug_logs_or_vpnctl_output(topo, pair):

@@ -324,6 +324,14 @@ class Topology:
             raise TopologyError(f"tcp transfer checksum mismatch: {res}")
         return res
 
+    def check_traffic(self, mbytes: float = 2) -> None:
+        """The tunnel carries both ways between hosta and hostb: ping each way, then a
+        checksummed TCP transfer each way (the interop tests' closing check)."""
+        self.wait_ping("hosta", self.hostb_ip, timeout=10)
+        assert self.ping("hostb", self.hosta_ip, count=3, interval=0.2).returncode == 0
+        self.tcp_transfer("hosta", "hostb", self.hostb_ip, mbytes=mbytes)
+        self.tcp_transfer("hostb", "hosta", self.hosta_ip, mbytes=mbytes, port=5202)
+
     def capture(self, role: str, iface: str, name: str, bpf: str = "") -> Capture:
         """Start tcpdump -w in a namespace; returns once tcpdump listens."""
         path = Path(self.workdir) / name

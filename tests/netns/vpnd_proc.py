@@ -6,6 +6,7 @@ vpnd.cli --config FILE` in a gateway namespace and waits until its control socke
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal as _signal
@@ -109,6 +110,33 @@ def manual_pair(topo, alg: str = "aes128gcm16", *, encap: bool = False, name: st
             side("gwb", WAN_B, topo.gwa_public, LAN_B, LAN_A, a2b, b2a))
 
 
+def ike_config(topo, role: str, *, version: int, psk: str, local: str, peer: str, lts: str, rts: str,
+               ike: str, esp: str, start: str, extra: str = "", auth: str | None = None,
+               name: str = "site", aggressive: bool | None = None, daemon_extra: str = "") -> str:
+    """Config text of one IKE-keyed connection `name` for the vpnd in `role` (debug log),
+    PSK-authenticated unless `auth` gives other `auth:` lines; `extra` / `daemon_extra`:
+    more lines of the connection / the daemon section. The aggressive: line only when
+    `aggressive` is given (IKEv1)."""
+    sock = Path(topo.workdir) / f"{role}.sock"
+    lines = ["daemon:", "  tun: vpnd0", f"  control_socket: {sock}", "  log_level: debug"]
+    lines += [f"  {x}" for x in daemon_extra.splitlines() if x.strip()]
+    lines += ["connections:", f"  {name}:", f"    version: {version}"]
+    if aggressive is not None:
+        lines.append(f"    aggressive: {'true' if aggressive else 'false'}")
+    lines += [
+        f"    local: {local}",
+        f"    peer: {peer}",
+        auth or f"    psk: \"{psk}\"",
+        f"    ike: {ike}",
+        f"    esp: {esp}",
+        f"    local_ts: [{lts}]",
+        f"    remote_ts: [{rts}]",
+        f"    start: {start}",
+    ]
+    lines += [f"    {x}" for x in extra.splitlines() if x.strip()]
+    return "\n".join(lines) + "\n"
+
+
 class Vpnd:
     """One vpnd in a gateway namespace; stderr goes to a log file in the topology's workdir."""
 
@@ -188,6 +216,38 @@ class Vpnd:
     def run_once(self, *extra: str, timeout: float = 30) -> subprocess.CompletedProcess:
         """Run vpnd in the namespace to completion (start-up failures, --check)."""
         return self.topo.run(self.role, self.argv(*extra), check=False, timeout=timeout, env=self.env())
+
+
+@contextlib.contextmanager
+def vpnd_starter(request):
+    """Body of a `vpnds` fixture: yields make(topo, role, config_text) -> a started Vpnd;
+    afterwards each one is stopped, its log attached to the report of a failed test."""
+    started: list[Vpnd] = []
+
+    def make(topo, role, text):
+        v = Vpnd(topo, role, text)
+        started.append(v)
+        return v.start()
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    for v in started:
+        if rep is not None and rep.failed:
+            rep.sections.append((f"vpnd log ({v.role})", v.log()))
+        if v.alive():
+            v.stop()
+
+
+def start_manual_pair(topo, started: list, alg: str = "aes128gcm16", **kw) -> tuple[Vpnd, Vpnd]:
+    """The daemons of manual_pair(topo, alg, **kw) in gwa and gwb, started (gwa first); both
+    are appended to `started` first, so that the caller's teardown stops them even when a
+    start fails."""
+    ca, cb = manual_pair(topo, alg, **kw)
+    a, b = Vpnd(topo, "gwa", ca), Vpnd(topo, "gwb", cb)
+    started.extend([a, b])
+    a.start()
+    b.start()
+    return a, b
 
 
 def gw_links(topo, role: str) -> str:
