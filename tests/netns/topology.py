@@ -381,57 +381,51 @@ def _terminate(p: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
 
 # Small scripts run with `python3 -c` inside namespaces. The client streams N random bytes,
 # the server hashes them and returns the digest, then streams N bytes back with its digest.
-_TCP_SERVER = r"""
-import hashlib, json, os, socket, sys
+# Both start with _TCP_COMMON: reading exactly k bytes, and hashing a stream each way.
+_TCP_COMMON = r"""
+import hashlib, json, os, socket, sys, time
+def recvn(s, k):
+    b = bytearray()
+    while len(b) < k:
+        c = s.recv(min(k - len(b), 1 << 16))
+        if not c: raise EOFError("peer closed")
+        b += c
+    return bytes(b)
+def recv_hashed(s, n):
+    h = hashlib.sha256(); left = n
+    while left:
+        c = s.recv(min(left, 1 << 16))
+        if not c: raise EOFError("peer closed")
+        h.update(c); left -= len(c)
+    return h.digest()
+def send_random(s, n):
+    h = hashlib.sha256(); left = n
+    while left:
+        c = os.urandom(min(left, 1 << 16)); h.update(c); s.sendall(c); left -= len(c)
+    return h.digest()
+"""
+
+_TCP_SERVER = _TCP_COMMON + r"""
 port, timeout = int(sys.argv[1]), float(sys.argv[2])
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind(("0.0.0.0", port)); ls.listen(1); ls.settimeout(timeout)
 print("ready", flush=True)
 s, _ = ls.accept(); s.settimeout(timeout)
-def recvn(k):
-    b = bytearray()
-    while len(b) < k:
-        c = s.recv(min(k - len(b), 1 << 16))
-        if not c: raise EOFError("peer closed")
-        b += c
-    return bytes(b)
-n = int.from_bytes(recvn(8), "big")
-h = hashlib.sha256(); left = n
-while left:
-    c = s.recv(min(left, 1 << 16))
-    if not c: raise EOFError("peer closed")
-    h.update(c); left -= len(c)
-s.sendall(h.digest())
-h2 = hashlib.sha256(); left = n
-while left:
-    c = os.urandom(min(left, 1 << 16)); h2.update(c); s.sendall(c); left -= len(c)
-s.sendall(h2.digest()); s.shutdown(socket.SHUT_WR); s.recv(1)
+n = int.from_bytes(recvn(s, 8), "big")
+s.sendall(recv_hashed(s, n))
+s.sendall(send_random(s, n)); s.shutdown(socket.SHUT_WR); s.recv(1)
 print(json.dumps({"received": n}), flush=True)
 """
 
-_TCP_CLIENT = r"""
-import hashlib, json, os, socket, sys, time
+_TCP_CLIENT = _TCP_COMMON + r"""
 ip, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 t0 = time.monotonic()
 s = socket.create_connection((ip, port), timeout=timeout)
-def recvn(k):
-    b = bytearray()
-    while len(b) < k:
-        c = s.recv(min(k - len(b), 1 << 16))
-        if not c: raise EOFError("peer closed")
-        b += c
-    return bytes(b)
 s.sendall(n.to_bytes(8, "big"))
-h = hashlib.sha256(); left = n
-while left:
-    c = os.urandom(min(left, 1 << 16)); h.update(c); s.sendall(c); left -= len(c)
-up_ok = recvn(32) == h.digest()
-h2 = hashlib.sha256(); left = n
-while left:
-    c = s.recv(min(left, 1 << 16))
-    if not c: raise EOFError("peer closed")
-    h2.update(c); left -= len(c)
-down_ok = recvn(32) == h2.digest()
+sent = send_random(s, n)
+up_ok = recvn(s, 32) == sent
+got = recv_hashed(s, n)
+down_ok = recvn(s, 32) == got
 s.close()
 print(json.dumps({"up_ok": up_ok, "down_ok": down_ok, "bytes": n,
                   "seconds": round(time.monotonic() - t0, 3)}))
