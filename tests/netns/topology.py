@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -288,6 +289,16 @@ class Topology:
             cmd += ["-p", pattern]
         cmd.append(dst)
         return self.run(role, cmd, check=False, timeout=count * (interval or 1) + timeout + 10)
+
+    def ping_counts(self, role: str, dst: str, *, count: int, interval: float,
+                    timeout: float = 60) -> tuple[int, int, str]:
+        """`count` quiet pings every `interval` s; returns (transmitted, received, ping's output)."""
+        out = self.run(role, ["ping", "-n", "-q", "-i", str(interval), "-c", str(count), "-W", "1", dst],
+                       check=False, timeout=timeout).stdout.decode()
+        m = re.search(r"(\d+) packets transmitted, (\d+) (packets )?received", out)
+        if not m:
+            raise TopologyError(f"[{role}] no ping statistics in: {out!r}")
+        return int(m.group(1)), int(m.group(2)), out
 
     def wait_ping(self, role: str, dst: str, timeout: float = 10) -> float:
         """Poll a 1-packet ping until it answers; returns the seconds it took."""
