@@ -502,7 +502,13 @@ class Daemon:
     def _install_child(self, act: InstallChildSA, manual: bool = False) -> Child | None:
         """Inbound first, then the outbound policy (make-before-break for `replaces`), then
         the RRI routes."""
-        if act.child_id in self.children:
+        have = self.children.get(act.child_id)
+        if have is not None and act.outbound and not have.outbound and \
+                [k.spi for k in have.action.inbound] == [k.spi for k in act.inbound]:
+            # the core installed it inbound only and now moves outbound traffic to it (a
+            # rekey responder waits for the initiator's Delete); the inbound SAs stay as they are
+            return self._attach_outbound(have, act)
+        if have is not None:
             self._delete_child(act.child_id, quiet=True)
         try:
             inbound = [self._make_sa(k, act) for k in act.inbound]
@@ -550,6 +556,30 @@ class Daemon:
         if queued:
             self._send_outputs(self.dp.encap_many(queued[0]))
         self._wake(act.connection, "up")
+        return child
+
+    def _attach_outbound(self, child: Child, act: InstallChildSA) -> Child | None:
+        """Second half of a make-before-break install: the outbound policy of `act.replaces`
+        (if it still has one) now sends on this child's outbound SAs."""
+        import dataclasses
+        try:
+            outbound = [self._make_sa(k, act) for k in act.outbound]
+        except ValueError as e:
+            log.error("%s: cannot install outbound SA: %s", act.connection, e)
+            return None
+        old = self.children.get(act.replaces) if act.replaces is not None else None
+        if old is not None and old.policy_id is not None:
+            child.policy_id, old.policy_id = old.policy_id, None
+        else:
+            child.policy_id = act.child_id
+        if old is not None and old.steered:  # transport-mode RRI steering goes along
+            child.steered, old.steered = old.steered, None
+        self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
+        self._restore_trap(act.connection)
+        child.outbound = outbound
+        child.action = dataclasses.replace(child.action, outbound=act.outbound, replaces=act.replaces)
+        log.info("%s: outbound traffic moved to SPI %s", act.connection,
+                 "/".join(f"{k.spi:08x}" for k in act.outbound))
         return child
 
     def _delete_child(self, child_id: int, quiet: bool = False) -> None:

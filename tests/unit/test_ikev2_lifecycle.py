@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from test_ikev2_pair import A_IP, B_IP, Pair, Side
+from vpnd.ike.v2.engine import INBOUND_LINGER
 
 
 def children(side):
@@ -21,6 +22,9 @@ def test_child_rekey_make_before_break():
     (new_a,), (new_b,) = p.check_tunnel()
     assert new_a.child_id != old_a.child_id and new_a.replaces == old_a.child_id
     assert new_b.replaces == old_b.child_id
+    # the old inbound SAs linger a moment for packets still on the way, then go
+    assert old_a.child_id not in p.a.deleted and old_b.child_id not in p.b.deleted
+    p.run(INBOUND_LINGER + 0.01)
     assert old_a.child_id in p.a.deleted and old_b.child_id in p.b.deleted
     assert new_a.inbound[0].spi != old_a.inbound[0].spi
     assert new_a.inbound[0].enc_key != old_a.inbound[0].enc_key

@@ -68,11 +68,11 @@ def _assert_clean(p, tunnel: bool = True):
 
 
 def _still_works(p):
-    n = len(p.b.children)
+    n = len(p.b.installed())
     p.feed(p.a, p.a.m.rekey("site", p.now))
     p.pump()
     p.check_tunnel()
-    assert len(p.b.children) == n
+    assert len(p.b.installed()) == n
 
 
 @SETTINGS

@@ -47,7 +47,9 @@ class Side:
         return [e.kind for e in self.events]
 
     def installed(self):
-        return [c for c in self.children.values()]
+        """Live children; a replaced child whose inbound SA only lingers (a short grace
+        period for packets still on the way) does not count."""
+        return [c for c in self.children.values() if c.child_id not in self.m.v2.lingering]
 
 
 class Pair:

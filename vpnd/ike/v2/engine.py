@@ -28,6 +28,13 @@ from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 INVALID_SPI_INTERVAL = 1.0
 DROP_REPORT_INTERVAL = 10.0
 FAILED_LINGER = 10.0
+# Make-before-break on child rekeys. The responder of a rekey sends on the new SA only once
+# the initiator's Delete of the old one arrives (the initiator installs the new inbound SA
+# before it sends that Delete), or after OUTBOUND_FALLBACK if no Delete comes.
+OUTBOUND_FALLBACK = 5.0
+# A replaced child's inbound SA stays this long after its deletion: packets the peer sent on
+# it just before switching may still be on the way (or queued behind the IKE message).
+INBOUND_LINGER = 2.0
 CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
 
 
@@ -57,6 +64,7 @@ class Ikev2Engine:
         self.persistent: set[str] = set()
         self._drop_reported = float("-inf")
         self._out: list = []
+        self.lingering: dict[int, float] = {}  # child id -> when its inbound SAs go (INBOUND_LINGER)
         self.rand = random.Random(int.from_bytes(rng(8), "big"))
 
     # ------------------------------------------------------------------ helpers for exchanges
@@ -193,13 +201,10 @@ class Ikev2Engine:
     # ------------------------------------------------------------------ children
 
     def install_child(self, sa: IkeSa, child: ChildSa, keys: tuple, now: float,
-                      replaces: int | None = None, outbound: bool = True) -> None:
-        """Emit InstallChildSA; keys = (enc_i2r, auth_i2r, enc_r2i, auth_r2i)."""
-        ch = child.chosen
-        enc_i, auth_i, enc_r, auth_r = keys
-        we_i = child.initiator
-        enc_in, auth_in = (enc_r, auth_r) if we_i else (enc_i, auth_i)
-        enc_out, auth_out = (enc_i, auth_i) if we_i else (enc_r, auth_r)
+                      replaces: int | None = None, outbound: bool = True,
+                      defer_outbound: bool = False) -> None:
+        """Emit InstallChildSA; keys = (enc_i2r, auth_i2r, enc_r2i, auth_r2i). defer_outbound:
+        inbound only for now; activate_outbound() adds the outbound SA later."""
         conn = sa.conn
         lt = conn.lifetime
         child.installed_at = now
@@ -209,9 +214,44 @@ class Ikev2Engine:
             child.expire_at = now + lt.seconds
         child.last_in = child.last_out = now
         sa.children[child.child_id] = child
+        if outbound and defer_outbound:
+            child.out_pending = (keys, replaces)
+            child.out_at = now + OUTBOUND_FALLBACK
+            outbound = False
+        child.has_outbound = outbound
+        self.emit(self._install_action(sa, child, keys, outbound, replaces if outbound else None))
+        ch = child.chosen
+        self.event("child_up", conn.name,
+                   f"CHILD_SA {conn.name}{{{child.child_id}}} established with SPIs "
+                   f"{child.spi_in:08x}_i {child.spi_out:08x}_o and TS "
+                   f"{' '.join(map(str, child.local_ts))} === {' '.join(map(str, child.remote_ts))}",
+                   child_id=child.child_id, proposal=ch.describe(), udp_encap=sa.udp_encap)
+
+    def activate_outbound(self, sa: IkeSa, child: ChildSa, why: str) -> None:
+        """Move outbound traffic to a child installed with defer_outbound: the daemon gets the
+        same InstallChildSA again, now with the outbound keys (inbound stays as it is)."""
+        if child.out_pending is None:
+            return
+        keys, replaces = child.out_pending
+        child.out_pending = child.out_at = None
+        child.has_outbound = True
+        self.emit(self._install_action(sa, child, keys, True, replaces))
+        self.event("child_outbound", sa.conn.name,
+                   f"CHILD_SA {sa.conn.name}{{{child.child_id}}} now carries outbound traffic ({why})",
+                   child_id=child.child_id)
+
+    def _install_action(self, sa: IkeSa, child: ChildSa, keys: tuple, outbound: bool,
+                        replaces: int | None) -> InstallChildSA:
+        ch = child.chosen
+        enc_i, auth_i, enc_r, auth_r = keys
+        we_i = child.initiator
+        enc_in, auth_in = (enc_r, auth_r) if we_i else (enc_i, auth_i)
+        enc_out, auth_out = (enc_i, auth_i) if we_i else (enc_r, auth_r)
+        conn = sa.conn
+        lt = conn.lifetime
         kb = lt.kilobytes or 0
         enc = ch.encryption if ch.protocol == "esp" else None
-        self.emit(InstallChildSA(
+        return InstallChildSA(
             connection=conn.name, child_id=child.child_id, ike_id=sa.ike_id, mode=child.mode,
             local=sa.local, remote=sa.remote, udp_encap=sa.udp_encap, esn=ch.esn,
             replay_window=conn.replay_window,
@@ -221,12 +261,7 @@ class Ikev2Engine:
             outbound=(ChildKeys(child.spi_out, ch.protocol, enc, ch.integrity, enc_out, auth_out),)
             if outbound else (),
             proposal=ch.describe(), lifetime_seconds=lt.seconds,
-            soft_kilobytes=int(kb * 0.9), hard_kilobytes=kb, replaces=replaces))
-        self.event("child_up", conn.name,
-                   f"CHILD_SA {conn.name}{{{child.child_id}}} established with SPIs "
-                   f"{child.spi_in:08x}_i {child.spi_out:08x}_o and TS "
-                   f"{' '.join(map(str, child.local_ts))} === {' '.join(map(str, child.remote_ts))}",
-                   child_id=child.child_id, proposal=ch.describe(), udp_encap=sa.udp_encap)
+            soft_kilobytes=int(kb * 0.9), hard_kilobytes=kb, replaces=replaces)
 
     def rekey_fraction(self, creator: bool) -> float:
         """When to rekey, as a fraction of the lifetime, with jitter (2.8). The side that
@@ -236,10 +271,19 @@ class Ikev2Engine:
             return 0.9 - 0.05 * self.rand.random()
         return 0.96 - 0.02 * self.rand.random()
 
-    def remove_child(self, sa: IkeSa, child: ChildSa, reason: str) -> None:
+    def remove_child(self, sa: IkeSa, child: ChildSa, reason: str, now: float | None = None) -> None:
         if sa.children.pop(child.child_id, None) is None:
             return
-        self.emit(DeleteChildSA(child.child_id))
+        child.out_pending = child.out_at = None
+        succ = sa.children.get(child.rekeyed_by) if child.rekeyed_by is not None else None
+        if succ is not None and succ.out_pending is not None and succ.state in ("INSTALLED", "REKEYING"):
+            # the old SA goes: its successor must carry the traffic from now on
+            self.activate_outbound(sa, succ, f"{{{child.child_id}}} deleted")
+        if now is not None and succ is not None and succ.has_outbound:
+            # replaced: the peer may still have packets on the way on the old SA
+            self.lingering[child.child_id] = now + INBOUND_LINGER
+        else:
+            self.emit(DeleteChildSA(child.child_id))
         self.event("child_down", sa.conn.name,
                    f"CHILD_SA {sa.conn.name}{{{child.child_id}}} deleted ({reason})",
                    child_id=child.child_id)
@@ -261,7 +305,7 @@ class Ikev2Engine:
         if sa.ike_id not in self.sas:
             return
         for ch in list(sa.children.values()):
-            self.remove_child(sa, ch, reason)
+            self.remove_child(sa, ch, reason, now)
         was_up = sa.established_at is not None
         if sa.pending is not None and hasattr(sa.pending.task, "abort"):
             sa.pending.task.abort(self, sa)
@@ -542,7 +586,7 @@ class Ikev2Engine:
     # ------------------------------------------------------------------ timers
 
     def next_timer(self) -> float | None:
-        times: list[float] = list(self.retry_at.values())
+        times: list[float] = list(self.retry_at.values()) + list(self.lingering.values())
         for sa in self.sas.values():
             if sa.state == "FAILED":
                 times.append(sa.expire_at)
@@ -565,7 +609,7 @@ class Ikev2Engine:
             if ka:
                 times.append(max(sa.last_sent, sa.last_keepalive) + ka)
             for ch in sa.children.values():
-                for t in (ch.rekey_at, ch.expire_at):
+                for t in (ch.rekey_at, ch.expire_at, ch.out_at):
                     if t is not None:
                         times.append(t)
                 if sa.conn.idle_time:
@@ -581,6 +625,10 @@ class Ikev2Engine:
         return max((ch.last_in for ch in sa.children.values()), default=0.0)
 
     def handle_timer(self, now: float) -> list:
+        for child_id, t in list(self.lingering.items()):
+            if t <= now:
+                del self.lingering[child_id]
+                self.emit(DeleteChildSA(child_id))
         for name, t in list(self.retry_at.items()):
             if t <= now:
                 del self.retry_at[name]
@@ -641,6 +689,8 @@ class Ikev2Engine:
             sa.rekey_at = None
             self.queue(sa, exchange_child.RekeyIkeTask(), now)
         for ch in list(sa.children.values()):
+            if ch.out_at is not None and now >= ch.out_at and ch.state in ("INSTALLED", "REKEYING"):
+                self.activate_outbound(sa, ch, "no Delete of the old SA came")
             if ch.expire_at is not None and now >= ch.expire_at:
                 ch.expire_at = None
                 self._delete_child(sa, ch, now, "lifetime expired")

@@ -90,10 +90,11 @@ def child_request(e, sa: IkeSa, conn, *, ts_hint=None, in_auth=False, rekey: Chi
 
 
 def _holder(sa: IkeSa, child: ChildSa | None) -> int | None:
-    """The child that carries `child`'s outbound traffic now (it may have been rekeyed)."""
+    """The child that carries `child`'s outbound traffic now (it may have been rekeyed; a
+    successor that does not send yet, see ChildSa.out_pending, does not count)."""
     seen = set()
     while child is not None and child.rekeyed_by is not None and child.rekeyed_by in sa.children \
-            and child.child_id not in seen:
+            and sa.children[child.rekeyed_by].has_outbound and child.child_id not in seen:
         seen.add(child.child_id)
         child = sa.children[child.rekeyed_by]
     return child.child_id if child is not None else None
@@ -340,6 +341,7 @@ class CreateChildTask:
             red = sa.children.get(collision["child"])
             if red is not None:
                 red.state = "REKEYED"  # the peer deletes its redundant SA
+                red.out_pending = red.out_at = None  # and we never send on it
         from vpnd.ike.v2.exchange_info import DeleteChildTask
 
         old.state = "DELETING"
@@ -513,7 +515,10 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
                     sa.queue.remove(t)
             old.state = "REKEYED"
             # the peer deletes the old SA; if it does not, its lifetime still ends it
-    e.install_child(sa, child, keymat, now, replaces=_holder(sa, old) if old is not None else None)
+    # make-before-break (2.8): the initiator installs the new SA only when our answer arrives,
+    # so we keep sending on the old SA until its Delete shows the new one is in place
+    e.install_child(sa, child, keymat, now, replaces=_holder(sa, old) if old is not None else None,
+                    defer_outbound=old is not None)
     if old is not None:
         old.rekeyed_by = child.child_id
     e.respond(sa, c.CREATE_CHILD_SA, mid, out, now)

@@ -34,7 +34,7 @@ class DeleteChildTask:
         return [Delete(c.PROTO_IDS[self.child.protocol], [struct.pack("!I", self.child.spi_in)])]
 
     def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
-        e.remove_child(sa, self.child, "deleted")
+        e.remove_child(sa, self.child, "deleted", now)
 
 
 class DeleteIkeTask:
@@ -119,7 +119,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
                 continue
             if child.state != "DELETING":
                 ours.append(struct.pack("!I", child.spi_in))  # 1.4.1: answer with our half
-            e.remove_child(sa, child, "deleted by peer")
+            e.remove_child(sa, child, "deleted by peer", now)
         if ours:
             answer.append(Delete(d.protocol, ours))
     for n in payloads:

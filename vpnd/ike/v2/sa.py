@@ -55,6 +55,11 @@ class ChildSa:
     last_out: float = 0.0
     rekeyed_by: int | None = None  # child that replaced this one
     collision: dict | None = None  # peer's simultaneous rekey of this child (2.8.1)
+    has_outbound: bool = False  # the data plane sends on it (installed with outbound keys)
+    # responder of a child rekey: outbound keys held back until the initiator's Delete of the
+    # old SA shows it has installed the new inbound SA, or until out_at (fallback)
+    out_pending: tuple | None = None  # (keymat, child id whose outbound traffic moves here)
+    out_at: float | None = None
 
     def __repr__(self) -> str:
         return f"ChildSa({self.child_id}, {self.name}, in={self.spi_in:08x}, out={self.spi_out:08x}, {self.state})"
