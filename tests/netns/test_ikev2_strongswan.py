@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import signal
 import subprocess
 import time
@@ -22,7 +23,7 @@ from .vpnd_proc import Vpnd, ike_config, vpnd_starter
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan]
 
 PSK = "ikev2 interop key 0123456789"
-PREFIX = "ik2"
+PREFIX = os.environ.get("IK2_PREFIX", "ik2")  # parallel runs by several engineers: own names
 
 PAIRS = [
     ("aes128-sha256-modp2048", "aes128-sha256"),
