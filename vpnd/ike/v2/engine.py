@@ -305,7 +305,7 @@ class Ikev2Engine:
         if sa.ike_id not in self.sas:
             return
         for ch in list(sa.children.values()):
-            self.remove_child(sa, ch, reason, now)
+            self.remove_child(sa, ch, reason)  # the whole tunnel goes: no linger
         was_up = sa.established_at is not None
         if sa.pending is not None and hasattr(sa.pending.task, "abort"):
             sa.pending.task.abort(self, sa)
