@@ -229,6 +229,8 @@ def test_rekeys_under_20pps_ping_lose_nothing(ik2_topo, make_charon, vpnds, who)
     assert now["child"]["spi_in"] != first["child"]["spi_in"], "no CHILD_SA rekey happened"
     assert now["ike"]["spi_i"] != first["ike"]["spi_i"], "no IKE SA rekey happened"
     assert sent == 500 and got == 500, out
+    # make-before-break on vpnd's side: no ESP packet met it without the SA it was sent on
+    assert "with unknown SPI" not in v.log(), v.log()[-3000:]
     assert len(v.status()["ike_sas"]) == 1
     topo.check_traffic(mbytes=1)
 

@@ -76,6 +76,9 @@ def test_rekeys_under_20pps_ping(ik2_topo, vpnds):
     assert now["child"]["spi_in"] != first["child"]["spi_in"]
     assert now["ike"]["spi_i"] != first["ike"]["spi_i"] or now["ike"]["spi_r"] != first["ike"]["spi_r"]
     assert (sent, got) == (500, 500), out
+    # make-before-break: no ESP packet ever met a side without the SA it was sent on
+    for side in (a, b):
+        assert "with unknown SPI" not in side.log(), side.log()[-3000:]
     assert len(a.status()["ike_sas"]) == 1 and len(b.status()["ike_sas"]) == 1
     topo.check_traffic(mbytes=1)
 
