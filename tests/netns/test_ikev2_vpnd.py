@@ -185,14 +185,16 @@ def test_both_ends_initiate_at_once(ik2_topo, vpnds):
     for t in threads:
         t.join(timeout=40)
     assert results.get("a", {}).get("ok") and results.get("b", {}).get("ok"), results
-    logs = a.log() + b.log()
-    assert "(both ends initiated): deleting it" in logs, logs[-3000:]
+    # `up` returns once the connection has a CHILD_SA, which may be the one the peer
+    # initiated while this end's own crossing IKE_AUTH is still in flight: the duplicate
+    # exists (and is deleted) only after that completes, so wait for the settled state.
     deadline = time.monotonic() + 10
     while True:
+        logs = a.log() + b.log()
         sa_a, sa_b = a.status()["ike_sas"], b.status()["ike_sas"]
-        if len(sa_a) == 1 and len(sa_b) == 1:
+        if "(both ends initiated): deleting it" in logs and len(sa_a) == 1 and len(sa_b) == 1:
             break
-        assert time.monotonic() < deadline, (sa_a, sa_b)
+        assert time.monotonic() < deadline, (sa_a, sa_b, logs[-3000:])
         time.sleep(0.2)
     assert sa_a[0]["spi_i"] == sa_b[0]["spi_i"] and sa_a[0]["spi_r"] == sa_b[0]["spi_r"]
     assert len(sa_a[0]["child_sas"]) == 1 and len(sa_b[0]["child_sas"]) == 1
