@@ -116,7 +116,12 @@ class Net:
         return [x for x in self.of(side, Event) if kind is None or x.kind == kind]
 
     def installs(self, side):
-        return self.of(side, InstallChildSA)
+        """Completed SA pairs; a Quick Mode responder's inbound-only first half (installed with
+        message 2) is in inbound_only()."""
+        return [x for x in self.of(side, InstallChildSA) if x.outbound]
+
+    def inbound_only(self, side):
+        return [x for x in self.of(side, InstallChildSA) if not x.outbound]
 
     def live_children(self, side):
         ids = [i.child_id for i in self.installs(side)]

@@ -287,8 +287,9 @@ def test_commit_bit_waits_for_connected():
     net.a._encrypted_raw = with_commit
     net.feed(net.a, net.a.initiate("site", 0.0))
     net.advance(1)
-    order = [s for s, x in net.log if isinstance(x, InstallChildSA)]
-    assert order == ["B", "A"], order  # B installs on HASH(3), A on B's CONNECTED
+    order = [(s, bool(x.outbound)) for s, x in net.log if isinstance(x, InstallChildSA)]
+    # B installs inbound with message 2, outbound on HASH(3); A only on B's CONNECTED
+    assert order == [("B", False), ("B", True), ("A", True)], order
     assert len(net.live_children("A")) == 1 and len(net.live_children("B")) == 1
 
 

@@ -684,7 +684,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         del self.sas[sa.cky_i]
         for k in [k for k in self._alts if k[:8] == sa.cky_i]:
             del self._alts[k]  # they lived only as long as the half-open SA they shadowed
-        self.qms.pop(sa.ike_id, None)
+        for qm in self.qms.pop(sa.ike_id, {}).values():
+            self._qm_abandon(sa, qm)  # answered Quick Modes lose their inbound-only SAs
         self._done_mids.pop(sa.ike_id, None)
         for c in self.children.values():
             if c.state == "REKEYING" and c.ike_id == sa.ike_id:

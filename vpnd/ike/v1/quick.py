@@ -12,11 +12,11 @@ import ipaddress
 
 from vpnd.crypto import dh
 from vpnd.ike import codec
-from vpnd.ike.actions import ChildKeys, InstallChildSA
+from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys, policy
 from vpnd.ike.v1 import payloads as P
-from vpnd.ike.v1.state import Child, IsakmpSA, QuickMode
+from vpnd.ike.v1.state import Child, IsakmpSA, QuickMode, describe_transforms
 
 NONCE_LEN = 32
 
@@ -304,6 +304,12 @@ class QuickMixin:
         self._qm_by_mid(sa)[mid] = qm
         qm.state = "QM_SENT2"
         qm.retx = self._make_retx(sa, data, now, expect_reply=True)
+        # The initiator sends on the new SA as soon as it has sent HASH(3); if we waited for
+        # HASH(3) to receive on it, a delayed or lost message 3 would drop those packets. So
+        # the inbound half goes in now, the outbound half when message 3 proves the peer
+        # has the keys (as Cisco and strongSwan do); _qm_abandon removes it if it never comes.
+        qm.child_id = self._new_id()
+        self._out.append(self._qm_action(sa, qm, *self._qm_keys(sa, qm), outbound_too=False))
         self._out_send(sa, data)
 
     def _qm_r_msg3(self, sa: IsakmpSA, qm: QuickMode, hdr, plain: bytes, pls: list, now: float):
@@ -339,12 +345,36 @@ class QuickMixin:
                     lst.append(ChildKeys(int.from_bytes(spi, "big"), "ah", None, x.integ, b"", km[:ik]))
         return tuple(inbound), tuple(outbound)
 
+    def _qm_action(self, sa: IsakmpSA, qm: QuickMode, inbound, outbound, *,
+                   replaces: int | None = None, outbound_too: bool = True) -> InstallChildSA:
+        return InstallChildSA(
+            connection=qm.conn.name, child_id=qm.child_id, ike_id=sa.ike_id,
+            mode=qm.chosen[0].mode, local=sa.local, remote=sa.remote, udp_encap=sa.nat,
+            esn=qm.chosen[0].esn, replay_window=qm.conn.replay_window,
+            local_ts=(qm.local_ts,), remote_ts=(qm.remote_ts,), inbound=inbound,
+            outbound=outbound if outbound_too else (), proposal=describe_transforms(qm.chosen),
+            lifetime_seconds=qm.life_s,
+            soft_kilobytes=int(qm.life_kb * 0.9) if qm.life_kb else 0, hard_kilobytes=qm.life_kb,
+            replaces=replaces)
+
+    def _qm_abandon(self, sa: IsakmpSA, qm: QuickMode) -> None:
+        """A Quick Mode we answered ends without message 3 (timeout, ISAKMP SA gone): its
+        inbound-only SA, installed with message 2, goes."""
+        if qm.initiator or qm.state != "QM_SENT2" or qm.child_id is None:
+            return
+        self._out.append(DeleteChildSA(qm.child_id))
+        for spi in qm.spis_in.values():
+            self._spis_in.discard(int.from_bytes(spi, "big"))
+        qm.child_id = None
+
     def _qm_install(self, sa: IsakmpSA, qm: QuickMode, now: float) -> None:
         conn = qm.conn
         inbound, outbound = self._qm_keys(sa, qm)
         mode = qm.chosen[0].mode
         udp = sa.nat
-        child_id = self._new_id()
+        if qm.child_id is None:
+            qm.child_id = self._new_id()
+        child_id = qm.child_id
         replaces = qm.rekey_of
         redundant = None  # the pair this one lost the tie-break against
         nonce_key = min(qm.ni, qm.nr)
@@ -391,13 +421,9 @@ class QuickMixin:
             redundant.standby = True
         self.children[child_id] = child
         desc = child.proposal()
-        self._out.append(InstallChildSA(
-            connection=conn.name, child_id=child_id, ike_id=sa.ike_id, mode=mode,
-            local=sa.local, remote=sa.remote, udp_encap=udp, esn=qm.chosen[0].esn,
-            replay_window=conn.replay_window, local_ts=(qm.local_ts,), remote_ts=(qm.remote_ts,),
-            inbound=inbound, outbound=outbound, proposal=desc, lifetime_seconds=life_s,
-            soft_kilobytes=int(qm.life_kb * 0.9) if qm.life_kb else 0, hard_kilobytes=qm.life_kb,
-            replaces=replaces))
+        # a responder's inbound half is in place since message 2: the daemon adds the
+        # outbound half to it (same child_id and inbound SPIs)
+        self._out.append(self._qm_action(sa, qm, inbound, outbound, replaces=replaces))
         spi_text = "/".join(f"{_protocol_name(x.protocol)} in {qm.spis_in[x.protocol].hex()} "
                             f"out {qm.spis_out[x.protocol].hex()}" for x in qm.chosen)
         self._event("child_up", conn.name, f"IPsec SA {qm.local_ts} <-> {qm.remote_ts} installed "
@@ -489,6 +515,7 @@ class QuickMixin:
     def _qm_failed(self, sa: IsakmpSA, qm: QuickMode, now: float) -> None:
         """A Quick Mode we started failed: forget it; a rekey is tried again later (the old
         pair still carries traffic), a first SA when the connection wants to be up."""
+        self._qm_abandon(sa, qm)
         self._qm_by_mid(sa).pop(qm.mid, None)
         sa.p2_iv.pop(qm.mid, None)
         old = self.children.get(qm.rekey_of) if qm.rekey_of is not None else None

@@ -161,11 +161,16 @@ class Child:
         return f"Child({self.child_id}, {self.state})"
 
     def proposal(self) -> str:
-        esp = [x for x in self.transforms if x.protocol == 3]
-        ah = [x for x in self.transforms if x.protocol == 2]
-        if esp:
-            text = esp[0].describe()
-            if ah:
-                text += "/AH:" + ah[0].describe()[3:]
-            return text
-        return ah[0].describe() if ah else ""
+        return describe_transforms(self.transforms)
+
+
+def describe_transforms(transforms) -> str:
+    """The negotiated bundle as status shows it: ESP's algorithms, then AH's."""
+    esp = [x for x in transforms if x.protocol == 3]
+    ah = [x for x in transforms if x.protocol == 2]
+    if esp:
+        text = esp[0].describe()
+        if ah:
+            text += "/AH:" + ah[0].describe()[3:]
+        return text
+    return ah[0].describe() if ah else ""
