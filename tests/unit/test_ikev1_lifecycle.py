@@ -42,6 +42,7 @@ def test_volume_soft_limit_rekeys():
     c = net.installs("A")[0]
     assert c.soft_kilobytes and c.hard_kilobytes and c.soft_kilobytes < c.hard_kilobytes
     net.feed(net.a, net.a.child_expiring(c.child_id, False, net.now))
+    net.advance(2)  # the rekey initiator's outbound half follows after OUTBOUND_SETTLE
     assert len(net.installs("A")) == 2 and net.installs("A")[1].replaces == c.child_id
 
 
@@ -56,6 +57,7 @@ def test_isakmp_rekey_keeps_ipsec_sas():
     assert not net.of("A", DeleteChildSA) and not net.of("B", DeleteChildSA)
     # Quick Mode works over the new ISAKMP SA
     net.feed(net.a, net.a.rekey("site", net.now))
+    net.advance(2)
     assert len(net.installs("A")) == 2 and len(net.installs("B")) == 2
 
 
@@ -64,6 +66,7 @@ def test_manual_rekey_commands():
     net.feed(net.a, net.a.rekey("site", net.now, ike=True))
     assert len(net.a.sas) == 1 and len(net.events("A", "ike_up")) == 2
     net.feed(net.b, net.b.rekey("site", net.now))  # the responder may rekey too
+    net.advance(2)
     assert len(net.installs("B")) == 2
 
 
@@ -288,8 +291,9 @@ def test_commit_bit_waits_for_connected():
     net.feed(net.a, net.a.initiate("site", 0.0))
     net.advance(1)
     order = [(s, bool(x.outbound)) for s, x in net.log if isinstance(x, InstallChildSA)]
-    # B installs inbound with message 2, outbound on HASH(3); A only on B's CONNECTED
-    assert order == [("B", False), ("B", True), ("A", True)], order
+    # B installs inbound with message 2, outbound on HASH(3); A inbound with message 2,
+    # outbound only on B's CONNECTED
+    assert order == [("B", False), ("A", False), ("B", True), ("A", True)], order
     assert len(net.live_children("A")) == 1 and len(net.live_children("B")) == 1
 
 

@@ -1,12 +1,15 @@
 """Quick Mode installs without a one-way window: the responder receives on a new SA from the
 moment it sends message 2 (the initiator sends on it right after message 3), sends on it
-only after message 3, and forgets the inbound half if message 3 never comes.
+only after message 3, and forgets the inbound half if message 3 never comes. A rekey
+initiator receives on the new SA from message 2 on and sends on it only OUTBOUND_SETTLE
+later (a strongSwan responder installs on message 3, in another thread than its ESP).
 
 A model of both data planes replays every action the cores emit, in the order they emit
 them, with the daemon's rules (vpnd/daemon.py _install_child: a repeated InstallChildSA of a
 child installed inbound only adds its outbound side; `replaces` moves the outbound policy)."""
 from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram
 from vpnd.ike.v1 import constants as C
+from vpnd.ike.v1.quick import OUTBOUND_SETTLE
 
 from test_ikev1_harness import pair
 
@@ -75,7 +78,10 @@ def test_responder_receives_before_initiator_sends():
     # every pair of B's was first installed inbound only, before A got message 2
     full_b = net.installs("B")
     assert {x.child_id for x in net.inbound_only("B")} == {x.child_id for x in full_b}
-    assert not net.inbound_only("A")
+    # A's rekeys too (its first pair, with nothing to replace, goes in whole)
+    first_a = net.installs("A")[0]
+    assert first_a.replaces is None and first_a.child_id not in {x.child_id for x in net.inbound_only("A")}
+    assert {x.child_id for x in net.inbound_only("A")} == {x.child_id for x in net.installs("A")[1:]}
     dp = _replay(net)
     assert not dp.violations, dp.violations[:3]
     assert len(net.live_children("A")) == 1 and len(net.live_children("B")) == 1
@@ -121,3 +127,26 @@ def test_inbound_half_removed_with_its_isakmp_sa():
     net.feed(net.b, net.b.terminate("site", net.now))
     assert half[0].child_id in {d.child_id for d in net.of("B", DeleteChildSA)}
     assert sa.cky_i not in net.b.sas
+
+
+def test_rekey_initiator_keeps_old_outbound_until_settled():
+    net = pair()
+    old = net.installs("A")[0]
+    net.feed(net.a, net.a.child_expiring(old.child_id, False, net.now))
+    half = net.inbound_only("A")
+    assert len(half) == 1 and half[0].replaces == old.child_id
+    # B has both halves (HASH(3) arrived); A still sends on the old pair
+    assert len(net.installs("B")) == 2 and len(net.installs("A")) == 1
+    start = net.now
+    net.advance(OUTBOUND_SETTLE / 2)
+    assert len(net.installs("A")) == 1
+    net.advance(OUTBOUND_SETTLE)
+    new = net.installs("A")[1]
+    assert new.child_id == half[0].child_id and new.replaces == old.child_id
+    assert [k.spi for k in new.inbound] == [k.spi for k in half[0].inbound]
+    # the old pair is not deleted before the new one carries A's traffic
+    assert not net.of("A", DeleteChildSA) and net.now - start < OUTBOUND_SETTLE * 2
+    net.advance(30)
+    assert old.child_id in {d.child_id for d in net.of("A", DeleteChildSA)}
+    assert not _replay(net).violations
+    assert net.live_children("A") == [new.child_id]

@@ -186,7 +186,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 if qm.retx and qm.retx.due is not None:
                     times.append(qm.retx.due)
         for c in self.children.values():
-            for t in (c.rekey_at if c.state == "INSTALLED" else None, c.expire_at, c.delete_at):
+            for t in (c.rekey_at if c.state == "INSTALLED" else None, c.expire_at, c.delete_at,
+                      c.attach_at):
                 if t is not None:
                     times.append(t)
             if c.conn.idle_time:
@@ -226,6 +227,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         return self._end()
 
     def _child_timers(self, c, now: float) -> None:
+        if c.attach_at is not None and now >= c.attach_at:
+            self._out.append(c.attach)
+            c.attach_at = c.attach = None
         if c.delete_at is not None and now >= c.delete_at:
             self._delete_child(c, now, reason="replaced by rekeyed SA", notify_peer=c.initiator)
         elif c.expire_at is not None and now >= c.expire_at:

@@ -21,6 +21,12 @@ from vpnd.ike.v1.state import Child, IsakmpSA, QuickMode, describe_transforms
 NONCE_LEN = 32
 
 
+# A rekey initiator sends on the new SA this long after HASH(3): the responder installs its
+# inbound SA when message 3 arrives, and strongSwan handles IKE and ESP in different
+# threads, so ESP sent at once can overtake it. The old SA carries the traffic meanwhile.
+OUTBOUND_SETTLE = 1.0
+
+
 class QuickFailed(Exception):
     def __init__(self, message: str, notify: int | None = None):
         super().__init__(message)
@@ -192,11 +198,14 @@ class QuickMixin:
         data = self._encrypted_raw(sa, C.EXCH_QUICK, qm.mid, C.PL_HASH, codec.payload_header(0, len(h3)) + h3)
         self._out_send(sa, data)
         qm.retx = self._make_retx(sa, data, now, expect_reply=False)
+        qm.child_id = self._new_id()
         if hdr.flags & codec.FLAG_V1_COMMIT:
-            # the responder wants us to wait for its CONNECTED notify (RFC 2408 3.1)
+            # the responder wants us to wait for its CONNECTED notify (RFC 2408 3.1): it may
+            # send on the new SA from HASH(3) on, we send on it from CONNECTED on
             qm.commit = True
             qm.state = "QM_WAIT_CONNECTED"
             qm.retx.due = now + self.retransmit_base
+            self._out.append(self._qm_action(sa, qm, *self._qm_keys(sa, qm), outbound_too=False))
             return
         qm.state = "QM_DONE"
         self._qm_install(sa, qm, now)
@@ -359,8 +368,9 @@ class QuickMixin:
 
     def _qm_abandon(self, sa: IsakmpSA, qm: QuickMode) -> None:
         """A Quick Mode we answered ends without message 3 (timeout, ISAKMP SA gone): its
-        inbound-only SA, installed with message 2, goes."""
-        if qm.initiator or qm.state != "QM_SENT2" or qm.child_id is None:
+        inbound-only SA, installed with message 2, goes; so does that of an initiator which
+        waited in vain for CONNECTED."""
+        if qm.state not in ("QM_SENT2", "QM_WAIT_CONNECTED") or qm.child_id is None:
             return
         self._out.append(DeleteChildSA(qm.child_id))
         for spi in qm.spis_in.values():
@@ -423,7 +433,18 @@ class QuickMixin:
         desc = child.proposal()
         # a responder's inbound half is in place since message 2: the daemon adds the
         # outbound half to it (same child_id and inbound SPIs)
-        self._out.append(self._qm_action(sa, qm, inbound, outbound, replaces=replaces))
+        full = self._qm_action(sa, qm, inbound, outbound, replaces=replaces)
+        if qm.initiator and not qm.commit and redundant is None and replaces in self.children:
+            # rekey initiator: receive now, send a moment later (OUTBOUND_SETTLE), but well
+            # before the old pair expires (its Delete would drop our packets still on it)
+            self._out.append(self._qm_action(sa, qm, inbound, outbound, replaces=replaces,
+                                             outbound_too=False))
+            old_exp = self.children[replaces].expire_at
+            delay = OUTBOUND_SETTLE if old_exp is None else \
+                min(OUTBOUND_SETTLE, max(0.0, old_exp - now) / 2)
+            child.attach_at, child.attach = now + delay, full
+        else:
+            self._out.append(full)
         spi_text = "/".join(f"{_protocol_name(x.protocol)} in {qm.spis_in[x.protocol].hex()} "
                             f"out {qm.spis_out[x.protocol].hex()}" for x in qm.chosen)
         self._event("child_up", conn.name, f"IPsec SA {qm.local_ts} <-> {qm.remote_ts} installed "

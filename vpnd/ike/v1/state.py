@@ -156,6 +156,8 @@ class Child:
     pfs_group: str | None = None
     nonce_key: bytes = b""  # the lower of its Quick Mode's two nonces: tie-break between duplicates
     standby: bool = False  # REKEYED until the peer deletes it or the pair that stands in for it
+    attach_at: float | None = None  # a rekey initiator's outbound half goes in then
+    attach: object = None  # the full InstallChildSA to emit at attach_at (holds keys)
 
     def __repr__(self) -> str:
         return f"Child({self.child_id}, {self.state})"
