@@ -574,6 +574,14 @@ class Daemon:
             child.policy_id = act.child_id
         if old is not None and old.steered:  # transport-mode RRI steering goes along
             child.steered, old.steered = old.steered, None
+        elif act.mode == "transport" and self.routes is not None and \
+                not any(c.steered == act.remote[0] for c in self.children.values()):
+            # a first SA installed inbound-only (IKEv1 Quick Mode responder): the host's own
+            # traffic to the peer is steered into the TUN only now that it can be sent
+            conn = self._conn(act.connection)
+            if conn is not None and RouteOptions.from_config(conn.rri).enabled:
+                child.steered = act.remote[0]
+                self.routes.steer(act.remote[0], act.local[0], RouteOptions.from_config(conn.rri))
         self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
         self._restore_trap(act.connection)
         child.outbound = outbound
