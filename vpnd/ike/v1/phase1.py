@@ -318,13 +318,22 @@ class Phase1Mixin:
         sa.state = "MM_KEY_EXCH"
         self._send(sa, self._encrypted(sa, C.EXCH_MAIN, 0, body), now, expect_reply=True)
 
-    def _mm_i_msg6(self, sa: IsakmpSA, hdr, pls, now):
-        if sa.policy.auth != C.AUTH_RSA_ENCR:
-            idp = _first(pls, P.ID)
-            if idp is None:
-                raise Phase1Failed("ID missing in message 6", C.N_PAYLOAD_MALFORMED)
+    def _take_peer_id(self, sa: IsakmpSA, pls, message: int) -> None:
+        """Main Mode message 5/6: the peer's ID, in the clear of the encrypted body (with
+        rsa-encr it came encrypted in message 3/4 already, RFC 2409 5.2)."""
+        if sa.policy.auth == C.AUTH_RSA_ENCR:
+            return
+        idp = _first(pls, P.ID)
+        if idp is None:
+            raise Phase1Failed(f"ID missing in message {message}", C.N_PAYLOAD_MALFORMED)
+        if message == 5:
+            sa.id_i = idp.encode()
+        else:
             sa.id_r = idp.encode()
-            sa.peer_id = idp
+        sa.peer_id = idp
+
+    def _mm_i_msg6(self, sa: IsakmpSA, hdr, pls, now):
+        self._take_peer_id(sa, pls, 6)
         self._verify_auth(sa, pls, from_initiator=False)
         self._p1_established(sa, now)
 
@@ -483,12 +492,7 @@ class Phase1Mixin:
         self._send(sa, self._plain(sa, C.EXCH_MAIN, 0, body), now, expect_reply=False)
 
     def _mm_r_msg5(self, sa: IsakmpSA, hdr, pls, now):
-        if sa.policy.auth != C.AUTH_RSA_ENCR:
-            idp = _first(pls, P.ID)
-            if idp is None:
-                raise Phase1Failed("ID missing in message 5", C.N_PAYLOAD_MALFORMED)
-            sa.id_i = idp.encode()
-            sa.peer_id = idp
+        self._take_peer_id(sa, pls, 5)
         self._verify_auth(sa, pls, from_initiator=True)
         if sa.policy.auth == C.AUTH_RSA_ENCR:
             body = [P.Hash(keys.auth_hash(sa.policy.hash, sa.keys.skeyid, initiator=False, gxi=sa.gxi,
