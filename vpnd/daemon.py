@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, SendDatagram,
                               UpdateChildAddresses)
+from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
 from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
@@ -1148,7 +1149,7 @@ def _level(name) -> int:
 
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s vpnd[%(process)d] %(levelname)s %(message)s",
+    handler.setFormatter(SafeFormatter("%(asctime)s vpnd[%(process)d] %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
     for h in list(root.handlers):
