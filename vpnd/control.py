@@ -21,9 +21,12 @@ import stat
 
 log = logging.getLogger("vpnd.control")
 
-MAX_REQUEST = 64 * 1024
-MAX_CLIENTS = 32      # connections served at once; more are answered with an error and closed
-IDLE_TIMEOUT = 120.0  # seconds a connection may sit without sending a complete request
+MAX_REQUEST = 64 * 1024  # bytes of one request line (the StreamReader's limit)
+# Connections held at once. At the cap a new connection evicts the client that has waited
+# longest without a complete request, so idle clients can never lock vpnctl out; only
+# clients whose commands are running count for good, and those sent valid commands.
+MAX_CLIENTS = 64
+IDLE_TIMEOUT = 5.0  # seconds a connection may sit without a complete request line
 COMMANDS = ("status", "up", "down", "rekey", "reload")
 
 
@@ -31,10 +34,26 @@ class ProtocolError(Exception):
     """A request that is not a valid command (message is the reason sent back)."""
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def parse_request(line: bytes) -> dict:
     """Validate one request line; returns {"command": ..., "name"?: str, "ike"?: bool}."""
     try:
-        req = json.loads(line)
+        req = json.loads(line, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        # {"command":"status","command":"reload"} must not quietly run the last one
+        raise ProtocolError(f"duplicate key {str(e)[:40]!r} in request") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("request is not valid JSON") from None
     except RecursionError:  # "[[[[..." within MAX_REQUEST nests deeper than the parser goes
@@ -97,7 +116,8 @@ class ControlServer:
         self.handler = handler
         self.group = group
         self.server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task] = set()
+        # task -> loop time since when it waits for a request line (None: a command runs)
+        self._clients: dict[asyncio.Task, float | None] = {}
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path) or "."
@@ -105,10 +125,19 @@ class ControlServer:
             os.makedirs(directory, mode=0o755, exist_ok=True)
         except FileExistsError:
             raise OSError(f"{directory} is not a directory") from None
-        if os.path.exists(self.path) or os.path.islink(self.path):
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            # Only a stale socket of a daemon that died is ours to remove: a regular file
+            # (or a link, a directory...) at that path is the operator's, never deleted.
+            if not stat.S_ISSOCK(st.st_mode):
+                raise OSError(f"{self.path} exists and is not a socket; "
+                              "refusing to remove it (fix daemon.control_socket)")
             if _socket_answers(self.path):
                 raise OSError(f"another daemon answers on {self.path}")
-            os.unlink(self.path)  # stale socket of a daemon that died
+            os.unlink(self.path)
         gid = None
         if self.group not in (None, ""):
             try:
@@ -146,15 +175,18 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         task = asyncio.current_task()
-        if len(self._clients) >= MAX_CLIENTS:
-            # half-open or stuck clients must not pile up file descriptors without bound
+        loop = asyncio.get_running_loop()
+        if len(self._clients) >= MAX_CLIENTS and not self._evict_idle():
+            # every slot runs a command: file descriptors stay bounded
             writer.write(encode({"ok": False, "error": "too many control connections"}))
             writer.close()
             return
-        self._clients.add(task)
+        self._clients[task] = loop.time()
         try:
             while True:
+                self._clients[task] = loop.time()
                 try:
+                    # the whole line within IDLE_TIMEOUT: a byte at a time does not keep it open
                     line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(encode({"ok": False, "error": "request too long"}))
@@ -170,7 +202,10 @@ class ControlServer:
                 except ProtocolError as e:
                     resp = {"ok": False, "error": str(e)}
                 else:
+                    self._clients[task] = None
                     resp = await dispatch(self.handler, req)
+                    # a client that does not read its answer is idle, hence evictable
+                    self._clients[task] = loop.time()
                 writer.write(encode(resp))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -178,11 +213,22 @@ class ControlServer:
         except Exception:  # nothing a client sends may reach the event loop as an exception
             log.exception("control connection failed")
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             try:
                 writer.close()
             except Exception:
                 pass
+
+
+    def _evict_idle(self) -> bool:
+        """Close the client idle the longest; False when every client runs a command."""
+        idle = [(since, t) for t, since in self._clients.items() if since is not None]
+        if not idle:
+            return False
+        _, oldest = min(idle, key=lambda x: x[0])
+        self._clients.pop(oldest, None)
+        oldest.cancel()
+        return True
 
 
 def _socket_answers(path: str) -> bool:

@@ -307,25 +307,94 @@ def test_client_disconnecting_while_waiting_for_up(srv):
     assert request(srv.srv.path, {"command": "status"}, timeout=5)["ok"]
 
 
-def test_half_open_clients_are_bounded(srv):
-    idle = [connect(srv.srv.path) for _ in range(control.MAX_CLIENTS)]
+def test_idle_clients_cannot_lock_vpnctl_out(srv):
+    # issue 8.9: MAX_CLIENTS idle connections used to refuse vpnctl for IDLE_TIMEOUT (120 s),
+    # renewable; now a new connection evicts the longest-idle one.
+    idle = [connect(srv.srv.path) for _ in range(control.MAX_CLIENTS + 5)]
     try:
         time.sleep(0.2)
-        with connect(srv.srv.path) as extra:
-            extra.sendall(b'{"command": "status"}\n')
-            assert read_lines(extra, 1) == [{"ok": False, "error": "too many control connections"}]
+        assert request(srv.srv.path, {"command": "status"}, timeout=5)["ok"]
+        assert len(srv.srv._clients) <= control.MAX_CLIENTS
+        assert idle[0].recv(100) == b""  # the oldest idle one was closed
     finally:
         for s in idle:
             s.close()
-    deadline = time.monotonic() + 5
-    while True:  # the server notices the closed idle clients and serves again
-        try:
-            if request(srv.srv.path, {"command": "status"}, timeout=5)["ok"]:
+
+
+def test_busy_clients_are_bounded(srv, monkeypatch):
+    monkeypatch.setattr(control, "MAX_CLIENTS", 3)
+    busy = [connect(srv.srv.path) for _ in range(3)]
+    try:
+        for s in busy:
+            s.sendall(b'{"command": "up", "name": "a"}\n')
+        deadline = time.monotonic() + 5
+        while sum(v is None for v in list(srv.srv._clients.values())) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with connect(srv.srv.path) as extra:
+            extra.sendall(b'{"command": "status"}\n')
+            assert read_lines(extra, 1) == [{"ok": False, "error": "too many control connections"}]
+        for s in busy:
+            assert read_lines(s, 1)[0]["ok"] is True
+    finally:
+        for s in busy:
+            s.close()
+
+
+def test_idle_timeout_is_short():
+    # issue 8.9: an idle connection may hold its slot seconds, not minutes
+    assert control.IDLE_TIMEOUT <= 10
+
+
+def test_slow_line_is_cut_at_the_idle_timeout(srv, monkeypatch):
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.3)
+    with connect(srv.srv.path) as s:
+        t0 = time.monotonic()
+        closed = False
+        for _ in range(40):  # a byte every 50 ms never completes the line in time
+            try:
+                s.sendall(b" ")
+            except OSError:
+                closed = True
                 break
-        except Exception:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+            s.settimeout(0.05)
+            try:
+                if s.recv(100) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                pass
+        assert closed and time.monotonic() - t0 < 2.0
+
+
+def test_duplicate_keys_refused():
+    # issue 8.9: the last "command" used to win
+    with pytest.raises(ProtocolError, match="duplicate key 'command'"):
+        parse_request(b'{"command":"status","command":"reload"}')
+    with pytest.raises(ProtocolError, match="duplicate key 'name'"):
+        parse_request(b'{"command":"up","name":"a","name":"b"}')
+
+
+def test_regular_file_at_socket_path_is_not_deleted(tmp_path):
+    # issue 8.7: a regular file at control_socket was unlinked at start
+    path = tmp_path / "important.conf"
+    path.write_text("keep me\n")
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(OSError, match="exists and is not a socket"):
+            loop.run_until_complete(ControlServer(str(path), Handler()).start())
+    finally:
+        loop.close()
+    assert path.read_text() == "keep me\n"
+    link = tmp_path / "link.sock"
+    link.symlink_to(path)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(OSError, match="not a socket"):
+            loop.run_until_complete(ControlServer(str(link), Handler()).start())
+    finally:
+        loop.close()
+    assert link.is_symlink() and path.exists()
 
 
 def test_idle_client_is_closed(srv, monkeypatch):
