@@ -23,6 +23,8 @@ def vpnd_parser() -> argparse.ArgumentParser:
                    help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("--check", action="store_true",
                    help="validate the configuration and exit: 0 valid, 1 with one line per problem")
+    from vpnd import opscli
+    opscli.add_version(p)
     return p
 
 
@@ -105,6 +107,9 @@ def vpnctl_parser() -> argparse.ArgumentParser:
         if name == "rekey":
             c.add_argument("--ike", action="store_true", help="rekey the IKE SA instead")
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
+    from vpnd import opscli  # --version and the commands that need no daemon (pki, import-ios, ...)
+    opscli.add_version(p)
+    opscli.register(sub)
     # `vpnctl status --socket X` works as well as `vpnctl --socket X status`
     for c in sub.choices.values():
         c.add_argument("--socket", "-s", metavar="PATH", default=argparse.SUPPRESS,
@@ -124,7 +129,12 @@ def build_request(args) -> dict:
 
 def vpnctl_main(argv: list[str] | None = None) -> int:
     from vpnd.control import ControlClientError, request
-    args = vpnctl_parser().parse_args(argv)
+    parser = vpnctl_parser()
+    args = parser.parse_args(argv)
+    from vpnd import opscli
+    local_rc = opscli.run_local(args, parser)
+    if local_rc is not None:
+        return local_rc
     if args.command in ("up", "down", "rekey") and not 0 < args.timeout <= 600:
         print("vpnctl: --timeout must be in (0, 600] seconds", file=sys.stderr)
         return 2

@@ -1,0 +1,55 @@
+"""The operator's vpnctl commands that need no running daemon (pki, import-ios, completion)
+and the --version text of both programs. cli.py registers them with one call each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), not a second copy of it."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("vpnd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version",
+                        version=f"{parser.prog} {version()}")
+
+
+# Commands run in vpnctl itself; every other command goes to the daemon's socket.
+LOCAL_COMMANDS: dict[str, object] = {}
+
+
+def register(sub) -> None:
+    """Adds the local commands to vpnctl's subparsers."""
+    from vpnd import completion
+    c = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    c.add_argument("shell", choices=("bash", "zsh"))
+    LOCAL_COMMANDS["completion"] = completion.main
+    try:
+        from vpnd import pki
+    except ImportError:
+        pki = None
+    if pki is not None:
+        pki.register(sub)
+        LOCAL_COMMANDS["pki"] = pki.main
+    try:
+        from vpnd import import_ios
+    except ImportError:
+        import_ios = None
+    if import_ios is not None:
+        import_ios.register(sub)
+        LOCAL_COMMANDS["import-ios"] = import_ios.main
+
+
+def run_local(args, parser: argparse.ArgumentParser) -> int | None:
+    """The exit code of a local command, or None when the command is for the daemon."""
+    fn = LOCAL_COMMANDS.get(args.command)
+    if fn is None:
+        return None
+    return fn(args, parser)
