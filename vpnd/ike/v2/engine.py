@@ -18,6 +18,7 @@ from vpnd.ike import codec
 from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
                               InstallChildSA, SendDatagram, UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
+from vpnd.ike.limits import RateLimiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
 from vpnd.ike.v2.payloads import REGISTRY, Notify
@@ -25,7 +26,7 @@ from vpnd.ike.v2.sa import (HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES
                             IkeSa, Request)
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
-INVALID_SPI_INTERVAL = 1.0
+INVALID_SPI_INTERVAL = 1.0  # at most one INVALID_SPI notify per peer per second (2.21.3)
 DROP_REPORT_INTERVAL = 10.0
 FAILED_LINGER = 10.0
 # Make-before-break on child rekeys. The responder of a rekey sends on the new SA only once
@@ -35,7 +36,7 @@ OUTBOUND_FALLBACK = 5.0
 # A replaced child's inbound SA stays this long after its deletion: packets the peer sent on
 # it just before switching may still be on the way (or queued behind the IKE message).
 INBOUND_LINGER = 2.0
-CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt  # at most one INVALID_SPI notify per peer per second
+CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt
 
 
 def _hostport(addr: Address) -> str:
@@ -57,7 +58,8 @@ class Ikev2Engine:
         self.cookie_secret_old = self.cookie_secret
         self.cookie_rotated = now
         self.contacted: set[str] = set()  # connections we have had an IKE SA for (INITIAL_CONTACT)
-        self.invalid_spi_sent: dict[str, float] = {}
+        # per peer address, bounded (vpnd/ike/limits.py): garbage ESP is never amplified
+        self.invalid_spi_limit = RateLimiter(1.0 / INVALID_SPI_INTERVAL, 1)
         self.retry_at: dict[str, float] = {}  # connection -> when to re-initiate (restart)
         self.drops = 0
         self._creds: dict = {}
@@ -566,12 +568,11 @@ class Ikev2Engine:
         an INVALID_SPI notify (2.21.3), at most once per second per peer."""
         if not self.config.daemon.invalid_spi_recovery:
             return self.take()
-        last = self.invalid_spi_sent.get(remote[0])
-        if last is not None and now - last < INVALID_SPI_INTERVAL:
+        if not self.invalid_spi_limit.peek(remote[0], now):
             return self.take()
         for sa in self.sas.values():
             if sa.remote[0] == remote[0] and sa.state == "ESTABLISHED":
-                self.invalid_spi_sent[remote[0]] = now
+                self.invalid_spi_limit.allow(remote[0], now)  # only peers we have an SA with
                 self.queue(sa, exchange_info.InvalidSpiTask(spi), now)
                 break
         return self.take()

@@ -1,0 +1,157 @@
+"""Bounded rate limits and log summaries for work driven by unauthenticated input
+(issue 8: no amplifier, no log flood). Shared by IKEv1 and IKEv2.
+
+Sans-IO like the IKE cores: nothing here reads a clock; callers pass `now` (seconds, any
+monotonic origin). Memory is bounded whatever an attacker sends: the key tables are LRU
+maps of a fixed maximum size, and distinct sources are counted up to a cap.
+
+- RateLimiter: a token bucket per key (e.g. per peer address). `allow(key, now)` says
+  whether one more unit of work (an answer, a notify) may be done now.
+- LogSummary: the first occurrence of a kind of message is logged in full; further ones
+  within `interval` are only counted, and one summary line per interval reports them
+  ("suppressed 29311 'no connection for peer' messages from 10000 sources in the last 10 s").
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+# Default table sizes: large enough for every real peer of a gateway, small enough that a
+# full table costs a few hundred kilobytes.
+MAX_KEYS = 4096
+MAX_SOURCES = 10000
+
+
+class RateLimiter:
+    """A token bucket per key, refilled at `rate` tokens/s up to `burst`; at most `max_keys`
+    keys are tracked (least recently used ones are forgotten first).
+
+    Forgetting a key can only make the limiter more generous to that key (it starts again
+    with a full bucket), so an attacker who churns the table gains at most `burst` per key
+    per eviction; `overall` (tokens/s for all keys together, optional) caps even that.
+    """
+
+    def __init__(self, rate: float, burst: float = 1.0, *, max_keys: int = MAX_KEYS,
+                 overall: float | None = None, overall_burst: float | None = None):
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("rate must be > 0, burst >= 1, max_keys >= 1")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict = OrderedDict()  # key -> (tokens, last refill)
+        self._overall = None
+        if overall is not None:
+            self._overall = RateLimiter(overall, overall_burst or max(1.0, overall), max_keys=1)
+        self.denied = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tokens(self, key, now: float) -> float:
+        got = self._buckets.get(key)
+        if got is None:
+            return self.burst
+        tokens, last = got
+        return min(self.burst, tokens + max(0.0, now - last) * self.rate)
+
+    def peek(self, key, now: float) -> bool:
+        """Would allow() say yes (without taking a token)?"""
+        return self._tokens(key, now) >= 1.0
+
+    def allow(self, key, now: float) -> bool:
+        tokens = self._tokens(key, now)
+        ok = tokens >= 1.0
+        if ok and self._overall is not None and not self._overall.allow(None, now):
+            ok = False
+        if ok:
+            tokens -= 1.0
+        else:
+            self.denied += 1
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return ok
+
+    def sweep(self, now: float) -> None:
+        """Forget keys whose bucket is full again (they are as if never seen)."""
+        for key in [k for k in self._buckets if self._tokens(k, now) >= self.burst]:
+            del self._buckets[key]
+
+
+@dataclass
+class _Window:
+    start: float
+    count: int = 0  # suppressed since start
+    sources: set = field(default_factory=set)
+    sources_capped: bool = False
+
+
+class LogSummary:
+    """Bounded logging of messages caused by unauthenticated input.
+
+    note(kind, source, now) -> True: log this message in full (the first of its kind, or
+    the first after a quiet interval); False: it was counted, do not log it. due(now)
+    returns the summary lines of the intervals that have ended; next_due() says when to call
+    it next (so a summary comes even if the flood stops). A kind stays in summary mode while
+    messages keep coming; an interval with nothing suppressed ends it.
+    """
+
+    def __init__(self, interval: float = 10.0, *, max_sources: int = MAX_SOURCES,
+                 max_kinds: int = 64):
+        self.interval = float(interval)
+        self.max_sources = max_sources
+        self.max_kinds = max_kinds
+        self._windows: OrderedDict[str, _Window] = OrderedDict()
+        self._pending: list[tuple[float, str]] = []  # (when closed, summary line)
+        self.suppressed_total = 0
+
+    def note(self, kind: str, source, now: float) -> bool:
+        w = self._windows.get(kind)
+        if w is not None and now >= w.start + self.interval:
+            self._close(kind, w, now)  # a summary is pending: due() reports it
+            w = self._windows.get(kind)
+        if w is None:
+            if len(self._windows) >= self.max_kinds:
+                return False  # kinds are a fixed set in the code; this only guards misuse
+            self._windows[kind] = _Window(now)
+            return True
+        w.count += 1
+        self.suppressed_total += 1
+        if not w.sources_capped and source not in w.sources:
+            if len(w.sources) >= self.max_sources:
+                w.sources_capped = True  # "N+ sources": memory stays bounded
+            else:
+                w.sources.add(source)
+        return False
+
+    def _close(self, kind: str, w: _Window, now: float) -> None:
+        if w.count:
+            self._pending.append((now, self._line(kind, w, now)))
+            self._windows[kind] = _Window(now)  # still flooding: stay in summary mode
+        else:
+            del self._windows[kind]
+
+    def _line(self, kind: str, w: _Window, now: float) -> str:
+        n = len(w.sources)
+        src = f"{n}+" if w.sources_capped else str(n)
+        secs = max(0, round(now - w.start))
+        plural = "" if w.count == 1 else "s"
+        splural = "" if n == 1 and not w.sources_capped else "s"
+        return (f"suppressed {w.count} '{kind}' message{plural} from {src} source{splural} "
+                f"in the last {secs} s")
+
+    def due(self, now: float) -> list[str]:
+        """Summary lines of intervals that ended by `now` (call from a timer)."""
+        for kind, w in list(self._windows.items()):
+            if now >= w.start + self.interval:
+                self._close(kind, w, now)
+        out, self._pending = [line for _, line in self._pending], []
+        return out
+
+    def next_due(self) -> float | None:
+        times = [w.start + self.interval for w in self._windows.values()]
+        times += [t for t, _ in self._pending]
+        return min(times) if times else None
+
