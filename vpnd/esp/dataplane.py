@@ -39,6 +39,7 @@ from vpnd.esp.ipv4 import (
     PROTO_TCP, PROTO_UDP, checksum, clamp_mss, ecn_egress_ce, fragment, icmp6_packet_too_big,
     icmp_frag_needed, rebuild_header,
 )
+from vpnd.esp.ipcomp import MAX_IP_PACKET, PROTO_IPCOMP
 from vpnd.esp.overhead import max_inner
 from vpnd.esp.sa import SA, seq_allocator
 from vpnd.esp.spd import SPD, Policy, addr_in, parse_selectors, selectors_v4, selectors_v6
@@ -244,6 +245,11 @@ class DataPlane:
         ah_icv = ah.ah_icv if ah is not None else None
         ah_spi = ah.spi if ah is not None else 0
         policy_ok = self._outbound_transport_ok
+        # IPComp (RFC 3173) on the innermost SA: applied before ESP/AH on output; in tunnel
+        # mode the whole inner packet is compressed (next header 4/41), in transport mode
+        # the packet's payload (next header: its protocol).  compress() leaves a packet
+        # that does not shrink as it is (RFC 3173 2.2).
+        comp = first.ipcomp.compress if first.ipcomp is not None else None
 
         def too_big(pkt, ver, n):
             """ICMP for DF/IPv6 packets, pre-fragmentation otherwise; None = go ahead."""
@@ -360,8 +366,9 @@ class DataPlane:
                 if r is not None:
                     return r or None
             if tunnel:
+                payload, nh = comp(pkt, inner_nh) if comp is not None else (pkt, inner_nh)
                 if esp is not None:
-                    body = esp_body(pkt, inner_nh, n)
+                    body = esp_body(payload, nh, n)
                     if body is None:
                         return None
                     if ah is None:
@@ -370,8 +377,6 @@ class DataPlane:
                         return ("raw", remote,
                                 esp_outer.build(tos, 20 + len(body), frag) + body)
                     payload, nh = body, PROTO_ESP
-                else:
-                    payload, nh = pkt, inner_nh
                 return ah_out(ah_tunnel(payload, nh, tos, frag), n)
 
             # transport mode: the packet's own IPv4 header stays outside (RFC 4303 3.1.1)
@@ -380,8 +385,9 @@ class DataPlane:
                 return None
             ihl = (pkt[0] & 0x0F) * 4
             hdr = pkt[:ihl]
+            payload, nh = comp(pkt[ihl:], pkt[9]) if comp is not None else (pkt[ihl:], pkt[9])
             if esp is not None:
-                body = esp_body(pkt[ihl:], pkt[9], n)
+                body = esp_body(payload, nh, n)
                 if body is None:
                     return None
                 if ah is None:
@@ -389,11 +395,9 @@ class DataPlane:
                         return ("udp", udp_dst, body, udp_src)
                     return ("raw", remote, rebuild_header(hdr, PROTO_ESP, ihl + len(body)) + body)
                 payload, nh = body, PROTO_ESP
-            else:
-                payload, nh = pkt[ihl:], pkt[9]
             return ah_out(ah_transport(hdr, payload, nh), n)
 
-        if not (tunnel and esp is not None and ah is None):
+        if not (tunnel and esp is not None and ah is None) or comp is not None:
             return send
 
         # The common case inline: ESP tunnel mode, inner IPv4 that fits, no MSS to clamp.
@@ -630,6 +634,20 @@ class DataPlane:
 
     def _deliver(self, sa, payload, nh, hdr, src):
         """Rebuild/validate the inner packet, check selectors, count, clamp."""
+        if nh == PROTO_IPCOMP:
+            # RFC 3173: decompressed after ESP/AH on input, by the IPComp SA of the bundle;
+            # the output may not exceed an IP packet (a bomb is dropped and counted)
+            ipc = sa.ipcomp
+            if ipc is None:
+                sa.policy_drops += 1
+                self.policy_drops += 1
+                return None
+            limit = MAX_IP_PACKET if sa.mode == "tunnel" else \
+                MAX_IP_PACKET - (len(hdr) if hdr is not None else 20)
+            r = ipc.decompress(payload, limit)
+            if r is None:
+                return None
+            payload, nh = r
         if nh == PROTO_IPIP or nh == PROTO_IPV6:
             n = len(payload)
             if nh == PROTO_IPIP:

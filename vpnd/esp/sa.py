@@ -64,6 +64,7 @@ class SA:
         "_limit_bytes", "_limit_packets", "events",
         "outer", "local_ts", "remote_ts", "sel_fast", "require_ah",
         "esp_seal", "esp_open", "ah_icv", "esp_min_len",
+        "ipcomp",
     )
 
     def __init__(self, spi: int, protocol: str = "esp", mode: str = "tunnel",
@@ -148,6 +149,7 @@ class SA:
         self.outer = OuterHeader(local, remote, PROTO_ESP if protocol == "esp" else PROTO_AH) \
             if self.version == 4 else None
         self.local_ts = None
+        self.ipcomp = None           # esp.ipcomp.IPComp on the innermost SA of a bundle
         self.remote_ts = None
         self.sel_fast = None         # (remote net, mask, local net, mask) for one IPv4 pair
         self.require_ah = None       # inbound ESP of an ESP+AH bundle: the AH SA it must come in
