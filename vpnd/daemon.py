@@ -159,7 +159,9 @@ class Daemon:
         self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
         self._static_routes: list = []
         self._traps: set[str] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_when: float | None = None  # our own deadline: uvloop's call_at may return a
+        # plain Handle without when() (deadline due within ~0.5 ms)
         self._acquire_q: dict[str, tuple[deque, float]] = {}  # name -> (packets, asked at)
         self._waiters: list[tuple[str, str, asyncio.Future]] = []  # (connection, "up"|"down", fut)
         self._stop = None
@@ -740,6 +742,7 @@ class Daemon:
 
     def _on_timer(self):
         self._timer = None
+        self._timer_when = None
         if self.ike is not None:
             try:
                 self._run_actions(self.ike.handle_timer(self._now()), rearm=False)
@@ -760,6 +763,8 @@ class Daemon:
                 self.ike.child_activity(child.child_id, last_in, last_out)
 
     def _arm_timer(self):
+        """(Re)arm the one loop timer at the core's next deadline (at most 1 s away).
+        Never raises: a failure here would drop the rest of the caller's burst."""
         if self.ike is None or self.loop is None:
             return
         try:
@@ -767,14 +772,22 @@ class Daemon:
         except Exception:  # the one-second tick below keeps the core's timers running
             self._internal_error("IKE next_timer failed")
             when = None
-        # activity reports need a tick even when the core has nothing scheduled
-        tick = self._now() + 1.0
-        when = tick if when is None else min(when, tick)
-        if self._timer is not None:
-            if abs(self._timer.when() - when) < 1e-3:
-                return
-            self._timer.cancel()
-        self._timer = self.loop.call_at(when, self._on_timer)
+        try:
+            # activity reports need a tick even when the core has nothing scheduled
+            tick = self._now() + 1.0
+            when = tick if when is None else min(float(when), tick)
+            if self._timer is not None:
+                if self._timer_when is not None and abs(self._timer_when - when) < 1e-3:
+                    return
+                self._timer.cancel()
+                self._timer = None
+            self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer_when = when
+        except Exception:
+            self._internal_error("arming the IKE timer failed")
+            if self._timer is None:  # never leave the core without a tick
+                self._timer = self.loop.call_later(1.0, self._on_timer)
+                self._timer_when = self._now() + 1.0
 
     def _run_actions(self, actions, rearm: bool = True):
         for a in actions or ():
@@ -791,8 +804,8 @@ class Daemon:
                     self._on_event(a)
                 else:
                     log.debug("ignoring action %s", type(a).__name__)
-            except Exception:
-                log.exception("error carrying out %s", type(a).__name__)
+            except Exception:  # counted, logged at most once a second; the next action runs
+                self._internal_error("error carrying out %s", type(a).__name__)
         if rearm:
             self._arm_timer()
 
