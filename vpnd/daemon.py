@@ -810,23 +810,25 @@ class Daemon:
             self._arm_timer()
 
     def _update_child(self, a: UpdateChildAddresses):
+        """The peer moved (NAT mapping changed, or floated to 4500): the child's SAs get the
+        new outer addresses in place, so sequence numbers, byte/packet volume, soft/hard
+        expiry flags, replay window and the IP ID counter all carry on (a rebuilt SA would
+        fire its soft expiry twice, or send again past its hard limit)."""
         child = self.children.get(a.child_id)
         if child is None:
             return
         import dataclasses
-        act = dataclasses.replace(child.action, local=a.local, remote=a.remote, udp_encap=a.udp_encap,
-                                  replaces=a.child_id)
-        # reinstall with the same keys and sequence state is the engine's; rebuild the
-        # outbound bundle towards the new address (inbound SAs are keyed by SPI only)
-        outbound = [self._make_sa(k, act) for k in act.outbound]
-        for old, new in zip(child.outbound, outbound):
-            _carry_state(old, new)
-        if child.policy_id is not None:
-            self.dp.remove_outbound(child.policy_id)
-            self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
-            self._restore_trap(act.connection)  # stays behind the re-added policy
-        child.outbound = outbound
-        child.action = dataclasses.replace(act, replaces=child.action.replaces)
+        act = child.action
+        encap = (a.local[1], a.remote[1]) if a.udp_encap else None
+        if child.policy_id is not None and self.dp.spd.policies.get(child.policy_id) is not None \
+                and list(self.dp.spd.policies[child.policy_id].bundle) == child.outbound:
+            self.dp.move_outbound(child.policy_id, a.local[0], a.remote[0], encap)
+        else:  # not sending on its own policy (yet): the SAs alone
+            for sa in child.outbound:
+                sa.set_addresses(a.local[0], a.remote[0], encap if sa.protocol == "esp" else None)
+        for sa in child.inbound:  # the inbound SAs are keyed by SPI; their addresses for status
+            sa.set_addresses(a.local[0], a.remote[0], encap if sa.protocol == "esp" else None)
+        child.action = dataclasses.replace(act, local=a.local, remote=a.remote, udp_encap=a.udp_encap)
         log.info("%s: peer now at %s:%d%s", act.connection, a.remote[0], a.remote[1],
                  " (UDP-encapsulated)" if a.udp_encap else "")
 
@@ -1140,14 +1142,6 @@ def _mss(setting, tun_mtu: int) -> int | None:
 
 def _counter(sa, name: str) -> int:
     return 0 if sa is None else int(getattr(sa, name, 0) or 0)
-
-
-def _carry_state(old, new):
-    """A rebuilt outbound SA continues the old one's sequence numbers and counters."""
-    from vpnd.esp.sa import COUNTER_NAMES
-    new.seq = old.seq
-    for name in COUNTER_NAMES:
-        setattr(new, name, getattr(old, name))
 
 
 def _safe_error(e: Exception) -> str:

@@ -136,6 +136,24 @@ class DataPlane:
         p.encap = self._make_sender(p)
         self.spd.add(p)
 
+    def move_outbound(self, policy_id, local: str, remote: str,
+                      encap: tuple[int, int] | None) -> None:
+        """A peer moved (NAT mapping change): the policy's SAs get new outer addresses in
+        place (SA.set_addresses: all their state kept) and its sender is rebuilt; the
+        policy keeps its place in the SPD."""
+        p = self.spd.policies.get(policy_id)
+        if p is None or not p.bundle:
+            return
+        if ipaddress.ip_address(local).version != 4:
+            raise ValueError("outer addresses must be IPv4")
+        bundle = p.bundle
+        if len(bundle) == 2 and encap and bundle[0].protocol == "esp":
+            raise ValueError("AH cannot be UDP-encapsulated (RFC 3948 covers ESP only)")
+        for sa in bundle:
+            sa.set_addresses(local, remote, encap if sa.protocol == "esp" else None)
+        p.max_inner = self._max_inner(bundle, p.outer_mtu)
+        p.encap = self._make_sender(p)
+
     def remove_outbound(self, policy_id) -> None:
         self.spd.remove(policy_id)
 

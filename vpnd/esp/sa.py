@@ -190,6 +190,28 @@ class SA:
         if self.outer is not None and old.outer is not None:
             self.outer.ident = old.outer.ident
 
+    def set_addresses(self, local: str, remote: str, encap: tuple[int, int] | None) -> None:
+        """Move the SA to new outer addresses / UDP encapsulation in place (a NAT mapping
+        changed, RFC 3948 / RFC 7296 2.23): keys, sequence numbers, replay window,
+        counters, lifetime progress and the outer IP ID counter all stay."""
+        la = ipaddress.ip_address(local)
+        ra = ipaddress.ip_address(remote)
+        if la.version != ra.version:
+            raise ValueError("outer addresses of different IP versions")
+        encap = tuple(encap) if encap else None
+        if encap and self.protocol != "esp":
+            raise ValueError("UDP encapsulation is for ESP only (RFC 3948)")
+        ident = self.outer.ident if self.outer is not None else 0
+        self.local, self.remote = local, remote
+        self.version = la.version
+        self.local_packed, self.remote_packed = la.packed, ra.packed
+        self.encap = encap
+        if self.version == 4:
+            self.outer = OuterHeader(local, remote, PROTO_ESP if self.protocol == "esp" else PROTO_AH)
+            self.outer.ident = ident
+        else:
+            self.outer = None
+
     # -- lifetime (slow path, called when a limit counter is crossed) -------------------
 
     def _limit_hit(self) -> bool:
