@@ -521,7 +521,7 @@ class QuickMixin:
                 # the exchange, would let a forgery spoil the genuine message that follows
                 self._count_drop(sa, f"Quick Mode {mid:#010x} message dropped: {e}")
                 return
-            self._event("error", sa.conn.name, f"Quick Mode {mid:#010x} failed: {e}", ike_id=sa.ike_id)
+            self._event("failed", sa.conn.name, f"Quick Mode {mid:#010x} failed: {e}", ike_id=sa.ike_id)
             if e.notify:
                 self._info_send(sa, [P.Notify(e.notify, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r)], now)
             if qm is not None and qm.initiator:
