@@ -630,6 +630,9 @@ class Daemon:
 
     def _apply_connections(self, initial: bool = False):
         """Install manual connections and static/trap routes; reinstall what changed."""
+        set_ipv6 = getattr(self.tun, "set_ipv6", None)
+        if set_ipv6 is not None:  # before routes: IPv6 routes need IPv6 on the device
+            set_ipv6(self._needs_ipv6())
         conns = {(c.name): c for c in self._conns()}
         # removed or changed manual connections go first
         for name in list(self._manual):
@@ -642,6 +645,17 @@ class Daemon:
                 continue
             self._install_manual(c)
         self._apply_static_routes()
+
+    def _needs_ipv6(self) -> bool:
+        """Whether any connection carries IPv6 through the TUN (else the device has IPv6
+        off, so the kernel sends no link-local chatter into it, issue 7.11)."""
+        for c in self._conns():
+            nets = _networks(c.local_ts) + _networks(c.remote_ts)
+            if any(n.version == 6 for n in nets):
+                return True
+            if c.mode == "transport" and ":" in str(c.peer or ""):
+                return True
+        return False
 
     def _install_manual(self, conn) -> bool:
         name = conn.name

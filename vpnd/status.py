@@ -72,7 +72,7 @@ def format_status(st: dict) -> str:
         out.append("")
         # drop and error counters, only those that moved
         extra = [f"{k.removeprefix('dp_')} {v}" for k, v in d.items()
-                 if (k.startswith("dp_") or k in ("decap_drops", "natt_invalid", "send_errors", "ike_drops",
+                 if ((k.startswith("dp_") and k != "dp_link_local") or k in ("decap_drops", "natt_invalid", "send_errors", "ike_drops",
                                               "loop_errors", "tun_read_errors")) and v]
         out.append(f"daemon: tun {d.get('tun')} mtu {d.get('mtu')}, uptime {d.get('uptime_s', 0)}s, "
                    f"routes {', '.join(d.get('routes', [])) or '-'}")

@@ -53,7 +53,17 @@ _from_bytes = int.from_bytes
 _MISS = object()
 
 DP_COUNTER_NAMES = ("no_policy", "unknown_spi", "malformed", "policy_drops", "too_big",
-                    "fragmented", "acquires", "expired_drops")
+                    "fragmented", "acquires", "expired_drops", "link_local")
+
+
+def _link_local(pkt, ver: int) -> bool:
+    """Traffic that never leaves the link and that no tunnel carries: IPv6 from the
+    unspecified or a link-local address (MLD, router/neighbour solicitation, RFC 4291 2.5)
+    or to a multicast group; IPv4 to multicast or the limited broadcast."""
+    if ver == 6:
+        return (pkt[8] == 0xFE and pkt[9] & 0xC0 == 0x80) or pkt[24] == 0xFF or \
+            pkt[8:24] == bytes(16)
+    return pkt[16] & 0xF0 == 0xE0 or pkt[16:20] == b"\xff\xff\xff\xff"
 
 
 class DataPlane:
@@ -199,7 +209,10 @@ class DataPlane:
             self.malformed += 1
             return None
         if pol is None:
-            self.no_policy += 1
+            if _link_local(pkt, ver):
+                self.link_local += 1  # the kernel's own chatter on the TUN, not a policy drop
+            else:
+                self.no_policy += 1
             return None
         return pol.encap(pkt)
 

@@ -64,6 +64,9 @@ class Tun:
                 if e.errno == errno.EPERM:
                     raise TunError(f"no permission to create TUN device {name} (needs CAP_NET_ADMIN)") from None
                 raise TunError(f"cannot create TUN device {name}: {e.strerror}") from None
+            # no IPv6 link-local address (issue 7.11): the kernel would send MLD reports and
+            # router solicitations into the TUN, which no tunnel carries; set before "up"
+            _sysctl(f"net/ipv6/conf/{name}/addr_gen_mode", "1")
             self.set_mtu_and_up(mtu)
         except BaseException:
             self.close()
@@ -81,6 +84,10 @@ class Tun:
             return links[0]
         self.index = netlink.call(do)
         self.mtu = int(mtu)
+
+    def set_ipv6(self, enabled: bool) -> None:
+        """IPv6 on the device only when a connection carries IPv6 (its routes need it)."""
+        _sysctl(f"net/ipv6/conf/{self.name}/disable_ipv6", "0" if enabled else "1")
 
     def fileno(self) -> int:
         return self.fd
@@ -137,6 +144,17 @@ class Tun:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _sysctl(key: str, value: str) -> bool:
+    """Write /proc/sys/KEY (the calling thread's network namespace); False when it cannot
+    (no IPv6 in this kernel, read-only /proc/sys): never fatal."""
+    try:
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+        return True
+    except OSError:
+        return False
 
 
 def _route_get(ipr, address: str):
