@@ -21,6 +21,7 @@ from vpnd.ike.v1.info import InfoMixin
 from vpnd.ike.v1.phase1 import Phase1Failed, Phase1Mixin, _digest
 from vpnd.ike.v1.quick import QuickMixin
 from vpnd.ike.v1.state import IsakmpSA, Retransmit
+from vpnd.textsafe import one_line
 
 RETRANSMIT_BASE = 4.0  # seconds, doubled per try (strongSwan's default timing, 5 tries)
 RETRANSMIT_TRIES = 5
@@ -741,7 +742,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         return out
 
     def _event(self, kind: str, conn: str | None, message: str, **data) -> None:
-        self._out.append(Event(kind, conn, message, {k: v for k, v in data.items() if v is not None}))
+        # one line whatever reached it (textsafe.one_line; peer data goes through safe())
+        self._out.append(Event(kind, conn, one_line(message), {k: v for k, v in data.items() if v is not None}))
 
 
 def _nonce_key(sa: IsakmpSA) -> bytes:

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from vpnd.config import Identity, parse_identity
 from vpnd.ike.v1 import constants as C
+from vpnd.textsafe import DEFAULT_LIMIT, ELLIPSIS, safe
 from vpnd.ike.v1.payloads import ID
 
 # how a DN attribute is written back (status, logs): the names config.parse_identity
@@ -51,21 +52,24 @@ def id_payload(ident) -> ID:
 
 
 def describe_id(p: ID) -> str:
-    """Human form of a received identity (for logs and status)."""
+    """Human form of a received identity (for logs and status): peer-supplied, so escaped
+    and bounded (textsafe, issue 8.4) -- an ID must not forge a log line."""
     try:
         if p.id_type == C.ID_IPV4_ADDR and len(p.data) == 4:
             return str(ipaddress.IPv4Address(p.data))
         if p.id_type == C.ID_IPV6_ADDR and len(p.data) == 16:
             return str(ipaddress.IPv6Address(p.data))
         if p.id_type == C.ID_FQDN:  # written as in the config (and as IKEv2's status shows it)
-            return "@" + p.data.decode("ascii", "replace")
+            return safe("@" + p.data.decode("utf-8", "surrogateescape"))
         if p.id_type == C.ID_USER_FQDN:
-            return p.data.decode("ascii", "replace")
+            return safe(p.data)
         if p.id_type == C.ID_DER_ASN1_DN:  # commas in values escaped as the config reads them
-            return ", ".join(f"{k}={v.replace(',', chr(92) + ',')}" for k, v in _load_name(p.data))
+            text = ", ".join(f"{safe(k, 64)}={safe(v, 128).replace(',', chr(92) + ',')}"
+                             for k, v in _load_name(p.data))
+            return text if len(text) <= DEFAULT_LIMIT else text[:DEFAULT_LIMIT - 1] + ELLIPSIS
     except Exception:
         pass
-    return f"type{p.id_type}:{p.data.hex()}"
+    return safe(f"type{p.id_type}:{p.data.hex()}")
 
 
 _OID_SHORT = {oid.dotted_string: k for oid, k in _DN_NAMES.items()}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from vpnd import proposals as props
 from vpnd.crypto import ciphers
 from vpnd.ike.v1 import constants as C
+from vpnd.textsafe import safe
 from vpnd.ike.v1.payloads import SA, Proposal, Transform, attr_int, life_attr
 
 
@@ -135,7 +136,8 @@ def describe_offer(sa: SA) -> str:
             else:
                 ch = _p2_parse_transform(prop.protocol, t)
                 out.append(ch.describe() if ch else f"proto {prop.protocol} transform {t.transform_id}")
-    return ", ".join(out) or "nothing"
+    # peer-supplied (attribute values are raw bytes): escaped and bounded (issue 8.4)
+    return safe(", ".join(out) or "nothing", 600)
 
 
 # -- phase 2 ------------------------------------------------------------------------------

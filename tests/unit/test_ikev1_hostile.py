@@ -1,0 +1,99 @@
+"""IKEv1 under hostile unauthenticated input (issue 8): log injection, Aggressive Mode
+probes, floods, INVALID-SPI amplification. In memory, against the sans-IO core."""
+from __future__ import annotations
+
+import os
+
+from vpnd.crypto import dh
+from vpnd.ike import codec
+from vpnd.ike.actions import Event, SendDatagram
+from vpnd.ike.v1 import constants as C
+from vpnd.ike.v1 import payloads as P
+from vpnd.ike.v1 import policy
+from vpnd.ike.v1.core import Ikev1Core
+
+from test_ikev1_harness import A_IP, B_IP, LAN_A, LAN_B, PSK, conn_conf, make_config
+
+EVIL_ID = b"x\n2030-01-01T00:00:00 vpnd[1] INFO FORGED-LOG-LINE ISAKMP SA established\r\x1b[2J"
+
+
+def msg1(*, aggressive: bool, id_data: bytes = b"probe.example", id_type: int = C.ID_FQDN,
+         ike: str = "aes128-sha1-modp2048", cky_i: bytes | None = None, kex=None) -> bytes:
+    """A Main Mode or Aggressive Mode message 1 as an initiator (or a prober) sends it."""
+    from vpnd.config import parse_config
+    conf = parse_config({"daemon": {"listen": A_IP}, "connections": {
+        "x": conn_conf(A_IP, B_IP, LAN_A, LAN_B, ike=ike)}}).connections[0]
+    pols = policy.p1_policies(conf.ike, C.AUTH_PSK, conf.lifetime.ike)
+    if aggressive:
+        pols = [p for p in pols if p.group == pols[0].group]
+    offer = policy.p1_sa(pols)
+    pls = [offer]
+    if aggressive:
+        kex = kex or dh.KeyExchange(pols[0].group)
+        pls += [P.KE(kex.public), P.Nonce(os.urandom(32)), P.ID(id_type, 0, 0, id_data)]
+    pls += [P.VendorID(C.VID_DPD)] + [P.VendorID(v) for v in C.VIDS_NATT]
+    h = codec.Header(cky_i or os.urandom(8), b"\x00" * 8, 0, 1, 0,
+                     C.EXCH_AGGRESSIVE if aggressive else C.EXCH_MAIN, 0, 0)
+    return codec.encode_message(h, pls)
+
+
+def responder(conns: dict, **daemon) -> Ikev1Core:
+    return Ikev1Core(make_config(B_IP, conns, **daemon), now=0.0)
+
+
+def any_conn(**kw):
+    return conn_conf(B_IP, "%any", LAN_B, LAN_A, **{"start": "none", **kw})
+
+
+def events(out) -> list[Event]:
+    return [x for x in out if isinstance(x, Event)]
+
+
+def sends(out) -> list[SendDatagram]:
+    return [x for x in out if isinstance(x, SendDatagram)]
+
+
+def _all_text(core: Ikev1Core, out) -> list[str]:
+    texts = [e.message for e in events(out)]
+    texts += [str(v) for e in events(out) for v in e.data.values()]
+    for sa in core.status_ike_sas(0.0):
+        texts += [str(v) for v in sa.values()]
+    return texts
+
+
+# ------------------------------------------------------------------ 8.4 log injection
+
+
+def test_aggressive_id_with_newline_never_reaches_a_log_line_raw():
+    """Issue 8.4: the ID of an Aggressive Mode message 1 forged a log line. Every event
+    message (the daemon logs them) and status field stays on one printable line."""
+    for remote_id in ("@gw.example", None):  # refused ID, and an accepted one (status shows it)
+        core = responder({"any": any_conn(aggressive=True, remote_id=remote_id)})
+        out = core.receive_datagram(msg1(aggressive=True, id_data=EVIL_ID), (B_IP, 500), (A_IP, 500), 1.0)
+        texts = _all_text(core, out)
+        assert texts, "expected an event or a status entry"
+        for t in texts:
+            assert t.isprintable(), repr(t)
+        if remote_id is None:
+            shown = [s["remote_id"] for s in core.status_ike_sas(1.0)]
+            assert shown and "FORGED" in shown[0] and "\\x0a" in shown[0]
+
+
+def test_hostile_id_types_shown_bounded():
+    from vpnd.ike.v1 import identity
+    for t in (C.ID_FQDN, C.ID_USER_FQDN, C.ID_DER_ASN1_DN, 99, C.ID_IPV4_ADDR):
+        for data in (EVIL_ID, b"\xff\xfe" * 5000, b"\x1b" * 3):
+            out = identity.describe_id(P.ID(t, 0, 0, data))
+            assert out.isprintable() and len(out) <= 300, (t, out[:80])
+
+
+def test_no_proposal_log_line_of_a_hostile_offer_is_bounded():
+    core = responder({"any": any_conn(ike="aes256-sha256-modp4096")})
+    t = P.Transform(1, C.KEY_IKE, [(C.P1_ENC, 99), (200, b"\n\x1b" * 100)] * 10)
+    offer = P.SA([P.Proposal(1, C.PROTO_ISAKMP, b"", [t] * 20)])
+    h = codec.Header(os.urandom(8), b"\x00" * 8, 0, 1, 0, C.EXCH_MAIN, 0, 0)
+    out = core.receive_datagram(codec.encode_message(h, [offer]), (B_IP, 500), (A_IP, 500), 1.0)
+    ev = events(out)
+    assert ev
+    for e in ev:
+        assert e.message.isprintable() and len(e.message) < 2000, e.message[:200]
