@@ -270,6 +270,7 @@ class ManualAh:
 class ManualDirection:
     esp: ManualEsp | None = None
     ah: ManualAh | None = None
+    ipcomp_cpi: int | None = None      # IPComp CPI (RFC 3173 3.3); set when the connection has comp
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ class Connection:
     rri: Rri = field(default_factory=Rri)
     allow_legacy: bool = False
     manual: Manual | None = None
+    comp: str | None = None                  # IPComp: "deflate" | "lzs" (or comp-lzs in esp:)
 
     @property
     def dynamic(self) -> bool:
@@ -702,9 +704,10 @@ class _Parser:
         dpd = f(m, "dpd", path, self._dpd, Dpd())
         rri = f(m, "rri", path, self._rri, Rri())
 
+        comp = self._comp(m, path, esp or ah)
         manual = None
         if is_manual:
-            manual = self._manual(manual_raw, _join(path, "manual"), esp, ah)
+            manual = self._manual(manual_raw, _join(path, "manual"), esp, ah, comp)
         idle_time = f(m, "idle_time", path, self.integer(0), 0)
         replay_window = f(m, "replay_window", path, self.integer(0, 65536), 64)
         per_host = f(m, "per_host", path, self.boolean, False)
@@ -720,7 +723,7 @@ class _Parser:
             start=start if not is_manual else "start", lifetime=lifetime,
             idle_time=idle_time, replay_window=replay_window, per_host=per_host, dpd=dpd,
             nat_keepalive=nat_keepalive, encap=encap, rri=rri,
-            allow_legacy=allow_legacy, manual=manual)
+            allow_legacy=allow_legacy, manual=manual, comp=comp)
 
     def _version(self, v, path):
         if v not in (1, 2) or isinstance(v, bool):
@@ -1093,9 +1096,24 @@ class _Parser:
                    static=f(m, "static", path, self.boolean, d.static),
                    remote_peer=f(m, "remote_peer", path, self.boolean, d.remote_peer))
 
+    # --- IP compression (issue 12): `comp: deflate | lzs | none`, or Cisco's comp-lzs word
+    def _comp(self, m, path, proposals) -> str | None:
+        from_set = next((p.compression[0] for p in proposals if p.compression), None)
+        if "comp" not in m:
+            return from_set
+        v = m["comp"]
+        if v is False or v is None:          # YAML `comp: no` / `comp: false`
+            v = "none"
+        if not isinstance(v, str) or v not in ("deflate", "lzs", "none"):
+            self.err(_join(path, "comp"), f"{_show(v)} is not one of: deflate, lzs, none")
+            return None
+        if from_set and v != from_set:
+            self.err(_join(path, "comp"), f"'{v}' contradicts comp-{from_set} in the transform set")
+        return None if v == "none" else v
+
     # --- manual keying (the seed's `set session-key`)
-    def _manual(self, v, path, esp: tuple[Proposal, ...], ah: tuple[Proposal, ...]
-                ) -> Manual | None:
+    def _manual(self, v, path, esp: tuple[Proposal, ...], ah: tuple[Proposal, ...],
+                comp: str | None = None) -> Manual | None:
         try:
             m = self.mapping(v, path, {"inbound": 1, "outbound": 1})
         except _Bad:
@@ -1111,7 +1129,7 @@ class _Parser:
                 self.err(dp, "required")
                 continue
             try:
-                dirs[d] = self._manual_direction(m[d], dp, esp_alg, ah_alg)
+                dirs[d] = self._manual_direction(m[d], dp, esp_alg, ah_alg, comp)
             except _Bad:
                 pass
         if len(dirs) != 2:
@@ -1119,8 +1137,8 @@ class _Parser:
         return Manual(inbound=dirs["inbound"], outbound=dirs["outbound"],
                       esn=bool(esp and esp[0].esn[0]) or bool(ah and ah[0].esn[0]))
 
-    def _manual_direction(self, v, path, esp_alg, ah_alg) -> ManualDirection:
-        m = self.mapping(v, path, {"esp": 1, "ah": 1})
+    def _manual_direction(self, v, path, esp_alg, ah_alg, comp=None) -> ManualDirection:
+        m = self.mapping(v, path, {"esp": 1, "ah": 1, "ipcomp": 1})
         before = len(self.problems)
         esp = ah = None
         if esp_alg and "esp" not in m:
@@ -1135,9 +1153,37 @@ class _Parser:
             esp = self._manual_esp(m["esp"], _join(path, "esp"), *esp_alg)
         if "ah" in m and ah_alg:
             ah = self._manual_ah(m["ah"], _join(path, "ah"), ah_alg)
+        cpi = None
+        if "ipcomp" in m and not comp:
+            self.err(_join(path, "ipcomp"),
+                     "the connection does not compress (comp: deflate|lzs, or comp-lzs in esp:)")
+        elif comp:
+            # without a CPI the algorithm's well-known one (RFC 3173 3.3: CPI = transform ID)
+            from vpnd.esp.ipcomp import TRANSFORM_IDS
+            cpi = TRANSFORM_IDS[comp]
+            if "ipcomp" in m:
+                ipc = self.field(m, "ipcomp", path,
+                                 lambda x, p: self.mapping(x, p, {"cpi": 1}), {})
+                if "cpi" in ipc:
+                    cpi = self.field(ipc, "cpi", _join(path, "ipcomp"), self._cpi, cpi)
         if len(self.problems) > before:
             raise _Bad()
-        return ManualDirection(esp=esp, ah=ah)
+        return ManualDirection(esp=esp, ah=ah, ipcomp_cpi=cpi)
+
+    def _cpi(self, v, path) -> int:
+        from vpnd.esp.ipcomp import check_cpi
+        if isinstance(v, str):
+            try:
+                v = int(v.strip(), 0)
+            except ValueError:
+                self.fail(path, f"{_show(v)} is not a number")
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(path, f"expected a CPI number, got {_tname(v)} {_show(v)}")
+        try:
+            check_cpi(v)
+        except ValueError as e:
+            self.fail(path, str(e))
+        return v
 
     def _manual_esp(self, v, path, enc: str, integ: str | None) -> ManualEsp | None:
         from vpnd.crypto.ciphers import cipher_key_size, integrity_key_size

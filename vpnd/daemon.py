@@ -18,8 +18,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, SendDatagram,
-                              UpdateChildAddresses)
+from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, IPCompParams,
+                              SendDatagram, UpdateChildAddresses)
 from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
 from vpnd.net.routes import RouteManager, RouteOptions
@@ -101,6 +101,9 @@ def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> Install
         return tuple(out)
 
     inbound, outbound = keys(manual.inbound), keys(manual.outbound)
+    ipcomp = None
+    if conn.comp and manual.inbound.ipcomp_cpi and manual.outbound.ipcomp_cpi:
+        ipcomp = IPCompParams(conn.comp, manual.inbound.ipcomp_cpi, manual.outbound.ipcomp_cpi)
     ref = manual.outbound if (manual.outbound.esp or manual.outbound.ah) else manual.inbound
     if ref.esp is not None:
         proposal = describe_child(ref.esp.encryption, ref.esp.integrity, None, manual.esn,
@@ -112,7 +115,32 @@ def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> Install
         local=(local, natt_port), remote=(peer, natt_port), udp_encap=bool(conn.encap),
         esn=bool(manual.esn), replay_window=int(conn.replay_window),
         local_ts=_networks(conn.local_ts), remote_ts=_networks(conn.remote_ts),
-        inbound=inbound, outbound=outbound, proposal=proposal)
+        inbound=inbound, outbound=outbound, proposal=proposal, ipcomp=ipcomp)
+
+
+def _ipcomp_status(inn, out) -> dict:
+    """IPComp's CPIs and counters for a child's status entry (nothing without IPComp)."""
+    ci = getattr(inn, "ipcomp", None)
+    co = getattr(out, "ipcomp", None)
+    if ci is None and co is None:
+        return {}
+    return {"ipcomp": (ci or co).algorithm,
+            "cpi_in": f"{ci.cpi:04x}" if ci else "-", "cpi_out": f"{co.cpi:04x}" if co else "-",
+            "ipcomp_compressed": co.compressed if co else 0,
+            "ipcomp_uncompressed": co.uncompressed if co else 0,
+            "ipcomp_decompressed": ci.decompressed if ci else 0,
+            "ipcomp_errors": ci.decompress_errors if ci else 0}
+
+
+def attach_ipcomp(sas: list, act: InstallChildSA, inbound: bool, keep=None) -> None:
+    """IPComp (RFC 3173) rides on the innermost SA of a bundle (ESP, or AH alone): the data
+    plane compresses before and decompresses after it.  `keep`: an IPComp whose counters
+    carry over (the same SA re-addressed)."""
+    if act.ipcomp is None or not sas:
+        return
+    from vpnd.esp.ipcomp import IPComp
+    p = act.ipcomp
+    sas[0].ipcomp = keep or IPComp(p.cpi_in if inbound else p.cpi_out, p.algorithm)
 
 
 AEAD_NAMES = ("aes128gcm16", "aes192gcm16", "aes256gcm16", "chacha20poly1305")
@@ -516,6 +544,8 @@ class Daemon:
         try:
             inbound = [self._make_sa(k, act) for k in act.inbound]
             outbound = [self._make_sa(k, act) for k in act.outbound]
+            attach_ipcomp(inbound, act, True)
+            attach_ipcomp(outbound, act, False)
             if inbound:
                 # inner packets must match the SA's selectors (RFC 4301 5.2 step 4)
                 check = act.mode == "tunnel" and act.local_ts and act.remote_ts
@@ -567,6 +597,7 @@ class Daemon:
         import dataclasses
         try:
             outbound = [self._make_sa(k, act) for k in act.outbound]
+            attach_ipcomp(outbound, act, False)
         except ValueError as e:
             log.error("%s: cannot install outbound SA: %s", act.connection, e)
             return None
@@ -1115,7 +1146,8 @@ class Daemon:
                 "auth_failures": sum(_counter(s, "auth_failures") for s in child.inbound),
                 # beyond the contract: the other per-SA drop reasons of the data plane
                 **{k: sum(_counter(s, k) for s in child.inbound + child.outbound)
-                   for k in ("malformed", "pad_errors", "policy_drops", "expired_drops")}}
+                   for k in ("malformed", "pad_errors", "policy_drops", "expired_drops")},
+                **_ipcomp_status(inn, out)}
 
     def _manual_ike_entry(self, conn, child: Child, now: float) -> dict:
         """Manual SAs have no IKE SA: a pseudo entry in the contract's shape, state MANUAL."""

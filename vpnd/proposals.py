@@ -71,7 +71,7 @@ _UNSUPPORTED = {
     "md5_128": None, "sha1_160": None, "sha256_96": None, "sha2_256_96": None,
     "curve448": None, "x448": None, "ecp192": None, "ecp224": None,
     "ecp256bp": None, "ecp384bp": None, "ecp512bp": None, "ecp224bp": None,
-    "esp-seal": None, "esp-gmac": None, "comp-lzs": None,
+    "esp-seal": None, "esp-gmac": None,
 }
 
 _PRF_OF_INTEGRITY = {i: "prf" + i for i in INTEGRITY}
@@ -107,6 +107,7 @@ class Proposal:
     dh: tuple[str, ...] = ()            # ike: required; esp/ah: non-empty = PFS
     esn: tuple[bool, ...] = (False,)    # esp/ah
     ah_integrity: tuple[str, ...] = ()  # esp only: non-empty = ESP+AH bundle
+    compression: tuple[str, ...] = ()   # IPComp (RFC 3173): "lzs" from Cisco's comp-lzs
 
     @property
     def aead(self) -> bool:
@@ -129,6 +130,8 @@ class Proposal:
         text = "-".join(parts)
         if self.ah_integrity:
             text += " +ah:" + "-".join(self.ah_integrity)
+        if self.compression:
+            text += " +comp:" + "-".join(self.compression)
         return text
 
 
@@ -186,7 +189,7 @@ def _kind(name: str) -> str:
 class _Builder:
     def __init__(self) -> None:
         self.lists: dict[str, list] = {k: [] for k in
-                                       ("encryption", "integrity", "prf", "dh", "esn", "ah")}
+                                       ("encryption", "integrity", "prf", "dh", "esn", "ah", "comp")}
 
     def add(self, kind: str, value) -> None:
         if value not in self.lists[kind]:
@@ -228,6 +231,10 @@ def _parse_cisco(words: list[str], b: _Builder) -> None:
             else:
                 b.add("encryption", base)
             continue
+        if w == "comp-lzs":
+            # IPComp with LZS (RFC 2395), innermost in the bundle (RFC 3173)
+            b.add("comp", "lzs")
+            continue
         m = _CISCO_HMAC.match(w)
         if m:
             alg = _canonical(m.group(2))
@@ -238,7 +245,8 @@ def _parse_cisco(words: list[str], b: _Builder) -> None:
         if kind not in ("dh", "esn"):
             raise ProposalError(f"'{words[i - 1]}' is not a transform-set word "
                                 "(esp-aes [128|192|256], esp-gcm [128|256], esp-3des, esp-des, "
-                                "esp-null, esp-sha-hmac, esp-md5-hmac, ah-sha-hmac, groupN)")
+                                "esp-null, esp-sha-hmac, esp-md5-hmac, ah-sha-hmac, comp-lzs, "
+                                "groupN)")
         b.add(kind, name == "esn" if kind == "esn" else name)
 
 
@@ -277,16 +285,18 @@ def _parse_one(item: str, protocol: str, allow_legacy: bool) -> Proposal:
         if not integ:
             raise ProposalError("AH proposal needs an integrity algorithm")
         return Proposal("ah", integrity=tuple(integ), dh=tuple(L["dh"]),
-                        esn=tuple(L["esn"]) or (False,))
+                        esn=tuple(L["esn"]) or (False,), compression=tuple(L["comp"]))
 
     if protocol == "esp" and cisco and L["ah"] and not L["encryption"] and not L["integrity"]:
         # A transform set of AH words only: an AH SA, not ESP.
         return Proposal("ah", integrity=tuple(L["ah"]), dh=tuple(L["dh"]),
-                        esn=tuple(L["esn"]) or (False,))
+                        esn=tuple(L["esn"]) or (False,), compression=tuple(L["comp"]))
 
     if protocol == "ike":
         if L["ah"]:
             raise ProposalError("AH transforms are not IKE proposals")
+        if L["comp"]:
+            raise ProposalError("IP compression is not an IKE proposal")
         if L["esn"]:
             raise ProposalError("ESN is not used in IKE proposals")
         if not L["encryption"]:
@@ -325,7 +335,7 @@ def _parse_one(item: str, protocol: str, allow_legacy: bool) -> Proposal:
                             "(or an AEAD cipher)")
     return Proposal("esp", encryption=tuple(L["encryption"]), integrity=tuple(L["integrity"]),
                     dh=tuple(L["dh"]), esn=tuple(L["esn"]) or (False,),
-                    ah_integrity=tuple(L["ah"]))
+                    ah_integrity=tuple(L["ah"]), compression=tuple(L["comp"]))
 
 
 def parse_proposals(text: str, protocol: str, *, allow_legacy: bool = False

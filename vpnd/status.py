@@ -62,6 +62,12 @@ def format_status(st: dict) -> str:
                        f"#bytes {ch.get('bytes_in', 0)}")
             out.append(f"    outbound spi 0x{ch.get('spi_out', '-')}: #pkts encaps {ch.get('packets_out', 0)}, "
                        f"#bytes {ch.get('bytes_out', 0)}")
+            if ch.get("ipcomp"):     # RFC 3173: CPIs and what the compressor did
+                out.append(f"    compression {ch['ipcomp']}, cpi in 0x{ch.get('cpi_in', '-')} "
+                           f"out 0x{ch.get('cpi_out', '-')}: #compressed {ch.get('ipcomp_compressed', 0)}, "
+                           f"#not compressed {ch.get('ipcomp_uncompressed', 0)}, "
+                           f"#decompressed {ch.get('ipcomp_decompressed', 0)}, "
+                           f"#decompress errors {ch.get('ipcomp_errors', 0)}")
             rekey = ch.get("rekey_in_s", 0)
             out.append(f"    #replay drops {ch.get('replay_drops', 0)}, #auth failures {ch.get('auth_failures', 0)}"
                        + (f", rekey in {rekey}s" if rekey else ""))

@@ -43,6 +43,16 @@ class ChildKeys:
 
 
 @dataclass(frozen=True)
+class IPCompParams:
+    """IPComp (RFC 3173) negotiated or configured for a CHILD_SA: the algorithm ("deflate" |
+    "lzs"), the CPI the peer puts on what it sends us (cpi_in) and the one we send (cpi_out)."""
+
+    algorithm: str
+    cpi_in: int
+    cpi_out: int
+
+
+@dataclass(frozen=True)
 class InstallChildSA:
     """Install a negotiated CHILD_SA (IKEv2) or Quick Mode SA pair (IKEv1).
 
@@ -71,6 +81,7 @@ class InstallChildSA:
     soft_kilobytes: int = 0  # soft byte limit: data plane reports, core rekeys
     hard_kilobytes: int = 0
     replaces: int | None = None
+    ipcomp: IPCompParams | None = None  # innermost transform of the bundle, if any
 
 
 @dataclass(frozen=True)
