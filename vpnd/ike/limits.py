@@ -104,7 +104,7 @@ class LogSummary:
         self.max_sources = max_sources
         self.max_kinds = max_kinds
         self._windows: OrderedDict[str, _Window] = OrderedDict()
-        self._pending: list[tuple[float, str]] = []  # (when closed, summary line)
+        self._pending: list[tuple[float, tuple]] = []  # (when closed, record)
         self.suppressed_total = 0
 
     def note(self, kind: str, source, now: float) -> bool:
@@ -128,7 +128,8 @@ class LogSummary:
 
     def _close(self, kind: str, w: _Window, now: float) -> None:
         if w.count:
-            self._pending.append((now, self._line(kind, w, now)))
+            rec = (kind, w.count, len(w.sources), self._line(kind, w, now))
+            self._pending.append((now, rec))
             self._windows[kind] = _Window(now)  # still flooding: stay in summary mode
         else:
             del self._windows[kind]
@@ -144,10 +145,14 @@ class LogSummary:
 
     def due(self, now: float) -> list[str]:
         """Summary lines of intervals that ended by `now` (call from a timer)."""
+        return [rec[3] for rec in self.due_records(now)]
+
+    def due_records(self, now: float) -> list[tuple[str, int, int, str]]:
+        """Like due(), as (kind, suppressed count, distinct sources (capped), line)."""
         for kind, w in list(self._windows.items()):
             if now >= w.start + self.interval:
                 self._close(kind, w, now)
-        out, self._pending = [line for _, line in self._pending], []
+        out, self._pending = [rec for _, rec in self._pending], []
         return out
 
     def next_due(self) -> float | None:

@@ -53,7 +53,7 @@ class IkeManager:
 
     def receive(self, data: bytes, local: Address, remote: Address, now: float) -> list:
         version = codec.peek_version(data)
-        if version == 2:
+        if version is not None and version >= 2:  # > 2: answered INVALID_MAJOR_VERSION (RFC 7296 2.5)
             return self.v2.receive(data, local, remote, now)
         if version == 1 and self.v1 is not None:
             try:

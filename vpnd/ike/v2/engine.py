@@ -18,7 +18,7 @@ from vpnd.ike import codec
 from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
                               InstallChildSA, SendDatagram, UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
-from vpnd.ike.limits import RateLimiter
+from vpnd.ike.limits import LogSummary, RateLimiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
 from vpnd.ike.v2.payloads import REGISTRY, Notify
@@ -37,6 +37,14 @@ OUTBOUND_FALLBACK = 5.0
 # it just before switching may still be on the way (or queued behind the IKE message).
 INBOUND_LINGER = 2.0
 CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt
+# Unauthenticated input (issue 8): error notifies sent without an IKE SA (NO_PROPOSAL_CHOSEN,
+# INVALID_SYNTAX, UNSUPPORTED_CRITICAL_PAYLOAD, INVALID_MAJOR_VERSION) are limited per source
+# address and overall, so that a spoofed flood gets far less than one answer per packet
+# (2.21.1: answering helps a peer diagnose, but forged messages must not make us a reflector).
+ERROR_ANSWER_RATE = 1.0  # per source, tokens/s
+ERROR_ANSWER_BURST = 3
+ERROR_ANSWER_OVERALL = 50.0  # all sources together, per second
+UNAUTH_LOG_INTERVAL = 10.0  # log lines caused by unauthenticated input: one summary per interval
 
 
 def _hostport(addr: Address) -> str:
@@ -60,6 +68,9 @@ class Ikev2Engine:
         self.contacted: set[str] = set()  # connections we have had an IKE SA for (INITIAL_CONTACT)
         # per peer address, bounded (vpnd/ike/limits.py): garbage ESP is never amplified
         self.invalid_spi_limit = RateLimiter(1.0 / INVALID_SPI_INTERVAL, 1)
+        self.error_answer_limit = RateLimiter(ERROR_ANSWER_RATE, ERROR_ANSWER_BURST,
+                                              overall=ERROR_ANSWER_OVERALL)
+        self.unauth_log = LogSummary(UNAUTH_LOG_INTERVAL)
         self.retry_at: dict[str, float] = {}  # connection -> when to re-initiate (restart)
         self.drops = 0
         self._creds: dict = {}
@@ -83,6 +94,22 @@ class Ikev2Engine:
     def take(self) -> list:
         out, self._out = self._out, []
         return out
+
+    def unauth_event(self, what: str, source: str, now: float, kind: str, conn: str | None,
+                     message: str, **data) -> None:
+        """An event caused by unauthenticated input: the first of its `what` is logged in
+        full, further ones only counted and summarised once per UNAUTH_LOG_INTERVAL."""
+        if self.unauth_log.note(what, source, now):
+            self.event(kind, conn, message, **data)
+        self._summaries(now)
+
+    def _summaries(self, now: float) -> None:
+        for what, count, sources, line in self.unauth_log.due_records(now):
+            self.event("suppressed", None, line, what=what, count=count, sources=sources)
+
+    def error_answer_allowed(self, remote: Address, now: float) -> bool:
+        """May we send an unprotected error notify to this source now?"""
+        return self.error_answer_limit.allow(remote[0], now)
 
     @property
     def ike_port(self) -> int:
@@ -355,12 +382,29 @@ class Ikev2Engine:
     def _receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
         try:
             msg = codec.decode_message(data, REGISTRY)
+        except codec.InvalidMajorVersion as e:
+            self.drops += 1
+            self._invalid_major_version(data, e.major, local, remote, now)
+            return
         except codec.UnsupportedCriticalPayload as e:
+            self.drops += 1
             h = codec.decode_header(data)
-            self._unprotected_notify_error(h, data, local, remote, c.N_UNSUPPORTED_CRITICAL_PAYLOAD,
+            self.unauth_event("unsupported critical payload", remote[0], now, "unsupported_critical", None,
+                              f"rejected IKEv2 {c.EXCHANGE_NAMES.get(h.exchange, h.exchange)} message from "
+                              f"{remote[0]}: unsupported critical payload type {e.payload_type} (RFC 7296 2.5)",
+                              payload_type=e.payload_type)
+            self._unprotected_notify_error(h, local, remote, now, c.N_UNSUPPORTED_CRITICAL_PAYLOAD,
                                            struct.pack("!B", e.payload_type))
-            raise
-        except codec.InvalidMajorVersion:
+            return
+        except CodecError:
+            # a malformed IKE_SA_INIT request (e.g. a nonce under 16 octets, 2.10/3.9) gets
+            # INVALID_SYNTAX; everything else malformed is dropped (2.21.1, 2.21.2)
+            try:
+                h = codec.decode_header(data)
+            except CodecError:
+                raise
+            if h.length == len(data):
+                self._unprotected_notify_error(h, local, remote, now, c.N_INVALID_SYNTAX, b"")
             raise
         h = msg.header
         if h.exchange == c.IKE_SA_INIT:
@@ -428,6 +472,11 @@ class Ikev2Engine:
         except codec.UnsupportedCriticalPayload as e:
             sa.mid_in += 1
             sa.last_recv = now
+            self.unauth_event("unsupported critical payload", remote[0], now, "unsupported_critical",
+                              sa.conn.name,
+                              f"rejected {c.EXCHANGE_NAMES.get(h.exchange, h.exchange)} request from "
+                              f"{remote[0]} on IKE_SA {sa.conn.name}[{sa.ike_id}]: unsupported critical "
+                              f"payload type {e.payload_type} (RFC 7296 2.5)", payload_type=e.payload_type)
             self.respond(sa, h.exchange, h.message_id,
                          [Notify(c.N_UNSUPPORTED_CRITICAL_PAYLOAD, bytes([e.payload_type]))], now)
             return
@@ -463,12 +512,34 @@ class Ikev2Engine:
         for ch in sa.children.values():
             self.emit(UpdateChildAddresses(ch.child_id, sa.local, sa.remote, sa.udp_encap))
 
-    def _unprotected_notify_error(self, h: Header, data, local, remote, ntype: int, ndata: bytes) -> None:
-        """Errors on IKE_SA_INIT requests get an unprotected answer (2.21.1)."""
-        if h.exchange != c.IKE_SA_INIT or h.is_response or h.message_id != 0:
+    def _unprotected_notify_error(self, h: Header, local, remote, now: float, ntype: int,
+                                  ndata: bytes) -> None:
+        """Errors on IKE_SA_INIT requests get an unprotected answer (2.21.1), but only for
+        sources we have a connection for, and rate-limited (issue 8.2)."""
+        if h.exchange != c.IKE_SA_INIT or h.is_response or h.message_id != 0 or h.spi_r != bytes(8):
+            return
+        if not exchange_init.candidates(self, local, remote) or not self.error_answer_allowed(remote, now):
             return
         resp = Header(h.spi_i, bytes(8), 0, 2, 0, c.IKE_SA_INIT, c.FLAG_R, 0)
         self.send(codec.encode_message(resp, [Notify(ntype, ndata)]), local=local, remote=remote)
+
+    def _invalid_major_version(self, data: bytes, major: int, local, remote, now: float) -> None:
+        """2.5: a message with a higher major version is dropped, and a request SHOULD be
+        answered with INVALID_MAJOR_VERSION carrying our version in the header. Never a
+        response (that could loop between two implementations); only to sources we have a
+        connection for; rate-limited."""
+        if len(data) < codec.HEADER_LEN or major <= 2:
+            return
+        spi_i, spi_r, _, _, exch, flags, mid = struct.unpack_from("!8s8sBBBBI", data)
+        if flags & c.FLAG_R:
+            return
+        self.unauth_event("unknown IKE major version", remote[0], now, "invalid_major_version", None,
+                          f"dropped IKE message of major version {major} from {remote[0]} "
+                          f"(we speak 2; answering INVALID_MAJOR_VERSION, RFC 7296 2.5)", major=major)
+        if not exchange_init.candidates(self, local, remote) or not self.error_answer_allowed(remote, now):
+            return
+        resp = Header(spi_i, spi_r, 0, 2, 0, exch, c.FLAG_R, mid)
+        self.send(codec.encode_message(resp, [Notify(c.N_INVALID_MAJOR_VERSION)]), local=local, remote=remote)
 
     # ------------------------------------------------------------------ public API
 
@@ -588,6 +659,9 @@ class Ikev2Engine:
 
     def next_timer(self) -> float | None:
         times: list[float] = list(self.retry_at.values()) + list(self.lingering.values())
+        summary_at = self.unauth_log.next_due()
+        if summary_at is not None:
+            times.append(summary_at)
         for sa in self.sas.values():
             if sa.state == "FAILED":
                 times.append(sa.expire_at)
@@ -626,6 +700,7 @@ class Ikev2Engine:
         return max((ch.last_in for ch in sa.children.values()), default=0.0)
 
     def handle_timer(self, now: float) -> list:
+        self._summaries(now)
         for child_id, t in list(self.lingering.items()):
             if t <= now:
                 del self.lingering[child_id]

@@ -214,6 +214,12 @@ def _reply_notify(e, h: Header, local, remote, ntype: int, data: bytes = b"") ->
     e.send(codec.encode_message(resp, [Notify(ntype, data)]), local=local, remote=remote)
 
 
+def _reply_error(e, h: Header, local, remote, now: float, ntype: int) -> None:
+    """An error notify without an IKE SA: rate-limited per source and overall (issue 8.2)."""
+    if e.error_answer_allowed(remote, now):
+        _reply_notify(e, h, local, remote, ntype)
+
+
 def candidates(e, local, remote) -> list:
     out = []
     for conn in e.connections():
@@ -241,14 +247,24 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
         else:
             e.drops += 1
         return
+    conns = candidates(e, local, remote)
+    if not conns:
+        # no connection could ever accept this source: no answer and no work at all (2.21.1
+        # leaves answering errors before authentication to policy; a spoofed flood from
+        # unconfigured addresses must not make us a reflector nor fill the log, issue 8.2)
+        e.drops += 1
+        e.unauth_event("IKE_SA_INIT from an address without a connection", remote[0], now, "no_config", None,
+                       f"IKE_SA_INIT from {remote[0]}: no connection for this peer, dropped without answer")
+        return
     dcfg = e.config.daemon
     if len(e.half_open) >= dcfg.half_open_limit:
         e.drops += 1
-        e.event("half_open_limit", None, f"dropping IKE_SA_INIT from {remote[0]}: {len(e.half_open)} half-open SAs")
+        e.unauth_event("IKE_SA_INIT over the half-open limit", remote[0], now, "half_open_limit", None,
+                       f"dropping IKE_SA_INIT from {remote[0]}: {len(e.half_open)} half-open SAs")
         return
     sa_p, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
     if sa_p is None or ke is None or nonce is None:
-        _reply_notify(e, h, local, remote, c.N_INVALID_SYNTAX)
+        _reply_error(e, h, local, remote, now, c.N_INVALID_SYNTAX)
         return
     if len(e.half_open) >= dcfg.cookie_threshold:
         want = _cookie(e, e.cookie_secret, nonce.data, remote[0], h.spi_i)
@@ -257,7 +273,6 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
         if got is None or not (hmac.compare_digest(got.data, want) or hmac.compare_digest(got.data, old_want)):
             _reply_notify(e, h, local, remote, c.N_COOKIE, want)
             return
-    conns = candidates(e, local, remote)
     ke_group = c.DH_NAMES.get(ke.group)
     chosen = None
     accepting = []
@@ -272,25 +287,28 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
             accepting.append(conn)
     if chosen is None:
         ours = "; ".join(f"{x.name}: {negotiate.describe_offer(negotiate.to_sa(x.ike, 'ike', b''))}"
-                         for x in conns) or "no connection for this peer"
+                         for x in conns)
         theirs = negotiate.describe_offer(sa_p.proposals)
-        e.event("no_proposal", conns[0].name if conns else None,
-                f"IKE_SA_INIT from {remote[0]}: no acceptable proposal; received {theirs}; configured {ours}",
-                received=theirs, configured=ours)
-        _reply_notify(e, h, local, remote, c.N_NO_PROPOSAL_CHOSEN)
+        e.unauth_event("IKE_SA_INIT without an acceptable proposal", remote[0], now, "no_proposal",
+                       conns[0].name,
+                       f"IKE_SA_INIT from {remote[0]}: no acceptable proposal; received {theirs}; configured {ours}",
+                       received=theirs, configured=ours)
+        _reply_error(e, h, local, remote, now, c.N_NO_PROPOSAL_CHOSEN)
         return
     peer_prop, ch = chosen
     if c.DH_IDS[ch.dh] != ke.group:
-        e.event("invalid_ke", accepting[0].name,
-                f"IKE_SA_INIT from {remote[0]}: DH group {ke_group or ke.group} unacceptable, requesting {ch.dh}")
+        e.unauth_event("IKE_SA_INIT with another DH group", remote[0], now, "invalid_ke", accepting[0].name,
+                       f"IKE_SA_INIT from {remote[0]}: DH group {ke_group or ke.group} unacceptable, "
+                       f"requesting {ch.dh}")
         _reply_notify(e, h, local, remote, c.N_INVALID_KE_PAYLOAD, struct.pack("!H", c.DH_IDS[ch.dh]))
         return
     kex = KeyExchange(ch.dh)
     try:
         shared = kex.shared(ke.data)
     except InvalidPublicValue as err:
-        e.event("bad_ke", accepting[0].name, f"IKE_SA_INIT from {remote[0]}: {err}")
-        _reply_notify(e, h, local, remote, c.N_INVALID_SYNTAX)
+        e.unauth_event("IKE_SA_INIT with an invalid KE", remote[0], now, "bad_ke", accepting[0].name,
+                       f"IKE_SA_INIT from {remote[0]}: {err}")
+        _reply_error(e, h, local, remote, now, c.N_INVALID_SYNTAX)
         return
     conn = accepting[0]
     sa = IkeSa(ike_id=e.new_id(), conn=conn, initiator=False, spi_i=h.spi_i, spi_r=e.new_spi(),
