@@ -16,6 +16,7 @@ import os
 
 from vpnd.ike import codec
 from vpnd.ike.actions import Address, Event
+from vpnd.ike.peers import PeerRules
 from vpnd.ike.v2.engine import Ikev2Engine
 
 
@@ -36,6 +37,21 @@ class IkeManager:
         v1cls = _load_v1()
         self.v1 = v1cls(config, now=now, rng=rng, new_id=ids, wallclock=wallclock) if v1cls is not None else None
         self.drops = 0
+        # the rules across versions and connections (INITIAL_CONTACT, duplicates, admin down)
+        self.rules = PeerRules()
+        self.rules.v2 = self.v2
+        self.rules.v1 = self.v1
+        for e in self._engines():
+            e.peers = self.rules
+
+    def _call(self, version: int | None, fn, *args, **kw) -> list:
+        """Run one core call; actions it caused in the other core follow its own."""
+        with self.rules.running(version):
+            out = fn(*args, **kw)
+        return out + self.rules.take()
+
+    def _version(self, e) -> int:
+        return 1 if e is self.v1 and e is not None else 2
 
     def _engines(self):
         return [e for e in (self.v2, self.v1) if e is not None]
@@ -54,10 +70,10 @@ class IkeManager:
     def receive(self, data: bytes, local: Address, remote: Address, now: float) -> list:
         version = codec.peek_version(data)
         if version is not None and version >= 2:  # > 2: answered INVALID_MAJOR_VERSION (RFC 7296 2.5)
-            return self.v2.receive(data, local, remote, now)
+            return self._call(2, self.v2.receive, data, local, remote, now)
         if version == 1 and self.v1 is not None:
             try:
-                return self.v1.receive_datagram(data, local, remote, now)
+                return self._call(1, self.v1.receive_datagram, data, local, remote, now)
             except Exception as e:  # the v1 engine should not raise; keep the daemon alive
                 return [Event("error", None, f"IKEv1 engine failed: {type(e).__name__}: {e}")]
         self.drops += 1
@@ -65,24 +81,36 @@ class IkeManager:
 
     def initiate(self, connection: str, now: float) -> list:
         e = self._for(connection)
-        return e.initiate(connection, now) if e is not None else self._no_v1(connection)
+        if e is None:
+            return self._no_v1(connection)
+        self.rules.set_up(connection)  # `up` ends an administrative down
+        return self._call(self._version(e), e.initiate, connection, now)
 
     def terminate(self, connection: str, now: float) -> list:
         e = self._for(connection)
-        return e.terminate(connection, now) if e is not None else self._no_v1(connection)
+        if e is None:
+            return self._no_v1(connection)
+        # an operator's down is final: nothing re-initiates it by itself (issue 7.2)
+        self.rules.set_down(connection)
+        return self._call(self._version(e), e.terminate, connection, now)
 
     def rekey(self, connection: str, now: float, *, ike: bool = False) -> list:
         e = self._for(connection)
-        return e.rekey(connection, now, ike=ike) if e is not None else self._no_v1(connection)
+        if e is None:
+            return self._no_v1(connection)
+        return self._call(self._version(e), e.rekey, connection, now, ike=ike)
 
     def acquire(self, connection: str, packet: bytes, now: float) -> list:
         e = self._for(connection)
-        return e.acquire(connection, packet, now) if e is not None else self._no_v1(connection)
+        if e is None:
+            return self._no_v1(connection)
+        self.rules.set_up(connection)  # start: trap -- a trapped packet brings it up again
+        return self._call(self._version(e), e.acquire, connection, packet, now)
 
     def child_expiring(self, child_id: int, hard: bool, now: float) -> list:
         out: list = []
         for e in self._engines():
-            out += e.child_expiring(child_id, hard, now)
+            out += self._call(self._version(e), e.child_expiring, child_id, hard, now)
         return out
 
     def child_activity(self, child_id: int, last_in: float, last_out: float) -> None:
@@ -92,7 +120,7 @@ class IkeManager:
     def unknown_spi(self, spi: int, remote: Address, now: float) -> list:
         out: list = []
         for e in self._engines():
-            out += e.unknown_spi(spi, remote, now)
+            out += self._call(self._version(e), e.unknown_spi, spi, remote, now)
         return out
 
     def next_timer(self) -> float | None:
@@ -102,14 +130,16 @@ class IkeManager:
     def handle_timer(self, now: float) -> list:
         out: list = []
         for e in self._engines():
-            out += e.handle_timer(now)
+            out += self._call(self._version(e), e.handle_timer, now)
         return out
 
     def reload(self, config, now: float) -> list:
         self.config = config
+        names = {c.name for c in config.connections}
+        self.rules.admin_down &= names  # a removed connection's down state goes with it
         out: list = []
         for e in self._engines():
-            out += e.reload(config, now)
+            out += self._call(self._version(e), e.reload, config, now)
         return out
 
     def status(self, now: float) -> dict:

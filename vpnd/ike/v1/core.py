@@ -46,6 +46,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._had_contact: dict = {}
         self._restart_at: dict[str, float] = {}
         self._want_up: set[str] = set()  # DPD action restart: keep trying until it is back
+        self.peers = None  # ike.peers.PeerRules, set by the IkeManager (rules across versions)
         self._alts: dict[bytes, IsakmpSA] = {}  # cky_i + cky_r -> another half-open responder SA
         self._out: list = []
         self._now = now
@@ -204,7 +205,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 del self._restart_at[name]
                 conn = self._conn(name)
                 if conn is not None and not any(s.conn.name == name and not s.is_established
-                                                for s in self.sas.values()):
+                                                for s in self.sas.values()) \
+                        and (self.peers is None or self.peers.may_reinitiate(name)):
                     self._initiate_conn(conn, now)
         self._lingering = [x for x in self._lingering if not self._linger_done(x, now)]
         for sa in list(self.sas.values()):

@@ -171,7 +171,21 @@ class InfoMixin:
         state: one still being set up, or set up while this one was (both ends initiating
         at once, each sending INITIAL-CONTACT), is one the peer is working on right now.
         Dropping those made simultaneous `start: start` ends kill each other's
-        initiator SA, and with it every Quick Mode."""
+        initiator SA, and with it every Quick Mode.
+
+        Only SAs between the same identity pair, of any connection and both versions
+        (ike/peers.py): other identities at the same address keep theirs."""
+        if self.peers is not None:
+            victims = self.peers.same_version_victims(1, sa)
+            keep = {o.ike_id for o in self.sas.values() if o is not sa and o not in victims}
+            for other in victims:
+                self._drop_isakmp(other, now, reason="peer restarted (INITIAL-CONTACT)", notify_peer=False)
+            for c in list(self.children.values()):
+                # IPsec SAs outlive their ISAKMP SA: those of a live SA of another identity stay
+                if c.conn.name in self._peer_conns(sa) and c.installed < sa.created and c.ike_id not in keep:
+                    self._delete_child(c, now, reason="peer restarted (INITIAL-CONTACT)", notify_peer=False)
+            self.peers.initial_contact(1, sa, now)
+            return
         for other in list(self.sas.values()):
             if other is not sa and other.remote[0] == sa.remote[0] and \
                     other.established is not None and other.established < sa.created:
@@ -259,7 +273,8 @@ class InfoMixin:
                 self._delete_child(c, now, reason="peer dead", notify_peer=False)
         # the peer lost our state (or will have): the next contact says INITIAL-CONTACT
         self._had_contact.pop(sa.remote[0], None)
-        if conn.dpd.action == "restart" and conn.peer != "%any":
+        if conn.dpd.action == "restart" and conn.peer != "%any" \
+                and (self.peers is None or self.peers.may_reinitiate(conn.name)):
             self._want_up.add(conn.name)
             self._initiate_conn(conn, now)
 

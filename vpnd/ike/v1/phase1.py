@@ -719,6 +719,8 @@ class Phase1Mixin:
                   and o.remote[0] == sa.remote[0]]
         if others or self._had_contact.get(sa.remote[0]):
             return []
+        if self.peers is not None and not self.peers.may_send_initial_contact(1, sa, sa.conn):
+            return []  # an SA with the same identity pair, in IKEv2 or another connection
         self._had_contact[sa.remote[0]] = True
         return [P.Notify(C.N_INITIAL_CONTACT, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r)]
 

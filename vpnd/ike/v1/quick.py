@@ -450,6 +450,9 @@ class QuickMixin:
         self._event("child_up", conn.name, f"IPsec SA {qm.local_ts} <-> {qm.remote_ts} installed "
                     f"({desc}, {mode}{', UDP-encapsulated' if udp else ''}, {spi_text})",
                     ike_id=sa.ike_id, child_id=child_id)
+        if self.peers is not None and replaces is None and redundant is None:
+            # a peer that restarted without INITIAL_CONTACT: its IKEv2 leftovers go (ike/peers.py)
+            self.peers.child_installed(1, sa, [qm.local_ts], [qm.remote_ts], now)
         if replaces is not None and replaces in self.children:
             old = self.children[replaces]
             old.state = "REKEYED"

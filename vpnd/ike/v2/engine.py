@@ -79,6 +79,7 @@ class Ikev2Engine:
         self._out: list = []
         self.lingering: dict[int, float] = {}  # child id -> when its inbound SAs go (INBOUND_LINGER)
         self.rand = random.Random(int.from_bytes(rng(8), "big"))
+        self.peers = None  # ike.peers.PeerRules, set by the IkeManager (rules across versions)
 
     # ------------------------------------------------------------------ helpers for exchanges
 
@@ -255,6 +256,10 @@ class Ikev2Engine:
                    f"{child.spi_in:08x}_i {child.spi_out:08x}_o and TS "
                    f"{' '.join(map(str, child.local_ts))} === {' '.join(map(str, child.remote_ts))}",
                    child_id=child.child_id, proposal=ch.describe(), udp_encap=sa.udp_encap)
+        if self.peers is not None and replaces is None:
+            # a peer that restarted without INITIAL_CONTACT: older same-selector duplicates go
+            self.peers.child_installed(2, sa, [n for t in child.local_ts for n in t.networks()],
+                                       [n for t in child.remote_ts for n in t.networks()], now)
 
     def activate_outbound(self, sa: IkeSa, child: ChildSa, why: str) -> None:
         """Move outbound traffic to a child installed with defer_outbound: the daemon gets the
@@ -353,7 +358,8 @@ class Ikev2Engine:
         action = conn.dpd.action
         self.event("peer_dead", conn.name,
                    f"peer {sa.remote[0]} of {conn.name} is dead (no answer), action {action}")
-        if action == "restart" and not conn.dynamic and not self._has_other_sa(conn, sa):
+        if action == "restart" and not conn.dynamic and not self._has_other_sa(conn, sa) \
+                and (self.peers is None or self.peers.may_reinitiate(conn.name)):
             self.retry_at[conn.name] = now  # re-initiate on the next timer, until it works
             self.persistent.add(conn.name)
 
@@ -572,6 +578,10 @@ class Ikev2Engine:
                 sa.queue.clear()
                 sa.pending = None
                 sa.state = "DELETING"
+                # the tunnel is down now (issue 7.2): the data plane SAs go at once, the
+                # Delete is sent and retransmitted a bounded time whether or not it is answered
+                for ch in list(sa.children.values()):
+                    self.remove_child(sa, ch, "terminated")
                 self.queue_force(sa, exchange_info.DeleteIkeTask(), now)
             else:
                 self.kill_ike(sa, now, "terminated")
@@ -709,7 +719,8 @@ class Ikev2Engine:
             if t <= now:
                 del self.retry_at[name]
                 conn = self.conn_by_name(name)
-                if conn is not None and not any(s.conn.name == name for s in self.sas.values()):
+                if conn is not None and not any(s.conn.name == name for s in self.sas.values()) \
+                        and (self.peers is None or self.peers.may_reinitiate(name)):
                     sa = exchange_init.initiate(self, conn, now)
                     sa.persistent = name in self.persistent
                     self.persistent.discard(name)
@@ -742,7 +753,8 @@ class Ikev2Engine:
                         self.persistent.add(sa.conn.name)
                         self.retry_at[sa.conn.name] = now + CONNECT_RETRY
                 else:
-                    self.kill_ike(sa, now, "peer not responding", dead=True)
+                    # an unanswered Delete of ours is no dead peer to act on (no restart)
+                    self.kill_ike(sa, now, "peer not responding", dead=sa.state != "DELETING")
                 return
             req.tries += 1
             req.next_at = now + req.timeouts[req.tries]

@@ -9,6 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from vpnd.crypto import auth as authc
+from vpnd.ike.peers import id_key
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_child
 from vpnd.ike.v2.payloads import IDi, IDr, Auth, Cert, CertReq, Notify, notify
@@ -129,6 +130,12 @@ def _initial_contact(e, sa: IkeSa, now: float) -> None:
     before this SA's IKE_SA_INIT reached us: when both ends initiate at once, the peer's
     INITIAL_CONTACT was true when sent but our own SA with it completed meanwhile, and the
     peer has it too (drop_duplicate settles that pair with a Delete both ends see)."""
+    if e.peers is not None:
+        # the identity pair, any connection, both versions (ike/peers.py)
+        for other in e.peers.same_version_victims(2, sa):
+            e.kill_ike(other, now, "peer sent INITIAL_CONTACT")
+        e.peers.initial_contact(2, sa, now)
+        return
     for other in list(e.sas.values()):
         if other is not sa and other.conn.name == sa.conn.name and other.peer_id == sa.peer_id \
                 and other.state not in ("CONNECTING", "AUTHENTICATING") \
@@ -183,6 +190,7 @@ class AuthTask:
         conn = sa.conn
         out = _our_auth(e, sa, conn, IDi, True)
         self.idi = out[0]
+        sa.local_id_key = id_key(out[0].id_type, out[0].data)
         if _uses_certs(conn):
             creds = e.credentials(conn)
             if creds and creds.cas:
@@ -191,9 +199,14 @@ class AuthTask:
             t, d = id_payload_body(conn.remote_id, None)
             out.insert(len(out) - 1, IDr(t, d))
         # 2.4: we hold no other IKE SA with this peer (start-up, after DPD, ...); one in any
-        # state, also the peer's own attempt arriving at the same time, means no contact
-        if not any(o is not sa and o.conn.name == conn.name and o.state not in ("DEAD", "FAILED")
-                   for o in e.sas.values()):
+        # state, also the peer's own attempt arriving at the same time, means no contact.
+        # Between the identity pair, for any connection and both versions (ike/peers.py).
+        if e.peers is not None:
+            contact = e.peers.may_send_initial_contact(2, sa, conn)
+        else:
+            contact = not any(o is not sa and o.conn.name == conn.name and o.state not in ("DEAD", "FAILED")
+                              for o in e.sas.values())
+        if contact:
             out.append(Notify(c.N_INITIAL_CONTACT))
         child_payloads, self.req = exchange_child.child_request(e, sa, conn, ts_hint=self.ts_hint, in_auth=True)
         return out + child_payloads
@@ -211,6 +224,8 @@ class AuthTask:
         sa.peer_id = id_to_str(idr.id_type, idr.data)
         why = verify_peer(e, sa, conn, idr, auth, [p for p in payloads if isinstance(p, Cert)],
                           peer_is_initiator=False)
+        if not why:
+            sa.peer_id_raw = (idr.id_type, idr.data)  # authenticated (ike/peers.py compares it)
         if why:
             e.event("auth_failed", conn.name, f"IKE_AUTH: authentication of {sa.peer_id} failed: {why}")
             sa.state = "DELETING"
@@ -254,6 +269,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
         _fail(e, sa, h, f"authentication of {sa.peer_id} failed: {'; '.join(reasons) or 'no connection'}", now)
         return
     sa.conn = chosen
+    sa.peer_id_raw = (idi.id_type, idi.data)  # authenticated (ike/peers.py compares it)
     if sa.peer_certreq is False:
         sa.peer_certreq = any(isinstance(p, CertReq) for p in payloads)
     try:
@@ -261,6 +277,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     except authc.AuthError as err:
         _fail(e, sa, h, f"cannot authenticate ourselves: {err}", now)
         return
+    sa.local_id_key = id_key(ours[0].id_type, ours[0].data)
     if notify(payloads, c.N_INITIAL_CONTACT) is not None:
         _initial_contact(e, sa, now)
     established(e, sa, now)

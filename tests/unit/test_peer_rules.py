@@ -1,0 +1,269 @@
+"""Rules across IKE versions and connections (vpnd/ike/peers.py), two IkeManagers in memory:
+INITIAL_CONTACT between identity pairs (issue 7.1), duplicates left by a peer that
+restarted without INITIAL_CONTACT (7.12), an operator's down is final (7.2)."""
+from __future__ import annotations
+
+import pytest
+
+from vpnd.config import parse_config
+from vpnd.ike.v1.core import Ikev1Core
+from vpnd.ike.v2 import constants as c2
+from vpnd.ike.v2 import exchange_auth
+
+from test_ikev2_pair import PSK, Pair, Side
+
+A_IP, B_IP = "10.0.0.1", "10.0.0.2"
+IKE_SA_INIT = 34
+
+
+def _conn(version, local, peer, lts, rts, **kw):
+    c = {"version": version, "local": local, "peer": peer, "psk": PSK, "local_ts": [lts], "remote_ts": [rts],
+         "start": "none", "dpd": {"interval": 0}}
+    if version == 1:
+        c.update({"ike": "aes128-sha256-modp2048", "esp": "aes128-sha256"})
+    c.update(kw)
+    return c
+
+
+def side_conf(me, peer, conns):
+    """conns: {name: (version, local subnet, remote subnet, extra)}"""
+    return parse_config({"daemon": {"listen": me}, "connections": {
+        n: _conn(v, me, peer, l, r, **(kw or {})) for n, (v, l, r, kw) in conns.items()}})
+
+
+def make_pair(a_conns, b_conns) -> Pair:
+    p = Pair.__new__(Pair)
+    p.now = 1000.0
+    p.a = Side("a", A_IP, side_conf(A_IP, B_IP, a_conns), p.now)
+    p.b = Side("b", B_IP, side_conf(B_IP, A_IP, b_conns), p.now)
+    p.by_ip = {A_IP: p.a, B_IP: p.b}
+    p.wire = []
+    p.filter = None
+    p.delivered = 0
+    p._a_conns = a_conns
+    return p
+
+
+def up(p, name, side=None):
+    s = side or p.a
+    p.feed(s, s.m.initiate(name, p.now))
+    p.pump()
+    p.run(1)
+
+
+def restart_a(p, conns=None):
+    """A loses all its state (a new process), B keeps its SAs."""
+    p.a = Side("a", A_IP, side_conf(A_IP, B_IP, conns or p._a_conns), p.now)
+    p.by_ip[A_IP] = p.a
+
+
+def conn_state(side, now, name):
+    return next(c for c in side.m.status(now)["connections"] if c["name"] == name)
+
+
+def live_ike(side, now):
+    return [s for s in side.m.status(now)["ike_sas"] if s["state"] in ("ESTABLISHED", "REPLACED")
+            and s["state"] != "REPLACED"]
+
+
+TWO_V2 = {"one": (2, "10.1.1.0/24", "10.2.1.0/24", None), "two": (2, "10.1.2.0/24", "10.2.2.0/24", None)}
+TWO_V2_B = {"one": (2, "10.2.1.0/24", "10.1.1.0/24", None), "two": (2, "10.2.2.0/24", "10.1.2.0/24", None)}
+
+
+@pytest.fixture
+def ic_seen(monkeypatch):
+    """IKE_AUTH requests that carried INITIAL_CONTACT, as the IKEv2 responder saw them, and
+    IKEv1 SAs whose peer said INITIAL-CONTACT."""
+    seen = []
+    orig = exchange_auth.responder
+
+    def spy(e, sa, h, payloads, now):
+        if any(getattr(x, "type", None) == c2.N_INITIAL_CONTACT for x in payloads):
+            seen.append(("v2", e))
+        return orig(e, sa, h, payloads, now)
+
+    monkeypatch.setattr(exchange_auth, "responder", spy)
+    orig1 = Ikev1Core._take_initial_contact
+
+    def spy1(self, sa, pls, now):
+        from vpnd.ike.v1 import constants as C
+        if any(getattr(n, "notify_type", None) == C.N_INITIAL_CONTACT for n in pls):
+            seen.append(("v1", self))
+        return orig1(self, sa, pls, now)
+
+    monkeypatch.setattr(Ikev1Core, "_take_initial_contact", spy1)
+    return seen
+
+
+# ---------------------------------------------------------------------------- 7.1
+
+
+def test_second_connection_to_same_peer_sends_no_initial_contact(ic_seen):
+    """Issue 7.1: the second connection's IKE_AUTH carried INITIAL_CONTACT, and a peer that
+    honours it by identity (strongSwan) destroyed the first connection's IKE SA."""
+    p = make_pair(TWO_V2, TWO_V2_B)
+    up(p, "one")
+    assert len(ic_seen) == 1  # the first contact says it
+    up(p, "two")
+    assert len(ic_seen) == 1, "the second connection's IKE_AUTH carried INITIAL_CONTACT"
+    assert conn_state(p.a, p.now, "one")["state"] == "up"
+    assert conn_state(p.a, p.now, "two")["state"] == "up"
+
+
+def test_ikev1_after_ikev2_to_same_peer_sends_no_initial_contact(ic_seen):
+    """Issue 7.1: the IKEv1 check ignored IKEv2 SAs, so a Main Mode to a peer that has an
+    IKEv2 SA with us told it to drop that SA."""
+    a = {"v2": (2, "10.1.1.0/24", "10.2.1.0/24", None), "v1": (1, "10.1.2.0/24", "10.2.2.0/24", None)}
+    b = {"v2": (2, "10.2.1.0/24", "10.1.1.0/24", None), "v1": (1, "10.2.2.0/24", "10.1.2.0/24", None)}
+    p = make_pair(a, b)
+    up(p, "v2")
+    assert [k for k, _ in ic_seen] == ["v2"]
+    up(p, "v1")
+    assert [k for k, _ in ic_seen] == ["v2"], "IKEv1 Main Mode carried INITIAL-CONTACT"
+    assert conn_state(p.a, p.now, "v1")["state"] == "up"
+    assert conn_state(p.b, p.now, "v2")["state"] == "up"
+
+
+def test_initial_contact_clears_every_connection_of_the_identity_pair():
+    """A restarted peer's INITIAL_CONTACT on one connection: our SAs of the other
+    connection with the same identities are stale too (2.4: 'the only IKE SA between the
+    authenticated identities') -- before, only the same connection's went."""
+    p = make_pair(TWO_V2, TWO_V2_B)
+    up(p, "one")
+    up(p, "two")
+    assert len(live_ike(p.b, p.now)) == 2
+    p.now += 5
+    restart_a(p)
+    up(p, "one")
+    names = sorted(s["connection"] for s in live_ike(p.b, p.now))
+    assert names == ["one"], names  # "two"'s old IKE SA went with the INITIAL_CONTACT
+    assert conn_state(p.b, p.now, "two")["state"] == "down"
+
+
+def test_initial_contact_in_ikev1_clears_ikev2_sa_of_the_pair():
+    a = {"v2": (2, "10.1.1.0/24", "10.2.1.0/24", None), "v1": (1, "10.1.2.0/24", "10.2.2.0/24", None)}
+    b = {"v2": (2, "10.2.1.0/24", "10.1.1.0/24", None), "v1": (1, "10.2.2.0/24", "10.1.2.0/24", None)}
+    p = make_pair(a, b)
+    up(p, "v2")
+    assert conn_state(p.b, p.now, "v2")["state"] == "up"
+    p.now += 5
+    restart_a(p)
+    up(p, "v1")
+    assert conn_state(p.b, p.now, "v1")["state"] == "up"
+    assert conn_state(p.b, p.now, "v2")["state"] == "down", "B kept the IKEv2 SA the peer lost"
+    assert any(isinstance(x, int) for x in p.b.deleted)
+
+
+def test_initial_contact_keeps_sas_of_another_identity():
+    """Same peer address, another local identity: a different identity pair, kept."""
+    a = {"one": (2, "10.1.1.0/24", "10.2.1.0/24", None),
+         "two": (2, "10.1.2.0/24", "10.2.2.0/24", {"local_id": "@two.example"})}
+    b = {"one": (2, "10.2.1.0/24", "10.1.1.0/24", None),
+         "two": (2, "10.2.2.0/24", "10.1.2.0/24", {"remote_id": "@two.example"})}
+    p = make_pair(a, b)
+    up(p, "two")
+    up(p, "one")
+    p.now += 5
+    restart_a(p, {"one": a["one"]})
+    up(p, "one")
+    names = sorted(s["connection"] for s in live_ike(p.b, p.now))
+    assert names == ["one", "two"], names
+
+
+# ---------------------------------------------------------------------------- 7.12
+
+
+def test_restart_without_initial_contact_replaces_duplicates(monkeypatch):
+    """Issue 7.12: a peer that restarts without INITIAL_CONTACT (libreswan, openiked) left our
+    old IKE and CHILD SAs with the same selectors until DPD (never with DPD off)."""
+    p = make_pair(TWO_V2, TWO_V2_B)
+    up(p, "one")
+    up(p, "two")
+    old_children = set(p.b.children)
+    assert len(old_children) == 2
+    p.now += 5
+    restart_a(p)
+    # the restarted peer says no INITIAL_CONTACT (as if it had not sent one)
+    monkeypatch.setattr(exchange_auth, "_initial_contact", lambda e, sa, now: None)
+    up(p, "one")
+    st = p.b.m.status(p.now)
+    ones = [s for s in st["ike_sas"] if s["connection"] == "one"]
+    assert len(ones) == 1, ones  # the old IKE SA of "one" lost its only child: gone
+    assert len(ones[0]["child_sas"]) == 1
+    twos = [s for s in st["ike_sas"] if s["connection"] == "two"]
+    assert len(twos) == 1  # other selectors: not a duplicate, kept (DPD's business)
+    assert len(p.b.installed()) == 2 and len(set(p.b.children) & old_children) == 1
+    up(p, "two")
+    assert len(p.b.m.status(p.now)["ike_sas"]) == 2
+    assert not set(p.b.children) & old_children
+    p.check_tunnel(expect=2)
+
+
+def test_rekeys_are_no_duplicates():
+    """A child rekey and an IKE SA rekey keep everything (same IKE SA / the rekeyed one)."""
+    p = make_pair(TWO_V2, TWO_V2_B)
+    up(p, "one")
+    up(p, "two")
+    p.feed(p.a, p.a.m.rekey("one", p.now, ike=True))
+    p.pump()
+    p.run(5)
+    p.feed(p.a, p.a.m.rekey("one", p.now))
+    p.feed(p.b, p.b.m.rekey("two", p.now))
+    p.pump()
+    p.run(5)
+    p.check_tunnel(expect=2)
+    assert sorted(c["state"] for c in p.a.m.status(p.now)["connections"]) == ["up", "up"]
+
+
+# ---------------------------------------------------------------------------- 7.2
+
+
+def _ike_sa_inits(side, since):
+    return [d for t, d in side.sent if t >= since and len(d.data) > 18 and d.data[17] == 0x20
+            and d.data[18] == IKE_SA_INIT]
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_down_is_final_while_peer_unreachable(version):
+    """Issue 7.2: peer unreachable, `vpnctl down`: the Delete went unanswered, then the
+    dead-peer action (restart) brought the tunnel back as soon as the peer answered."""
+    dpd = {"interval": 10, "retry": 3, "action": "restart"}
+    a = {"site": (version, "10.1.1.0/24", "10.2.1.0/24", {"dpd": dpd, "start": "start"})}
+    b = {"site": (version, "10.2.1.0/24", "10.1.1.0/24", {"dpd": dpd})}
+    p = make_pair(a, b)
+    up(p, "site")
+    assert conn_state(p.a, p.now, "site")["state"] == "up"
+    p.filter = lambda s, d: "drop"  # the peer is unreachable both ways
+    t0 = p.now
+    p.feed(p.a, p.a.m.terminate("site", p.now))
+    assert p.a.installed() == [], "down must remove the SAs locally at once"
+    p.run(120)
+    p.filter = None
+    p.run(120)
+    sent = [d for t, d in p.a.sent if t > t0 + 1]
+    if version == 2:
+        assert not _ike_sa_inits(p.a, t0), "vpnd re-initiated a connection that was taken down"
+    else:
+        assert not [d for d in sent if d.data[16] == 0x10 and d.data[18] == 2], "Main Mode re-initiated"
+    assert conn_state(p.a, p.now, "site")["state"] == "down"
+    assert not any(e.kind == "peer_dead" and "restart" in e.message and e.data.get("restarting")
+                   for e in p.a.events)
+    up(p, "site")  # `up` ends the administrative down
+    assert conn_state(p.a, p.now, "site")["state"] == "up"
+    p.check_tunnel()
+
+
+def test_down_then_dead_peer_of_another_sa_does_not_restart_it():
+    """After down, a retry timer set before (connect retry) does not bring it back."""
+    a = {"site": (2, "10.1.1.0/24", "10.2.1.0/24", {"start": "start"})}
+    b = {"site": (2, "10.2.1.0/24", "10.1.1.0/24", None)}
+    p = make_pair(a, b)
+    p.filter = lambda s, d: "drop"
+    p.feed(p.a, p.a.m.initiate("site", p.now))
+    p.run(60)  # the attempt times out: a retry is scheduled
+    p.feed(p.a, p.a.m.terminate("site", p.now))
+    t0 = p.now
+    p.filter = None
+    p.run(60)
+    assert not _ike_sa_inits(p.a, t0 + 0.001)
+    assert conn_state(p.a, p.now, "site")["state"] == "down"
