@@ -22,6 +22,7 @@ from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, I
                               SendDatagram, UpdateChildAddresses)
 from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
+from vpnd.status import connection_state, last_error_entry
 from vpnd.net.routes import RouteManager, RouteOptions
 from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
 from vpnd.net.sockets import IPPROTO_AH, IPPROTO_ESP, SocketError, WireSockets, local_address
@@ -193,6 +194,10 @@ class Daemon:
         self._acquire_q: dict[str, tuple[deque, float]] = {}  # name -> (packets, asked at)
         self._waiters: list[tuple[str, str, asyncio.Future]] = []  # (connection, "up"|"down", fut)
         self._stop = None
+        # what `status` says of each connection (vpnd/status.py connection_state)
+        self._attempt: dict[str, float] = {}  # name -> when a negotiation was asked for
+        self._last_error: dict[str, dict] = {}  # name -> status.last_error_entry, until success
+        self._admin_down: set[str] = set()  # taken down with vpnctl down, until up/traffic
         self.started_at = time.monotonic()
         self.counters = {"tun_in": 0, "tun_out": 0, "wire_in": 0, "wire_out": 0,
                          "decap_drops": 0, "natt_invalid": 0, "keepalives_in": 0,
@@ -512,6 +517,7 @@ class Daemon:
             self._acquire_q[name] = (q, now)
             if self.ike is not None:
                 log.info("%s: traffic for the tunnel, initiating", name)
+                self._note_attempt(name)
                 self._run_actions(self.ike.acquire(name, packet, now))
         else:
             entry[0].append(packet)
@@ -585,6 +591,8 @@ class Daemon:
                  act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
                  "/".join(f"{k.spi:08x}" for k in act.outbound),
                  " (UDP-encapsulated)" if act.udp_encap else "")
+        if outbound and not manual:
+            self._succeeded(act.connection)
         queued = self._acquire_q.pop(act.connection, None)
         if queued:
             self._send_outputs(self.dp.encap_many(queued[0]))
@@ -620,6 +628,7 @@ class Daemon:
         self._restore_trap(act.connection)
         child.outbound = outbound
         child.action = dataclasses.replace(child.action, outbound=act.outbound, replaces=act.replaces)
+        self._succeeded(act.connection)
         log.info("%s: outbound traffic moved to SPI %s", act.connection,
                  "/".join(f"{k.spi:08x}" for k in act.outbound))
         return child
@@ -762,6 +771,7 @@ class Daemon:
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
         for c in self._conns():
             if c.manual is None and c.start == "start":
+                self._note_attempt(c.name)
                 self._run_actions(self.ike.initiate(c.name, now))
 
     def _stop_ike(self):
@@ -886,9 +896,24 @@ class Daemon:
             return
         if ev.kind == "ike_rekeyed":
             self._wake(ev.connection, "ike_rekeyed")
+        elif ev.kind == "ike_connecting":  # also the core's own restarts (DPD, rekey)
+            self._note_attempt(ev.connection)
         elif ev.kind in FAILURE_EVENTS:
             self._acquire_q.pop(ev.connection, None)  # the next packet starts anew
+            self._attempt.pop(ev.connection, None)
+            if self._conn(ev.connection) is not None:
+                self._last_error[ev.connection] = last_error_entry(ev.kind, ev.message)
             self._fail(ev.connection, ev.message)
+
+    def _note_attempt(self, name: str) -> None:
+        self._attempt[name] = self._now()
+        self._admin_down.discard(name)
+
+    def _succeeded(self, name: str) -> None:
+        """An IPsec SA of `name` can send: the attempt is over, its last error forgotten."""
+        self._attempt.pop(name, None)
+        self._last_error.pop(name, None)
+        self._admin_down.discard(name)
 
     # -- control commands (called by control.py) ----------------------------------------
 
@@ -939,6 +964,7 @@ class Daemon:
             raise CommandError(f"{name}: peer is %any: this connection only responds")
         if self._has_child(name):
             return {"connection": name, "state": "up", "already": True}
+        self._note_attempt(name)
         await self._act_and_wait(self._wait(name, "up", timeout),
                                  lambda: self.ike.initiate(name, self._now()))
         return {"connection": name, "state": "up"}
@@ -952,6 +978,8 @@ class Daemon:
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
         terminate = lambda: self.ike.terminate(name, self._now())  # noqa: E731
+        self._admin_down.add(name)
+        self._attempt.pop(name, None)
         if self._has_child(name):
             await self._act_and_wait(self._wait(name, "down", timeout), terminate)
         else:
@@ -1040,6 +1068,7 @@ class Daemon:
                 self._run_actions(self.ike.reload(with_local_addresses(new), now))
                 for c in self._conns():  # new `start: start` connections come up now
                     if c.manual is None and c.start == "start" and c.name not in old_names:
+                        self._note_attempt(c.name)
                         self._run_actions(self.ike.initiate(c.name, now))
             elif any(c.manual is None for c in self._conns()):
                 self._start_ike()
@@ -1107,15 +1136,17 @@ class Daemon:
                 mine = [ch for ch in self.children.values() if ch.manual and ch.connection == name]
                 conns_out.append({"name": name, "version": c.version, "peer": peer,
                                   "state": "up" if mine else "down", "ike_sas": 0,
-                                  "child_sas": len(mine), "keying": "manual"})
+                                  "child_sas": len(mine), "keying": "manual", "last_error": None})
                 for ch in mine:
                     ike_sas.append(self._manual_ike_entry(c, ch, now))
-            elif name in ike_conn_entries:
-                conns_out.append(ike_conn_entries[name])
             else:
-                n = sum(1 for ch in self.children.values() if ch.connection == name)
-                conns_out.append({"name": name, "version": c.version, "peer": peer,
-                                  "state": "up" if n else "down", "ike_sas": 0, "child_sas": n})
+                entry = ike_conn_entries.get(name)
+                if entry is None:
+                    n = sum(1 for ch in self.children.values() if ch.connection == name)
+                    entry = {"name": name, "version": c.version, "peer": peer, "ike_sas": 0,
+                             "child_sas": n}
+                entry.update(self._conn_state(c, ike_sas, now))
+                conns_out.append(entry)
         out = {"connections": conns_out, "ike_sas": ike_sas}
         out["daemon"] = {"tun": self.tun.name if self.tun else None,
                          "mtu": self.tun.mtu if self.tun else None,
@@ -1126,6 +1157,25 @@ class Daemon:
                          "ike_drops": int(getattr(self.ike, "drops", 0) or 0),
                          **self._dp_counters()}
         return out
+
+    def _conn_state(self, conn, ike_sas: list, now: float) -> dict:
+        """state and last_error of an IKE connection (vpnd/status.py connection_state)."""
+        name = conn.name
+        mine = [c for c in self.children.values() if c.connection == name]
+        installed = sum(1 for c in mine if c.outbound)
+        ike_states = [str(sa.get("state", "")) for sa in ike_sas
+                      if sa.get("connection") == name and sa.get("keying") != "manual"]
+        asked = self._attempt.get(name)
+        attempt = asked is not None or any(not c.outbound for c in mine)
+        err = self._last_error.get(name)
+        state = connection_state(
+            installed=installed, ike_states=ike_states, attempt=attempt,
+            attempt_age=now - asked if asked is not None else 0.0, last_error=err,
+            trap=conn.start == "trap" and name in self._traps, admin_down=name in self._admin_down)
+        if err is not None:
+            err = {k: v for k, v in err.items() if k != "at"}
+            err["age_s"] = max(0, int(time.time() - self._last_error[name]["at"]))
+        return {"state": state, "last_error": err}
 
     def _dp_counters(self) -> dict:
         c = getattr(self.dp, "counters", None)

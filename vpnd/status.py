@@ -4,6 +4,70 @@ block per IPsec (child) SA with its SPIs, transform and counters."""
 
 from __future__ import annotations
 
+import time
+
+# -- connection states (docs/daemon.md "Connection states") ------------------------------
+#   up          at least one IPsec SA installed (it can send)
+#   connecting  a negotiation is running (IKE SA being set up, or a CHILD_SA being created)
+#   ike-only    IKE SA established, no IPsec SA, nothing being negotiated (CHILD_SA refused,
+#               deleted by the peer); last_error says why when there was an error
+#   idle        `start: trap`: no IPsec SA, the trap is installed, traffic starts it
+#   failed      the last attempt failed and nothing runs now (last_error says why)
+#   down        not started (`start: none`/`start: start` before its first attempt, `vpnctl down`)
+STATES = ("up", "connecting", "ike-only", "idle", "failed", "down")
+
+IKE_LIVE = frozenset({"ESTABLISHED", "REKEYING", "REKEYED"})
+IKE_GONE = frozenset({"DELETING", "DEAD", "FAILED", "REPLACED", "NONE", "DELETED"})
+ATTEMPT_GRACE = 5.0  # s: an attempt asked for counts as "connecting" this long without an IKE SA
+
+
+def connection_state(*, installed: int, ike_states: list, attempt: bool, attempt_age: float,
+                     last_error: dict | None, trap: bool, admin_down: bool) -> str:
+    """The state of one IKE connection from what the daemon and the cores know.
+
+    installed: IPsec SAs with an outbound side in the data plane; ike_states: the states of
+    its IKE SAs; attempt: a negotiation was asked for (initiate, acquire, restart) and has
+    neither succeeded nor failed since; attempt_age: how long ago."""
+    if installed:
+        return "up"
+    if admin_down:
+        return "idle" if trap else "down"
+    established = any(s in IKE_LIVE for s in ike_states)
+    pending = any(s not in IKE_LIVE and s not in IKE_GONE for s in ike_states)
+    if established:
+        if attempt:
+            return "connecting"
+        if trap and last_error is None:
+            return "idle"
+        return "ike-only"
+    if pending or (attempt and attempt_age < ATTEMPT_GRACE):
+        return "connecting"
+    if last_error is not None:
+        return "failed"
+    return "idle" if trap else "down"
+
+
+def error_reason(kind: str, message: str) -> str:
+    """A stable reason word for a failure event: the event kind, made precise where a
+    generic "failed"/"error" names the peer's notify (RFC 7296 3.10.1, RFC 2408 3.14.1)."""
+    if kind not in ("failed", "error"):
+        return kind
+    m = message.upper().replace("-", "_")
+    for needle, reason in (("NO_PROPOSAL_CHOSEN", "no_proposal"), ("TS_UNACCEPTABLE", "ts_unacceptable"),
+                           ("AUTHENTICATION_FAILED", "auth_failed"), ("INVALID_KE", "invalid_ke"),
+                           ("INVALID_ID_INFORMATION", "invalid_id")):
+        if needle in m:
+            return reason
+    if "NOT ANSWER" in m or "NO ANSWER" in m or "TIMED OUT" in m or "NOT ANSWERED" in m:
+        return "timeout"
+    return kind
+
+
+def last_error_entry(kind: str, message: str, wall: float | None = None) -> dict:
+    wall = time.time() if wall is None else wall
+    return {"reason": error_reason(kind, message), "message": message,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall)), "at": wall}
+
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:
     cells = [[str(c) for c in r] for r in rows]
@@ -16,6 +80,14 @@ def _ip(endpoint: str) -> str:
     return endpoint.rsplit(":", 1)[0] if endpoint and ":" in endpoint else (endpoint or "-")
 
 
+def _last_error(c: dict) -> str:
+    e = c.get("last_error")
+    if not e:
+        return "-"
+    age = e.get("age_s")
+    return f"{e.get('reason', '?')} ({age}s ago)" if age is not None else str(e.get("reason", "?"))
+
+
 def format_status(st: dict) -> str:
     out: list[str] = []
     conns = st.get("connections", [])
@@ -23,8 +95,10 @@ def format_status(st: dict) -> str:
 
     out.append("connections")
     rows = [[c.get("name", "?"), c.get("keying", f"ikev{c.get('version', '?')}"), c.get("peer", "-"),
-             c.get("state", "?"), c.get("ike_sas", 0), c.get("child_sas", 0)] for c in conns]
-    out += ["  " + line for line in _table(["name", "keying", "peer", "state", "ike", "ipsec"], rows)]
+             c.get("state", "?"), c.get("ike_sas", 0), c.get("child_sas", 0), _last_error(c)]
+            for c in conns]
+    out += ["  " + line for line in _table(["name", "keying", "peer", "state", "ike", "ipsec",
+                                            "last error"], rows)]
     if not conns:
         out.append("  (none configured)")
 
