@@ -30,6 +30,12 @@ IDLE_TIMEOUT = 5.0  # seconds a connection may sit without a complete request li
 COMMANDS = ("status", "up", "down", "rekey", "reload")
 
 
+class CommandError(Exception):
+    """A command the daemon cannot carry out; its message is the answer's `error` (one line,
+    no secrets). Defined here, with the protocol, so the daemon imports the control server
+    and never the other way round."""
+
+
 class ProtocolError(Exception):
     """A request that is not a valid command (message is the reason sent back)."""
 
@@ -88,7 +94,6 @@ def encode(obj: dict) -> bytes:
 
 async def dispatch(handler, req: dict) -> dict:
     """Run one validated request against the daemon (`handler`): a response object."""
-    from vpnd.daemon import CommandError
     cmd = req["command"]
     kw = {"timeout": req["timeout"]} if "timeout" in req else {}
     try:

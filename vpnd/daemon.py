@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, IPCompParams,
                               SendDatagram, UpdateChildAddresses)
+from vpnd.control import CommandError, ControlServer
 from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
 from vpnd.status import connection_state, last_error_entry
@@ -305,7 +306,6 @@ class Daemon:
             self._stop.set_result(None)
 
     async def _start_control(self):
-        from vpnd.control import ControlServer
         d = self.config.daemon
         path = d.control_socket
         self.control = ControlServer(path, self, group=d.control_group)
@@ -1223,10 +1223,6 @@ class Daemon:
 # IKE core events that end a negotiation (a waiting `vpnctl up/rekey` fails with the message)
 FAILURE_EVENTS = frozenset({"auth_failed", "no_proposal", "error", "failed", "peer_dead",
                             "timeout", "ts_unacceptable", "rekey_failed"})
-
-
-class CommandError(Exception):
-    """A control command failed; the message is the reason given to vpnctl."""
 
 
 def _mss(setting, tun_mtu: int) -> int | None:

@@ -22,7 +22,7 @@ from vpnd.ike.limits import LogSummary, RateLimiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
 from vpnd.ike.v2.payloads import REGISTRY, Notify
-from vpnd.ike.v2.sa import (HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES, ChildSa,
+from vpnd.ike.v2.sa import (EVENT_SEQ, HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES, ChildSa,
                             IkeSa, Request)
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
@@ -195,6 +195,42 @@ class Ikev2Engine:
                 out.append(budget - total)
             return out
         return t
+
+    # Follow-ups that one exchange starts for another go through the engine, which knows
+    # every exchange module, so the exchange modules never import each other (issue 9).
+    def queue_delete_child(self, sa: IkeSa, child: ChildSa, now: float) -> None:
+        self.queue(sa, exchange_info.DeleteChildTask(child), now)
+
+    def queue_delete_ike(self, sa: IkeSa, now: float) -> None:
+        self.queue_force(sa, exchange_info.DeleteIkeTask(), now)
+
+    def recreate_child(self, sa: IkeSa, conn) -> None:
+        """A CHILD_SA the peer lost (INVALID_SPI) is negotiated again."""
+        sa.queue.append(exchange_child.CreateChildTask(conn))
+
+    @staticmethod
+    def is_delete_ike(task) -> bool:
+        return isinstance(task, exchange_info.DeleteIkeTask)
+
+    def ike_established(self, sa: IkeSa, now: float) -> None:
+        """An IKE SA is up: by IKE_AUTH, or as the new SA of an IKE SA rekey (2.18)."""
+        sa.state = "ESTABLISHED"
+        sa.established_at = now
+        sa.established_seq = next(EVENT_SEQ)
+        sa.last_recv = now
+        lt = sa.conn.lifetime.ike
+        if lt:
+            sa.rekey_at = now + lt * self.rekey_fraction(sa.initiator)
+            sa.expire_at = now + lt
+        for k, v in list(self.half_open.items()):
+            if v is sa:
+                del self.half_open[k]
+        self.contacted.add(sa.conn.name)
+        self.event("ike_up", sa.conn.name,
+                   f"IKE_SA {sa.conn.name}[{sa.ike_id}] established between {sa.local[0]}[{sa.local[1]}]"
+                   f"...{sa.remote[0]}[{sa.remote[1]}] ({sa.peer_id}), {sa.chosen.describe()}"
+                   f"{', NAT detected' if sa.nat_local or sa.nat_remote else ''}",
+                   ike_id=sa.ike_id, nat=sa.nat_local or sa.nat_remote)
 
     def queue(self, sa: IkeSa, task, now: float) -> None:
         """Queue an exchange; it is sent once the window is free (2.3)."""

@@ -13,7 +13,7 @@ from vpnd.ike.peers import id_key
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_child
 from vpnd.ike.v2.payloads import IDi, IDr, Auth, Cert, CertReq, Notify, notify
-from vpnd.ike.v2.sa import EVENT_SEQ, IkeSa, id_matches, id_payload_body, id_to_str
+from vpnd.ike.v2.sa import IkeSa, id_matches, id_payload_body, id_to_str
 
 
 def _psk(conn) -> bytes | None:
@@ -103,26 +103,6 @@ def _verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_in
     if not authc.psk_verify(sa.keys.prf, psk, octets, auth.data):
         return "pre-shared key mismatch"
     return None
-
-
-def established(e, sa: IkeSa, now: float) -> None:
-    sa.state = "ESTABLISHED"
-    sa.established_at = now
-    sa.established_seq = next(EVENT_SEQ)
-    sa.last_recv = now
-    lt = sa.conn.lifetime.ike
-    if lt:
-        sa.rekey_at = now + lt * e.rekey_fraction(sa.initiator)
-        sa.expire_at = now + lt
-    for k, v in list(e.half_open.items()):
-        if v is sa:
-            del e.half_open[k]
-    e.contacted.add(sa.conn.name)
-    e.event("ike_up", sa.conn.name,
-            f"IKE_SA {sa.conn.name}[{sa.ike_id}] established between {sa.local[0]}[{sa.local[1]}]"
-            f"...{sa.remote[0]}[{sa.remote[1]}] ({sa.peer_id}), {sa.chosen.describe()}"
-            f"{', NAT detected' if sa.nat_local or sa.nat_remote else ''}",
-            ike_id=sa.ike_id, nat=sa.nat_local or sa.nat_remote)
 
 
 def _initial_contact(e, sa: IkeSa, now: float) -> None:
@@ -233,7 +213,7 @@ class AuthTask:
 
             e.queue_force(sa, exchange_info.DeleteIkeTask(), now)
             return
-        established(e, sa, now)
+        e.ike_established(sa, now)
         exchange_child.child_accept(e, sa, self.req, payloads, sa.ni, sa.nr, now)
         drop_duplicate(e, sa, now)
 
@@ -280,7 +260,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     sa.local_id_key = id_key(ours[0].id_type, ours[0].data)
     if notify(payloads, c.N_INITIAL_CONTACT) is not None:
         _initial_contact(e, sa, now)
-    established(e, sa, now)
+    e.ike_established(sa, now)
     child_payloads, child, keymat = exchange_child.child_respond(e, sa, chosen, payloads, sa.ni, now,
                                                                  in_auth=True, nr=sa.nr)
     if child is not None:

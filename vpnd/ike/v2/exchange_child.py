@@ -318,22 +318,18 @@ class CreateChildTask:
         if old is None:
             return
         if orphan:
-            from vpnd.ike.v2.exchange_info import DeleteChildTask
-
             e.event("rekey_collision", conn.name,
                     f"CHILD_SA {conn.name}{{{old.child_id}}} went away during our rekey; deleting the redundant SA")
             child.state = "DELETING"
-            e.queue(sa, DeleteChildTask(child), now)
+            e.queue_delete_child(sa, child, now)
             return
         if lost:
             # 2.8.1: our new SA has the lowest nonce: we delete it; the peer deletes the old one
             e.event("rekey_collision", conn.name,
                     f"CHILD_SA rekey collision on {conn.name}{{{old.child_id}}}: the peer's SA wins")
-            from vpnd.ike.v2.exchange_info import DeleteChildTask
-
             child.state = "DELETING"
             old.state = "REKEYED"
-            e.queue(sa, DeleteChildTask(child), now)
+            e.queue_delete_child(sa, child, now)
             return
         if collision is not None:
             e.event("rekey_collision", conn.name,
@@ -342,10 +338,8 @@ class CreateChildTask:
             if red is not None:
                 red.state = "REKEYED"  # the peer deletes its redundant SA
                 red.out_pending = red.out_at = None  # and we never send on it
-        from vpnd.ike.v2.exchange_info import DeleteChildTask
-
         old.state = "DELETING"
-        e.queue(sa, DeleteChildTask(old), now)
+        e.queue_delete_child(sa, old, now)
 
 
 class RekeyIkeTask:
@@ -417,10 +411,8 @@ class RekeyIkeTask:
             if lowest in (self.ni, nonce.data):
                 # 2.8.2: ours has the lowest nonce: delete ours; the peer deletes the old SA
                 e.event("rekey_collision", conn.name, "IKE_SA rekey collision: the peer's new SA wins")
-                from vpnd.ike.v2.exchange_info import DeleteIkeTask
-
                 new.state = "DELETING"
-                e.queue_force(new, DeleteIkeTask(), now)
+                e.queue_delete_ike(new, now)
                 sa.state = "REKEYED"
                 sa.rekeyed_to = other.ike_id
                 sa.rekey_at = None
@@ -438,8 +430,6 @@ class RekeyIkeTask:
 
 def make_rekeyed(e, old: IkeSa, chosen, *, initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes,
                  nr: bytes, shared: bytes, now: float) -> IkeSa:
-    from vpnd.ike.v2.exchange_auth import established
-
     new = IkeSa(ike_id=e.new_id(), conn=old.conn, initiator=initiator, spi_i=spi_i, spi_r=spi_r,
                 local=old.local, remote=old.remote, created_at=now, last_recv=now)
     new.chosen = chosen
@@ -451,21 +441,19 @@ def make_rekeyed(e, old: IkeSa, chosen, *, initiator: bool, spi_i: bytes, spi_r:
         setattr(new, attr, getattr(old, attr))
     new.ni, new.nr = ni, nr
     e.register(new)
-    established(e, new, now)
+    e.ike_established(new, now)
     return new
 
 
 def finish_ike_rekey(e, old: IkeSa, new: IkeSa, now: float) -> None:
     """Initiator of the surviving rekey: move on and delete the old SA (2.18)."""
-    from vpnd.ike.v2.exchange_info import DeleteIkeTask
-
     old.rekeyed_to = new.ike_id
     old.state = "REKEYED"
     old.rekey_at = None
-    new.queue.extend(t for t in old.queue if not isinstance(t, DeleteIkeTask))
+    new.queue.extend(t for t in old.queue if not e.is_delete_ike(t))
     old.queue.clear()
     e.event("ike_rekeyed", old.conn.name, f"IKE_SA {old.conn.name}[{old.ike_id}] rekeyed to [{new.ike_id}]")
-    e.queue_force(old, DeleteIkeTask(), now)
+    e.queue_delete_ike(old, now)
 
 
 def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:

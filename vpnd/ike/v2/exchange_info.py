@@ -128,9 +128,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
             child = e.find_child_by_out(sa, spi)
             if child is not None:
                 # the peer lost this SA (e.g. restarted its data plane): replace it
-                from vpnd.ike.v2.exchange_child import CreateChildTask
-
                 e.event("invalid_spi", sa.conn.name, f"peer reports SPI {spi:08x} invalid; re-creating the CHILD_SA")
                 e.remove_child(sa, child, "peer reported INVALID_SPI")
-                sa.queue.append(CreateChildTask(sa.conn))
+                e.recreate_child(sa, sa.conn)
     e.respond(sa, c.INFORMATIONAL, mid, answer, now)

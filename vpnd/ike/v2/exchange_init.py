@@ -12,7 +12,7 @@ from vpnd.crypto.dh import InvalidPublicValue, KeyExchange
 from vpnd.ike import codec
 from vpnd.ike.codec import Header
 from vpnd.ike.v2 import constants as c
-from vpnd.ike.v2 import negotiate
+from vpnd.ike.v2 import exchange_auth, negotiate
 from vpnd.ike.v2.keys import derive_ike_keys, initial_skeyseed
 from vpnd.ike.v2.payloads import KE, SA, CertReq, Nonce, Notify, notify
 from vpnd.ike.v2.sa import IkeSa, Request
@@ -120,8 +120,6 @@ def send_init(e, sa: IkeSa, group: str, now: float, *, same: bool = False) -> No
 
 
 def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> None:
-    from vpnd.ike.v2 import exchange_auth
-
     h = msg.header
     pl = msg.payloads
     conn = sa.conn
