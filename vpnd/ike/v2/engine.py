@@ -331,7 +331,8 @@ class Ikev2Engine:
             outbound=(ChildKeys(child.spi_out, ch.protocol, enc, ch.integrity, enc_out, auth_out),)
             if outbound else (),
             proposal=ch.describe(), lifetime_seconds=lt.seconds,
-            soft_kilobytes=int(kb * 0.9), hard_kilobytes=kb, replaces=replaces)
+            soft_kilobytes=int(kb * 0.9), hard_kilobytes=kb, replaces=replaces,
+            ipcomp=child.ipcomp)
 
     def rekey_fraction(self, creator: bool) -> float:
         """When to rekey, as a fraction of the lifetime, with jitter (2.8). The side that

@@ -9,6 +9,8 @@ import struct
 from dataclasses import dataclass, field
 
 from vpnd.crypto.dh import InvalidPublicValue, KeyExchange
+from vpnd.ike import ipcomp
+from vpnd.ike.actions import IPCompParams
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import negotiate
 from vpnd.ike.v2.keys import child_keymat, derive_ike_keys, rekey_skeyseed
@@ -44,6 +46,7 @@ class ChildRequest:
     ni: bytes = b""
     rekey: ChildSa | None = None
     extra: dict = field(default_factory=dict)
+    cpi_in: int | None = None  # IPCOMP_SUPPORTED sent with this CPI (2.22)
 
 
 def _proposal_protocol(conn) -> str:
@@ -79,6 +82,10 @@ def child_request(e, sa: IkeSa, conn, *, ts_hint=None, in_auth=False, rekey: Chi
         out.append(Notify(c.N_REKEY_SA, b"", c.PROTO_IDS[rekey.protocol], struct.pack("!I", rekey.spi_in)))
     if transport:
         out.append(Notify(c.N_USE_TRANSPORT_MODE))
+    tid = ipcomp.transform_id(conn)
+    if tid is not None:  # 2.22: the CPI we receive with and the one transform we accept
+        req.cpi_in = ipcomp.new_cpi(e.rng)
+        out.append(Notify(c.N_IPCOMP_SUPPORTED, ipcomp.encode_v2(req.cpi_in, tid)))
     out.append(SA(offered))
     if not in_auth:
         req.ni = e.rng(32)
@@ -146,6 +153,7 @@ def child_accept(e, sa: IkeSa, req: ChildRequest, payloads: list, ni: bytes, nr:
     child = ChildSa(e.new_id(), conn.name, ch.protocol, "transport" if transport else "tunnel",
                     req.spi_in, struct.unpack("!I", prop.spi)[0], ch, list(tsi.selectors),
                     list(tsr.selectors), initiator=True, ni=ni, nr=nr)
+    child.ipcomp = _ipcomp_answer(conn, req, payloads)
     replaces = _holder(sa, req.rekey) if req.rekey is not None else None
     e.install_child(sa, child, keymat, now, replaces=replaces if install_outbound else None,
                     outbound=install_outbound)
@@ -223,7 +231,35 @@ def child_respond(e, sa: IkeSa, conn, payloads: list, ni: bytes, now: float, *, 
                           ch.integrity, shared)
     child = ChildSa(e.new_id(), conn.name, ch.protocol, "transport" if transport else "tunnel", spi_in,
                     struct.unpack("!I", peer_prop.spi)[0], ch, got_r, got_i, initiator=False, ni=ni, nr=nr)
+    child.ipcomp = _ipcomp_choose(e, conn, payloads, out)
     return out, child, keymat
+
+
+def _ipcomp_choose(e, conn, payloads: list, out: list):
+    """Responder (2.22): of the initiator's IPCOMP_SUPPORTED notifies take the one with our
+    transform, answer with our CPI; none offered or none of ours = no IPComp."""
+    if ipcomp.transform_id(conn) is None:
+        return None
+    for p in payloads:
+        if isinstance(p, Notify) and p.type == c.N_IPCOMP_SUPPORTED:
+            got = ipcomp.decode_v2(p.data)
+            if got is not None and ipcomp.acceptable(conn, got[1]):
+                cpi_in = ipcomp.new_cpi(e.rng)
+                out.append(Notify(c.N_IPCOMP_SUPPORTED, ipcomp.encode_v2(cpi_in, got[1])))
+                return IPCompParams(ipcomp.algorithm(got[1]), cpi_in, got[0])
+    return None
+
+
+def _ipcomp_answer(conn, req: ChildRequest, payloads: list):
+    """Initiator: the responder's IPCOMP_SUPPORTED, if it agreed to ours; else none (2.22:
+    a responder that does not compress just leaves it out)."""
+    if req.cpi_in is None:
+        return None
+    p = notify(payloads, c.N_IPCOMP_SUPPORTED)
+    got = ipcomp.decode_v2(p.data) if p is not None else None
+    if got is None or not ipcomp.acceptable(conn, got[1]):   # not what we offered: ignored
+        return None
+    return IPCompParams(ipcomp.algorithm(got[1]), req.cpi_in, got[0])
 
 
 def ts_fits(sa: IkeSa, conn, payloads: list) -> bool:

@@ -60,6 +60,7 @@ class ChildSa:
     # old SA shows it has installed the new inbound SA, or until out_at (fallback)
     out_pending: tuple | None = None  # (keymat, child id whose outbound traffic moves here)
     out_at: float | None = None
+    ipcomp: Any = None  # actions.IPCompParams when IPCOMP_SUPPORTED was agreed (2.22)
 
     def __repr__(self) -> str:
         return f"ChildSa({self.child_id}, {self.name}, in={self.spi_in:08x}, out={self.spi_out:08x}, {self.state})"
