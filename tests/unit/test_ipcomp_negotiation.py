@@ -75,3 +75,81 @@ def test_shared_rules():
     assert ipcomp.decode_v1_spi(b"\x01\x00\x12\x34") is None
     assert ipcomp.decode_v1_spi(b"\x00") is None
     assert IPCompParams("lzs", 300, 400).cpi_out == 400
+
+
+# -- IKEv1 Quick Mode: an IPCOMP proposal in the same proposal number (RFC 2409 5.5) --------
+
+from test_ikev1_harness import pair as v1_pair  # noqa: E402
+
+from vpnd.ike.v1 import constants as C1, policy  # noqa: E402
+from vpnd.ike.v1.payloads import SA as SA1, Proposal as Prop1, Transform as T1  # noqa: E402
+
+SEED = "ah-sha-hmac esp-aes esp-sha-hmac comp-lzs"   # the seed's transform set
+
+
+def v1_children(net):
+    ia, ib = net.installs("A"), net.installs("B")
+    assert ia and ib
+    return ia[-1], ib[-1]
+
+
+@pytest.mark.parametrize("a_kw,b_kw,alg", [
+    ({"esp": SEED}, {"esp": SEED}, "lzs"),
+    ({"esp": "aes128-sha1-modp2048", "comp": "deflate"},
+     {"esp": "aes128-sha1-modp2048", "comp": "deflate"}, "deflate"),
+])
+def test_v1_quick_mode_negotiates_ipcomp(a_kw, b_kw, alg):
+    net = v1_pair(a_kw, b_kw)
+    ca, cb = v1_children(net)
+    assert ca.ipcomp is not None and cb.ipcomp is not None
+    assert ca.ipcomp.algorithm == cb.ipcomp.algorithm == alg
+    assert ca.ipcomp.cpi_out == cb.ipcomp.cpi_in and cb.ipcomp.cpi_out == ca.ipcomp.cpi_in
+    assert [k.protocol for k in ca.inbound] == [k.protocol for k in cb.outbound]
+
+
+@pytest.mark.parametrize("a_kw,b_kw", [
+    ({"esp": SEED}, {"esp": "ah-sha-hmac esp-aes esp-sha-hmac"}),   # responder does not compress
+    ({"esp": "ah-sha-hmac esp-aes esp-sha-hmac"}, {"esp": SEED}),   # initiator does not
+    ({"esp": "aes128-sha1", "comp": "deflate"}, {"esp": "aes128-sha1", "comp": "lzs"}),
+])
+def test_v1_falls_back_to_no_compression(a_kw, b_kw):
+    net = v1_pair(a_kw, b_kw)
+    ca, cb = v1_children(net)
+    assert ca.ipcomp is None and cb.ipcomp is None
+    assert ca.outbound[0].spi == cb.inbound[0].spi
+
+
+def _esp_t(num=1):
+    return T1(num, 12, [(C1.P2_ENCAP, C1.ENCAP_TUNNEL), (C1.P2_AUTH_ALG, 2), (C1.P2_KEY_LENGTH, 128)])
+
+
+def test_v1_offer_layout():
+    """What the initiator offers: proposal 1 = ESP + IPCOMP (CPI in a 2-octet SPI, transform
+    IPCOMP_LZS = 3, the ESP's encapsulation mode), proposal 2 = the same ESP alone."""
+    [alts] = [policy.p2_choices(p, mode="tunnel", udp=False, life_s=3600, life_kb=0)
+              for p in __import__("vpnd.proposals", fromlist=["x"]).parse_proposals(
+                  "esp-aes esp-sha-hmac comp-lzs", "esp")]
+    sa = policy.p2_sa([alts], {C1.PROTO_ESP: b"\x11\x22\x33\x44"}, None, ("lzs", 0x1234))
+    props = [(p.number, p.protocol, p.spi) for p in sa.proposals]
+    assert props == [(1, C1.PROTO_ESP, b"\x11\x22\x33\x44"), (1, 4, b"\x12\x34"),
+                     (2, C1.PROTO_ESP, b"\x11\x22\x33\x44")]
+    ipc = sa.proposals[1].transforms[0]
+    assert ipc.transform_id == 3 and (C1.P2_ENCAP, C1.ENCAP_TUNNEL) in ipc.attrs
+    back = SA1.decode(sa.encode())                 # and it survives our own codec
+    assert [(p.number, p.protocol, p.spi) for p in back.proposals] == props
+
+
+def test_v1_responder_skips_a_number_with_foreign_ipcomp_and_reads_4_octet_cpi():
+    [alts] = [policy.p2_choices(p, mode="tunnel", udp=False, life_s=0, life_kb=0)
+              for p in __import__("vpnd.proposals", fromlist=["x"]).parse_proposals(
+                  "esp-aes esp-sha-hmac", "esp")]
+    esp = lambda n: Prop1(n, C1.PROTO_ESP, b"\x00\x00\x10\x00", [_esp_t()])  # noqa: E731
+    offer = SA1([esp(1), Prop1(1, 4, b"\x00\x00\x01\x00", [T1(1, 4, [])]),      # LZJH: not ours
+                 esp(2), Prop1(2, 4, b"\x00\x00\x23\x45", [T1(1, 2, [])]),      # deflate, 4 octets
+                 esp(3)])
+    chosen, nums, spis, number = policy.p2_select(offer, [alts], "deflate")
+    assert number == 2 and policy.p2_ipcomp(offer, 2, "deflate") == (0x2345, 1)
+    # without compression of our own: the number without IPComp
+    assert policy.p2_select(offer, [alts], None)[3] == 3
+    # an IPComp-only offer when we do not compress: nothing acceptable
+    assert policy.p2_select(SA1([esp(1), Prop1(1, 4, b"\x01\x00", [T1(1, 2, [])])]), [alts], None) is None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from vpnd import proposals as props
 from vpnd.crypto import ciphers
+from vpnd.ike import ipcomp
 from vpnd.ike.v1 import constants as C
 from vpnd.textsafe import safe
 from vpnd.ike.v1.payloads import SA, Proposal, Transform, attr_int, life_attr
@@ -198,6 +199,8 @@ def _p2_attrs(x: P2Transform, natt: str | None) -> list:
 
 
 def _transform_id(x: P2Transform) -> int:
+    if x.protocol == ipcomp.PROTO_IPCOMP_V1:
+        return ipcomp.TRANSFORM_IDS[x.enc]      # enc holds the compression algorithm
     if x.protocol == C.PROTO_AH:
         return C.AH_TRANSFORM_IDS[x.integ]
     return C.ESP_TRANSFORM_IDS[x.enc]
@@ -285,11 +288,29 @@ def p2_choices(proposal, *, mode: str, udp: bool, life_s: int, life_kb: int) -> 
     return [[e] for e in esp]
 
 
-def p2_sa(offer_sets: list[list[list[P2Transform]]], spis: dict[int, bytes], natt: str | None) -> SA:
+def _ipcomp_transform(comp: str, like: P2Transform) -> P2Transform:
+    """The IPCOMP transform that goes with an ESP/AH one: same mode and lifetimes."""
+    return P2Transform(ipcomp.PROTO_IPCOMP_V1, comp, None, False, None, like.mode, like.udp,
+                       like.life_s, like.life_kb)
+
+
+def p2_sa(offer_sets: list[list[list[P2Transform]]], spis: dict[int, bytes], natt: str | None,
+          comp: tuple[str, int] | None = None) -> SA:
     """SA payload for Quick Mode message 1. `offer_sets`: per configured proposal, its
     alternative bundles; each configured proposal gets its own proposal number with all its
-    alternatives as transforms (per protocol)."""
+    alternatives as transforms (per protocol).  comp = (algorithm, our CPI): each proposal is
+    offered first with an IPCOMP proposal of the same number (RFC 2409 5.5, RFC 2407 4.4.1:
+    the CPI in a 2-octet SPI field), then again without, for peers that do not compress."""
     out: list[Proposal] = []
+    if comp is not None:
+        for num, alts in enumerate(offer_sets, start=1):
+            x = _ipcomp_transform(comp[0], alts[0][0])
+            out.append(Proposal(num, x.protocol, ipcomp.encode_v1_spi(comp[1]),
+                                [Transform(1, _transform_id(x), _p2_attrs(x, natt))]))
+        plain = p2_sa(offer_sets, spis, natt).proposals
+        n = len(offer_sets)
+        return SA(_with_ipcomp(out, plain) +
+                  [Proposal(p.number + n, p.protocol, p.spi, p.transforms) for p in plain])
     for num, alts in enumerate(offer_sets, start=1):
         protos = [x.protocol for x in alts[0]]
         for pi, proto in enumerate(protos):
@@ -303,11 +324,41 @@ def p2_sa(offer_sets: list[list[list[P2Transform]]], spis: dict[int, bytes], nat
     return SA(out)
 
 
+def _with_ipcomp(ipc: list[Proposal], plain: list[Proposal]) -> list[Proposal]:
+    """Each proposal number's ESP/AH proposals followed by its IPCOMP one."""
+    out = []
+    for p in ipc:
+        out += [q for q in plain if q.number == p.number] + [p]
+    return out
+
+
 def p2_sa_answer(chosen: list[P2Transform], numbers: list[int], spis: dict[int, bytes],
-                 natt: str | None, prop_number: int) -> SA:
-    return SA([Proposal(prop_number, x.protocol, spis[x.protocol],
-                        [Transform(n, _transform_id(x), _p2_attrs(x, natt))])
-               for x, n in zip(chosen, numbers)])
+                 natt: str | None, prop_number: int,
+                 comp: tuple[str, int, int] | None = None) -> SA:
+    """comp = (algorithm, our CPI, the IPCOMP transform number we took) when we accept it."""
+    out = [Proposal(prop_number, x.protocol, spis[x.protocol],
+                    [Transform(n, _transform_id(x), _p2_attrs(x, natt))])
+           for x, n in zip(chosen, numbers)]
+    if comp is not None:
+        x = _ipcomp_transform(comp[0], chosen[0])
+        out.append(Proposal(prop_number, x.protocol, ipcomp.encode_v1_spi(comp[1]),
+                            [Transform(comp[2], _transform_id(x), _p2_attrs(x, natt))]))
+    return SA(out)
+
+
+def p2_ipcomp(sa: SA, number: int, comp: str | None) -> tuple[int, int] | None:
+    """The IPCOMP proposal of proposal `number` if it offers our algorithm `comp`:
+    (peer's CPI, transform number), else None."""
+    tid = ipcomp.TRANSFORM_IDS.get(comp) if comp else None
+    for p in sa.proposals:
+        if p.number == number and p.protocol == ipcomp.PROTO_IPCOMP_V1 and tid is not None:
+            cpi = ipcomp.decode_v1_spi(p.spi)
+            if cpi is None:
+                return None
+            for t in p.transforms:
+                if t.transform_id == tid:
+                    return cpi, t.number
+    return None
 
 
 def _groups(sa: SA) -> list[tuple[int, list[Proposal]]]:
@@ -320,34 +371,50 @@ def _groups(sa: SA) -> list[tuple[int, list[Proposal]]]:
     return groups
 
 
-def p2_select(offered: SA, own_sets: list[list[list[P2Transform]]]):
+def p2_select(offered: SA, own_sets: list[list[list[P2Transform]]], comp: str | None = None):
     """Responder choice: (chosen transforms, their transform numbers, peer SPIs by protocol,
     proposal number) or None. Own order first; lifetimes are taken from the offer."""
     groups = _groups(offered)
-    for alts in own_sets:
-        for alt in alts:
-            want = [x.algorithms() for x in alt]
-            for number, plist in groups:
-                if sorted(p.protocol for p in plist) != sorted(x.protocol for x in alt):
-                    continue
-                chosen, nums, spis = [], [], {}
-                for p in plist:
-                    if len(p.spi) != 4:
+    # IPComp (an IPCOMP proposal inside the proposal number): taken only with our own
+    # algorithm, preferred when we compress; a number with IPComp we cannot do is skipped
+    # whole (the protocols of one number are a bundle, RFC 2408 4.2)
+    passes = (True, False) if comp else (False,)
+    for with_comp in passes:
+        for alts in own_sets:
+            r = _p2_select_alts(offered, groups, alts, with_comp, comp)
+            if r is not None:
+                return r
+    return None
+
+
+def _p2_select_alts(offered: SA, groups, alts, with_comp: bool, comp: str | None):
+    for alt in alts:
+        want = [x.algorithms() for x in alt]
+        for number, plist in groups:
+            has_comp = any(p.protocol == ipcomp.PROTO_IPCOMP_V1 for p in plist)
+            if has_comp != with_comp or (has_comp and p2_ipcomp(offered, number, comp) is None):
+                continue
+            plist = [p for p in plist if p.protocol != ipcomp.PROTO_IPCOMP_V1]
+            if sorted(p.protocol for p in plist) != sorted(x.protocol for x in alt):
+                continue
+            chosen, nums, spis = [], [], {}
+            for p in plist:
+                if len(p.spi) != 4:
+                    break
+                idx = [i for i, x in enumerate(alt) if x.protocol == p.protocol][0]
+                hit = None
+                for t in p.transforms:
+                    x = _p2_parse_transform(p.protocol, t)
+                    if x and x.algorithms() == want[idx] and x.mode == alt[idx].mode:
+                        hit = (x, t.number)
                         break
-                    idx = [i for i, x in enumerate(alt) if x.protocol == p.protocol][0]
-                    hit = None
-                    for t in p.transforms:
-                        x = _p2_parse_transform(p.protocol, t)
-                        if x and x.algorithms() == want[idx] and x.mode == alt[idx].mode:
-                            hit = (x, t.number)
-                            break
-                    if not hit:
-                        break
-                    chosen.append(hit[0])
-                    nums.append(hit[1])
-                    spis[p.protocol] = p.spi
-                else:
-                    return chosen, nums, spis, number
+                if not hit:
+                    break
+                chosen.append(hit[0])
+                nums.append(hit[1])
+                spis[p.protocol] = p.spi
+            else:
+                return chosen, nums, spis, number
     return None
 
 
@@ -359,6 +426,8 @@ def p2_parse_answer(sa: SA, offered: SA) -> tuple[list[P2Transform], dict[int, b
     ours = {(p.number, p.protocol): p for p in offered.proposals}
     chosen, spis = [], {}
     for p in sa.proposals:
+        if p.protocol == ipcomp.PROTO_IPCOMP_V1 and p.number == number:
+            continue            # see p2_answer_ipcomp
         if p.number != number or len(p.transforms) != 1 or len(p.spi) != 4:
             raise PolicyError("responder returned more than one choice")
         mine = ours.get((p.number, p.protocol))
@@ -373,3 +442,15 @@ def p2_parse_answer(sa: SA, offered: SA) -> tuple[list[P2Transform], dict[int, b
         chosen.append(x)
         spis[p.protocol] = p.spi
     return chosen, spis
+
+
+def p2_answer_ipcomp(sa: SA, offered: SA, comp: str | None) -> int | None:
+    """Initiator: the peer's CPI when the responder took one of our proposals with IPComp
+    (its answer then holds an IPCOMP proposal of that number with our transform); else None."""
+    if not comp or not sa.proposals:
+        return None
+    number = sa.proposals[0].number
+    if not any(p.number == number and p.protocol == ipcomp.PROTO_IPCOMP_V1 for p in offered.proposals):
+        return None
+    got = p2_ipcomp(sa, number, comp)
+    return got[0] if got is not None else None

@@ -11,8 +11,8 @@ import hmac
 import ipaddress
 
 from vpnd.crypto import dh
-from vpnd.ike import codec
-from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA
+from vpnd.ike import codec, ipcomp
+from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA, IPCompParams
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys, policy
 from vpnd.ike.v1 import payloads as P
@@ -140,7 +140,11 @@ class QuickMixin:
         sets = self._child_sets(conn, udp)
         protos = {x.protocol for s in sets for alt in s for x in alt}
         qm.spis_in = {p: self._new_spi() for p in sorted(protos)}
-        qm.offered = policy.p2_sa(sets, qm.spis_in, sa.natt)
+        comp = None
+        if conn.comp:  # IPComp offered in each proposal, then the same without (policy.p2_sa)
+            qm.cpi_in = ipcomp.new_cpi(self.rng)
+            comp = (conn.comp, qm.cpi_in)
+        qm.offered = policy.p2_sa(sets, qm.spis_in, sa.natt, comp)
         qm.offered.encode()
         qm.ni = self.rng(NONCE_LEN)
         group = next((x.group for s in sets for alt in s for x in alt if x.group), None)
@@ -176,6 +180,9 @@ class QuickMixin:
         qm.nr = nr.data
         qm.chosen = chosen
         qm.spis_out = spis_out
+        peer_cpi = policy.p2_answer_ipcomp(sa_p, qm.offered, qm.conn.comp) if qm.cpi_in else None
+        if peer_cpi is not None:
+            qm.ipcomp = IPCompParams(qm.conn.comp, qm.cpi_in, peer_cpi)
         group = chosen[0].group
         ke = _first(pls, P.KE)
         if group:
@@ -252,7 +259,7 @@ class QuickMixin:
             raise QuickFailed(f"proxy IDs {remote_ts} <-> {local_ts} match no configured subnets",
                               C.N_INVALID_ID_INFORMATION)
         udp = sa.nat
-        choice = policy.p2_select(sa_p, self._child_sets(conn, udp))
+        choice = policy.p2_select(sa_p, self._child_sets(conn, udp), conn.comp)
         if choice is None:
             names = ", ".join(p.describe() for p in (conn.esp or conn.ah))
             self._event("no_proposal", conn.name, f"Quick Mode NO-PROPOSAL-CHOSEN: peer offered "
@@ -264,6 +271,12 @@ class QuickMixin:
         qm.chosen = chosen
         qm.spis_out = spis_out
         qm.spis_in = {x.protocol: self._new_spi() for x in chosen}
+        comp_answer = None
+        peer_ipc = policy.p2_ipcomp(sa_p, prop_no, conn.comp)
+        if peer_ipc is not None:  # the peer's CPI and transform number; ours in the answer
+            cpi_in = ipcomp.new_cpi(self.rng)
+            qm.ipcomp = IPCompParams(conn.comp, cpi_in, peer_ipc[0])
+            comp_answer = (conn.comp, cpi_in, peer_ipc[1])
         qm.nr = self.rng(NONCE_LEN)
         group = chosen[0].group
         ke = _first(pls, P.KE)
@@ -298,7 +311,7 @@ class QuickMixin:
         # answer with the modes as we do them (UDP encapsulation from our own NAT view)
         answer_x = [policy.P2Transform(x.protocol, x.enc, x.integ, x.esn, x.group, x.mode, udp,
                                        x.life_s, x.life_kb) for x in chosen]
-        answer = policy.p2_sa_answer(answer_x, numbers, qm.spis_in, sa.natt, prop_no)
+        answer = policy.p2_sa_answer(answer_x, numbers, qm.spis_in, sa.natt, prop_no, comp_answer)
         pls_out = [answer, P.Nonce(qm.nr)] + out_ke
         if ids:
             pls_out += [P.ID(i.id_type, i.protocol, i.port, i.data) for i in ids]  # echoed as sent
@@ -364,7 +377,7 @@ class QuickMixin:
             outbound=outbound if outbound_too else (), proposal=describe_transforms(qm.chosen),
             lifetime_seconds=qm.life_s,
             soft_kilobytes=int(qm.life_kb * 0.9) if qm.life_kb else 0, hard_kilobytes=qm.life_kb,
-            replaces=replaces)
+            replaces=replaces, ipcomp=qm.ipcomp)
 
     def _qm_abandon(self, sa: IsakmpSA, qm: QuickMode) -> None:
         """A Quick Mode we answered ends without message 3 (timeout, ISAKMP SA gone): its

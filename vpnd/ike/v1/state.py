@@ -125,6 +125,8 @@ class QuickMode:
     child_id: int | None = None  # responder: allocated when message 2 is sent
     ids_sent: bool = True
     per_host: bool = False
+    cpi_in: int | None = None  # IPComp CPI we offered (initiator)
+    ipcomp: object = None  # actions.IPCompParams once agreed
 
     def __repr__(self) -> str:
         return f"QuickMode({self.mid:#x}, {self.state})"
