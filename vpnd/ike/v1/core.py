@@ -12,7 +12,7 @@ import ipaddress
 import itertools
 import os
 
-from vpnd.ike import codec
+from vpnd.ike import codec, liveness
 from vpnd.ike.actions import Event, SendDatagram
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import identity, keys
@@ -23,8 +23,8 @@ from vpnd.ike.v1.quick import QuickMixin
 from vpnd.ike.v1.state import IsakmpSA, Retransmit
 from vpnd.textsafe import one_line
 
-RETRANSMIT_BASE = 4.0  # seconds, doubled per try (strongSwan's default timing, 5 tries)
-RETRANSMIT_TRIES = 5
+RETRANSMIT_BASE = liveness.RETRANSMIT_BASE  # one policy for both versions (vpnd/ike/liveness.py)
+RETRANSMIT_TRIES = liveness.RETRANSMIT_TRIES
 HALF_OPEN_TIMEOUT = 60.0
 REPLACED_GRACE = 10.0  # seconds a replaced ISAKMP SA lingers on the responder
 MAX_ALTERNATES = 4  # other half-open responder SAs per initiator cookie (differing message 1s)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import hmac
 import struct
 
-from vpnd.ike import codec
+from vpnd.ike import codec, liveness
 from vpnd.ike.actions import DeleteChildSA, SendDatagram
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys
 from vpnd.ike.v1 import payloads as P
 from vpnd.ike.v1.state import IsakmpSA
 
-DPD_MAX_RETRIES = 5  # the seed: "When 5 aggressive messages are missed, the peer is considered down"
+DPD_MAX_RETRIES = liveness.DPD_RETRIES  # the one DPD rule of both versions (vpnd/ike/liveness.py)
 INVALID_SPI_INTERVAL = 10.0  # seconds between INVALID-SPI notifies for one SPI
 
 
@@ -233,7 +233,7 @@ class InfoMixin:
                 self._dpd_arm(sa, now)
                 return
             sa.dpd_tries += 1
-            if sa.dpd_tries > DPD_MAX_RETRIES:
+            if liveness.dpd_peer_dead(sa.dpd_tries):
                 self._peer_dead(sa, now)
                 return
             self._dpd_probe(sa, now)
@@ -257,7 +257,7 @@ class InfoMixin:
             sa.dpd_seq = (sa.dpd_seq + 1) & 0xFFFFFFFF or 1
         sa.dpd_wait = sa.dpd_seq
         sa.dpd_sent = now
-        sa.dpd_due = now + (sa.conn.dpd.retry or 5)
+        sa.dpd_due = now + liveness.dpd_retry(sa.conn.dpd)
         self._info_send(sa, [P.Notify(C.N_R_U_THERE, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r,
                                       struct.pack("!I", sa.dpd_seq))], now)
 

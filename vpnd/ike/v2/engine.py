@@ -14,7 +14,7 @@ import random
 import struct
 
 from vpnd.crypto.auth import AuthError, Credentials
-from vpnd.ike import codec
+from vpnd.ike import codec, liveness
 from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
                               InstallChildSA, SendDatagram, UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
@@ -22,8 +22,7 @@ from vpnd.ike.limits import LogSummary, RateLimiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
 from vpnd.ike.v2.payloads import REGISTRY, Notify
-from vpnd.ike.v2.sa import (EVENT_SEQ, HALF_OPEN_TIMEOUT, RETRANSMIT_BASE, RETRANSMIT_TRIES, ChildSa,
-                            IkeSa, Request)
+from vpnd.ike.v2.sa import EVENT_SEQ, HALF_OPEN_TIMEOUT, ChildSa, IkeSa, Request
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
 INVALID_SPI_INTERVAL = 1.0  # at most one INVALID_SPI notify per peer per second (2.21.3)
@@ -179,21 +178,13 @@ class Ikev2Engine:
         return Header(sa.spi_i, sa.spi_r, 0, 2, 0, exchange, sa.flags(response), mid)
 
     def retransmit_timeouts(self, sa: IkeSa) -> list[float]:
-        """2 s doubling, 5 retransmissions; with DPD on, capped so that a dead peer is
-        declared within the DPD budget as well."""
-        t = [RETRANSMIT_BASE * 2**i for i in range(RETRANSMIT_TRIES + 1)]
+        """The shared back-off (vpnd/ike/liveness.py: 2 s doubling, 5 retransmissions); with
+        DPD on, cut to the DPD budget, so that a peer that answers nothing is given up as soon
+        as an unanswered probe would make it dead (and a restart re-initiates that often)."""
+        t = liveness.retransmit_timeouts()
         dpd = sa.conn.dpd
         if dpd.interval > 0:
-            budget = exchange_info.dpd_budget(dpd)
-            out, total = [], 0.0
-            for x in t:
-                if total + x > budget:
-                    break
-                out.append(x)
-                total += x
-            if total < budget:
-                out.append(budget - total)
-            return out
+            return liveness.within(t, liveness.dpd_dead_after(dpd))
         return t
 
     # Follow-ups that one exchange starts for another go through the engine, which knows

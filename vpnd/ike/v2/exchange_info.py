@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import struct
 
+from vpnd.ike import liveness
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2.payloads import Delete, Notify
 from vpnd.ike.v2.sa import ChildSa, IkeSa
 
-DPD_PROBES = 5  # missed probes before the peer is dead (the seed's "5 aggressive messages")
-
-
-def dpd_budget(dpd) -> float:
-    """Seconds that requests may go unanswered once the peer fell silent for `interval`:
-    a little under interval x retry, so that death is declared within interval x (retry+1)
-    even when the silence began right after an answer."""
-    full = dpd.interval * max(dpd.retry, 1)
-    return full - min(1.0, 0.2 * full)
 
 
 class DeleteChildTask:
@@ -65,13 +57,8 @@ class DpdTask:
         return []
 
     def timeouts(self, e, sa: IkeSa) -> list[float]:
-        """Probes `retry` seconds apart (Cisco's keepalive SEC RETRY-SEC), at most DPD_PROBES,
-        all within interval x retry so a dead peer is declared within interval x (retry+1)."""
-        dpd = sa.conn.dpd
-        spacing = max(1.0, min(float(dpd.retry or 1), float(dpd.interval)))
-        budget = dpd_budget(dpd)
-        n = max(1, min(DPD_PROBES, int(budget // spacing)))
-        return [spacing] * n
+        """The probe retransmitted every `retry` s, 5 times (vpnd/ike/liveness.py)."""
+        return liveness.dpd_probe_timeouts(sa.conn.dpd)
 
     def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
         pass

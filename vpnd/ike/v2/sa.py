@@ -12,9 +12,7 @@ from vpnd.ike.actions import Address
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2.payloads import TrafficSelector
 
-# Retransmission (2.1): exponential back-off from 2 s, given up after 5 retransmissions.
-RETRANSMIT_BASE = 2.0
-RETRANSMIT_TRIES = 5
+# Retransmission (2.1) is vpnd/ike/liveness.py's, shared with IKEv1.
 HALF_OPEN_TIMEOUT = 30.0
 
 
