@@ -66,8 +66,13 @@ def live_ike(side, now):
             and s["state"] != "REPLACED"]
 
 
-TWO_V2 = {"one": (2, "10.1.1.0/24", "10.2.1.0/24", None), "two": (2, "10.1.2.0/24", "10.2.2.0/24", None)}
-TWO_V2_B = {"one": (2, "10.2.1.0/24", "10.1.1.0/24", None), "two": (2, "10.2.2.0/24", "10.1.2.0/24", None)}
+# two connections to one peer with different IKE settings: an IKE SA each
+OTHER_IKE = {"ike": "aes256-sha256-modp2048"}
+TWO_V2 = {"one": (2, "10.1.1.0/24", "10.2.1.0/24", None), "two": (2, "10.1.2.0/24", "10.2.2.0/24", OTHER_IKE)}
+TWO_V2_B = {"one": (2, "10.2.1.0/24", "10.1.1.0/24", None), "two": (2, "10.2.2.0/24", "10.1.2.0/24", OTHER_IKE)}
+# the same IKE settings: one IKE SA carries both CHILD_SAs
+SHARED = {"one": (2, "10.1.1.0/24", "10.2.1.0/24", None), "two": (2, "10.1.2.0/24", "10.2.2.0/24", None)}
+SHARED_B = {"one": (2, "10.2.1.0/24", "10.1.1.0/24", None), "two": (2, "10.2.2.0/24", "10.1.2.0/24", None)}
 
 
 @pytest.fixture
@@ -267,3 +272,106 @@ def test_down_then_dead_peer_of_another_sa_does_not_restart_it():
     p.run(60)
     assert not _ike_sa_inits(p.a, t0 + 0.001)
     assert conn_state(p.a, p.now, "site")["state"] == "down"
+
+
+# ---------------------------------------------------------------------------- one IKE SA per peer
+
+
+def _by_conn(side, now):
+    out = {}
+    for s in side.m.status(now)["ike_sas"]:
+        for ch in s["child_sas"]:
+            out.setdefault(ch["name"], []).append((s["ike_id"], ch["state"]))
+    return out
+
+
+def test_connections_with_same_ike_settings_share_one_ike_sa():
+    p = make_pair(SHARED, SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    p.check_tunnel(expect=2)
+    for side in (p.a, p.b):
+        st = side.m.status(p.now)
+        assert len(st["ike_sas"]) == 1, st["ike_sas"]
+        assert st["ike_sas"][0]["connections"] == ["one", "two"]
+        assert sorted(ch["name"] for ch in st["ike_sas"][0]["child_sas"]) == ["one", "two"]
+        assert [c["state"] for c in st["connections"]] == ["up", "up"]
+    # B put each child under its own connection, by the traffic selectors
+    assert {c.connection for c in p.b.installed()} == {"one", "two"}
+
+
+def test_connections_started_together_share_one_ike_sa():
+    p = make_pair(SHARED, SHARED_B)
+    p.feed(p.a, p.a.m.initiate("one", p.now))
+    p.feed(p.a, p.a.m.initiate("two", p.now))
+    p.pump()
+    p.run(1)
+    p.check_tunnel(expect=2)
+    assert len(p.a.m.status(p.now)["ike_sas"]) == 1
+
+
+def test_child_of_other_connection_from_the_responder_side():
+    """The peer adds a CHILD_SA for another connection on the IKE SA we initiated."""
+    p = make_pair(SHARED, SHARED_B)
+    up(p, "one")
+    up(p, "two", side=p.b)
+    p.check_tunnel(expect=2)
+    assert len(p.a.m.status(p.now)["ike_sas"]) == 1
+    assert {c.connection for c in p.a.installed()} == {"one", "two"}
+
+
+def test_down_of_one_connection_keeps_the_others():
+    p = make_pair(SHARED, SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    p.feed(p.a, p.a.m.terminate("one", p.now))
+    assert {c.connection for c in p.a.installed()} == {"two"}  # at once, locally
+    p.pump()
+    p.run(5)
+    p.check_tunnel(expect=1)
+    assert {c.connection for c in p.b.installed()} == {"two"}
+    st = p.a.m.status(p.now)
+    assert len(st["ike_sas"]) == 1 and st["ike_sas"][0]["connection"] == "two"
+    assert {c["name"]: c["state"] for c in st["connections"]} == {"one": "down", "two": "up"}
+    up(p, "one")  # back on the same IKE SA
+    p.check_tunnel(expect=2)
+    assert len(p.a.m.status(p.now)["ike_sas"]) == 1
+    p.feed(p.a, p.a.m.terminate("one", p.now))
+    p.feed(p.a, p.a.m.terminate("two", p.now))
+    p.pump()
+    p.run(5)
+    assert p.a.m.status(p.now)["ike_sas"] == [] and p.b.m.status(p.now)["ike_sas"] == []
+    assert p.a.installed() == [] and p.b.installed() == []
+
+
+def test_rekeys_of_shared_ike_sa_and_each_child_keep_all_children():
+    p = make_pair(SHARED, SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    for cmd in (("one", False), ("two", False), ("one", True), ("two", False), ("one", False)):
+        p.feed(p.a, p.a.m.rekey(cmd[0], p.now, ike=cmd[1]))
+        p.pump()
+        p.run(10)
+        p.check_tunnel(expect=2)
+        assert {c.connection for c in p.a.installed()} == {"one", "two"}
+        assert {c.connection for c in p.b.installed()} == {"one", "two"}
+        assert len([s for s in p.a.m.status(p.now)["ike_sas"] if s["state"] == "ESTABLISHED"]) == 1
+    p.feed(p.b, p.b.m.rekey("two", p.now, ike=True))  # the peer rekeys the IKE SA
+    p.pump()
+    p.run(10)
+    p.check_tunnel(expect=2)
+    assert {c.connection for c in p.a.installed()} == {"one", "two"}
+
+
+def test_lifetimes_rekey_shared_children_by_their_own_connection():
+    a = dict(SHARED, two=(2, "10.1.2.0/24", "10.2.2.0/24", {"lifetime": {"seconds": 600}}))
+    b = dict(SHARED_B, two=(2, "10.2.2.0/24", "10.1.2.0/24", {"lifetime": {"seconds": 600}}))
+    p = make_pair(a, b)
+    up(p, "one")
+    up(p, "two")
+    assert len(p.a.m.status(p.now)["ike_sas"]) == 1
+    two = next(c for c in p.a.installed() if c.connection == "two")
+    assert two.lifetime_seconds == 600
+    p.run(700)
+    p.check_tunnel(expect=2)
+    assert next(c for c in p.a.installed() if c.connection == "two").child_id != two.child_id

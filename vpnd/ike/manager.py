@@ -154,9 +154,11 @@ class IkeManager:
                 conns.append({"name": conn.name, "version": 1, "peer": conn.peer,
                               **self.v1.connection_status(conn.name)})
                 continue
-            mine = [s for s in ike_sas if s["connection"] == conn.name]
-            children = sum(len(s["child_sas"]) for s in mine)
-            installed = any(ch["state"] == "INSTALLED" for s in mine for ch in s["child_sas"])
+            # an IKE SA may carry the children of several connections (one IKE SA per peer)
+            mine = [s for s in ike_sas if s["connection"] == conn.name or conn.name in s.get("connections", ())]
+            children = sum(1 for s in mine for ch in s["child_sas"] if ch.get("name", conn.name) == conn.name)
+            installed = any(ch["state"] == "INSTALLED" and ch.get("name", conn.name) == conn.name
+                            for s in mine for ch in s["child_sas"])
             state = "up" if installed else ("connecting" if mine else "down")
             conns.append({"name": conn.name, "version": conn.version, "peer": conn.peer, "state": state,
                           "ike_sas": len(mine), "child_sas": children})

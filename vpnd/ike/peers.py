@@ -328,3 +328,27 @@ class PeerRules:
                 return False
 
         return _Ctx()
+
+
+# ------------------------------------------------------------------------- one IKE SA per peer
+
+
+def ike_key(conn) -> tuple | None:
+    """What must agree for two connections to share one IKE SA: the peer, our address, the
+    IKE proposals, lifetime, credentials, identities and liveness settings (the CHILD_SA
+    settings -- selectors, ESP proposals, mode, start, child lifetime -- may differ). Cisco
+    keeps one ISAKMP SA per peer; strongSwan reuses an IKE SA whose settings are equal."""
+    if conn.manual is not None or conn.peer == "%any":
+        return None
+    return (conn.version, conn.aggressive, conn.local, conn.peer, conn.psk, conn.psk_file, conn.auth,
+            conn.local_id, conn.remote_id, conn.ike, conn.lifetime.ike, conn.dpd, conn.nat_keepalive,
+            conn.encap, conn.allow_legacy)
+
+
+def shares_ike_sa(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    if a.name == b.name:
+        return True
+    ka = ike_key(a)
+    return ka is not None and ka == ike_key(b)

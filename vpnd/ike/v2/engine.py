@@ -79,6 +79,9 @@ class Ikev2Engine:
         self.lingering: dict[int, float] = {}  # child id -> when its inbound SAs go (INBOUND_LINGER)
         self.rand = random.Random(int.from_bytes(rng(8), "big"))
         self.peers = None  # ike.peers.PeerRules, set by the IkeManager (rules across versions)
+        # connections waiting for an IKE SA of another connection being set up (one IKE SA
+        # per peer): ike_id -> [(conn, ts_hint)], queued as CREATE_CHILD_SA once it is up
+        self.waiting: dict[int, list] = {}
 
     # ------------------------------------------------------------------ helpers for exchanges
 
@@ -127,6 +130,41 @@ class Ikev2Engine:
             if x.name == name:
                 return x
         return None
+
+    def child_conn(self, sa: IkeSa, child: ChildSa):
+        """The connection a CHILD_SA belongs to: an IKE SA may carry the children of several
+        connections to one peer (ike/peers.py, shares_ike_sa)."""
+        if child.name != sa.conn.name:
+            conn = self.conn_by_name(child.name)
+            if conn is not None:
+                return conn
+        return sa.conn
+
+    def hosts(self, sa: IkeSa, name: str) -> bool:
+        """Does `sa` belong to connection `name`, as its own or by one of its children?"""
+        return sa.conn.name == name or any(ch.name == name for ch in sa.children.values())
+
+    def shared_sa_for(self, conn, exclude: IkeSa | None = None) -> IkeSa | None:
+        """An IKE SA of another connection that `conn` may add its CHILD_SA to: established,
+        or one we are setting up (the child waits for it)."""
+        from vpnd.ike.peers import shares_ike_sa
+
+        best = None
+        for sa in self.sas.values():
+            if sa is exclude or sa.conn.name == conn.name or sa.rekeyed_to is not None \
+                    or sa.remote[0] != conn.peer or not shares_ike_sa(sa.conn, conn):
+                continue
+            if sa.state == "ESTABLISHED":
+                return sa
+            if sa.state == "CONNECTING" and sa.initiator and best is None:
+                best = sa
+        return best
+
+    def _add_to(self, sa: IkeSa, conn, ts_hint, now: float) -> None:
+        if sa.state == "ESTABLISHED":
+            self.queue(sa, exchange_child.CreateChildTask(conn, ts_hint=ts_hint), now)
+        else:
+            self.waiting.setdefault(sa.ike_id, []).append((conn, ts_hint))
 
     def credentials(self, conn) -> Credentials | None:
         """Our certificate/key and trusted CAs of a connection, loaded once."""
@@ -229,6 +267,9 @@ class Ikev2Engine:
         self.kick(sa, now)
 
     def kick(self, sa: IkeSa, now: float) -> None:
+        if sa.state == "ESTABLISHED" and sa.ike_id in self.waiting:
+            for conn, hint in self.waiting.pop(sa.ike_id):
+                sa.queue.append(exchange_child.CreateChildTask(conn, ts_hint=hint))
         while sa.pending is None and sa.queue and sa.state not in ("CONNECTING", "DEAD") \
                 and sa.crypto_out is not None:
             task = sa.queue.popleft()
@@ -262,7 +303,7 @@ class Ikev2Engine:
                       defer_outbound: bool = False) -> None:
         """Emit InstallChildSA; keys = (enc_i2r, auth_i2r, enc_r2i, auth_r2i). defer_outbound:
         inbound only for now; activate_outbound() adds the outbound SA later."""
-        conn = sa.conn
+        conn = self.child_conn(sa, child)
         lt = conn.lifetime
         child.installed_at = now
         child.udp_encap = sa.udp_encap
@@ -297,8 +338,8 @@ class Ikev2Engine:
         child.out_pending = child.out_at = None
         child.has_outbound = True
         self.emit(self._install_action(sa, child, keys, True, replaces))
-        self.event("child_outbound", sa.conn.name,
-                   f"CHILD_SA {sa.conn.name}{{{child.child_id}}} now carries outbound traffic ({why})",
+        self.event("child_outbound", child.name,
+                   f"CHILD_SA {child.name}{{{child.child_id}}} now carries outbound traffic ({why})",
                    child_id=child.child_id)
 
     def _install_action(self, sa: IkeSa, child: ChildSa, keys: tuple, outbound: bool,
@@ -308,7 +349,7 @@ class Ikev2Engine:
         we_i = child.initiator
         enc_in, auth_in = (enc_r, auth_r) if we_i else (enc_i, auth_i)
         enc_out, auth_out = (enc_i, auth_i) if we_i else (enc_r, auth_r)
-        conn = sa.conn
+        conn = self.child_conn(sa, child)
         lt = conn.lifetime
         kb = lt.kilobytes or 0
         enc = ch.encryption if ch.protocol == "esp" else None
@@ -346,8 +387,8 @@ class Ikev2Engine:
             self.lingering[child.child_id] = now + INBOUND_LINGER
         else:
             self.emit(DeleteChildSA(child.child_id))
-        self.event("child_down", sa.conn.name,
-                   f"CHILD_SA {sa.conn.name}{{{child.child_id}}} deleted ({reason})",
+        self.event("child_down", child.name,
+                   f"CHILD_SA {child.name}{{{child.child_id}}} deleted ({reason})",
                    child_id=child.child_id)
 
     def find_child_by_out(self, sa: IkeSa, spi: int) -> ChildSa | None:
@@ -366,6 +407,14 @@ class Ikev2Engine:
         """Drop an IKE SA and its children locally (no message)."""
         if sa.ike_id not in self.sas:
             return
+        for conn, hint in self.waiting.pop(sa.ike_id, []):
+            # the IKE SA they waited for failed: another one, or their own attempt later
+            other = self.shared_sa_for(conn, exclude=sa)
+            if other is not None:
+                self._add_to(other, conn, hint, now)
+            elif conn.start == "start" and (self.peers is None or self.peers.may_reinitiate(conn.name)):
+                self.retry_at[conn.name] = now + CONNECT_RETRY
+        carried = [ch.name for ch in sa.children.values()]
         for ch in list(sa.children.values()):
             self.remove_child(sa, ch, reason)  # the whole tunnel goes: no linger
         was_up = sa.established_at is not None
@@ -380,9 +429,13 @@ class Ikev2Engine:
                        f"IKE_SA {sa.conn.name}[{sa.ike_id}] deleted ({reason})", ike_id=sa.ike_id)
         if dead:
             self.on_peer_dead(sa, now)
+            for name in {ch_name for ch_name in carried if ch_name != sa.conn.name}:
+                conn = self.conn_by_name(name)
+                if conn is not None:
+                    self.on_peer_dead(sa, now, conn)
 
-    def on_peer_dead(self, sa: IkeSa, now: float) -> None:
-        conn = sa.conn
+    def on_peer_dead(self, sa: IkeSa, now: float, conn=None) -> None:
+        conn = conn or sa.conn
         action = conn.dpd.action
         self.event("peer_dead", conn.name,
                    f"peer {sa.remote[0]} of {conn.name} is dead (no answer), action {action}")
@@ -392,7 +445,7 @@ class Ikev2Engine:
             self.persistent.add(conn.name)
 
     def _has_other_sa(self, conn, exclude: IkeSa) -> bool:
-        return any(s is not exclude and s.conn.name == conn.name and s.state not in ("DEAD", "FAILED")
+        return any(s is not exclude and self.hosts(s, conn.name) and s.state not in ("DEAD", "FAILED")
                    for s in self.sas.values())
 
     # ------------------------------------------------------------------ receive path
@@ -587,20 +640,42 @@ class Ikev2Engine:
             return self.take()
         self.retry_at.pop(name, None)
         for sa in self.sas.values():
-            if sa.conn.name == name and sa.state in ("ESTABLISHED", "CONNECTING") and sa.rekeyed_to is None:
-                if sa.state == "ESTABLISHED" and not any(ch.state != "DELETING" for ch in sa.children.values()) \
-                        and not any(isinstance(t, exchange_child.CreateChildTask) for t in sa.queue):
+            if self.hosts(sa, name) and sa.state in ("ESTABLISHED", "CONNECTING") and sa.rekeyed_to is None:
+                if sa.state == "ESTABLISHED" and not any(ch.state != "DELETING" and ch.name == name
+                                                         for ch in sa.children.values()) \
+                        and not any(isinstance(t, exchange_child.CreateChildTask) and t.conn.name == name
+                                    for t in sa.queue):
                     self.queue(sa, exchange_child.CreateChildTask(conn, ts_hint=ts_hint), now)
                 elif conn.per_host and ts_hint is not None and sa.state == "ESTABLISHED":
                     self.queue(sa, exchange_child.CreateChildTask(conn, ts_hint=ts_hint), now)
                 return self.take()
+        shared = self.shared_sa_for(conn)
+        if shared is not None:
+            # same peer, same IKE settings and credentials: one IKE SA, one more CHILD_SA
+            # (RFC 7296 1.3.1), as strongSwan reuses its IKE SA and Cisco keeps one per peer
+            if not any(c is conn or c.name == name for c, _ in self.waiting.get(shared.ike_id, [])):
+                self._add_to(shared, conn, ts_hint, now)
+            return self.take()
         exchange_init.initiate(self, conn, now, ts_hint=ts_hint)
         return self.take()
 
     def terminate(self, name: str, now: float) -> list:
         self.retry_at.pop(name, None)
         for sa in list(self.sas.values()):
-            if sa.conn.name != name:
+            if not self.hosts(sa, name):
+                continue
+            others = [ch for ch in sa.children.values() if ch.name != name and ch.state != "DELETING"]
+            if others and sa.state == "ESTABLISHED":
+                # the IKE SA carries other connections' children: only ours go (each with a
+                # Delete); the IKE SA stays with them, and goes with the last of them
+                for ch in [ch for ch in sa.children.values() if ch.name == name]:
+                    if ch.state != "DELETING":
+                        self.queue(sa, exchange_info.DeleteSpiTask(ch.protocol, ch.spi_in), now)
+                    self.remove_child(sa, ch, "terminated")
+                for t in [t for t in sa.queue if getattr(getattr(t, "conn", None), "name", None) == name]:
+                    sa.queue.remove(t)
+                if sa.conn.name == name:
+                    sa.conn = self.child_conn(sa, others[0])
                 continue
             if sa.state in ("ESTABLISHED", "REKEYED") and sa.crypto_out is not None:
                 sa.queue.clear()
@@ -637,14 +712,14 @@ class Ikev2Engine:
 
     def rekey(self, name: str, now: float, *, ike: bool = False) -> list:
         for sa in list(self.sas.values()):
-            if sa.conn.name != name or sa.state != "ESTABLISHED":
+            if not self.hosts(sa, name) or sa.state != "ESTABLISHED":
                 continue
             if ike:
                 self.queue(sa, exchange_child.RekeyIkeTask(), now)
             else:
                 for ch in list(sa.children.values()):
-                    if ch.state == "INSTALLED":
-                        self.queue(sa, exchange_child.CreateChildTask(sa.conn, rekey=ch), now)
+                    if ch.state == "INSTALLED" and ch.name == name:
+                        self.queue(sa, exchange_child.CreateChildTask(self.child_conn(sa, ch), rekey=ch), now)
             return self.take()
         self.event("error", name, f"connection {name} has no established IKE SA to rekey")
         return self.take()
@@ -662,7 +737,7 @@ class Ikev2Engine:
             if hard:
                 self._delete_child(sa, ch, now, "hard lifetime (volume) reached")
             elif ch.state == "INSTALLED":
-                self.queue(sa, exchange_child.CreateChildTask(sa.conn, rekey=ch), now)
+                self.queue(sa, exchange_child.CreateChildTask(self.child_conn(sa, ch), rekey=ch), now)
         return self.take()
 
     def child_activity(self, child_id: int, last_in: float, last_out: float) -> None:
@@ -690,7 +765,7 @@ class Ikev2Engine:
         if ch.state == "DELETING":
             return
         ch.state = "DELETING"
-        self.event("child_expire", sa.conn.name, f"deleting CHILD_SA {sa.conn.name}{{{ch.child_id}}}: {reason}")
+        self.event("child_expire", ch.name, f"deleting CHILD_SA {ch.name}{{{ch.child_id}}}: {reason}")
         self.queue(sa, exchange_info.DeleteChildTask(ch), now)
 
     # ------------------------------------------------------------------ timers
@@ -725,8 +800,9 @@ class Ikev2Engine:
                 for t in (ch.rekey_at, ch.expire_at, ch.out_at):
                     if t is not None:
                         times.append(t)
-                if sa.conn.idle_time:
-                    times.append(max(ch.last_in, ch.last_out) + sa.conn.idle_time)
+                idle = self.child_conn(sa, ch).idle_time
+                if idle:
+                    times.append(max(ch.last_in, ch.last_out) + idle)
         return min(times) if times else None
 
     def _keepalive_interval(self, sa: IkeSa) -> int:
@@ -805,6 +881,7 @@ class Ikev2Engine:
             sa.rekey_at = None
             self.queue(sa, exchange_child.RekeyIkeTask(), now)
         for ch in list(sa.children.values()):
+            conn = self.child_conn(sa, ch)
             if ch.out_at is not None and now >= ch.out_at and ch.state in ("INSTALLED", "REKEYING"):
                 self.activate_outbound(sa, ch, "no Delete of the old SA came")
             if ch.expire_at is not None and now >= ch.expire_at:
@@ -818,6 +895,7 @@ class Ikev2Engine:
                 self.queue(sa, exchange_child.CreateChildTask(conn, rekey=ch), now)
             elif conn.idle_time and ch.state == "INSTALLED" and now - max(ch.last_in, ch.last_out) >= conn.idle_time:
                 self._delete_child(sa, ch, now, f"idle for {conn.idle_time} s")
+        conn = sa.conn
         dpd = conn.dpd
         if dpd.interval > 0 and sa.pending is None and not sa.queue:
             quiet_since = max(sa.last_recv, self._last_traffic_in(sa))
@@ -851,10 +929,12 @@ class Ikev2Engine:
                 "initiator": sa.initiator, "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
                 "proposal": sa.chosen.describe() if sa.chosen else "",
                 "remote_id": sa.peer_id,
+                # every connection whose CHILD_SAs this IKE SA carries (one IKE SA per peer)
+                "connections": sorted({sa.conn.name} | {ch.name for ch in sa.children.values()}),
                 "established_s": int(now - sa.established_at) if sa.established_at is not None else 0,
                 "rekey_in_s": max(0, int(sa.rekey_at - now)) if sa.rekey_at is not None else 0,
                 "child_sas": [{
-                    "name": sa.conn.name, "child_id": ch.child_id, "state": ch.state,
+                    "name": ch.name, "child_id": ch.child_id, "state": ch.state,
                     "mode": ch.mode, "protocol": ch.protocol, "udp_encap": ch.udp_encap,
                     "spi_in": f"{ch.spi_in:08x}", "spi_out": f"{ch.spi_out:08x}",
                     "proposal": ch.chosen.describe(),

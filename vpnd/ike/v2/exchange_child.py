@@ -77,6 +77,7 @@ def child_request(e, sa: IkeSa, conn, *, ts_hint=None, in_auth=False, rekey: Chi
                 ts_i, ts_r = [src] + ts_i, [dst] + ts_r
     transport = conn.mode == "transport"
     req = ChildRequest(spi_in, offered, ts_i, ts_r, transport, kex, rekey=rekey)
+    req.conn = conn  # the connection the child is for (the IKE SA may be another's)
     out: list = []
     if rekey is not None:
         out.append(Notify(c.N_REKEY_SA, b"", c.PROTO_IDS[rekey.protocol], struct.pack("!I", rekey.spi_in)))
@@ -110,7 +111,7 @@ def _holder(sa: IkeSa, child: ChildSa | None) -> int | None:
 def child_accept(e, sa: IkeSa, req: ChildRequest, payloads: list, ni: bytes, nr: bytes, now: float,
                  *, install_outbound: bool = True) -> ChildSa | None:
     """Initiator: check the responder's answer and install the CHILD_SA."""
-    conn = sa.conn
+    conn = getattr(req, "conn", None) or sa.conn
     err = next((p for p in payloads if isinstance(p, Notify) and p.is_error), None)
     if err is not None:
         name = c.NOTIFY_NAMES.get(err.type, str(err.type))
@@ -262,6 +263,20 @@ def _ipcomp_answer(conn, req: ChildRequest, payloads: list):
     return IPCompParams(ipcomp.algorithm(got[1]), req.cpi_in, got[0])
 
 
+def _conn_for_new_child(e, sa: IkeSa, payloads: list):
+    """A new CHILD_SA on an IKE SA is for the IKE SA's connection, or for another connection
+    to the same peer with the same IKE settings and credentials whose selectors fit (one IKE
+    SA per peer, ike/peers.py): the first whose traffic selectors fit."""
+    from vpnd.ike.peers import shares_ike_sa
+
+    cands = [sa.conn] + [x for x in e.connections() if x.name != sa.conn.name and shares_ike_sa(sa.conn, x)
+                         and x.peer == sa.remote[0]]
+    for conn in cands:
+        if ts_fits(sa, conn, payloads):
+            return conn
+    return sa.conn
+
+
 def ts_fits(sa: IkeSa, conn, payloads: list) -> bool:
     """Would `conn` accept the initiator's traffic selectors (after narrowing)?"""
     tsi = next((p for p in payloads if isinstance(p, TSi)), None)
@@ -298,7 +313,7 @@ class CreateChildTask:
         if self.rekey is not None:
             self.rekey.state = "REKEYING"
             self.rekey.collision = None
-        payloads, self.req = child_request(e, sa, sa.conn, ts_hint=self.ts_hint, rekey=self.rekey,
+        payloads, self.req = child_request(e, sa, self.conn, ts_hint=self.ts_hint, rekey=self.rekey,
                                            group=self.group)
         return payloads
 
@@ -309,7 +324,7 @@ class CreateChildTask:
                 self.rekey.rekey_at = now + retry_in
 
     def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
-        conn = sa.conn
+        conn = self.conn
         ike = notify(payloads, c.N_INVALID_KE_PAYLOAD)
         if ike is not None and len(ike.data) >= 2 and self.tries < 2:
             g = c.DH_NAMES.get(struct.unpack("!H", ike.data[:2])[0])
@@ -523,6 +538,10 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     if sa.state == "REKEYING" and old is None:
         e.respond(sa, c.CREATE_CHILD_SA, mid, [Notify(c.N_TEMPORARY_FAILURE)], now)
         return
+    if old is not None:
+        conn = e.child_conn(sa, old)
+    else:
+        conn = _conn_for_new_child(e, sa, payloads)
     out, child, keymat = child_respond(e, sa, conn, payloads, nonce.data, now, in_auth=False, rekey=old)
     if child is None:
         e.respond(sa, c.CREATE_CHILD_SA, mid, out, now)

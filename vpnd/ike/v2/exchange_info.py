@@ -29,6 +29,25 @@ class DeleteChildTask:
         e.remove_child(sa, self.child, "deleted", now)
 
 
+class DeleteSpiTask:
+    """Delete of a CHILD_SA already removed here (its connection went down while the IKE SA
+    stays for other connections): the answer changes nothing."""
+
+    exchange = c.INFORMATIONAL
+
+    def __init__(self, protocol: str, spi_in: int):
+        self.protocol, self.spi_in = protocol, spi_in
+
+    def ready(self, e, sa: IkeSa) -> bool:
+        return sa.state == "ESTABLISHED"
+
+    def build(self, e, sa: IkeSa, now: float) -> list:
+        return [Delete(c.PROTO_IDS[self.protocol], [struct.pack("!I", self.spi_in)])]
+
+    def on_response(self, e, sa: IkeSa, payloads: list, now: float) -> None:
+        pass
+
+
 class DeleteIkeTask:
     exchange = c.INFORMATIONAL
 
@@ -116,6 +135,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
             if child is not None:
                 # the peer lost this SA (e.g. restarted its data plane): replace it
                 e.event("invalid_spi", sa.conn.name, f"peer reports SPI {spi:08x} invalid; re-creating the CHILD_SA")
+                conn = e.child_conn(sa, child)
                 e.remove_child(sa, child, "peer reported INVALID_SPI")
-                e.recreate_child(sa, sa.conn)
+                e.recreate_child(sa, conn)
     e.respond(sa, c.INFORMATIONAL, mid, answer, now)
