@@ -197,6 +197,7 @@ class DaemonConfig:
     invalid_spi_recovery: bool = True      # the seed's `crypto isakmp invalid-spi-recovery`
     cookie_threshold: int = 10             # half-open IKE SAs before IKEv2 cookies (RFC 7296 2.6)
     half_open_limit: int = 1000            # half-open IKE SAs beyond which new ones are dropped
+    metrics: str | None = None             # Prometheus endpoint HOST:PORT or unix path (vpnd/metrics.py)
 
 
 @dataclass(frozen=True)
@@ -631,10 +632,21 @@ class _Parser:
                                    d.invalid_spi_recovery),
             cookie_threshold=f(m, "cookie_threshold", path, self.integer(0), d.cookie_threshold),
             half_open_limit=f(m, "half_open_limit", path, self.integer(1), d.half_open_limit),
+            metrics=f(m, "metrics", path, self._metrics_listen, d.metrics),
         )
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")
         return d
+
+    def _metrics_listen(self, v, path):
+        if v is None or v is False or v == "off":
+            return None
+        from vpnd.metrics import parse_listen  # the one parser; the server uses it too
+        try:
+            parse_listen(v)
+        except ValueError as e:
+            self.fail(path, str(e))
+        return v.strip()
 
     _CONN_KEYS = {f: 1 for f in Connection.__dataclass_fields__ if f != "name"} | {"pfs": 1}
 

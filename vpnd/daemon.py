@@ -183,6 +183,7 @@ class Daemon:
         self.dp = None
         self.ike = None  # vpnd.ike.manager.IkeManager when available
         self.control = None
+        self.metrics = None  # vpnd.metrics.MetricsServer with daemon.metrics
         self.children: dict[int, Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
         self._manual: dict = {}  # connection name -> the Connection installed
@@ -268,6 +269,7 @@ class Daemon:
         started = False
         try:
             await self._start_control()
+            await self._start_metrics()
             self.setup()
             log.info("TUN %s up, MTU %d (outer MTU %d)", self.tun.name, self.tun.mtu, self._outer_mtu)
             self._attach_readers()
@@ -298,6 +300,7 @@ class Daemon:
             if self.control is not None:
                 await self.control.close()
                 self.control = None
+            await self._stop_metrics()
             self.teardown()
         return self.exit_code
 
@@ -314,6 +317,23 @@ class Daemon:
         except OSError as e:
             self.control = None
             raise StartupError(f"cannot open control socket {path}: {e.strerror or e}") from None
+
+    async def _start_metrics(self):
+        """daemon.metrics: the Prometheus endpoint in this loop (vpnd/metrics.py)."""
+        where = getattr(self.config.daemon, "metrics", None)
+        if not where:
+            return
+        from vpnd import metrics
+        try:
+            self.metrics = await metrics.start(self, where)
+        except OSError as e:
+            raise StartupError(f"cannot open metrics endpoint {where}: {e.strerror or e}") from None
+        log.info("metrics on %s", where)
+
+    async def _stop_metrics(self):
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
 
     def _attach_readers(self):
         lp = self.loop
@@ -892,6 +912,8 @@ class Daemon:
         level = (logging.WARNING if ev.kind in FAILURE_EVENTS else
                  logging.DEBUG if ev.kind in ("drop", "retransmit") else logging.INFO)
         log.log(level, "%s", ev.message)
+        if self.metrics is not None:
+            self.metrics.metrics.on_event(ev.kind, ev.connection)
         if not ev.connection:
             return
         if ev.kind == "ike_rekeyed":
@@ -1082,7 +1104,7 @@ class Daemon:
         old_d, new_d = self.config.daemon, new.daemon
         level = new_d.log_level
         logging.getLogger().setLevel(_level(level))
-        for key in ("tun", "listen", "ike_port", "natt_port", "control_socket"):
+        for key in ("tun", "listen", "ike_port", "natt_port", "control_socket", "metrics"):
             if getattr(old_d, key) != getattr(new_d, key):
                 log.warning("reload: daemon.%s changed; it takes effect on restart", key)
         if self.tun is not None:  # the MTU follows the daemon.mtu key and, for auto, the transforms
