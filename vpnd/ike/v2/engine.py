@@ -844,6 +844,15 @@ class Ikev2Engine:
             return
         req = sa.pending
         if req is not None and req.next_at <= now:
+            if req.tries >= len(req.timeouts) - 1 and self.is_delete_ike(req.task):
+                # our Delete of this SA (after a rekey, a down, a reload) went unanswered: the
+                # SA goes as it would have anyway; that is no dead peer to act on (issue 7.10)
+                after = f" after its rekey to [{sa.rekeyed_to}]" if sa.rekeyed_to is not None else ""
+                self.event("delete_unanswered", sa.conn.name,
+                           f"IKE_SA {sa.conn.name}[{sa.ike_id}]: {sa.remote[0]} did not answer our Delete"
+                           f"{after} ({req.tries} retransmissions); removed it", ike_id=sa.ike_id)
+                self.kill_ike(sa, now, "Delete not answered")
+                return
             if req.tries >= len(req.timeouts) - 1:
                 what = "liveness check" if sa.dpd_probe else c.EXCHANGE_NAMES.get(req.exchange, "request")
                 self.event("timeout", sa.conn.name,
