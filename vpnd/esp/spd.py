@@ -67,48 +67,86 @@ class Policy:
                     yield (rp, lp), lv, (ln, lm), (rn, rm)
 
 
+class _Index:
+    """Selector pairs of one IP version, found in O(number of distinct remote prefix
+    lengths) instead of a scan: a dict per remote prefix length, keyed by the masked
+    destination; each bucket holds its entries most specific local prefix first, then in
+    the order they were added. Changes are incremental (a hub with thousands of tunnels
+    adds and removes policies all the time)."""
+
+    __slots__ = ("by_len", "lengths")
+
+    def __init__(self):
+        self.by_len: dict[int, dict[int, list]] = {}   # remote prefixlen -> {masked dst: bucket}
+        self.lengths: list[tuple[int, int, dict]] = []  # (prefixlen, mask, buckets), longest first
+
+    def add(self, rp: int, rm: int, rn: int, entry) -> None:
+        buckets = self.by_len.get(rp)
+        if buckets is None:
+            buckets = self.by_len[rp] = {}
+            self.lengths = sorted(((l, m, self.by_len[l]) for l, m, _ in self.lengths + [(rp, rm, None)]),
+                                  key=lambda x: x[0], reverse=True)
+        bucket = buckets.setdefault(rn, [])
+        bucket.append(entry)
+        bucket.sort(key=lambda e: (-e[0], e[1]))      # (local prefixlen desc, order asc)
+
+    def remove(self, rp: int, rn: int, policy) -> None:
+        buckets = self.by_len.get(rp)
+        if not buckets:
+            return
+        bucket = [e for e in buckets.get(rn, ()) if e[4] is not policy]
+        if bucket:
+            buckets[rn] = bucket
+        else:
+            buckets.pop(rn, None)
+        if not buckets:
+            del self.by_len[rp]
+            self.lengths = [x for x in self.lengths if x[0] != rp]
+
+    def lookup(self, src: int, dst: int):
+        for _, rm, buckets in self.lengths:
+            bucket = buckets.get(dst & rm)
+            if bucket is not None:
+                for _lp, _order, ln, lm, p in bucket:
+                    if src & lm == ln:
+                        return p
+        return None
+
+
 class SPD:
-    """Outbound lookup with a per-(src, dst) cache; the cache is cleared on any change
-    and when it grows past CACHE_MAX (so a scan of addresses cannot exhaust memory)."""
+    """Outbound lookup: an index per IP version (most specific remote prefix, then local
+    prefix, then the older policy wins) with a per-(src, dst) cache in front; the cache is
+    cleared on any change and when it grows past CACHE_MAX (so a scan of addresses cannot
+    exhaust memory)."""
 
     CACHE_MAX = 65536
 
     def __init__(self):
         self.policies: dict = {}
-        self._v4: list = []     # [(ln, lm, rn, rm, policy)] most specific first
-        self._v6: list = []
+        self._v4 = _Index()
+        self._v6 = _Index()
+        self._order = 0
         self.cache: dict = {}
 
     def add(self, policy: Policy) -> None:
+        if policy.policy_id in self.policies:
+            self.remove(policy.policy_id)
         self.policies[policy.policy_id] = policy
-        self._rebuild()
+        for (rp, lp), ver, (ln, lm), (rn, rm) in policy.entries():
+            self._order += 1
+            (self._v4 if ver == 4 else self._v6).add(rp, rm, rn, (lp, self._order, ln, lm, policy))
+        self.cache = {}
 
     def remove(self, policy_id) -> Policy | None:
         p = self.policies.pop(policy_id, None)
-        self._rebuild()
+        if p is not None:
+            for (rp, _lp), ver, _l, (rn, _rm) in p.entries():
+                (self._v4 if ver == 4 else self._v6).remove(rp, rn, p)
+        self.cache = {}
         return p
 
-    def _rebuild(self) -> None:
-        v4, v6 = [], []
-        order = 0
-        for p in self.policies.values():
-            for spec, ver, (ln, lm), (rn, rm) in p.entries():
-                order += 1
-                (v4 if ver == 4 else v6).append((spec, -order, ln, lm, rn, rm, p))
-        v4.sort(key=lambda e: (e[0], e[1]), reverse=True)
-        v6.sort(key=lambda e: (e[0], e[1]), reverse=True)
-        self._v4 = [e[2:] for e in v4]
-        self._v6 = [e[2:] for e in v6]
-        self.cache = {}
-
     def lookup4(self, src: int, dst: int):
-        for ln, lm, rn, rm, p in self._v4:
-            if dst & rm == rn and src & lm == ln:
-                return p
-        return None
+        return self._v4.lookup(src, dst)
 
     def lookup6(self, src: int, dst: int):
-        for ln, lm, rn, rm, p in self._v6:
-            if dst & rm == rn and src & lm == ln:
-                return p
-        return None
+        return self._v6.lookup(src, dst)
