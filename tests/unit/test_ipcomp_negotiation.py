@@ -153,3 +153,34 @@ def test_v1_responder_skips_a_number_with_foreign_ipcomp_and_reads_4_octet_cpi()
     assert policy.p2_select(offer, [alts], None)[3] == 3
     # an IPComp-only offer when we do not compress: nothing acceptable
     assert policy.p2_select(SA1([esp(1), Prop1(1, 4, b"\x01\x00", [T1(1, 2, [])])]), [alts], None) is None
+
+
+def test_v1_peer_refusing_the_ipcomp_offer_gets_a_plain_quick_mode():
+    """strongSwan (kernel-libipsec, `ipcomp = yes`) answers NO-PROPOSAL-CHOSEN to an offer with
+    IPComp rather than taking the proposal number without it: vpnd asks once more without
+    IPComp, and reports no failure for it."""
+    from vpnd.ike.v1 import payloads as P1
+    from vpnd.ike.v1.quick import QuickFailed
+
+    net = v1_pair({"esp": SEED}, {"esp": "ah-sha-hmac esp-aes esp-sha-hmac"}, start=False)
+    b = net.b
+    orig = b._qm_r_msg1
+    refused = []
+
+    def like_charon(sa, hdr, plain, pls, now):
+        sa_p = next(p for p in pls if isinstance(p, P1.SA))
+        if any(p.protocol == 4 for p in sa_p.proposals):
+            refused.append(1)
+            raise QuickFailed("unable to allocate a CPI", C1.N_NO_PROPOSAL_CHOSEN)
+        return orig(sa, hdr, plain, pls, now)
+    b._qm_r_msg1 = like_charon
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    net.advance(3)
+    ca, cb = v1_children(net)
+    assert refused == [1]
+    assert ca.ipcomp is None and cb.ipcomp is None and ca.outbound[0].spi == cb.inbound[0].spi
+    assert net.events("A", "ipcomp_refused") and not net.events("A", "error")
+    # a rekey on the same ISAKMP SA does not offer IPComp again
+    net.feed(net.a, net.a.rekey("site", net.now))
+    net.advance(3)
+    assert refused == [1] and len(net.installs("A")) == 2

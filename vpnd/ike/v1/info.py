@@ -138,11 +138,18 @@ class InfoMixin:
                     self._qm_finish(sa, qm)
         elif t < 16384:
             from vpnd.ike.v1.phase1 import notify_name
-            self._event("error", sa.conn.name, f"peer reports {notify_name(t)}", ike_id=sa.ike_id)
-            # a failed Quick Mode we started: stop retransmitting it
+            # a failed Quick Mode we started: stop retransmitting it (or, refused because of
+            # IPComp, ask again without it: then it is no failure yet)
+            retried = failed = False
             for qm in list(self._qm_by_mid(sa).values()):
                 if qm.initiator and qm.state == "QM_SENT1":
+                    if t == C.N_NO_PROPOSAL_CHOSEN and self._qm_retry_without_ipcomp(sa, qm, now):
+                        retried = True
+                        continue
+                    failed = True
                     self._qm_failed(sa, qm, now)
+            if failed or not retried:
+                self._event("error", sa.conn.name, f"peer reports {notify_name(t)}", ike_id=sa.ike_id)
 
     def _take_delete(self, sa: IsakmpSA, d: P.Delete, now: float) -> None:
         if d.protocol == C.PROTO_ISAKMP:

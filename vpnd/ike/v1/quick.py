@@ -141,7 +141,7 @@ class QuickMixin:
         protos = {x.protocol for s in sets for alt in s for x in alt}
         qm.spis_in = {p: self._new_spi() for p in sorted(protos)}
         comp = None
-        if conn.comp:  # IPComp offered in each proposal, then the same without (policy.p2_sa)
+        if conn.comp and not sa.ipcomp_refused:  # each proposal with IPComp, then without
             qm.cpi_in = ipcomp.new_cpi(self.rng)
             comp = (conn.comp, qm.cpi_in)
         qm.offered = policy.p2_sa(sets, qm.spis_in, sa.natt, comp)
@@ -548,6 +548,24 @@ class QuickMixin:
             if qm.state == "QM_DONE" and not qm.initiator:
                 self._qm_finish(sa, qm)
         sa.last_heard = now
+
+    def _qm_retry_without_ipcomp(self, sa: IsakmpSA, qm: QuickMode, now: float) -> bool:
+        """NO-PROPOSAL-CHOSEN to a Quick Mode that offered IPComp: strongSwan refuses the
+        whole exchange when it cannot get a CPI (kernel-libipsec) instead of taking our
+        proposal without IPCOMP. Ask again at once without it, and not again on this
+        ISAKMP SA."""
+        if qm.cpi_in is None or sa.ipcomp_refused:
+            return False
+        sa.ipcomp_refused = True
+        self._qm_by_mid(sa).pop(qm.mid, None)
+        sa.p2_iv.pop(qm.mid, None)
+        for spi in qm.spis_in.values():
+            self._spis_in.discard(int.from_bytes(spi, "big"))
+        self._event("ipcomp_refused", qm.conn.name, "peer refused the proposals with IPComp; "
+                    "asking again without compression", ike_id=sa.ike_id)
+        self._qm_initiate(sa, qm.conn, qm.local_ts, qm.remote_ts, now, rekey_of=qm.rekey_of,
+                          per_host=qm.per_host)
+        return True
 
     def _qm_failed(self, sa: IsakmpSA, qm: QuickMode, now: float) -> None:
         """A Quick Mode we started failed: forget it; a rekey is tried again later (the old

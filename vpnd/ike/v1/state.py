@@ -85,6 +85,7 @@ class IsakmpSA:
     keepalive_at: float | None = None
     # informational bookkeeping
     info_seen: dict = field(default_factory=dict)  # message ID -> time (replays of infos)
+    ipcomp_refused: bool = False  # the peer answered an IPComp offer NO-PROPOSAL-CHOSEN
     invalid_spi_sent: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
