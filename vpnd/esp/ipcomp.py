@@ -95,42 +95,59 @@ def deflate_decompress(data: bytes, limit: int = MAX_IP_PACKET) -> bytes:
 # may overlap its own output (offset 1 length 10 repeats one byte ten times).
 
 LZS_MAX_OFFSET = 2047
-_LZS_CHAIN = 16                 # candidates tried per position (speed vs ratio)
 
 # (code, bit count) for the lengths 2..7
 _LZS_SHORT_LEN = {2: (0b00, 2), 3: (0b01, 2), 4: (0b10, 2),
                   5: (0b1100, 4), 6: (0b1101, 4), 7: (0b1110, 4)}
 
 
+def _longest_match(data: bytes, i: int, n: int) -> tuple[int, int]:
+    """(length, offset) of the longest earlier string equal to data[i:...] within 2047
+    bytes, the nearest one of that length (smallest offset); (0, 0) if under 2 bytes.
+    Every search is bytes.rfind (C): "data[i:i+k] occurs at some j < i" holds for all k up
+    to the longest, so an exponential then binary search over k finds it exactly."""
+    lo = i - LZS_MAX_OFFSET if i > LZS_MAX_OFFSET else 0
+    limit = n - i
+    if limit < 2:
+        return 0, 0
+    rfind = data.rfind
+    # an occurrence of data[i:i+k] starting at j <= i-1 lies within data[lo:i+k-1]
+    j = rfind(data[i:i + 2], lo, i + 1)
+    if j < 0:
+        return 0, 0
+    good, good_j = 2, j
+    k = 4
+    while True:
+        if k > limit:
+            k = limit
+        j = rfind(data[i:i + k], lo, i + k - 1)
+        if j < 0:
+            bad = k
+            break
+        good, good_j = k, j
+        if k == limit:
+            return good, i - good_j
+        k *= 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        j = rfind(data[i:i + mid], lo, i + mid - 1)
+        if j < 0:
+            bad = mid
+        else:
+            good, good_j = mid, j
+    return good, i - good_j
+
+
 def lzs_compress(data: bytes) -> bytes:
     """One packet, a fresh history (RFC 2395 2): greedy longest match over 2047 bytes."""
+    data = bytes(data)
     n = len(data)
     acc = 0                     # bit accumulator
     nbits = 0
     out = bytearray()
-    heads: dict = {}            # 2-byte prefix -> positions, most recent last
     i = 0
     while i < n:
-        best_len = 0
-        best_off = 0
-        if i + 1 < n:
-            key = data[i:i + 2]
-            cands = heads.get(key)
-            if cands:
-                lo = i - LZS_MAX_OFFSET
-                limit = n - i
-                tried = 0
-                for j in reversed(cands):
-                    if j < lo or tried >= _LZS_CHAIN:
-                        break
-                    tried += 1
-                    k = 2
-                    while k < limit and data[j + k] == data[i + k]:
-                        k += 1
-                    if k > best_len:
-                        best_len, best_off = k, i - j
-                        if k == limit:
-                            break
+        best_len, best_off = _longest_match(data, i, n)
         if best_len >= 2:
             if best_off < 128:
                 acc = (acc << 9) | 0x180 | best_off
@@ -153,25 +170,15 @@ def lzs_compress(data: bytes) -> bytes:
                     ln -= 15
                 acc = (acc << 4) | ln
                 nbits += 4
-            end = i + best_len
+            i += best_len
         else:
             acc = (acc << 9) | data[i]          # the flag bit 0, then the byte
             nbits += 9
-            end = i + 1
+            i += 1
         while nbits >= 8:
             nbits -= 8
             out.append((acc >> nbits) & 0xFF)
         acc &= (1 << nbits) - 1
-        # index every position passed (matches may start inside a string)
-        while i < end:
-            if i + 1 < n:
-                key = data[i:i + 2]
-                lst = heads.get(key)
-                if lst is None:
-                    heads[key] = [i]
-                else:
-                    lst.append(i)
-            i += 1
     acc = (acc << 9) | 0x180                    # end marker
     nbits += 9
     pad = (-nbits) % 8
@@ -290,7 +297,12 @@ class IPComp:
                 self._skip -= 1
             self.uncompressed += 1
             return payload, nh
-        body = self._compress(bytes(payload))
+        payload_b = bytes(payload)
+        if self._compress is lzs_compress and len(zlib.compress(payload_b, 1)) + 4 >= n:
+            body = payload_b        # LZS is weaker than deflate: what deflate cannot shrink,
+                                    # LZS cannot either; zlib (C) tells at a fraction of the cost
+        else:
+            body = self._compress(payload_b)
         if len(body) + 4 >= n:
             self.uncompressed += 1
             self._fails += 1
