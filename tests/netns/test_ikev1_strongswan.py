@@ -148,8 +148,9 @@ def test_psk_vpnd_initiator(topo, make_charon, vpnds, ike, esp, aggressive):
 @pytest.mark.parametrize("ike,esp", PAIRS, ids=[p[0] for p in PAIRS])
 @pytest.mark.parametrize("aggressive", [False, True], ids=["main", "aggressive"])
 def test_psk_vpnd_responder(topo, make_charon, vpnds, ike, esp, aggressive):
+    # a responder answers Aggressive Mode only on a connection that allows it (issue 8.1)
     v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp))
+                                     ike=ike, esp=esp, aggressive=aggressive))
     ch = _charon(make_charon, topo)
     charon_psk(ch, topo, ike=ike, esp=esp, aggressive=aggressive)
     ch.initiate("site")
@@ -365,7 +366,7 @@ def test_nat_vpnd_responder_any_peer(topo_nat, make_charon, vpnds, aggressive):
                           aggressive=aggressive)
     ch.load(swanctl_conf({"site": conn}, {"ike-site": psk_secret(PSK)}))
     conf = vpnd_conf(topo, "gwb", local=WAN_B, peer='"%any"', lts=LAN_B, rts=LAN_A, ike=ike, esp=esp,
-                     extra='remote_id: "@branch.example.com"')
+                     extra='remote_id: "@branch.example.com"', aggressive=aggressive)
     v = vpnds(topo, "gwb", conf)
     ch.initiate("site")
     got = wait_child(v)

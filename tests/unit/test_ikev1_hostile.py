@@ -97,3 +97,42 @@ def test_no_proposal_log_line_of_a_hostile_offer_is_bounded():
     assert ev
     for e in ev:
         assert e.message.isprintable() and len(e.message) < 2000, e.message[:200]
+
+
+# ------------------------------------------------------------------ 8.1 Aggressive Mode oracle
+
+
+def _probe(core, id_data=b"probe.example", now=1.0, src=A_IP):
+    return core.receive_datagram(msg1(aggressive=True, id_data=id_data), (B_IP, 500), (src, 500), now)
+
+
+def test_aggressive_probe_of_a_main_mode_connection_gets_no_psk_hash():
+    """Issue 8.1: a %any connection with aggressive: false answered an Aggressive Mode
+    probe with message 2 (a PSK-keyed HASH_R, crackable offline) because
+    daemon.aggressive_mode defaults to true. Now: no answer, no SA, no DH."""
+    for remote_id in (None, "@probe.example"):
+        core = responder({"any": any_conn(aggressive=False, remote_id=remote_id)})
+        out = _probe(core)
+        assert sends(out) == []
+        assert core.sas == {} and core._alts == {}
+
+
+def test_unknown_and_known_ids_get_the_same_answer():
+    """An unknown ID and the ID of a connection that does not allow Aggressive Mode are
+    indistinguishable to a prober (both: silence)."""
+    core = responder({"mm": any_conn(aggressive=False, remote_id="@known.example"),
+                      "am": any_conn(aggressive=True, remote_id="@aggr.example")})
+    known = _probe(core, b"known.example")
+    unknown = _probe(core, b"unknown.example")
+    assert sends(known) == sends(unknown) == []
+    assert core.sas == {}
+    # the configured aggressive ID: a real handshake (unavoidable, documented)
+    real = _probe(core, b"aggr.example")
+    assert len(sends(real)) == 1 and len(core.sas) == 1
+
+
+def test_aggressive_connection_still_works_and_global_switch_disables_it():
+    core = responder({"am": any_conn(aggressive=True)})
+    assert len(sends(_probe(core))) == 1
+    core = responder({"am": any_conn(aggressive=False)}, aggressive_mode=False)
+    assert sends(_probe(core)) == []

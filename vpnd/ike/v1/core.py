@@ -20,13 +20,18 @@ from vpnd.ike.v1 import payloads as P
 from vpnd.ike.v1.info import InfoMixin
 from vpnd.ike.v1.phase1 import Phase1Failed, Phase1Mixin, _digest
 from vpnd.ike.v1.quick import QuickMixin
-from vpnd.ike.v1.state import IsakmpSA, Retransmit
+from vpnd.ike.v1.state import IsakmpSA, Retransmit, describe_transforms
 from vpnd.textsafe import one_line
 
 RETRANSMIT_BASE = liveness.RETRANSMIT_BASE  # one policy for both versions (vpnd/ike/liveness.py)
 RETRANSMIT_TRIES = liveness.RETRANSMIT_TRIES
 HALF_OPEN_TIMEOUT = 60.0
 REPLACED_GRACE = 10.0  # seconds a replaced ISAKMP SA lingers on the responder
+# A Quick Mode that holds an inbound-only SA (responder after message 2, waiting for
+# HASH(3); initiator with the commit bit, waiting for CONNECTED) gives up after this long,
+# not after the whole retransmission schedule (4+8+...+128 = 252 s, issue 7.8): the peer
+# retransmits its own message within that time if it is there at all (4, 12, 28 s ...).
+QM_INBOUND_ONLY_WAIT = 60.0
 MAX_ALTERNATES = 4  # other half-open responder SAs per initiator cookie (differing message 1s)
 
 
@@ -187,6 +192,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             for qm in self.qms.get(sa.ike_id, {}).values():
                 if qm.retx and qm.retx.due is not None:
                     times.append(qm.retx.due)
+                if _inbound_only(qm):
+                    times.append(qm.started + QM_INBOUND_ONLY_WAIT)
         for c in self.children.values():
             for t in (c.rekey_at if c.state == "INSTALLED" else None, c.expire_at, c.delete_at,
                       c.attach_at):
@@ -278,6 +285,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 "dpd": bool(sa.peer_dpd and sa.conn.dpd.interval),
                 "child_sas": [],
             }
+            for qm in sorted(self.qms.get(sa.ike_id, {}).values(), key=lambda q: q.mid):
+                if _inbound_only(qm):  # issue 7.8: shown while it waits, not only once complete
+                    entry["child_sas"].append(self._qm_status(sa, qm, now))
             if by_conn.get(sa.conn.name) is sa:
                 for c in sorted(self.children.values(), key=lambda c: c.child_id):
                     if c.conn.name == sa.conn.name:
@@ -293,6 +303,22 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                             "proposal": "", "established_s": 0, "rekey_in_s": None,
                             "child_sas": [self._child_status(c, now)]})
         return out
+
+    def _qm_status(self, sa: IsakmpSA, qm, now: float) -> dict:
+        """An IPsec SA installed inbound only while its Quick Mode finishes: state
+        INSTALLING, no outbound traffic on it yet."""
+        proto = C.PROTO_ESP if C.PROTO_ESP in qm.spis_in else C.PROTO_AH
+        return {"name": qm.conn.name, "child_id": qm.child_id, "state": "INSTALLING", "mode": qm.chosen[0].mode,
+                "protocol": "esp" if proto == C.PROTO_ESP else "ah",
+                "bundle": sorted("esp" if p == C.PROTO_ESP else "ah" for p in qm.spis_in),
+                "udp_encap": sa.nat, "spi_in": qm.spis_in[proto].hex(),
+                "spi_out": qm.spis_out[proto].hex() if proto in qm.spis_out else "",
+                "inbound_only": True, "proposal": describe_transforms(qm.chosen),
+                "local_ts": [str(qm.local_ts)], "remote_ts": [str(qm.remote_ts)],
+                "bytes_in": 0, "packets_in": 0, "bytes_out": 0, "packets_out": 0,
+                "replay_drops": 0, "auth_failures": 0, "rekey_in_s": None,
+                "lifetime_s": qm.life_s, "lifetime_kb": qm.life_kb, "installed_s": int(now - qm.started),
+                "gives_up_in_s": max(0, int(qm.started + QM_INBOUND_ONLY_WAIT - now))}
 
     def _child_status(self, c, now: float) -> dict:
         esp = c.spis_in.get(C.PROTO_ESP)
@@ -446,6 +472,19 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             r.due = now + self.retransmit_base * (2 ** r.tries)
             self._resend(r)
         for qm in list(self.qms.get(sa.ike_id, {}).values()):
+            if _inbound_only(qm) and now >= qm.started + QM_INBOUND_ONLY_WAIT:
+                waited = "HASH(3)" if not qm.initiator else "CONNECTED"
+                self._event("failed", qm.conn.name, f"Quick Mode {qm.mid:#010x} with {sa.remote[0]}: no {waited} "
+                            f"within {QM_INBOUND_ONLY_WAIT:.0f} s; its inbound-only IPsec SA removed",
+                            ike_id=sa.ike_id)
+                if qm.initiator:
+                    self._qm_failed(sa, qm, now)
+                else:  # the peer's exchange: forget it (a repeat of its message 1 is not answered)
+                    self._qm_abandon(sa, qm)
+                    self._qm_by_mid(sa).pop(qm.mid, None)
+                    sa.p2_iv.pop(qm.mid, None)
+                    self._done_mids.setdefault(sa.ike_id, set()).add(qm.mid)
+                continue
             q = qm.retx
             if q is not None and q.due is not None and now >= q.due:
                 if q.tries >= RETRANSMIT_TRIES:
@@ -512,6 +551,22 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         if peer_idp is not None:
             dyn = [c for c in dyn if identity.id_matches(c.remote_id, peer_idp)] or dyn
         return dyn
+
+    def _aggressive_conns(self, ip: str, peer_idp) -> list:
+        """Connections that answer an Aggressive Mode message 1 from `ip` with this ID:
+        `aggressive: true` ones (never when daemon.aggressive_mode is false), those for the
+        peer's address first, then %any ones; the ID must match their remote_id (rsa-encr
+        sends it encrypted: checked after decryption)."""
+        if not self.aggressive_allowed:
+            return []
+        for group in ([c for c in self.v1_conns if c.peer == ip],
+                      [c for c in self.v1_conns if c.peer == "%any"]):
+            cands = [c for c in group if c.aggressive and (
+                (c.auth is not None and c.auth.method == "rsa_encr") or
+                (peer_idp is not None and identity.id_matches(c.remote_id, peer_idp)))]
+            if cands:
+                return cands
+        return []
 
     def _conn_for_ts(self, sa: IsakmpSA, local_ts, remote_ts):
         cands = [sa.conn] + [c for c in self.v1_conns if c is not sa.conn and c.peer in (sa.conn.peer, "%any")
@@ -722,6 +777,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _last_out_for(self, sa: IsakmpSA) -> float:
         return max((c.last_out for c in self.children.values() if c.conn.name == sa.conn.name), default=0.0)
 
+    def _unauth_event(self, kind: str, key: str, remote, message: str) -> None:
+        """An event caused by unauthenticated input (issue 8.2): bounded log volume."""
+        self.drops += 1
+        self._event(kind, None, message)
+
     def _count_drop(self, sa: IsakmpSA | None, why: str) -> None:
         self._drop_event(sa.conn.name if sa else None, why, ike_id=sa.ike_id if sa else None)
 
@@ -746,6 +806,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _event(self, kind: str, conn: str | None, message: str, **data) -> None:
         # one line whatever reached it (textsafe.one_line; peer data goes through safe())
         self._out.append(Event(kind, conn, one_line(message), {k: v for k, v in data.items() if v is not None}))
+
+
+def _inbound_only(qm) -> bool:
+    """Does this Quick Mode hold an installed inbound-only SA (see QM_INBOUND_ONLY_WAIT)?"""
+    return qm.child_id is not None and qm.state in ("QM_SENT2", "QM_WAIT_CONNECTED")
 
 
 def _nonce_key(sa: IsakmpSA) -> bytes:

@@ -382,17 +382,30 @@ class Phase1Mixin:
         """Message 1 of Main or Aggressive Mode from a new peer (`alternate`: another
         message 1 with the cookie of a half-open responder SA, see core.py)."""
         aggressive = hdr.exchange == C.EXCH_AGGRESSIVE
-        if aggressive and not self.aggressive_allowed:
-            self._event("error", None, f"Aggressive Mode from {remote[0]} refused "
-                        "(daemon.aggressive_mode: false)")
-            return
         sa_p = _first(pls, P.SA)
         if sa_p is None:
             return
         peer_idp = _first(pls, P.ID) if aggressive else None
-        conns = self._conns_for_peer(remote[0], peer_idp)
+        if aggressive:
+            # Aggressive Mode is answered only for a connection with `aggressive: true` whose
+            # remote ID this is (issue 8.1): its message 2 carries a PSK-keyed hash that a
+            # prober could crack offline. Every refusal -- unknown ID, the ID of a connection
+            # without Aggressive Mode, Aggressive Mode disabled -- gets the same answer,
+            # silence (RFC 2408 5: failure notifies are optional, a DoS-protection choice;
+            # libreswan also drops), so a prober cannot tell which IDs exist, and nothing
+            # is reflected. A configured aggressive ID necessarily gets a real handshake.
+            conns = self._aggressive_conns(remote[0], peer_idp)
+            if not conns:
+                why = ("daemon.aggressive_mode: false" if not self.aggressive_allowed else
+                       "no connection with aggressive: true for ID "
+                       + (identity.describe_id(peer_idp) if peer_idp else "(none)"))
+                self._unauth_event("error", "aggressive_refused", remote,
+                                   f"Aggressive Mode from {remote[0]} refused ({why})")
+                return
+        else:
+            conns = self._conns_for_peer(remote[0], None)
         if not conns:
-            self._event("error", None, f"no IKEv1 connection for {remote[0]}")
+            self._unauth_event("error", "no_connection", remote, f"no IKEv1 connection for {remote[0]}")
             return
         choice = None
         for conn in conns:
@@ -440,8 +453,9 @@ class Phase1Mixin:
                 sa.id_i = peer_idp.encode()
                 sa.peer_id = peer_idp
             if not identity.id_matches(conn.remote_id, sa.peer_id):
+                # (rsa-encr: the ID was encrypted) silent, as any unknown ID (see above)
                 raise Phase1Failed(f"peer identity {identity.describe_id(sa.peer_id)} is not {conn.remote_id}",
-                                   C.N_INVALID_ID_INFORMATION, "auth_failed")
+                                   None, "auth_failed")
             sa.nr = self.rng(NONCE_LEN)
             self._derive(sa)
         except Phase1Failed as e:
