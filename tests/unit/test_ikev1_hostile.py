@@ -136,3 +136,40 @@ def test_aggressive_connection_still_works_and_global_switch_disables_it():
     assert len(sends(_probe(core))) == 1
     core = responder({"am": any_conn(aggressive=False)}, aggressive_mode=False)
     assert sends(_probe(core)) == []
+
+
+# ------------------------------------------------------------------ 8.3 INVALID-SPI amplification
+
+
+def test_random_spi_flood_from_the_peer_gets_a_handful_of_notifies_and_bounded_state():
+    """Issue 8.3: random-SPI ESP spoofed from the peer's address was answered 1:1 with
+    encrypted INVALID-SPI notifies (the limiter was per SPI, an unbounded dict). Now the
+    limiter is per peer address and bounded, the same rule as IKEv2 (limits.py)."""
+    import random
+
+    from test_ikev1_harness import pair
+    from vpnd.ike import limits
+
+    net = pair()
+    core = net.b
+    rnd = random.Random(7)
+    sent = 0
+    t0 = net.now
+    for i in range(10_000):  # 1000 packets/s for 10 s
+        out = core.unknown_spi(rnd.getrandbits(32), (A_IP, 500), t0 + i / 1000)
+        sent += len(sends(out))
+    assert sent <= 10 / getattr(limits, "INVALID_SPI_INTERVAL", 1.0) + 1, sent
+    sa = next(iter(core.sas.values()))
+    assert len(getattr(sa, "invalid_spi_sent", {})) <= 1
+    assert len(core.invalid_spi_limit) <= limits.MAX_KEYS
+
+
+def test_invalid_spi_rule_is_shared_with_ikev2():
+    from vpnd.ike import limits
+    from vpnd.ike.v2.engine import Ikev2Engine
+
+    core = responder({"any": any_conn()})
+    v2 = Ikev2Engine(make_config(B_IP, {"x": {**any_conn(), "version": 2}}), now=0.0)
+    for lim in (core.invalid_spi_limit, v2.invalid_spi_limit):
+        assert isinstance(lim, limits.RateLimiter)
+        assert lim.rate == 1.0 / limits.INVALID_SPI_INTERVAL and lim.burst == 1

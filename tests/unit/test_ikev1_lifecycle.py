@@ -189,7 +189,7 @@ def test_invalid_spi_notify_rate_limited_and_recovers():
     for c in list(net.b.children.values()):
         del net.b.children[c.child_id]
     first = net.b.unknown_spi(spi, (A_IP, 500), net.now)
-    second = net.b.unknown_spi(spi, (A_IP, 500), net.now + 1)
+    second = net.b.unknown_spi(spi, (A_IP, 500), net.now + 0.5)
     assert len([x for x in first if isinstance(x, SendDatagram)]) == 1
     assert not [x for x in second if isinstance(x, SendDatagram)]  # rate-limited
     net.feed(net.b, first)

@@ -160,3 +160,15 @@ class LogSummary:
         times += [t for t, _ in self._pending]
         return min(times) if times else None
 
+
+
+# INVALID_SPI (RFC 7296 2.21.3) / INVALID-SPI (RFC 2408 3.14.1) notifies answer ESP/AH for an
+# SPI we do not know. Anyone can send such packets from a peer's address, so the answer is
+# limited per peer address, never per SPI (random SPIs would each get one): one rule for both
+# IKE versions (issues 8.3 and 9).
+INVALID_SPI_INTERVAL = 1.0  # at most one notify per peer address per second
+
+
+def invalid_spi_limiter() -> RateLimiter:
+    """The limiter of INVALID_SPI/INVALID-SPI notifies: `allow(peer_ip, now)`, bounded."""
+    return RateLimiter(1.0 / INVALID_SPI_INTERVAL, 1)

@@ -12,7 +12,7 @@ import ipaddress
 import itertools
 import os
 
-from vpnd.ike import codec, liveness
+from vpnd.ike import codec, limits, liveness
 from vpnd.ike.actions import Event, SendDatagram
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import identity, keys
@@ -53,6 +53,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._want_up: set[str] = set()  # DPD action restart: keep trying until it is back
         self.peers = None  # ike.peers.PeerRules, set by the IkeManager (rules across versions)
         self._alts: dict[bytes, IsakmpSA] = {}  # cky_i + cky_r -> another half-open responder SA
+        self.invalid_spi_limit = limits.invalid_spi_limiter()  # per peer address (issue 8.3)
         self._out: list = []
         self._now = now
         self._last_raw = b""

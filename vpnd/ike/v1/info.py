@@ -15,7 +15,6 @@ from vpnd.ike.v1 import payloads as P
 from vpnd.ike.v1.state import IsakmpSA
 
 DPD_MAX_RETRIES = liveness.DPD_RETRIES  # the one DPD rule of both versions (vpnd/ike/liveness.py)
-INVALID_SPI_INTERVAL = 10.0  # seconds between INVALID-SPI notifies for one SPI
 
 
 class InfoMixin:
@@ -210,13 +209,14 @@ class InfoMixin:
                     self._start_child(c.conn, c.local_ts, c.remote_ts, now, per_host=c.per_host)
 
     def _send_invalid_spi(self, spi: int, remote, now: float) -> None:
+        # per peer address, bounded, the same rule as IKEv2 (limits.invalid_spi_limiter):
+        # random-SPI garbage from the peer's address must not be answered 1:1
+        if not self.invalid_spi_limit.peek(remote[0], now):
+            return
         sa = self._established_for_ip(remote[0])
         if sa is None:
             return
-        last = sa.invalid_spi_sent.get(spi)
-        if last is not None and now - last < INVALID_SPI_INTERVAL:
-            return  # rate limit (the seed's invalid-spi-recovery must not become a flood)
-        sa.invalid_spi_sent[spi] = now
+        self.invalid_spi_limit.allow(remote[0], now)
         self._info_send(sa, [P.Notify(C.N_INVALID_SPI, C.PROTO_ESP, spi.to_bytes(4, "big"))], now)
         self._event("invalid_spi", sa.conn.name, f"sent INVALID-SPI for {spi:08x} to {remote[0]}", ike_id=sa.ike_id)
 

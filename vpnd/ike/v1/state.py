@@ -86,7 +86,6 @@ class IsakmpSA:
     # informational bookkeeping
     info_seen: dict = field(default_factory=dict)  # message ID -> time (replays of infos)
     ipcomp_refused: bool = False  # the peer answered an IPComp offer NO-PROPOSAL-CHOSEN
-    invalid_spi_sent: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"IsakmpSA({self.ike_id}, {self.state}, i={self.cky_i.hex()} r={self.cky_r.hex()})"

@@ -18,14 +18,13 @@ from vpnd.ike import codec, liveness
 from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
                               InstallChildSA, SendDatagram, UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
-from vpnd.ike.limits import LogSummary, RateLimiter
+from vpnd.ike.limits import LogSummary, RateLimiter, invalid_spi_limiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
 from vpnd.ike.v2.payloads import REGISTRY, Notify
 from vpnd.ike.v2.sa import EVENT_SEQ, HALF_OPEN_TIMEOUT, ChildSa, IkeSa, Request
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
-INVALID_SPI_INTERVAL = 1.0  # at most one INVALID_SPI notify per peer per second (2.21.3)
 DROP_REPORT_INTERVAL = 10.0
 FAILED_LINGER = 10.0
 # Make-before-break on child rekeys. The responder of a rekey sends on the new SA only once
@@ -66,7 +65,7 @@ class Ikev2Engine:
         self.cookie_rotated = now
         self.contacted: set[str] = set()  # connections we have had an IKE SA for (INITIAL_CONTACT)
         # per peer address, bounded (vpnd/ike/limits.py): garbage ESP is never amplified
-        self.invalid_spi_limit = RateLimiter(1.0 / INVALID_SPI_INTERVAL, 1)
+        self.invalid_spi_limit = invalid_spi_limiter()
         self.error_answer_limit = RateLimiter(ERROR_ANSWER_RATE, ERROR_ANSWER_BURST,
                                               overall=ERROR_ANSWER_OVERALL)
         self.unauth_log = LogSummary(UNAUTH_LOG_INTERVAL)
