@@ -200,3 +200,35 @@ def test_both_ends_initiate_at_once(ik2_topo, vpnds):
     assert len(sa_a[0]["child_sas"]) == 1 and len(sa_b[0]["child_sas"]) == 1
     assert sa_a[0]["child_sas"][0]["spi_in"] == sa_b[0]["child_sas"][0]["spi_out"]
     topo.check_traffic(mbytes=1)
+
+
+def test_ah_alone(ik2_topo, vpnds):
+    """Issue 7.3: `ah: sha256` without esp: with IKEv2 (a proposal of protocol AH, RFC 7296
+    3.3), vpnd in both roles; traffic and a CHILD_SA rekey. vpnd <-> vpnd only: charon here
+    runs kernel-libipsec, whose userspace IPsec supports ESP only (src/libipsec/ipsec_sa.h),
+    and the kernel has no AH (docs: shared notes strongswan-in-netns.md)."""
+    topo = ik2_topo
+    ike = PAIRS[0][0]
+    ca, cb = pair_confs(topo, ike=ike, esp="none", a_extra="ah: sha256", b_extra="ah: sha256")
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    up_timed(a)
+    ga, gb = wait_child(a), wait_child(b)
+    for g in (ga, gb):
+        assert g["child"]["protocol"] == "ah" and g["child"]["proposal"] == "HMAC_SHA2_256_128", g
+    assert ga["child"]["spi_in"] == gb["child"]["spi_out"]
+    cap = topo.capture("gwb", "wan", "ah.pcap", "not port 500 and not port 4500")
+    topo.check_traffic(mbytes=0.5)
+    cap.stop()
+    from scapy.layers.inet import IP
+    from scapy.utils import rdpcap
+
+    protos = {p[IP].proto for p in rdpcap(str(cap.path)) if p.haslayer(IP)}
+    assert 51 in protos and 50 not in protos, protos  # AH on the wire, no ESP
+    # the responder rekeys: both roles of CREATE_CHILD_SA with AH
+    assert b.ctl("rekey", name="site", ike=False)["ok"]
+    now = wait_child(a, not_spi=ga["child"]["spi_in"])
+    assert now["child"]["protocol"] == "ah"
+    topo.check_traffic(mbytes=0.5)
+    st = wait_child(a)["child"]
+    assert st["packets_out"] > 0 and st["packets_in"] > 0, st

@@ -637,6 +637,10 @@ class Ikev2Engine:
         if conn.dynamic:
             self.event("error", name, f"connection {name} has peer %any and can only respond")
             return self.take()
+        err = exchange_child.bundle_error(conn)
+        if err is not None:
+            self.event("error", name, err)
+            return self.take()
         self.retry_at.pop(name, None)
         for sa in self.sas.values():
             if self.hosts(sa, name) and sa.state in ("ESTABLISHED", "CONNECTING") and sa.rekeyed_to is None:

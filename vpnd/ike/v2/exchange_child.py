@@ -53,6 +53,16 @@ def _proposal_protocol(conn) -> str:
     return "esp" if conn.esp else "ah"
 
 
+def bundle_error(conn) -> str | None:
+    """IKEv2 negotiates one protocol per CHILD_SA (RFC 7296 3.3: no SA bundles, unlike
+    IKEv1): an ESP+AH transform set must be refused, never cut to its ESP half. `vpnd
+    --check` refuses it for version 2; this guards every other way into the core."""
+    if any(p.ah_integrity for p in conn.esp):
+        return (f"connection {conn.name}: ESP+AH bundles cannot be negotiated with IKEv2 (RFC 7296 "
+                f"has no SA bundles); use esp: alone, or ah: alone without esp:, or version: 1")
+    return None
+
+
 def child_request(e, sa: IkeSa, conn, *, ts_hint=None, in_auth=False, rekey: ChildSa | None = None,
                   group: str | None = None) -> tuple[list, ChildRequest]:
     proto = _proposal_protocol(conn)
@@ -174,6 +184,10 @@ def child_respond(e, sa: IkeSa, conn, payloads: list, ni: bytes, now: float, *, 
         if in_auth and sa_p is None:
             return [], None, None  # childless IKE SA (RFC 6023) – nothing to do
         return [Notify(c.N_INVALID_SYNTAX)], None, None
+    err = bundle_error(conn)
+    if err is not None:
+        e.event("error", conn.name, f"CHILD_SA refused: {err}")
+        return [Notify(c.N_NO_PROPOSAL_CHOSEN)], None, None
     proto = _proposal_protocol(conn)
     ours = negotiate.to_sa(conn.child_proposals, proto, b"", with_dh=not in_auth)
     ke = next((p for p in payloads if isinstance(p, KE)), None)
