@@ -375,3 +375,19 @@ def test_lifetimes_rekey_shared_children_by_their_own_connection():
     p.run(700)
     p.check_tunnel(expect=2)
     assert next(c for c in p.a.installed() if c.connection == "two").child_id != two.child_id
+
+
+def test_both_ends_start_two_connections_at_once():
+    """vpnd <-> vpnd, both `start: start` with two connections each: they end with one IKE
+    SA and one CHILD_SA per connection, matching on both ends."""
+    p = make_pair(SHARED, SHARED_B)
+    for s in (p.a, p.b):
+        for name in ("one", "two"):
+            p.feed(s, s.m.initiate(name, p.now))
+    p.pump()
+    p.run(60)
+    p.check_tunnel(expect=2)
+    for s in (p.a, p.b):
+        st = s.m.status(p.now)
+        assert len(st["ike_sas"]) == 1, st["ike_sas"]
+        assert sorted(ch["name"] for ch in st["ike_sas"][0]["child_sas"]) == ["one", "two"]
