@@ -1,10 +1,10 @@
 """IKE peer authentication primitives: pre-shared key AUTH values (RFC 7296 2.15), RSA and
 ECDSA signatures in the classic encodings (RFC 7296 3.8 method 1, RFC 4754 methods 9-11) and
-as RFC 7427 digital signatures (method 14), X.509 credentials and their checks."""
+as RFC 7427 digital signatures (method 14), X.509 credentials. Chains and certificate
+identities are checked in crypto/certs.py (both IKE versions)."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -67,11 +67,13 @@ def psk_verify(prf, psk: bytes, signed_octets: bytes, auth: bytes) -> bool:
 
 @dataclass(repr=False)
 class Credentials:
-    """Our certificate and key, and the CAs we trust for the peer."""
+    """Our certificate and key, the intermediate CAs sent after it (the certificate file's
+    further certificates, RFC 7296 3.6), and the CAs we trust for the peer."""
 
     cert: x509.Certificate | None = None
     key: object = None
     cas: list[x509.Certificate] = field(default_factory=list)
+    chain: tuple[x509.Certificate, ...] = ()
 
     def __repr__(self) -> str:
         subj = self.cert.subject.rfc4514_string() if self.cert else None
@@ -80,7 +82,7 @@ class Credentials:
     @classmethod
     def load(cls, cert_path: str | None, key_path: str | None, ca_path: str | None) -> "Credentials":
         try:
-            cert = _load_certs(cert_path)[0] if cert_path else None
+            mine = _load_certs(cert_path) if cert_path else [None]
             key = None
             if key_path:
                 with open(key_path, "rb") as f:
@@ -90,7 +92,7 @@ class Credentials:
             cas = _load_certs(ca_path) if ca_path else []
         except (OSError, ValueError, TypeError) as e:
             raise AuthError(f"cannot load credentials: {type(e).__name__}") from None
-        return cls(cert, key, cas)
+        return cls(mine[0], key, cas, tuple(mine[1:]))
 
     def certreq_data(self) -> bytes:
         """CERTREQ: SHA-1 of each trusted CA's SubjectPublicKeyInfo (RFC 7296 3.7)."""
@@ -166,69 +168,11 @@ def verify(cert: x509.Certificate, method: int, auth: bytes, data: bytes) -> boo
     return False
 
 
-def _validity(cert: x509.Certificate) -> tuple[datetime.datetime, datetime.datetime]:
-    if hasattr(cert, "not_valid_before_utc"):  # cryptography >= 42
-        return cert.not_valid_before_utc, cert.not_valid_after_utc
-    utc = datetime.timezone.utc
-    return cert.not_valid_before.replace(tzinfo=utc), cert.not_valid_after.replace(tzinfo=utc)
-
-
-def verify_chain(cert: x509.Certificate, cas: list[x509.Certificate], when: datetime.datetime) -> str | None:
-    """None if `cert` is issued by one of `cas` and valid at `when`; else the reason."""
-    start, end = _validity(cert)
-    if not (start <= when <= end):
-        return "certificate expired or not yet valid"
-    for ca in cas:
-        if ca.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (InvalidSignature, ValueError, TypeError):
-            continue
-        ca_start, ca_end = _validity(ca)
-        if not (ca_start <= when <= ca_end):
-            return "CA certificate expired or not yet valid"
-        return None
-    return "certificate not issued by a trusted CA"
-
-
 def load_peer_cert(der: bytes) -> x509.Certificate | None:
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError:
         return None
-
-
-def cert_matches_identity(cert: x509.Certificate, id_type: int, id_data: bytes) -> bool:
-    """The ID payload names the certificate: its subject DN, or a subjectAltName entry."""
-    import ipaddress
-
-    if id_type == 9:  # ID_DER_ASN1_DN
-        return cert.subject.public_bytes() == id_data or _name_eq(cert.subject, id_data)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    try:
-        if id_type in (1, 5):
-            return ipaddress.ip_address(id_data) in san.get_values_for_type(x509.IPAddress)
-        if id_type == 2:
-            return id_data.decode().lower() in [d.lower() for d in san.get_values_for_type(x509.DNSName)]
-        if id_type == 3:
-            return id_data.decode().lower() in [d.lower() for d in san.get_values_for_type(x509.RFC822Name)]
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return False
-
-
-def _name_eq(name: x509.Name, der: bytes) -> bool:
-    # cryptography has no DER Name parser; a DN that differs only in string types is compared
-    # through a throwaway certificate-free path: attribute (oid, value) lists.
-    try:
-        other = parse_der_name(der)
-    except ValueError:
-        return False
-    return [(a.oid, a.value) for a in name] == [(a.oid, a.value) for a in other]
 
 
 def parse_der_name(der: bytes) -> x509.Name:

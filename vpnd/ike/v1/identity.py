@@ -1,4 +1,5 @@
-"""Phase-1 identities (RFC 2407 4.6.2.1) and X.509 handling for rsa-sig / rsa-encr.
+"""Phase-1 identities (RFC 2407 4.6.2.1) and the credentials of rsa-sig / rsa-encr (chains
+and certificate identities are checked in crypto/certs.py, shared with IKEv2).
 
 Identities are config.Identity values (config.parse_identity reads the contract's forms:
 an address, "@name" or a bare host name, "user@domain", a DN "C=CH, O=Org, CN=host" or
@@ -7,13 +8,12 @@ an address, "@name" or a bare host name, "user@domain", a DN "C=CH, O=Org, CN=ho
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from vpnd.config import Identity, parse_identity
@@ -186,78 +186,6 @@ def load_public_key(path: str):
         return serialization.load_der_public_key(data)
     except ValueError:
         return x509.load_der_x509_certificate(data).public_key()
-
-
-def _valid_at(cert: x509.Certificate, now: datetime.datetime) -> bool:
-    nb = cert.not_valid_before_utc if hasattr(cert, "not_valid_before_utc") else \
-        cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
-    na = cert.not_valid_after_utc if hasattr(cert, "not_valid_after_utc") else \
-        cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
-    return nb <= now <= na
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if issuer.subject != cert.issuer:
-        return False
-    pub = issuer.public_key()
-    try:
-        if isinstance(pub, rsa.RSAPublicKey):
-            pub.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                       cert.signature_hash_algorithm)
-        elif isinstance(pub, ec.EllipticCurvePublicKey):
-            pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
-        else:
-            return False
-        return True
-    except Exception:
-        return False
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def verify_chain(cert: x509.Certificate, cas: tuple[x509.Certificate, ...], now: datetime.datetime,
-                 intermediates: tuple[x509.Certificate, ...] = ()) -> bool:
-    """The end-entity certificate is valid now and chains to one of the trusted CAs, possibly
-    through intermediate CA certificates the peer sent in further CERT payloads."""
-    current = cert
-    for _ in range(8):  # path length bound
-        if not _valid_at(current, now):
-            return False
-        if any(_signed_by(current, ca) for ca in cas):
-            return True
-        nxt = next((i for i in intermediates if i is not current and _is_ca(i) and _signed_by(current, i)), None)
-        if nxt is None:
-            return False
-        current = nxt
-    return False
-
-
-def cert_matches_id(cert: x509.Certificate, got: ID) -> bool:
-    """The ID the peer sent is its certificate's subject DN or one of its subjectAltNames."""
-    if got.id_type == C.ID_DER_ASN1_DN:
-        # attribute values, not DER: peers re-encode DNs with other string types
-        if cert.subject.public_bytes() == got.data:
-            return True
-        try:
-            return _load_name(cert.subject.public_bytes()) == _load_name(got.data)
-        except Exception:
-            return False
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    if got.id_type in (C.ID_IPV4_ADDR, C.ID_IPV6_ADDR):
-        return any(ip.packed == got.data for ip in sans.get_values_for_type(x509.IPAddress))
-    if got.id_type == C.ID_FQDN:
-        return any(d.lower().encode() == got.data.lower() for d in sans.get_values_for_type(x509.DNSName))
-    if got.id_type == C.ID_USER_FQDN:
-        return any(d.lower().encode() == got.data.lower() for d in sans.get_values_for_type(x509.RFC822Name))
-    return False
 
 
 def cert_der(cert: x509.Certificate) -> bytes:

@@ -13,6 +13,7 @@ import hmac
 
 from cryptography import x509
 
+from vpnd.crypto import certs as x509certs
 from vpnd.crypto import dh
 from vpnd.crypto.rsa_encr import RsaError, decrypt_pkcs1, encrypt_pkcs1, sign_raw_pkcs1, verify_raw_pkcs1
 from vpnd.ike import codec
@@ -164,14 +165,15 @@ class Phase1Mixin:
                 raise Phase1Failed("signature or certificate missing", C.N_INVALID_SIGNATURE, "auth_failed")
             try:
                 cert = x509.load_der_x509_certificate(certs[0].data)
-                more = tuple(x509.load_der_x509_certificate(c.data) for c in certs[1:5])
             except ValueError:
                 raise Phase1Failed("peer certificate does not parse", C.N_AUTHENTICATION_FAILED, "auth_failed")
             cr = self._creds(sa.conn)
-            if not identity.verify_chain(cert, cr.cas, self._wallclock(), more):
-                raise Phase1Failed("peer certificate not trusted (CA or validity)",
-                                   C.N_AUTHENTICATION_FAILED, "auth_failed")
-            if not identity.cert_matches_id(cert, peer_id):
+            # intermediates: the peer's further CERT payloads, then our configured chain
+            more = x509certs.load_der(c.data for c in certs[1:]) + list(cr.chain)
+            why = x509certs.verify_chain(cert, cr.cas, self._wallclock(), more)
+            if why:
+                raise Phase1Failed(f"peer certificate {why}", C.N_AUTHENTICATION_FAILED, "auth_failed")
+            if not x509certs.cert_carries_id(cert, peer_id.id_type, peer_id.data):
                 raise Phase1Failed(f"identity {identity.describe_id(peer_id)} is not in the peer certificate",
                                    C.N_INVALID_ID_INFORMATION, "auth_failed")
             if not verify_raw_pkcs1(cert.public_key(), want, sig.data):

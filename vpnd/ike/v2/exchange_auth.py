@@ -9,6 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from vpnd.crypto import auth as authc
+from vpnd.crypto import certs
 from vpnd.ike.peers import id_key
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_child
@@ -47,7 +48,9 @@ def _our_auth(e, sa: IkeSa, conn, id_cls, we_are_initiator: bool) -> list:
     if creds is not None:
         if creds.cert is None or creds.key is None:
             raise authc.AuthError("certificate or key missing")
-        out.append(Cert(c.CERT_X509_SIGNATURE, creds.cert.public_bytes(serialization.Encoding.DER)))
+        # 3.6: our certificate first (its key verifies AUTH), then the intermediates
+        for crt in (creds.cert, *creds.chain):
+            out.append(Cert(c.CERT_X509_SIGNATURE, crt.public_bytes(serialization.Encoding.DER)))
         method, data = authc.sign(creds.key, octets, sa.peer_hashes)
     else:
         psk = _psk(conn)
@@ -64,31 +67,33 @@ def _wallclock(e) -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_initiator: bool) -> str | None:
+def verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, cert_payloads: list, *,
+                peer_is_initiator: bool) -> str | None:
     """None when the peer proved the identity `idp` as `conn` wants; else the reason."""
     try:
-        return _verify_peer(e, sa, conn, idp, auth, certs, peer_is_initiator=peer_is_initiator)
+        return _verify_peer(e, sa, conn, idp, auth, cert_payloads, peer_is_initiator=peer_is_initiator)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
         # a certificate that parses but cannot be used (odd extensions, algorithms)
         return f"unusable peer certificate ({type(err).__name__})"
 
 
-def _verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, certs: list, *, peer_is_initiator: bool) -> str | None:
+def _verify_peer(e, sa: IkeSa, conn, idp, auth: Auth, cert_payloads: list, *,
+                 peer_is_initiator: bool) -> str | None:
     octets = _signed_octets(sa, for_initiator=peer_is_initiator, id_body=idp.encode())
     want = conn.remote_id
     if _uses_certs(conn):
-        cert = None
-        for p in certs:
-            if p.encoding == c.CERT_X509_SIGNATURE:
-                cert = authc.load_peer_cert(p.data)
-                break
+        # 3.6: the first certificate holds the key for AUTH; further ones may be the
+        # intermediate CAs up to one we trust
+        x509s = [p.data for p in cert_payloads if p.encoding == c.CERT_X509_SIGNATURE]
+        cert = authc.load_peer_cert(x509s[0]) if x509s else None
         if cert is None:
             return "no peer certificate"
         creds = e.credentials(conn)
-        why = authc.verify_chain(cert, creds.cas if creds else [], _wallclock(e))
+        more = certs.load_der(x509s[1:]) + list(creds.chain if creds else ())
+        why = certs.verify_chain(cert, creds.cas if creds else [], _wallclock(e), more)
         if why:
-            return why
-        if not authc.cert_matches_identity(cert, idp.id_type, idp.data):
+            return f"peer certificate {why}"
+        if not certs.cert_carries_id(cert, idp.id_type, idp.data):
             return f"identity {id_to_str(idp.id_type, idp.data)} not confirmed by the certificate"
         if want is not None and want.kind != "any" and not id_matches(want, idp.id_type, idp.data):
             return f"identity {id_to_str(idp.id_type, idp.data)} is not {want}"
@@ -225,7 +230,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     idi = next((p for p in payloads if isinstance(p, IDi)), None)
     auth = next((p for p in payloads if isinstance(p, Auth)), None)
     idr = next((p for p in payloads if isinstance(p, IDr)), None)
-    certs = [p for p in payloads if isinstance(p, Cert)]
+    cert_pls = [p for p in payloads if isinstance(p, Cert)]
     if idi is None or auth is None:
         _fail(e, sa, h, "IKE_AUTH without IDi/AUTH (EAP is not supported)", now)
         return
@@ -240,7 +245,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
                 and not id_matches(conn.local_id, idr.id_type, idr.data):
             reasons.append(f"{conn.name}: IDr is not ours")
             continue
-        why = verify_peer(e, sa, conn, idi, auth, certs, peer_is_initiator=True)
+        why = verify_peer(e, sa, conn, idi, auth, cert_pls, peer_is_initiator=True)
         if why is None:
             chosen = conn
             break
