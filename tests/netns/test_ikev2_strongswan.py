@@ -119,8 +119,10 @@ def test_psk_vpnd_responder(ik2_topo, make_charon, vpnds, ike, esp):
 
 # --------------------------------------------------------------------------- certificates
 
-def _pki(tmp: Path, kind: str):
-    """CA + gw-a + gw-b certificates (RSA or ECDSA P-256/P-384) made with `cryptography`."""
+def _pki(tmp: Path, kind: str, intermediates: bool = False):
+    """CA + gw-a + gw-b certificates (RSA or ECDSA P-256/P-384) made with `cryptography`;
+    with `intermediates`, each gateway's certificate comes from its own intermediate CA
+    under the root ("mid-a", "mid-b"): gw-a.pem holds gw-a's certificate and mid-a's."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -154,8 +156,16 @@ def _pki(tmp: Path, kind: str):
     out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for gw in ("gw-a", "gw-b"):
         k = key()
-        crt = build(name(gw), k.public_key(), ca.subject, ca_key, False)
-        (tmp / f"{gw}.pem").write_bytes(crt.public_bytes(serialization.Encoding.PEM))
+        issuer, issuer_key, chain = ca, ca_key, b""
+        if intermediates:
+            issuer_key = key()
+            issuer = build(name(f"mid{gw[2:]}"), issuer_key.public_key(), ca.subject, ca_key, True)
+            chain = issuer.public_bytes(serialization.Encoding.PEM)
+            out[f"mid{gw[2:]}"] = tmp / f"mid{gw[2:]}.pem"
+            out[f"mid{gw[2:]}"].write_bytes(chain)
+        crt = build(name(gw), k.public_key(), issuer.subject, issuer_key, False)
+        (tmp / f"{gw}.pem").write_bytes(crt.public_bytes(serialization.Encoding.PEM)
+                                        + (chain if gw == "gw-a" else b""))
         (tmp / f"{gw}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM,
                                                          serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))
@@ -171,6 +181,8 @@ def charon_cert(ch, pki, *, ike, esp, gwa):
     import shutil
 
     shutil.copy(pki["ca"], ch.swanctl_dir / "x509ca" / "ca.pem")
+    if "mid-b" in pki:  # charon's own intermediate; mid-a it must get from vpnd
+        shutil.copy(pki["mid-b"], ch.swanctl_dir / "x509ca" / "mid-b.pem")
     shutil.copy(pki["gw-b"][0], ch.swanctl_dir / "x509" / "gw-b.pem")
     shutil.copy(pki["gw-b"][1], ch.swanctl_dir / "pkcs8" / "gw-b.key")
     conn = {"version": 2, "local_addrs": WAN_B, "remote_addrs": gwa, "proposals": ike,
@@ -198,6 +210,27 @@ def test_certificates(ik2_topo, make_charon, vpnds, kind, vpnd_initiates):
     assert got["ike"]["remote_id"] == DN_B
     sas = ch.wait_child("site")
     assert DN_A in sas
+    topo.check_traffic(mbytes=1)
+
+
+@pytest.mark.parametrize("vpnd_initiates", [True, False], ids=["vpnd-init", "vpnd-resp"])
+def test_certificates_through_intermediate_cas(ik2_topo, make_charon, vpnds, vpnd_initiates):
+    """Each gateway's certificate comes from its own intermediate CA; both trust the root
+    only. vpnd sends mid-a in a second CERT payload (charon does not have it) and accepts
+    charon's mid-b the same way (RFC 7296 3.6, issue 8.10)."""
+    topo = ik2_topo
+    pki = _pki(Path(topo.workdir), "ecdsa256", intermediates=True)
+    ike, esp = PAIRS[0]
+    auth = (f"    auth: {{cert: {pki['gw-a'][0]}, key: {pki['gw-a'][1]}, ca: {pki['ca']}}}\n"
+            f"    remote_id: \"{DN_B}\"")
+    ch = make_charon(topo, "gwb")
+    charon_cert(ch, pki, ike=ike, esp=esp, gwa=topo.gwa_public)
+    v = vpnd_gwa(topo, vpnds, ike=ike, esp=esp, auth=auth, start="start" if vpnd_initiates else "none")
+    if not vpnd_initiates:
+        ch.initiate("site")
+    got = wait_child(v)
+    assert got["ike"]["remote_id"] == DN_B
+    assert DN_A in ch.wait_child("site")
     topo.check_traffic(mbytes=1)
 
 
