@@ -198,6 +198,7 @@ class DaemonConfig:
     cookie_threshold: int = 10             # half-open IKE SAs before IKEv2 cookies (RFC 7296 2.6)
     half_open_limit: int = 1000            # half-open IKE SAs beyond which new ones are dropped
     metrics: str | None = None             # Prometheus endpoint HOST:PORT or unix path (vpnd/metrics.py)
+    allow_key_export: bool = False         # `vpnctl keys --wireshark` may read SA keys (keyexport.py)
 
 
 @dataclass(frozen=True)
@@ -633,6 +634,7 @@ class _Parser:
             cookie_threshold=f(m, "cookie_threshold", path, self.integer(0), d.cookie_threshold),
             half_open_limit=f(m, "half_open_limit", path, self.integer(1), d.half_open_limit),
             metrics=f(m, "metrics", path, self._metrics_listen, d.metrics),
+            allow_key_export=f(m, "allow_key_export", path, self.boolean, d.allow_key_export),
         )
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")

@@ -27,7 +27,7 @@ MAX_REQUEST = 64 * 1024  # bytes of one request line (the StreamReader's limit)
 # clients whose commands are running count for good, and those sent valid commands.
 MAX_CLIENTS = 64
 IDLE_TIMEOUT = 5.0  # seconds a connection may sit without a complete request line
-COMMANDS = ("status", "up", "down", "rekey", "reload")
+COMMANDS = ("status", "up", "down", "rekey", "reload", "keys")
 
 
 class CommandError(Exception):
@@ -105,6 +105,9 @@ async def dispatch(handler, req: dict) -> dict:
             result = await handler.cmd_down(req["name"], **kw)
         elif cmd == "rekey":
             result = await handler.cmd_rekey(req["name"], ike=req["ike"], **kw)
+        elif cmd == "keys":  # SA keys for Wireshark, only with daemon.allow_key_export
+            from vpnd import keyexport
+            result = keyexport.export(handler)
         else:
             result = await handler.cmd_reload()
     except CommandError as e:
