@@ -170,3 +170,34 @@ def test_transport_ipcomp_next_header_is_the_payload_protocol():
     body = bytes(opened.payload)
     assert opened.proto == 108 and body[0] == 17              # UDP inside IPComp
     assert zlib.decompress(body[4:], -15) == pkt[20:]
+
+
+@pytest.mark.parametrize("alg", ["deflate", "lzs"])
+def test_ipv6_inner_packet_next_header_41(alg):
+    from scapy.layers.inet6 import IPv6
+    tx_sa = esp_sa(ipcomp=IPComp(0x4321, alg))
+    rx_sa = esp_sa(local=REMOTE, remote=LOCAL, ipcomp=IPComp(0x4321, alg))
+    dp_tx = tx([tx_sa], "fd01::/64", "fd02::/64")
+    dp_rx = rx(rx_sa, "fd02::/64", "fd01::/64")
+    pkt = bytes(IPv6(src="fd01::5", dst="fd02::7") / UDP(sport=1, dport=2) / Raw(TEXT))
+    out = dp_tx.encap(pkt)
+    opened = scapy_esp().decrypt(IP(out[2]))
+    assert opened.proto == 108 and bytes(opened.payload)[0] == 41      # IPv6 inside IPComp
+    assert dp_rx.decap(out[2], 50, LOCAL, None) == pkt
+
+
+def test_udp_encapsulated_transport_mode():
+    """ESP in UDP (RFC 3948) transport mode: the receiver rebuilds the header from the
+    addresses after decompressing."""
+    def sa(local, remote):
+        s = SA(0x5000, "esp", "transport", "aes128gcm16", None, KEY20, local=local,
+               remote=remote, encap=(4500, 4500))
+        s.ipcomp = IPComp(0x4321, "deflate")
+        return s
+    dp_tx = tx([sa(LOCAL, REMOTE)], f"{LOCAL}/32", f"{REMOTE}/32")
+    dp_rx = rx(sa(REMOTE, LOCAL), check=False)
+    p = inner(src=LOCAL, dst=REMOTE)
+    out = dp_tx.encap(p)
+    assert out[0] == "udp" and len(out[2]) < len(p)
+    got = dp_rx.decap(out[2], 17, LOCAL, 4500)
+    assert IP(got)[UDP].payload == IP(p)[UDP].payload and IP(got).proto == 17
