@@ -199,6 +199,7 @@ class DaemonConfig:
     half_open_limit: int = 1000            # half-open IKE SAs beyond which new ones are dropped
     metrics: str | None = None             # Prometheus endpoint HOST:PORT or unix path (vpnd/metrics.py)
     allow_key_export: bool = False         # `vpnctl keys --wireshark` may read SA keys (keyexport.py)
+    kill_switch: bool = False              # blackhole routes for remote subnets outlive the daemon
 
 
 @dataclass(frozen=True)
@@ -635,6 +636,7 @@ class _Parser:
             half_open_limit=f(m, "half_open_limit", path, self.integer(1), d.half_open_limit),
             metrics=f(m, "metrics", path, self._metrics_listen, d.metrics),
             allow_key_export=f(m, "allow_key_export", path, self.boolean, d.allow_key_export),
+            kill_switch=f(m, "kill_switch", path, self.boolean, d.kill_switch),
         )
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")

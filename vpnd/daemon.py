@@ -24,7 +24,7 @@ from vpnd.control import CommandError, ControlServer
 from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
 from vpnd.status import connection_state, last_error_entry
-from vpnd.net.routes import RouteManager, RouteOptions
+from vpnd.net.routes import RouteManager, RouteOptions, kill_switch_clear, kill_switch_sync
 from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
 from vpnd.net.sockets import IPPROTO_AH, IPPROTO_ESP, SocketError, WireSockets, local_address
 from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
@@ -189,7 +189,9 @@ class Daemon:
         self._manual: dict = {}  # connection name -> the Connection installed
         self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
         self._static_routes: list = []
-        self._traps: set[str] = set()
+        self._traps: set[str] = set()  # connections whose guard is a trap
+        self._guards: dict[str, str] = {}  # name -> "trap" | "drop": its fail-closed policy
+        self._steers: dict[str, str] = {}  # transport-mode name -> peer steered into the TUN
         self._timer: asyncio.Handle | None = None
         self._timer_when: float | None = None  # our own deadline: uvloop's call_at may return a
         # plain Handle without when() (deadline due within ~0.5 ms)
@@ -672,13 +674,55 @@ class Daemon:
         if not any(c.connection == child.connection for c in self.children.values()):
             self._wake(child.connection, "down")
 
-    def _restore_trap(self, name: str) -> None:
-        """(Re)install the trap policy of a `start: trap` connection as the last policy:
-        packets no child SA of it covers produce acquire events."""
+    def _guard_kind(self, conn) -> str:
+        """What happens to a connection's traffic while it has no SA (fail closed, issue 8.6):
+        "trap" = held, the first packet starts a negotiation (strongSwan's trap, a Cisco crypto
+        map); "drop" = dropped, no negotiation. Never: sent in clear."""
+        if conn.manual is not None or str(conn.peer) in ("%any", "None") or conn.start == "none":
+            return "drop"
+        if conn.start == "trap":
+            return "trap"  # also after vpnctl down: a trapped packet brings it back
+        if conn.name in self._admin_down or conn.dpd.action == "clear":
+            return "drop"  # down is final; dpd clear: no renegotiation, but no leak either
+        return "trap"  # start: start with dpd restart/hold: traffic renegotiates
+
+    def _guard_ts(self, conn):
+        lts, rts = _networks(conn.local_ts), _networks(conn.remote_ts)
+        if conn.mode == "transport":
+            local = str(conn.local) if conn.local else None
+            lts = lts or ((ipaddress.ip_network(f"{local}/32"),) if local else ())
+            peer = str(conn.peer)
+            if not rts and peer not in ("%any", "None"):
+                rts = (ipaddress.ip_network(peer, strict=False),)
+        return lts, rts
+
+    def _restore_guard(self, name: str) -> None:
+        """(Re)install the guard policy of `name` as the last policy: packets no child SA of
+        it covers are trapped (acquire events) or dropped, never sent in clear."""
+        if self.dp is None:
+            return
         conn = self._conn(name)
-        if conn is not None and conn.manual is None and conn.start == "trap" and self.dp is not None:
-            self.dp.remove_outbound(("trap", name))
-            self.dp.add_outbound(("trap", name), conn.local_ts, conn.remote_ts, [])
+        self.dp.remove_outbound(("trap", name))
+        self.dp.remove_outbound(("drop", name))
+        if conn is None:
+            self._guards.pop(name, None)
+            self._traps.discard(name)
+            return
+        kind = self._guard_kind(conn)
+        lts, rts = self._guard_ts(conn)
+        self._guards[name] = kind
+        if kind == "trap":
+            self._traps.add(name)
+        else:
+            self._traps.discard(name)
+        if not lts or not rts:
+            return
+        if kind == "trap":
+            self.dp.add_outbound(("trap", name), lts, rts, [])
+        else:
+            self.dp.add_block(("drop", name), lts, rts)
+
+    _restore_trap = _restore_guard
 
     def _conn(self, name):
         for c in self._conns():
@@ -751,29 +795,50 @@ class Daemon:
         return [(net, opts) for net in remote_ts] + out
 
     def _apply_static_routes(self):
-        """rri.static routes, and trap policies with their routes (so that the first packet
-        of a `start: trap` connection reaches the TUN and triggers the negotiation)."""
+        """Fail closed (issue 8.6): every configured connection's traffic reaches the TUN for
+        as long as the daemon runs, SA or not. Tunnel mode: the routes to its remote subnets
+        (rri, unless rri.enabled is false); transport mode: the rules steering this host's
+        traffic to the peer. In the data plane a guard policy per connection (behind its
+        SAs' policies) traps or drops what no SA carries. With daemon.kill_switch, blackhole
+        routes for the remote subnets stay behind when vpnd stops or dies."""
+        if self.dp is not None:
+            names = {c.name for c in self._conns()}
+            for name in set(self._guards) - names:
+                self._restore_guard(name)  # removed from the config: its guard goes
+            for name in names:
+                self._restore_guard(name)
         if self.routes is None:
             return
         want = []
-        traps = set()
+        steers = {}
+        kill = []
         for c in self._conns():
             opts = RouteOptions.from_config(c.rri)
-            trap = c.manual is None and c.start == "trap"
-            if trap:
-                traps.add(c.name)
-            if c.mode == "tunnel" and (opts.static or trap):
-                want.extend(self._rri_routes(c, _networks(c.remote_ts), str(c.peer)))
+            if c.mode == "tunnel":
+                nets = [n for n in _networks(c.remote_ts) if n.prefixlen > 0]  # never a default route
+                want.extend(self._rri_routes(c, nets, str(c.peer)))
+                kill.extend(nets)
+            elif opts.enabled and str(c.peer) not in ("%any", "None"):
+                peer = str(c.peer)
+                local = str(c.local) if c.local else source_address_towards(peer)
+                if local:
+                    steers[c.name] = (peer, local, opts)
         for net, opts in want:  # add before removing: a route that stays is never dropped
             self.routes.add(net, opts)
         for net, opts in self._static_routes:
             self.routes.remove(net, opts)
         self._static_routes = want
-        for name in self._traps - traps:
-            self.dp.remove_outbound(("trap", name))
-        for name in traps:
-            self._restore_trap(name)
-        self._traps = traps
+        for name, (peer, local, opts) in steers.items():
+            if name not in self._steers:
+                self.routes.steer(peer, local, opts)
+        for name, peer in list(self._steers.items()):
+            if name not in steers or steers[name][0] != peer:
+                self.routes.unsteer(peer)
+        self._steers = {name: v[0] for name, v in steers.items()}
+        if getattr(self.config.daemon, "kill_switch", False):
+            kill_switch_sync(kill)
+        else:
+            kill_switch_clear()
 
     # -- IKE -----------------------------------------------------------------------------
     # Everything IKE goes through the IkeManager façade (docs/internals.md). Without
@@ -929,13 +994,23 @@ class Daemon:
 
     def _note_attempt(self, name: str) -> None:
         self._attempt[name] = self._now()
-        self._admin_down.discard(name)
+        self._set_admin_down(name, False)
 
     def _succeeded(self, name: str) -> None:
         """An IPsec SA of `name` can send: the attempt is over, its last error forgotten."""
         self._attempt.pop(name, None)
         self._last_error.pop(name, None)
-        self._admin_down.discard(name)
+        self._set_admin_down(name, False)
+
+    def _set_admin_down(self, name: str, down: bool) -> None:
+        if (name in self._admin_down) == down:
+            return
+        if down:
+            self._admin_down.add(name)
+        else:
+            self._admin_down.discard(name)
+        if name in self._guards:
+            self._restore_guard(name)  # down is final: its trap (if any) may become a drop
 
     # -- control commands (called by control.py) ----------------------------------------
 
@@ -1000,7 +1075,7 @@ class Daemon:
         if self.ike is None:
             raise CommandError("IKE is not available in this build")
         terminate = lambda: self.ike.terminate(name, self._now())  # noqa: E731
-        self._admin_down.add(name)
+        self._set_admin_down(name, True)
         self._attempt.pop(name, None)
         if self._has_child(name):
             await self._act_and_wait(self._wait(name, "down", timeout), terminate)
@@ -1193,7 +1268,7 @@ class Daemon:
         state = connection_state(
             installed=installed, ike_states=ike_states, attempt=attempt,
             attempt_age=now - asked if asked is not None else 0.0, last_error=err,
-            trap=conn.start == "trap" and name in self._traps, admin_down=name in self._admin_down)
+            trap=self._guards.get(name) == "trap", admin_down=name in self._admin_down)
         if err is not None:
             err = {k: v for k, v in err.items() if k != "at"}
             err["age_s"] = max(0, int(time.time() - self._last_error[name]["at"]))

@@ -5,6 +5,7 @@ IPv6 chatter, fail-closed routing, and IKE sockets only when IKE is configured.
 """
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -48,3 +49,80 @@ def _no_link_local_chatter(topo, a):
     time.sleep(4.5)  # router solicitations go out within 1 s of "up", MLD reports at once
     d = a.status()["daemon"]
     assert d["dp_no_policy"] == 0, d
+
+
+# -- issue 8.6: fail closed ---------------------------------------------------------------
+
+from .topology import HOST_B, LAN_A, LAN_B, WAN_A, WAN_B  # noqa: E402
+from .vpnd_proc import ike_config  # noqa: E402
+
+ECHO = "icmp[icmptype] == 8"
+
+
+def _ike_gwa(topo, *, start="start", dpd="hold", mode="tunnel", daemon_extra=""):
+    lts, rts = (LAN_A, LAN_B) if mode == "tunnel" else (f"{WAN_A}/32", f"{WAN_B}/32")
+    extra = f"dpd: {{interval: 2, retry: 2, action: {dpd}}}\nmode: {mode}"
+    return ike_config(topo, "gwa", version=2, psk="fail closed test key 123", local=WAN_A,
+                      peer=WAN_B, lts=lts, rts=rts, ike="aes128-sha256-modp2048",
+                      esp="aes128gcm16", start=start, extra=extra, daemon_extra=daemon_extra)
+
+
+@pytest.fixture
+def leak_path(topo):
+    """gwa's default route leads to gwb over the WAN (a gateway's internet uplink): a packet
+    that escapes the tunnel leaves in clear there."""
+    topo.ip("gwa", f"route replace default via {WAN_B}")
+    yield
+    topo.ip("gwa", "route del default")
+
+
+def _echoes_on_wan(topo, send, name):
+    cap = topo.capture("gwb", "wan", name, ECHO)
+    try:
+        send()
+    finally:
+        path = cap.stop()
+    return topo.run("gwb", ["tcpdump", "-n", "-r", str(path)]).stdout.decode().strip()
+
+
+@pytest.mark.parametrize("mode,start,dpd,down", [
+    ("tunnel", "start", "hold", False), ("tunnel", "start", "clear", False),
+    ("tunnel", "start", "restart", True), ("tunnel", "trap", "clear", True),
+    ("tunnel", "none", "restart", False),
+    ("transport", "start", "hold", False), ("transport", "start", "clear", True),
+])
+def test_no_cleartext_while_the_peer_is_unreachable(topo, vpnds, leak_path, mode, start, dpd, down):
+    """Issue 8.6: gwb runs no vpnd (its IKE is unanswered): whatever the connection's
+    start/dpd settings, before any SA and after `vpnctl down`, traffic for the protected
+    subnets (tunnel) or the peer (transport) is held or dropped, never sent in clear."""
+    a = vpnds(topo, "gwa", _ike_gwa(topo, start=start, dpd=dpd, mode=mode))
+    if down:
+        a.ctl("down", name="site", timeout=3)
+    src, dst = ("hosta", HOST_B) if mode == "tunnel" else ("gwa", WAN_B)
+    seen = _echoes_on_wan(topo, lambda: topo.ping(src, dst, count=3, interval=0.2, timeout=1),
+                          f"leak-{mode}-{start}-{dpd}-{down}.pcap")
+    assert seen == "", f"cleartext echo requests on the WAN:\n{seen}"
+    d = a.status()["daemon"]
+    assert d["dp_blocked"] + d["dp_acquires"] >= 3, d
+    if mode == "tunnel":
+        assert LAN_B in d["routes"]  # the route into the TUN stays
+
+
+def test_kill_switch_blackholes_survive_the_daemon(topo, vpnds, leak_path):
+    """daemon.kill_switch: blackhole routes for the remote subnets outlive a killed or
+    stopped vpnd; without it a start removes them."""
+    text = _ike_gwa(topo, daemon_extra="kill_switch: true")
+    a = vpnds(topo, "gwa", text)
+    show = lambda: topo.run("gwa", ["ip", "route", "show", "proto", "118"]).stdout.decode()  # noqa: E731
+    assert f"blackhole {LAN_B}" in show()
+    a.stop(signal.SIGKILL)
+    seen = _echoes_on_wan(topo, lambda: topo.ping("hosta", HOST_B, count=3, interval=0.2, timeout=1),
+                          "kill-switch-killed.pcap")
+    assert seen == "" and f"blackhole {LAN_B}" in show()
+    b = vpnds(topo, "gwa", text)  # a new start adopts them
+    assert show().count("blackhole") == 1
+    assert b.stop() == 0
+    assert f"blackhole {LAN_B}" in show()  # and leaves them when stopped cleanly
+    c = vpnds(topo, "gwa", _ike_gwa(topo))  # kill_switch off: removed
+    assert "blackhole" not in show()
+    assert c.stop() == 0

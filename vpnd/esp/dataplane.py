@@ -53,7 +53,7 @@ _from_bytes = int.from_bytes
 _MISS = object()
 
 DP_COUNTER_NAMES = ("no_policy", "unknown_spi", "malformed", "policy_drops", "too_big",
-                    "fragmented", "acquires", "expired_drops", "link_local")
+                    "fragmented", "acquires", "expired_drops", "link_local", "blocked")
 
 
 def _link_local(pkt, ver: int) -> bool:
@@ -124,6 +124,14 @@ class DataPlane:
         if proto == PROTO_ESP:
             self._esp_sad.pop(spi, None)
         return self.sad.pop((proto, spi), None)
+
+    def add_block(self, policy_id, local_ts, remote_ts) -> None:
+        """A policy whose packets are dropped (counted in `blocked`): traffic of a configured
+        connection that has no SA and must not start a negotiation never leaves in clear."""
+        p = Policy(policy_id, local_ts, remote_ts, ())
+        p.block = True
+        p.encap = self._make_sender(p)
+        self.spd.add(p)
 
     def add_outbound(self, policy_id, local_ts, remote_ts, bundle,
                      outer_mtu: int | None = None) -> None:
@@ -251,6 +259,11 @@ class DataPlane:
         dp = self
         bundle = pol.bundle
         events = self.events
+        if not bundle and pol.block:
+            def block(pkt):
+                dp.blocked += 1
+                return None
+            return block
         if not bundle:
             pid = pol.policy_id
 

@@ -39,10 +39,11 @@ def addr_in(addr: int, nets) -> bool:
 
 class Policy:
     """One outbound policy: selectors, the bundle (SAs applied inner to outer) or none
-    (a trap policy: matching packets produce acquire events)."""
+    (a trap policy: matching packets produce acquire events; with `block`, they are
+    dropped and counted: a connection that must not negotiate now, fail closed)."""
 
     __slots__ = ("policy_id", "local_ts", "remote_ts", "local4", "remote4", "local6",
-                 "remote6", "bundle", "max_inner", "outer_mtu", "specificity", "encap")
+                 "remote6", "bundle", "max_inner", "outer_mtu", "specificity", "encap", "block")
 
     def __init__(self, policy_id, local_ts, remote_ts, bundle):
         self.policy_id = policy_id
@@ -56,6 +57,7 @@ class Policy:
         self.max_inner = 0
         self.outer_mtu = None        # None: the DataPlane's outer_mtu
         self.encap = None
+        self.block = False           # no bundle: True = drop (fail closed), False = trap
         self.specificity = (max((p for *_, p in self.remote_ts), default=0),
                             max((p for *_, p in self.local_ts), default=0))
 

@@ -219,3 +219,48 @@ class RouteManager:
 
     def close(self) -> None:
         self.remove_all()
+
+
+# -- kill switch (daemon.kill_switch) -----------------------------------------------------
+# Blackhole routes to the remote subnets, behind the TUN routes (highest metric): while
+# vpnd runs its TUN routes win; when vpnd is stopped or killed (the kernel removes the TUN
+# and its routes with the last file descriptor) the blackholes stay, so traffic for the
+# remote subnets is dropped instead of following the default route in clear. They carry
+# protocol KILL_SWITCH_PROTO: `ip route show proto 118 type blackhole` lists them,
+# `ip route flush proto 118 type blackhole` removes them.
+KILL_SWITCH_PROTO = 118
+KILL_SWITCH_METRIC = 0xFFFFFFFE
+
+
+def _kill_switch_routes(ipr) -> set[str]:
+    out = set()
+    for fam in (2, 10):
+        for r in ipr.route("dump", family=fam, proto=KILL_SWITCH_PROTO):
+            if r.get("type") == 6 and r.get("proto") == KILL_SWITCH_PROTO:  # RTN_BLACKHOLE
+                out.add(f"{r.get_attr('RTA_DST') or ('::' if fam == 10 else '0.0.0.0')}/{r['dst_len']}")
+    return out
+
+
+def kill_switch_sync(networks) -> None:
+    """Exactly these blackhole routes (adopting those a previous run left)."""
+    want = {str(ipaddress.ip_network(n, strict=False)) for n in networks}
+
+    def do(ipr):
+        have = _kill_switch_routes(ipr)
+        for dst in sorted(want - have):
+            ipr.route("replace", dst=dst, type="blackhole", proto=KILL_SWITCH_PROTO,
+                      priority=KILL_SWITCH_METRIC)
+        for dst in sorted(have - want):
+            ipr.route("del", dst=dst, type="blackhole", proto=KILL_SWITCH_PROTO,
+                      priority=KILL_SWITCH_METRIC)
+        return sorted(want)
+    try:
+        done = netlink.call(do)
+        if done:
+            log.info("kill switch: blackhole routes for %s (stay when vpnd stops)", ", ".join(done))
+    except Exception as e:
+        log.error("kill switch: cannot install blackhole routes: %s", e or type(e).__name__)
+
+
+def kill_switch_clear() -> None:
+    kill_switch_sync(())
