@@ -75,7 +75,7 @@ def vconf(topo, role: str, conns: dict, *, daemon_extra: str = "") -> str:
         lines += [f"  {name}:", f"    version: {c.get('version', 2)}", f"    local: {me}", f"    peer: {peer}",
                   f'    psk: "{PSK}"', f"    ike: {c.get('ike', IKE1)}", f"    esp: {c.get('esp', ESP)}",
                   f"    local_ts: [{mine(n)}]", f"    remote_ts: [{theirs(n)}]",
-                  f"    start: {c.get('start', 'start')}", "    dpd: {interval: 0}"]
+                  f"    start: {c.get('start', 'start')}", f"    dpd: {c.get('dpd', '{interval: 0}')}"]
         lines += [f"    {x}" for x in c.get("extra", "").splitlines() if x.strip()]
     return "\n".join(lines) + "\n"
 
@@ -322,3 +322,69 @@ def test_vpnd_pair_two_connections_each(mc_topo, vpnds):
     assert b.ctl("up", name="two")["ok"]  # the peer brings it back; a answers as responder
     wait_until(one_each, 20, "both connections back on one IKE SA")
     wait_ping(topo, 2)
+
+
+@pytest.mark.strongswan
+def test_ikev1_two_connections_one_isakmp_sa(mc_topo, make_charon, vpnds):
+    """IKEv1: two connections with the same IKE settings run their Quick Modes under one
+    ISAKMP SA (Cisco's one ISAKMP SA per peer); down of the SA's own connection keeps the
+    other's IPsec SAs and the ISAKMP SA."""
+    topo = mc_topo
+    ch = make_charon(topo, "gwb")
+    load_charon(ch, {"peer": charon_conn(topo, {"one": 1, "two": 2}, version=1, ike=IKE1)})
+    v = vpnds(topo, "gwa", vconf(topo, "gwa", {"one": {"n": 1, "version": 1, "start": "none"},
+                                               "two": {"n": 2, "version": 1, "start": "none"}}))
+    assert v.ctl("up", name="one")["ok"]
+    assert v.ctl("up", name="two")["ok"]
+    children_of(v, want={"one", "two"})
+    wait_until(lambda: ch.list_sas().count("INSTALLED") == 2, 10, "charon with two IPsec SAs")
+    assert len(charon_ike_sas(ch)) == 1, ch.list_sas()
+    wait_ping(topo, 1)
+    wait_ping(topo, 2)
+    assert v.ctl("down", name="one")["ok"]
+    wait_until(lambda: ch.list_sas().count("INSTALLED") == 1, 10, "charon deleting one only")
+    assert len(charon_ike_sas(ch)) == 1, ch.list_sas()
+    assert ping(topo, 2, count=3)
+    assert v.ctl("up", name="one")["ok"]
+    children_of(v, want={"one", "two"})
+    wait_ping(topo, 1)
+    assert len(charon_ike_sas(ch)) == 1, ch.list_sas()
+    assert IC_DESTROY not in ch.log()
+
+
+@pytest.mark.strongswan
+@pytest.mark.parametrize("version", [2, 1])
+def test_down_while_peer_unreachable_is_final(mc_topo, make_charon, vpnds, version):
+    """Issue 7.2: the peer is unreachable (nftables drops its IKE), `vpnctl down`: it returns
+    once the SAs are gone here, and nothing brings the tunnel back by itself (DPD action
+    restart, connect retries) when the peer answers again; `up` does."""
+    topo = mc_topo
+    ch = make_charon(topo, "gwb")
+    load_charon(ch, {"peer": charon_conn(topo, {"one": 1}, version=version, ike=IKE1)})
+    v = vpnds(topo, "gwa", vconf(topo, "gwa", {"one": {
+        "n": 1, "version": version, "dpd": "{interval: 2, retry: 2, action: restart}"}}))
+    children_of(v, want={"one"})
+    wait_ping(topo, 1)
+    rules = ("table inet mcdrop {\n chain o {\n  type filter hook output priority 0;\n"
+             f"  ip daddr {WAN_B} udp dport {{ 500, 4500 }} drop\n }}\n chain i {{\n"
+             "  type filter hook input priority 0;\n"
+             f"  ip saddr {WAN_B} udp sport {{ 500, 4500 }} drop\n }}\n}}\n")
+    topo.run("gwa", ["nft", "-f", "-"], input=rules.encode())
+    try:
+        t0 = time.monotonic()
+        r = v.ctl("down", name="one")
+        took = time.monotonic() - t0
+        assert r["ok"], r
+        print(f"IKEv{version}: vpnctl down with the peer unreachable returned after {took:.1f}s")
+        assert not [c for s in v.status()["ike_sas"] for c in s["child_sas"]]
+        # the Delete goes unanswered (bounded retransmission), DPD would have restarted it
+        wait_until(lambda: not v.status()["ike_sas"], 20, "the unanswered IKE SA gone")
+    finally:
+        topo.run("gwa", ["nft", "delete", "table", "inet", "mcdrop"], check=False)
+    time.sleep(8)  # the peer answers again: nothing may re-initiate
+    st = v.status()
+    assert st["ike_sas"] == [], st
+    assert next(c for c in st["connections"] if c["name"] == "one")["state"] == "down"
+    assert v.ctl("up", name="one")["ok"]
+    children_of(v, want={"one"})
+    wait_ping(topo, 1)

@@ -391,3 +391,44 @@ def test_both_ends_start_two_connections_at_once():
         st = s.m.status(p.now)
         assert len(st["ike_sas"]) == 1, st["ike_sas"]
         assert sorted(ch["name"] for ch in st["ike_sas"][0]["child_sas"]) == ["one", "two"]
+
+
+# ---------------------------------------------------------------------------- IKEv1: one ISAKMP SA per peer
+
+V1_SHARED = {"one": (1, "10.1.1.0/24", "10.2.1.0/24", None), "two": (1, "10.1.2.0/24", "10.2.2.0/24", None)}
+V1_SHARED_B = {"one": (1, "10.2.1.0/24", "10.1.1.0/24", None), "two": (1, "10.2.2.0/24", "10.1.2.0/24", None)}
+
+
+def _isakmp(side, now):
+    return [s for s in side.m.status(now)["ike_sas"] if s["version"] == 1 and s["state"] == "ESTABLISHED"]
+
+
+def test_ikev1_connections_share_one_isakmp_sa():
+    """IKEv1: a second connection with the same IKE settings runs its own Quick Mode under
+    the ISAKMP SA that is up (Cisco: one ISAKMP SA per peer), at both ends."""
+    p = make_pair(V1_SHARED, V1_SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    p.check_tunnel(expect=2)
+    assert len(_isakmp(p.a, p.now)) == 1 and len(_isakmp(p.b, p.now)) == 1
+    assert {c.connection for c in p.b.installed()} == {"one", "two"}
+    assert [c["state"] for c in p.a.m.status(p.now)["connections"]] == ["up", "up"]
+
+
+def test_ikev1_down_of_the_isakmp_sas_own_connection_keeps_the_other():
+    p = make_pair(V1_SHARED, V1_SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    p.feed(p.a, p.a.m.terminate("one", p.now))
+    p.pump()
+    p.run(5)
+    assert {c.connection for c in p.a.installed()} == {"two"}
+    assert {c.connection for c in p.b.installed()} == {"two"}
+    assert len(_isakmp(p.a, p.now)) == 1 and len(_isakmp(p.b, p.now)) == 1  # kept for "two"
+    p.feed(p.a, p.a.m.rekey("two", p.now))  # its Quick Modes still run under it
+    p.pump()
+    p.run(15)
+    p.check_tunnel(expect=1)
+    up(p, "one")
+    p.check_tunnel(expect=2)
+    assert len(_isakmp(p.a, p.now)) == 1

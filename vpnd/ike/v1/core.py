@@ -106,6 +106,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 self._delete_child(c, now, reason="terminated")
         for sa in list(self.sas.values()):
             if sa.conn.name == name:
+                others = [c for c in self.children.values() if c.ike_id == sa.ike_id and c.conn.name != name]
+                if others and sa.is_established and not sa.replaced:
+                    # it carries other connections' IPsec SAs: it stays, now theirs
+                    sa.conn = others[0].conn
+                    continue
                 self._drop_isakmp(sa, now, reason="terminated")
         return self._end()
 
@@ -592,6 +597,23 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                     best = sa
         return best
 
+    def _isakmp_for(self, conn) -> IsakmpSA | None:
+        """The connection's own ISAKMP SA, or an established one of another connection to
+        the same peer with the same IKE settings and credentials: its Quick Modes run under
+        that one (one ISAKMP SA per peer, as on Cisco; ike/peers.py shares_ike_sa)."""
+        sa = self._established_for_conn(conn.name)
+        if sa is not None:
+            return sa
+        from vpnd.ike.peers import shares_ike_sa
+
+        best = None
+        for s in self.sas.values():
+            if s.is_established and not s.replaced and s.conn.name != conn.name \
+                    and s.remote[0] == conn.peer and shares_ike_sa(s.conn, conn):
+                if best is None or s.established > best.established:
+                    best = s
+        return best
+
     def _established_for_ip(self, ip: str) -> IsakmpSA | None:
         best = None
         for sa in self.sas.values():
@@ -613,7 +635,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         pairs = self._ts_pairs(conn)
         if conn.per_host:
             pairs = []  # per-host SAs come from traffic (acquire)
-        sa = self._established_for_conn(conn.name)
+        sa = self._isakmp_for(conn)
         if sa is not None and sa.pending_at is not None:
             return  # its Quick Modes are about to start
         if sa is not None:
@@ -628,7 +650,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._p1_initiate(conn, now, [(l, r, None, False) for l, r in pairs])
 
     def _start_child(self, conn, local_ts, remote_ts, now: float, *, rekey_of=None, per_host=False) -> None:
-        sa = self._established_for_conn(conn.name)
+        sa = self._isakmp_for(conn)
         if sa is not None and sa.pending_at is not None:
             sa.pending.append((local_ts, remote_ts, rekey_of, per_host))
             return
@@ -683,8 +705,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 loser = sa if _nonce_key(sa) < _nonce_key(other) else other
                 self._retire(loser, now, rekey=not sa.initiator and loser is other)
         if not sa.replaced:
+            from vpnd.ike.peers import shares_ike_sa
+
             for c in self.children.values():
-                if c.conn.name == sa.conn.name:
+                # also those of the other connections it carries (one ISAKMP SA per peer)
+                if c.conn.name == sa.conn.name or (shares_ike_sa(c.conn, sa.conn) and c.conn.peer == sa.remote[0]):
                     c.ike_id = sa.ike_id
         if sa.aggressive and sa.initiator and sa.pending:
             # message 3 and the first Quick Mode would leave back to back; a multi-threaded

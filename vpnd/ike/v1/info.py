@@ -275,9 +275,18 @@ class InfoMixin:
         for other in list(self.sas.values()):
             if other.conn.name == conn.name:
                 self._drop_isakmp(other, now, reason="peer dead", notify_peer=False)
+        carried = set()
         for c in list(self.children.values()):
-            if c.conn.name == conn.name:
+            if c.conn.name == conn.name or c.ike_id == sa.ike_id:  # also those it carried for others
+                if c.conn.name != conn.name:
+                    carried.add(c.conn.name)
                 self._delete_child(c, now, reason="peer dead", notify_peer=False)
+        for name in sorted(carried):
+            other = self._conn(name)
+            if other is not None and other.dpd.action == "restart" and other.peer != "%any" \
+                    and (self.peers is None or self.peers.may_reinitiate(name)):
+                self._want_up.add(name)
+                self._initiate_conn(other, now)
         # the peer lost our state (or will have): the next contact says INITIAL-CONTACT
         self._had_contact.pop(sa.remote[0], None)
         if conn.dpd.action == "restart" and conn.peer != "%any" \
@@ -299,7 +308,7 @@ class InfoMixin:
         if c.child_id not in self.children:
             return
         if notify_peer:
-            self._send_delete_child(self._established_for_conn(c.conn.name), c, now)
+            self._send_delete_child(self._isakmp_for(c.conn), c, now)
         del self.children[c.child_id]
         for proto, spi in c.spis_in.items():
             self._spis_in.discard(int.from_bytes(spi, "big"))
