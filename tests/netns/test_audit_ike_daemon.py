@@ -12,7 +12,8 @@ with scapy's IKEv2 parser:
   SA, KE and Nonce with a fresh SPIr, or only a Notify (an error or COOKIE) with SPIr 0
   (RFC 7296 1.2, 2.6, 2.21.1);
 - to a protected request: only the byte-identical cached response to an exact
-  retransmission (2.1); any message that fails the integrity check is dropped (2.21.2).
+  retransmission (2.1); any message that fails the integrity check is dropped (2.21.2);
+- to any request whose major version was damaged to more than 2: INVALID_MAJOR_VERSION (2.5).
 Afterwards the daemon is alive, logged no traceback, counted the drops, still holds its one
 IKE SA, and the tunnel carries traffic and rekeys.
 """
@@ -116,6 +117,17 @@ def _invalid_ike_spi(answer: bytes) -> bool:
     return h.next_payload == NOTIFY and h.haslayer("IKEv2_Notify") and h["IKEv2_Notify"].type == 4
 
 
+def _invalid_major_version(sent: bytes, answer: bytes) -> bool:
+    """A request of a higher major version gets INVALID_MAJOR_VERSION with our version (2.0)
+    in the header, same SPIs, exchange and message ID, never a response (RFC 7296 2.5)."""
+    if len(sent) < 28 or sent[17] >> 4 <= 2 or sent[19] & 0x20 or len(answer) < 28:
+        return False
+    h = IKEv2(answer)
+    return (answer[:16] == sent[:16] and answer[17] == 0x20 and answer[18] == sent[18]
+            and answer[20:24] == sent[20:24] and bool(h.flags & 0x20) and h.next_payload == NOTIFY
+            and h.haslayer("IKEv2_Notify") and h["IKEv2_Notify"].type == 5)
+
+
 def _judge_init_answer(sent: bytes, answer: bytes) -> str | None:
     """None when `answer` is an RFC 7296 answer to the IKE_SA_INIT `sent`, else why not."""
     if len(answer) < 28:
@@ -193,7 +205,9 @@ def test_malformed_ike_against_a_running_daemon(aud_topo, vpnds):
             ans = ans[4:] if port == 4500 and ans[:4] == bytes(4) else ans
             if sent in expect:
                 continue
-            if sent[:8] == init[:8] and sent[8:16] == bytes(8):
+            if _invalid_major_version(sent, ans):
+                why = None
+            elif sent[:8] == init[:8] and sent[8:16] == bytes(8):
                 why = _judge_init_answer(sent, ans)
                 kinds["notify" if ans[8:16] == bytes(8) else "full"] += 1
             else:
