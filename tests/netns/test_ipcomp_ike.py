@@ -105,4 +105,7 @@ def test_strongswan_compress_yes_falls_back(topo, make_charon, vpnds, vpnd_initi
     lines = [ln for ln in ch.log().splitlines() if "IPComp" in ln or "IPCOMP" in ln]
     print("charon on IPComp:", *lines[:6], sep="\n  ")
     assert any("unable to allocate a CPI" in ln for ln in lines), lines
+    if vpnd_initiates and version == 2:
+        # charon parsed our notify as IPCOMP_SUPPORTED in the IKE_AUTH request
+        assert any("parsed IKE_AUTH request" in ln and "N(IPCOMP_SUP)" in ln for ln in lines), lines
     check_traffic(topo, mbytes=1)
