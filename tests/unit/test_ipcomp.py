@@ -275,3 +275,55 @@ def test_cpi_ranges():
             check_cpi(bad)
     with pytest.raises(ValueError):
         IPComp(0x1234, "lzjh")
+
+
+def reference_lzs_decode(stream: bytes) -> bytes:
+    """A second, deliberately plain LZS decoder straight from RFC 1974 2.3's table, over a
+    string of '0'/'1' characters: an independent check of what our compressor writes."""
+    bits = "".join(format(b, "08b") for b in stream)
+    pos = 0
+    out = bytearray()
+
+    def take(k):
+        nonlocal pos
+        assert pos + k <= len(bits), "ran out of bits before the end marker"
+        v = bits[pos:pos + k]
+        pos += k
+        return v
+    while True:
+        if take(1) == "0":
+            out.append(int(take(8), 2))
+            continue
+        off = int(take(7), 2) if take(1) == "1" else int(take(11), 2)
+        if off == 0:
+            assert set(bits[pos:]) <= {"0"} and len(bits) - pos < 8     # zero padding only
+            return bytes(out)
+        table = {"00": 2, "01": 3, "10": 4}
+        two = take(2)
+        if two in table:
+            ln = table[two]
+        else:
+            ln = {"1100": 5, "1101": 6, "1110": 7}.get(two + take(2))
+            if ln is None:
+                ln = 8
+                while True:
+                    nib = int(take(4), 2)
+                    ln += nib
+                    if nib != 15:
+                        break
+        assert 0 < off <= len(out)
+        for _ in range(ln):
+            out.append(out[-off])
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=1500),
+                 st.lists(st.sampled_from([b"ab", b"abc", b"\x00" * 9, b"xyz" * 7, b"q"]),
+                          max_size=300).map(b"".join)))
+def test_lzs_output_read_by_reference_decoder(data):
+    assert reference_lzs_decode(lzs_compress(data)) == data
+
+
+@pytest.mark.parametrize("plain,hexstream", HAND_VECTORS)
+def test_reference_decoder_agrees_with_hand_vectors(plain, hexstream):
+    assert reference_lzs_decode(bytes.fromhex(hexstream)) == plain
