@@ -173,3 +173,141 @@ def test_invalid_spi_rule_is_shared_with_ikev2():
     for lim in (core.invalid_spi_limit, v2.invalid_spi_limit):
         assert isinstance(lim, limits.RateLimiter)
         assert lim.rate == 1.0 / limits.INVALID_SPI_INTERVAL and lim.burst == 1
+
+
+# ------------------------------------------------------------------ 8.2 log volume, 8.5 floods
+
+
+def _spoofed(i: int) -> tuple[str, int]:
+    return (f"10.{50 + (i >> 16) % 100}.{(i >> 8) & 255}.{i & 255 or 1}", 500)
+
+
+def test_no_connection_log_volume_is_bounded():
+    """Issue 8.2: `no IKEv1 connection for <ip>` was logged per datagram. Now the first is
+    logged in full, the rest are counted into one summary per interval."""
+    core = responder({"site": conn_conf(B_IP, A_IP, LAN_B, LAN_A, start="none")})
+    ev, answers = [], 0
+    for i in range(10_000):  # 500/s for 20 s from 10,000 spoofed sources
+        now = 1.0 + i / 500
+        out = core.receive_datagram(msg1(aggressive=bool(i & 1)), (B_IP, 500), _spoofed(i), now)
+        ev += events(out)
+        answers += len(sends(out))
+        if i % 1000 == 0:
+            ev += events(core.handle_timer(now))
+    ev += events(core.handle_timer(40.0))
+    assert answers == 0
+    assert len(ev) <= 10, [e.message for e in ev][:12]
+    summaries = [e for e in ev if e.kind == "suppressed"]
+    assert summaries and sum(e.data["count"] for e in summaries) >= 9_000
+    assert all(e.message.isprintable() for e in ev)
+
+
+def _flood_pair():
+    from test_ikev1_harness import Net
+    a = Ikev1Core(make_config(A_IP, {"site": conn_conf(A_IP, B_IP, LAN_A, LAN_B)}), now=0.0)
+    b = Ikev1Core(make_config(B_IP, {
+        "site": conn_conf(B_IP, A_IP, LAN_B, LAN_A, start="none"),
+        "any": conn_conf(B_IP, "%any", "10.3.0.0/16", "10.4.0.0/16", start="none", aggressive=True)}),
+        now=0.0)
+    return Net(a, b)
+
+
+class _DhCount:
+    def __init__(self, monkeypatch):
+        from vpnd.crypto import dh as dhmod
+        self.keygen = self.shared = 0
+        orig_init, orig_shared = dhmod.KeyExchange.__init__, dhmod.KeyExchange.shared
+        me = self
+
+        def init(kx, *a, **kw):
+            me.keygen += 1
+            orig_init(kx, *a, **kw)
+
+        def shared(kx, *a, **kw):
+            me.shared += 1
+            return orig_shared(kx, *a, **kw)
+
+        monkeypatch.setattr(dhmod.KeyExchange, "__init__", init)
+        monkeypatch.setattr(dhmod.KeyExchange, "shared", shared)
+
+
+def test_spoofed_message_1_flood_keeps_a_configured_peer_in(monkeypatch):
+    """Issue 8.5: a spoofed Main Mode message-1 flood filled the one global half-open cap
+    and kept configured peers out; each spoofed Aggressive Mode message 1 cost a DH and was
+    answered 4 times. Now: configured peers have their own budget, unverified half-open SAs
+    are bounded per source and overall (oldest evicted), responder message 2 is sent once
+    (again only when the initiator repeats its message 1), and the AM responder defers its
+    DH until message 3 (PSK: HASH_R needs no g^xy)."""
+    net = _flood_pair()
+    b = net.b
+    kex_am = dh.KeyExchange("modp2048")
+    flood = [msg1(aggressive=bool(i % 2), kex=kex_am) for i in range(64)]  # reused bodies, fresh cookies
+    state = {"i": 0, "answers": 0}
+
+    def inject(n):
+        for _ in range(n):
+            i = state["i"]
+            state["i"] += 1
+            data = os.urandom(8) + flood[i % 64][8:]
+            out = b.receive_datagram(data, (B_IP, 500), _spoofed(i), net.now + i / 1000)
+            state["answers"] += sum(1 for s in sends(out) if s.remote[0] != A_IP)
+
+    inject(3000)  # the flood is on before the peer starts
+    counter = _DhCount(monkeypatch)
+    net.drop = lambda side, dg: inject(100) or False  # 100 flood packets between its messages
+    net.now = 3.0
+    net.feed(net.a, net.a.initiate("site", net.now))
+    inject(5000 - state["i"])
+    assert state["i"] == 5000
+    assert net.installs("A") and net.installs("B"), [e.message for e in net.events("B")][-5:]
+    # at most one datagram per attacker packet, also later (no timer retransmissions)
+    timer_answers = 0
+    t = net.now
+    while t < net.now + 300:
+        t += 1.0
+        timer_answers += sum(1 for s in sends(b.handle_timer(t)) if s.remote[0] != A_IP)
+    assert state["answers"] + timer_answers <= state["i"]
+    assert timer_answers == 0
+    # AM message 1 from unverified sources: no g^xy computed for them (deferred to message 3)
+    assert counter.shared <= 4, counter.shared  # the peer's own Main Mode and Quick Mode
+    # state stays bounded
+    assert len(b.sas) + len(b._alts) <= 1100
+
+
+def test_aggressive_responder_sends_message_2_once_and_recovers_a_lost_message_3():
+    """Message 2 of an Aggressive Mode responder is not retransmitted on a timer (a spoofed
+    message 1 gets one answer); when the initiator's message 3 is lost, its first phase-2
+    message (which carries our cookie) brings message 2 back, and with it message 3."""
+    from test_ikev1_harness import pair
+
+    net = pair({"aggressive": True}, {"aggressive": True}, start=False)
+    seen = {"n": 0}
+
+    def drop(side, dg):
+        # A's first encrypted Aggressive Mode message: message 3
+        if side == "A" and dg.data[18] == C.EXCH_AGGRESSIVE and dg.data[19] & 1 and not seen["n"]:
+            seen["n"] = 1
+            return True
+        return False
+
+    net.drop = drop
+    net.feed(net.a, net.a.initiate("site", 0.0))
+    assert seen["n"] == 1
+    b_am = [dg for s, dg in net.sent if s == "B" and dg.data[18] == C.EXCH_AGGRESSIVE]
+    assert len(b_am) == 1
+    net.advance(30)
+    assert net.installs("A") and net.installs("B")
+    b_am = [dg for s, dg in net.sent if s == "B" and dg.data[18] == C.EXCH_AGGRESSIVE]
+    assert len(b_am) == 2  # once more, on A's Quick Mode
+
+
+def test_aggressive_message_2_not_retransmitted_to_a_silent_source():
+    core = responder({"am": any_conn(aggressive=True)})
+    out = _probe(core, now=1.0)
+    assert len(sends(out)) == 1
+    later = []
+    t = 1.0
+    while t < 200:
+        t += 0.5
+        later += sends(core.handle_timer(t))
+    assert later == [] and core.sas == {}

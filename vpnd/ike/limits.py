@@ -172,3 +172,23 @@ INVALID_SPI_INTERVAL = 1.0  # at most one notify per peer address per second
 def invalid_spi_limiter() -> RateLimiter:
     """The limiter of INVALID_SPI/INVALID-SPI notifies: `allow(peer_ip, now)`, bounded."""
     return RateLimiter(1.0 / INVALID_SPI_INTERVAL, 1)
+
+
+# Error notifies sent without an authenticated SA (IKEv2 NO_PROPOSAL_CHOSEN, INVALID_SYNTAX,
+# ...; IKEv1 NO-PROPOSAL-CHOSEN, INVALID-KEY-INFORMATION ... answering a message 1): they help
+# a real peer diagnose, but a spoofed flood must not turn us into a reflector. Per source and
+# overall, one rule for both versions (issues 8.2, 9).
+ERROR_ANSWER_RATE = 1.0  # per source address, tokens/s
+ERROR_ANSWER_BURST = 3
+ERROR_ANSWER_OVERALL = 50.0  # all sources together, per second
+UNAUTH_LOG_INTERVAL = 10.0  # events caused by unauthenticated input: one summary per interval
+
+
+def error_answer_limiter() -> RateLimiter:
+    """The limiter of unprotected error notifies: `allow(source_ip, now)`, bounded."""
+    return RateLimiter(ERROR_ANSWER_RATE, ERROR_ANSWER_BURST, overall=ERROR_ANSWER_OVERALL)
+
+
+def unauth_log() -> LogSummary:
+    """The summariser of events caused by unauthenticated input."""
+    return LogSummary(UNAUTH_LOG_INTERVAL)

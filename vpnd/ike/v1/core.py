@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import itertools
 import os
+from collections import OrderedDict, deque
 
 from vpnd.ike import codec, limits, liveness
 from vpnd.ike.actions import Event, SendDatagram
@@ -29,10 +30,26 @@ HALF_OPEN_TIMEOUT = 60.0
 REPLACED_GRACE = 10.0  # seconds a replaced ISAKMP SA lingers on the responder
 # A Quick Mode that holds an inbound-only SA (responder after message 2, waiting for
 # HASH(3); initiator with the commit bit, waiting for CONNECTED) gives up after this long,
-# not after the whole retransmission schedule (4+8+...+128 = 252 s, issue 7.8): the peer
-# retransmits its own message within that time if it is there at all (4, 12, 28 s ...).
+# not after the whole retransmission schedule (issue 7.8: 252 s then): the peer
+# retransmits its own message within that time if it is there at all.
 QM_INBOUND_ONLY_WAIT = 60.0
 MAX_ALTERNATES = 4  # other half-open responder SAs per initiator cookie (differing message 1s)
+# Flood protection (issue 8.5). IKEv1 has no cookie exchange: a responder SA is
+# "unverified" until the initiator's message 3 comes back with our responder cookie (only
+# a source that receives our packets knows it, RFC 2408 2.5.3). Unverified SAs are cheap to
+# forge from spoofed addresses, so they are bounded per source address and, for sources
+# that are no configured peer, overall -- the oldest is evicted, nothing is refused -- and
+# the sources that are a configured (non-%any) peer have a budget of their own that no
+# flood from elsewhere can fill. Verified half-open SAs (past message 3) are capped too.
+HALF_OPEN_PER_SOURCE = 8
+HALF_OPEN_UNVERIFIED_MAX = 1000  # from sources that are no configured peer
+HALF_OPEN_VERIFIED_MAX = 1000
+# An Aggressive Mode message 1 costs a DH key pair at once (the g^xy of a PSK or rsa-encr
+# exchange waits for message 3): from sources that are no configured peer, at most this
+# many per second per source and overall; a configured peer's address has its own bucket.
+AM_RESPONDER_RATE = 1.0
+AM_RESPONDER_BURST = 3
+AM_RESPONDER_OVERALL = 50.0
 
 
 class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
@@ -54,6 +71,15 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self.peers = None  # ike.peers.PeerRules, set by the IkeManager (rules across versions)
         self._alts: dict[bytes, IsakmpSA] = {}  # cky_i + cky_r -> another half-open responder SA
         self.invalid_spi_limit = limits.invalid_spi_limiter()  # per peer address (issue 8.3)
+        self.error_answer_limit = limits.error_answer_limiter()  # unprotected notifies (8.2)
+        self.unauth_log = limits.unauth_log()  # events from unauthenticated input (8.2)
+        self.am_limit = limits.RateLimiter(AM_RESPONDER_RATE, AM_RESPONDER_BURST,
+                                           overall=AM_RESPONDER_OVERALL)
+        self.am_limit_peers = limits.RateLimiter(AM_RESPONDER_RATE, AM_RESPONDER_BURST, max_keys=256)
+        # unverified responder SAs, oldest first (issue 8.5): key cky_i + cky_r
+        self._unverified: OrderedDict[bytes, IsakmpSA] = OrderedDict()
+        self._unverified_by_src: dict[str, deque] = {}
+        self._unverified_any = 0  # of them from sources that are no configured peer
         self._out: list = []
         self._now = now
         self._last_raw = b""
@@ -209,6 +235,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 times.append(max(c.last_in, c.last_out) + c.conn.idle_time)
         times += list(self._restart_at.values())
         times += [t for _, _, t in self._lingering]
+        summary_at = self.unauth_log.next_due()
+        if summary_at is not None:
+            times.append(summary_at)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list:
@@ -240,6 +269,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             except Exception as e:
                 self._event("error", c.conn.name, f"IPsec SA timer failed ({type(e).__name__}); SA deleted")
                 self._delete_child(c, now, reason="internal error", notify_peer=False)
+        self._summaries(now)
         return self._end()
 
     def _child_timers(self, c, now: float) -> None:
@@ -364,8 +394,6 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 if hdr.spi_r != zero or hdr.message_id != 0 or hdr.flags & codec.FLAG_V1_ENCRYPTION:
                     return
                 pls = codec.decode_chain(data, hdr.next_payload, P.REGISTRY, start=codec.HEADER_LEN)
-                if len(self.sas) - self._established_count() > 1000:
-                    return  # half-open cap
                 self._p1_respond_new(hdr, pls, local, remote, now)
                 return
             if hdr.spi_r == zero:
@@ -377,12 +405,108 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             self._p1_receive(sa, hdr, data, local, remote, now)
         elif ex == C.EXCH_QUICK:
             if sa is not None:
+                if self._lost_am_msg3(sa, hdr):
+                    return
                 self._adopt_if_moved(sa, local, remote)
                 self._qm_receive(sa, hdr, data, now)
         elif ex == C.EXCH_INFO:
+            if sa is not None and self._lost_am_msg3(sa, hdr):
+                return
             self._info_receive(sa, hdr, data, local, remote, now)
         else:
             self.drops += 1
+
+    def _lost_am_msg3(self, sa: IsakmpSA, hdr) -> bool:
+        """An encrypted message with both our cookies for an Aggressive Mode responder SA
+        still waiting for message 3: the initiator is done (its message 3 got lost) and has
+        started phase 2. Message 2, sent only once (issue 8.5), goes again so that it repeats
+        message 3 (a bounded number of times); the source knows our cookie, so this answers
+        no spoofed packet."""
+        if sa.initiator or not sa.aggressive or sa.is_established or hdr.spi_r != sa.cky_r \
+                or not hdr.flags & codec.FLAG_V1_ENCRYPTION:
+            return False  # (a plain notify is the peer's refusal: _info_receive takes it)
+        if sa.retx is not None:
+            self._resend_answer(sa.retx)
+        return True
+
+    # ------------------------------------------------------------------ half-open budgets (8.5)
+
+    def _configured_source(self, ip: str) -> bool:
+        return any(c.peer == ip for c in self.v1_conns)
+
+    def _is_unverified(self, sa: IsakmpSA) -> bool:
+        return sa.cky_i + sa.cky_r in self._unverified
+
+    def _admit_unverified(self, ip: str, now: float) -> bool:
+        """Room for one more unverified responder SA from `ip`: evict the source's oldest
+        beyond HALF_OPEN_PER_SOURCE and, for a source that is no configured peer, the oldest
+        of those beyond HALF_OPEN_UNVERIFIED_MAX. False: verified half-open SAs are at
+        their cap (refused, a configured peer excepted)."""
+        configured = self._configured_source(ip)
+        if not configured and len(self.sas) - len(self._unverified) >= HALF_OPEN_VERIFIED_MAX:
+            verified = sum(1 for s in self.sas.values() if not s.is_established and not s.initiator) \
+                - sum(1 for s in self._unverified.values() if self.sas.get(s.cky_i) is s)
+            if verified >= HALF_OPEN_VERIFIED_MAX:
+                self._unauth_event("half_open_limit", "half_open_limit", (ip, 0),
+                                   f"IKEv1 message 1 from {ip} refused: {verified} half-open ISAKMP SAs")
+                return False
+        dq = self._unverified_by_src.get(ip)
+        while dq and len(dq) >= HALF_OPEN_PER_SOURCE:
+            self._evict(self._unverified[dq[0]], now)
+            dq = self._unverified_by_src.get(ip)
+        if not configured:
+            while self._unverified_any >= HALF_OPEN_UNVERIFIED_MAX:
+                oldest = next(s for s in self._unverified.values() if not s.configured_source)
+                self._evict(oldest, now)
+        return True
+
+    def _track_unverified(self, sa: IsakmpSA) -> None:
+        key = sa.cky_i + sa.cky_r
+        sa.configured_source = self._configured_source(sa.remote[0])
+        self._unverified[key] = sa
+        self._unverified_by_src.setdefault(sa.remote[0], deque()).append(key)
+        if not sa.configured_source:
+            self._unverified_any += 1
+
+    def _untrack(self, sa: IsakmpSA) -> None:
+        """`sa` is no longer an unverified responder SA (verified, established or gone)."""
+        key = sa.cky_i + sa.cky_r
+        if self._unverified.get(key) is not sa:
+            return
+        del self._unverified[key]
+        dq = self._unverified_by_src.get(sa.remote[0])
+        if dq is not None:
+            try:
+                dq.remove(key)
+            except ValueError:
+                pass
+            if not dq:
+                del self._unverified_by_src[sa.remote[0]]
+        if not sa.configured_source:
+            self._unverified_any -= 1
+
+    def _evict(self, sa: IsakmpSA, now: float) -> None:
+        self._untrack(sa)
+        key = sa.cky_i + sa.cky_r
+        if self._alts.get(key) is sa:
+            del self._alts[key]
+        elif self.sas.get(sa.cky_i) is sa:
+            alts = [k for k in self._alts if k[:8] == sa.cky_i]
+            if alts:  # another candidate for that initiator cookie takes its place
+                self.sas[sa.cky_i] = self._alts.pop(alts[0])
+            else:
+                del self.sas[sa.cky_i]
+        self._unauth_event("half_open_evicted", "half_open_evicted", sa.remote,
+                           f"unverified half-open ISAKMP SA from {sa.remote[0]} evicted (flood protection)")
+
+    def _am_allowed(self, ip: str, now: float) -> bool:
+        """May an Aggressive Mode message 1 from `ip` cost a DH key pair now?"""
+        lim = self.am_limit_peers if self._configured_source(ip) else self.am_limit
+        if lim.allow(ip, now):
+            return True
+        self._unauth_event("am_rate", "aggressive_rate", (ip, 0),
+                           f"Aggressive Mode message 1 from {ip} dropped (rate limit)")
+        return False
 
     def _repeated_or_other_msg1(self, sa: IsakmpSA, hdr, data: bytes, local, remote, now: float) -> None:
         """A message 1 with the cookie of a responder SA we hold. The same message again: the
@@ -407,7 +531,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         """`sa` finished phase 1: it becomes the SA of its initiator cookie, the other
         candidates (answers to another message 1 with that cookie) go."""
         for k in [k for k in self._alts if k[:8] == sa.cky_i]:
-            del self._alts[k]
+            self._untrack(self._alts.pop(k))
+        self._untrack(sa)
         self.sas[sa.cky_i] = sa
 
     def _adopt_if_moved(self, sa: IsakmpSA, local, remote) -> None:
@@ -465,6 +590,13 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     # ------------------------------------------------------------------ timers
 
     def _sa_timers(self, sa: IsakmpSA, now: float) -> None:
+        if not sa.is_established and now >= sa.created + HALF_OPEN_TIMEOUT and self._is_unverified(sa):
+            # never answered with our cookie: most likely a spoofed message 1 (issue 8.5),
+            # counted, not reported one by one, and nothing is sent to its source
+            self._drop_isakmp(sa, now, reason="timed out", notify_peer=False)
+            self._unauth_event("half_open_timeout", "half_open_timeout", sa.remote,
+                               f"half-open ISAKMP SA from {sa.remote[0]} timed out (no message 3)")
+            return
         if not sa.is_established and now >= sa.created + HALF_OPEN_TIMEOUT:
             self._p1_fail(sa, self._give_up(sa, "negotiation timed out"), now)
             return
@@ -770,8 +902,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         if notify_peer:
             self._send_delete_isakmp(sa, now)
         del self.sas[sa.cky_i]
+        self._untrack(sa)
         for k in [k for k in self._alts if k[:8] == sa.cky_i]:
-            del self._alts[k]  # they lived only as long as the half-open SA they shadowed
+            self._untrack(self._alts.pop(k))  # they lived only as long as the half-open SA they shadowed
         for qm in self.qms.pop(sa.ike_id, {}).values():
             self._qm_abandon(sa, qm)  # answered Quick Modes lose their inbound-only SAs
         self._done_mids.pop(sa.ike_id, None)
@@ -803,10 +936,22 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _last_out_for(self, sa: IsakmpSA) -> float:
         return max((c.last_out for c in self.children.values() if c.conn.name == sa.conn.name), default=0.0)
 
-    def _unauth_event(self, kind: str, key: str, remote, message: str) -> None:
-        """An event caused by unauthenticated input (issue 8.2): bounded log volume."""
+    def _unauth_event(self, kind: str, what: str, remote, message: str, conn: str | None = None) -> None:
+        """An event caused by unauthenticated input (issue 8.2): the first of its `what` is
+        reported in full, further ones are counted into one `suppressed` event per interval
+        (limits.LogSummary, as IKEv2 does)."""
         self.drops += 1
-        self._event(kind, None, message)
+        if self.unauth_log.note(what, remote[0], self._now):
+            self._event(kind, conn, message)
+        self._summaries(self._now)
+
+    def _summaries(self, now: float) -> None:
+        for what, count, sources, line in self.unauth_log.due_records(now):
+            self._event("suppressed", None, line, what=what, count=count, sources=sources)
+
+    def _error_answer_allowed(self, remote) -> bool:
+        """May an unprotected error notify go to this source now (limits, shared with v2)?"""
+        return self.error_answer_limit.allow(remote[0], self._now)
 
     def _count_drop(self, sa: IsakmpSA | None, why: str) -> None:
         self._drop_event(sa.conn.name if sa else None, why, ike_id=sa.ike_id if sa else None)

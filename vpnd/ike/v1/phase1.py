@@ -278,7 +278,7 @@ class Phase1Mixin:
         pol = policy.p1_parse(chosen)
         if pol is None or not any(pol.same_algorithms(p) for p in sa.policies):
             raise Phase1Failed("responder chose a transform we did not offer", C.N_NO_PROPOSAL_CHOSEN, "no_proposal")
-        lifetime = min(pol.lifetime, sa.conn.lifetime.ike)
+        lifetime = policy.own_lifetime(pol, sa.policies)
         sa.policy = policy.P1Policy(pol.enc, pol.hash, pol.group, pol.auth, lifetime)
         sa.cky_r = hdr.spi_r
         self._take_vids(sa, pls)
@@ -347,7 +347,7 @@ class Phase1Mixin:
         if pol is None or not any(pol.same_algorithms(p) for p in sa.policies):
             raise Phase1Failed("responder chose a transform we did not offer", C.N_NO_PROPOSAL_CHOSEN, "no_proposal")
         sa.policy = policy.P1Policy(pol.enc, pol.hash, pol.group, pol.auth,
-                                    min(pol.lifetime, sa.conn.lifetime.ike))
+                                    policy.own_lifetime(pol, sa.policies))
         sa.cky_r = hdr.spi_r
         self._take_vids(sa, pls)
         sa.gxr = self._take_ke(sa, _first(pls, P.KE))
@@ -419,12 +419,17 @@ class Phase1Mixin:
             names = "; ".join(", ".join(p.describe() + "/" + C.AUTH_NAMES[p.auth] for p in
                                         policy.p1_policies(c.ike, _auth_method(c), c.lifetime.ike))
                               for c in conns)
-            self._event("no_proposal", conns[0].name,
-                        f"NO-PROPOSAL-CHOSEN for {remote[0]}: peer offered {policy.describe_offer(sa_p)}; "
-                        f"we accept {names}")
-            self._notify_plain(hdr, C.N_NO_PROPOSAL_CHOSEN, local, remote)
+            self._unauth_event("no_proposal", "no_proposal", remote,
+                               f"NO-PROPOSAL-CHOSEN for {remote[0]}: peer offered {policy.describe_offer(sa_p)}; "
+                               f"we accept {names}", conn=conns[0].name)
+            if self._error_answer_allowed(remote):
+                self._notify_plain(hdr, C.N_NO_PROPOSAL_CHOSEN, local, remote)
             return
         transform, pol = choice
+        if aggressive and not self._am_allowed(remote[0], now):
+            return
+        if not self._admit_unverified(remote[0], now):
+            return
         sa = IsakmpSA(self._new_id(), conn, False, aggressive, hdr.spi_i, self.rng(8),
                       (local[0], local[1]), remote, now)
         sa.policy = pol
@@ -436,14 +441,24 @@ class Phase1Mixin:
         if not aggressive:
             self._store_responder(sa, alternate)
             sa.state = "MM_SA_SETUP"
+            # sent once: again only when the initiator repeats its message 1 (issue 8.5)
             self._send(sa, self._plain(sa, C.EXCH_MAIN, 0, [answer] + self._our_vids(sa)),
                        now, expect_reply=False)
             return
         # Aggressive Mode message 2
-        self._make_kex(sa)
-        sa.gxr = sa.kex.public
         try:
-            sa.gxi = self._take_ke(sa, _first(pls, P.KE))
+            ke = _first(pls, P.KE)
+            if ke is None or len(ke.data) != dh.public_value_length(pol.group):
+                raise Phase1Failed("KE payload missing or of the wrong length", C.N_INVALID_KEY_INFORMATION)
+            self._make_kex(sa)
+            sa.gxr = sa.kex.public
+            if pol.auth == C.AUTH_RSA_SIG:
+                sa.gxi = self._take_ke(sa, ke)  # SKEYID needs g^xy (RFC 2409 5)
+            else:
+                # PSK and rsa-encr: SKEYID and HASH_R need no g^xy, so the responder computes
+                # it only when message 3 comes back (issue 8.5: a spoofed message 1 costs
+                # one key pair, not a whole DH); the public value is checked then too
+                sa.gxi = ke.data
             if pol.auth == C.AUTH_RSA_ENCR:
                 sa.id_i, sa.ni = self._decr_id_nonce(sa, pls)
                 sa.peer_id = _decode_id(sa.id_i)
@@ -459,10 +474,14 @@ class Phase1Mixin:
                 raise Phase1Failed(f"peer identity {identity.describe_id(sa.peer_id)} is not {conn.remote_id}",
                                    None, "auth_failed")
             sa.nr = self.rng(NONCE_LEN)
-            self._derive(sa)
+            if sa.gxy:
+                self._derive(sa)
+            else:
+                self._derive_skeyid(sa)
         except Phase1Failed as e:
-            self._event(e.kind, conn.name, f"Aggressive Mode from {remote[0]}: {e}")
-            if e.notify:
+            self._unauth_event(e.kind, "aggressive_failed", remote, f"Aggressive Mode from {remote[0]}: {e}",
+                               conn=conn.name)
+            if e.notify and self._error_answer_allowed(remote):
                 self._notify_plain(hdr, e.notify, local, remote)
             return
         self._store_responder(sa, alternate)
@@ -476,13 +495,30 @@ class Phase1Mixin:
             body += self._certreq(sa)
         body += self._our_vids(sa) + self._natd_payloads(sa)
         sa.state = "AG_INIT_EXCH"
-        self._send(sa, self._plain(sa, C.EXCH_AGGRESSIVE, 0, body), now, expect_reply=True)
+        # sent once (issue 8.5: a spoofed source gets one answer per packet, no timer
+        # retransmissions): again when the initiator repeats message 1, or, when its message
+        # 3 was lost, on its first phase-2 message (core._lost_am_msg3)
+        self._send(sa, self._plain(sa, C.EXCH_AGGRESSIVE, 0, body), now, expect_reply=False)
 
     def _store_responder(self, sa: IsakmpSA, alternate: bool) -> None:
         if alternate:
             self._alts[sa.cky_i + sa.cky_r] = sa
         else:
             self.sas[sa.cky_i] = sa
+        self._track_unverified(sa)
+
+    def _derive_skeyid(self, sa: IsakmpSA) -> None:
+        """SKEYID alone (PSK, rsa-encr: no g^xy in it), for HASH_R of an Aggressive Mode
+        message 2; the other keys follow in _finish_deferred_dh."""
+        psk = self._psk(sa.conn) if sa.policy.auth == C.AUTH_PSK else None
+        sk = keys.skeyid(sa.policy.auth, sa.policy.hash, ni=sa.ni, nr=sa.nr, gxy=b"",
+                         cky_i=sa.cky_i, cky_r=sa.cky_r, psk=psk)
+        sa.keys = keys.Phase1Keys(sk, b"", b"", b"", b"", b"")
+
+    def _finish_deferred_dh(self, sa: IsakmpSA) -> None:
+        """Aggressive Mode responder, message 3 in: g^xy (checked, RFC 6989) and the keys."""
+        self._take_ke(sa, P.KE(sa.gxi))
+        self._derive(sa)
 
     def _mm_r_msg3(self, sa: IsakmpSA, hdr, pls, local, remote, now):
         self._make_kex(sa)
@@ -547,6 +583,13 @@ class Phase1Mixin:
                 self._final_variant(sa, data)
             return
         new_iv = None
+        if not sa.initiator and sa.aggressive and sa.state == "AG_INIT_EXCH" and not sa.gxy \
+                and sa.keys is not None:
+            try:
+                self._finish_deferred_dh(sa)
+            except Phase1Failed as e:
+                self._p1_reject(sa, e)
+                return
         if enc:
             if sa.cipher is None:
                 return
@@ -627,6 +670,8 @@ class Phase1Mixin:
             return
         sa.last_in = _digest(data)
         sa.last_heard = now
+        if not sa.initiator:
+            self._untrack(sa)  # message 3 came back with our cookie: the source is real (8.5)
         if enc and sa.is_established:
             sa.final_iv = old_iv
 

@@ -45,8 +45,12 @@ class P1Policy:
 
 
 def p1_policies(proposals, auth: int, lifetime: int) -> list[P1Policy]:
+    """Our ISAKMP policies in order; `lifetime` is the connection's ISAKMP SA lifetime,
+    which a policy's own `lifetime` (Cisco `crypto isakmp policy N` / `lifetime S`) replaces
+    for that policy (issue 7.4)."""
     out: list[P1Policy] = []
     for p in proposals:
+        life = getattr(p, "lifetime", None) or lifetime
         hashes = list(p.integrity) or [prf[3:] for prf in p.prf]
         for enc in p.encryption:
             if enc not in C.P1_ENC_IDS:
@@ -56,7 +60,7 @@ def p1_policies(proposals, auth: int, lifetime: int) -> list[P1Policy]:
                     continue
                 for g in p.dh:
                     if g in C.GROUP_IDS:
-                        pol = P1Policy(enc, h, g, auth, lifetime)
+                        pol = P1Policy(enc, h, g, auth, life)
                         if pol not in out:
                             out.append(pol)
     return out
@@ -107,6 +111,15 @@ def p1_parse(t: Transform) -> P1Policy | None:
     if not (enc and h and g and auth in C.AUTH_NAMES):
         return None
     return P1Policy(enc, h, g, auth, life or 28800)
+
+
+def own_lifetime(chosen: P1Policy, own: list[P1Policy]) -> int:
+    """The initiator's side of a chosen transform: the lifetime of the first of our policies
+    with its algorithms, shortened by the responder's answer (RFC 2409 5: the shorter)."""
+    mine = next((p for p in own if p.same_algorithms(chosen)), None)
+    if mine is None:
+        return chosen.lifetime
+    return min(chosen.lifetime, mine.lifetime) if chosen.lifetime else mine.lifetime
 
 
 def p1_select(offered: SA, own: list[P1Policy]) -> tuple[Transform, P1Policy] | None:

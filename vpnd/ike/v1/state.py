@@ -85,6 +85,7 @@ class IsakmpSA:
     keepalive_at: float | None = None
     # informational bookkeeping
     info_seen: dict = field(default_factory=dict)  # message ID -> time (replays of infos)
+    configured_source: bool = False  # responder: the source is a configured peer (issue 8.5)
     ipcomp_refused: bool = False  # the peer answered an IPComp offer NO-PROPOSAL-CHOSEN
 
     def __repr__(self) -> str:

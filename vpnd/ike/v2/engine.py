@@ -18,7 +18,8 @@ from vpnd.ike import codec, liveness
 from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
                               InstallChildSA, SendDatagram, UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
-from vpnd.ike.limits import LogSummary, RateLimiter, invalid_spi_limiter
+from vpnd.ike import limits
+from vpnd.ike.limits import invalid_spi_limiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
 from vpnd.ike.v2.payloads import REGISTRY, Notify
@@ -39,10 +40,7 @@ CONNECT_RETRY = 10.0  # start: start connections try again this long after a fai
 # INVALID_SYNTAX, UNSUPPORTED_CRITICAL_PAYLOAD, INVALID_MAJOR_VERSION) are limited per source
 # address and overall, so that a spoofed flood gets far less than one answer per packet
 # (2.21.1: answering helps a peer diagnose, but forged messages must not make us a reflector).
-ERROR_ANSWER_RATE = 1.0  # per source, tokens/s
-ERROR_ANSWER_BURST = 3
-ERROR_ANSWER_OVERALL = 50.0  # all sources together, per second
-UNAUTH_LOG_INTERVAL = 10.0  # log lines caused by unauthenticated input: one summary per interval
+# (the rates: limits.ERROR_ANSWER_*, one rule for IKEv1 and IKEv2)
 
 
 def _hostport(addr: Address) -> str:
@@ -66,9 +64,8 @@ class Ikev2Engine:
         self.contacted: set[str] = set()  # connections we have had an IKE SA for (INITIAL_CONTACT)
         # per peer address, bounded (vpnd/ike/limits.py): garbage ESP is never amplified
         self.invalid_spi_limit = invalid_spi_limiter()
-        self.error_answer_limit = RateLimiter(ERROR_ANSWER_RATE, ERROR_ANSWER_BURST,
-                                              overall=ERROR_ANSWER_OVERALL)
-        self.unauth_log = LogSummary(UNAUTH_LOG_INTERVAL)
+        self.error_answer_limit = limits.error_answer_limiter()
+        self.unauth_log = limits.unauth_log()
         self.retry_at: dict[str, float] = {}  # connection -> when to re-initiate (restart)
         self.drops = 0
         self._creds: dict = {}
@@ -100,7 +97,7 @@ class Ikev2Engine:
     def unauth_event(self, what: str, source: str, now: float, kind: str, conn: str | None,
                      message: str, **data) -> None:
         """An event caused by unauthenticated input: the first of its `what` is logged in
-        full, further ones only counted and summarised once per UNAUTH_LOG_INTERVAL."""
+        full, further ones only counted and summarised once per limits.UNAUTH_LOG_INTERVAL."""
         if self.unauth_log.note(what, source, now):
             self.event(kind, conn, message, **data)
         self._summaries(now)
