@@ -241,7 +241,9 @@ class Daemon:
             tun_mtu, outer_mtu = self.compute_mtu()
             self.dp = esp.DataPlane(outer_mtu=outer_mtu, mss_clamp=_mss(d.mss_clamp, tun_mtu))
             self.tun = Tun(d.tun, tun_mtu)
-            self.wire = WireSockets(str(d.listen), int(d.ike_port), int(d.natt_port))
+            need_ike, need_natt = self._udp_needs()
+            self.wire = WireSockets(str(d.listen), int(d.ike_port), int(d.natt_port),
+                                    ike=need_ike, natt=need_natt)
             self.routes = RouteManager(self.tun.index)
             self._outer_mtu = outer_mtu
         except (TunError, SocketError) as e:
@@ -342,8 +344,61 @@ class Daemon:
         lp.add_reader(self.tun.fileno(), self._on_tun)
         lp.add_reader(self.wire.esp_raw.fileno(), self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
         lp.add_reader(self.wire.ah_raw.fileno(), self._on_raw, self.wire.ah_raw, IPPROTO_AH)
-        lp.add_reader(self.wire.natt.fileno(), self._on_natt)
-        lp.add_reader(self.wire.ike.fileno(), self._on_ike_socket)
+        self._udp_readers: dict = {}
+        self._sync_udp_readers()
+
+    def _udp_needs(self, config=None) -> tuple[bool, bool]:
+        """(UDP ike_port, UDP natt_port) needed: IKE only for IKE connections (Cisco's `no
+        crypto isakmp enable` when all are manual); NAT-T also for manual `encap: true`."""
+        conns = self._conns(config)
+        ike = any(c.manual is None for c in conns)
+        return ike, ike or any(c.manual is not None and c.encap for c in conns)
+
+    def _sync_udp_readers(self) -> None:
+        """Readers on exactly the UDP sockets that are open now."""
+        if self.loop is None or self.wire is None:
+            return
+        readers = getattr(self, "_udp_readers", {})
+        want = {}
+        if self.wire.natt is not None:
+            want[self.wire.natt.fileno()] = self._on_natt
+        if self.wire.ike is not None:
+            want[self.wire.ike.fileno()] = self._on_ike_socket
+        for fd, cb in list(readers.items()):
+            if want.get(fd) is not cb:
+                try:
+                    self.loop.remove_reader(fd)
+                except (ValueError, OSError):
+                    pass
+                del readers[fd]
+        for fd, cb in want.items():
+            if fd not in readers:
+                self.loop.add_reader(fd, cb)
+                readers[fd] = cb
+        self._udp_readers = readers
+
+    def _sync_udp(self, open_only: bool = False) -> None:
+        """On a reload: open the IKE / NAT-T ports the new configuration needs (an IKE
+        connection added to a manual-only one) before the IKE core sends, close those it
+        no longer needs after the core's Deletes went out."""
+        if self.wire is None:
+            return
+        ike, natt = self._udp_needs()
+        if open_only:
+            ike, natt = ike or self.wire.ike is not None, natt or self.wire.natt is not None
+        before = self.wire.udp_ports()
+        for fd in list(getattr(self, "_udp_readers", {})):
+            if (fd == getattr(self.wire.ike, "fileno", lambda: -1)() and not ike) or \
+                    (fd == getattr(self.wire.natt, "fileno", lambda: -1)() and not natt):
+                self.loop.remove_reader(fd)
+                del self._udp_readers[fd]
+        try:
+            self.wire.open_udp(ike=ike, natt=natt)
+        except SocketError as e:
+            log.error("reload: %s", e)
+        self._sync_udp_readers()
+        if self.wire.udp_ports() != before:
+            log.info("UDP ports now %s", ", ".join(map(str, self.wire.udp_ports())) or "none")
 
     def _tun_gone(self, e: TunGone) -> None:
         """The TUN device was deleted under us: poll would report it readable for ever."""
@@ -1160,6 +1215,7 @@ class Daemon:
             self._reload_daemon_section(new)
             old_names = {c.name for c in self._conns() if c.manual is None}
             self.config = new
+            self._sync_udp(open_only=True)
             if self.ike is not None:
                 now = self._now()
                 self._run_actions(self.ike.reload(with_local_addresses(new), now))
@@ -1170,6 +1226,7 @@ class Daemon:
             elif any(c.manual is None for c in self._conns()):
                 self._start_ike()
             self._apply_connections()
+            self._sync_udp()
             log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
             return {"reloaded": True, "connections": [c.name for c in self._conns()]}
         finally:
@@ -1249,6 +1306,7 @@ class Daemon:
                          "mtu": self.tun.mtu if self.tun else None,
                          "uptime_s": int(time.monotonic() - self.started_at),
                          "routes": self.routes.installed() if self.routes else [],
+                         "udp_ports": self.wire.udp_ports() if hasattr(self.wire, "udp_ports") else [],
                          **self.counters, "send_errors": self.wire.send_errors if self.wire else 0,
                          "tun_read_errors": getattr(self.tun, "read_errors", 0) if self.tun else 0,
                          "ike_drops": int(getattr(self.ike, "drops", 0) or 0),

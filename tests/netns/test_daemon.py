@@ -177,13 +177,14 @@ def test_bad_config_leaves_nothing(topo):
 
 
 def test_startup_failure_after_tun_leaves_nothing(topo):
-    """Port 500 taken: vpnd fails after it could have created the TUN: one line, exit 1,
-    no TUN, no route, no socket file."""
-    ca, _ = manual_pair(topo, "aes128gcm16")
+    """Port 4500 taken (a manual connection with encap: true needs it; a manual-only config
+    opens no IKE port 500): vpnd fails after it could have created the TUN: one line,
+    exit 1, no TUN, no route, no socket file."""
+    ca, _ = manual_pair(topo, "aes128gcm16", encap=True)
     d = Vpnd(topo, "gwa", ca)
     blocker = topo.popen("gwa", [sys.executable, "-c",
                                  "import socket,sys,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-                                 "s.bind(('0.0.0.0',500)); print('bound',flush=True); time.sleep(60)"])
+                                 "s.bind(('0.0.0.0',4500)); print('bound',flush=True); time.sleep(60)"])
     try:
         assert blocker.stdout.readline().strip() == b"bound"
         r = d.run_once()

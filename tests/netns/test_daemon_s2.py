@@ -126,3 +126,37 @@ def test_kill_switch_blackholes_survive_the_daemon(topo, vpnds, leak_path):
     c = vpnds(topo, "gwa", _ike_gwa(topo))  # kill_switch off: removed
     assert "blackhole" not in show()
     assert c.stop() == 0
+
+
+# -- issue 12: "no crypto isakmp enable" ----------------------------------------------------
+
+def _udp_ports(topo, role):
+    out = topo.run(role, ["ss", "-H", "-u", "-l", "-n"]).stdout.decode()
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
+
+def test_manual_only_config_opens_no_ike_port(topo, vpnds):
+    """Only manual keys: UDP 500 and 4500 stay unbound (no IKE answers anything); with a
+    manual `encap: true` connection 4500 is bound for ESP in UDP, 500 still not; a reload
+    that adds an IKE connection opens both, one that removes it closes them again."""
+    ca, _ = manual_pair(topo)
+    a = vpnds(topo, "gwa", ca)
+    assert not _udp_ports(topo, "gwa") & {500, 4500}
+    assert a.status()["daemon"]["udp_ports"] == []
+    assert a.stop() == 0
+
+    ce, _ = manual_pair(topo, encap=True)
+    a = vpnds(topo, "gwa", ce)
+    assert _udp_ports(topo, "gwa") & {500, 4500} == {4500}
+    assert a.stop() == 0
+
+    a = vpnds(topo, "gwa", ca)
+    ike = _ike_gwa(topo, start="none")
+    both = ca + "\n".join(line for line in ike.split("connections:\n", 1)[1].splitlines()) + "\n"
+    a.write_config(both)
+    assert a.ctl("reload")["ok"]
+    assert _udp_ports(topo, "gwa") >= {500, 4500}
+    assert a.status()["daemon"]["udp_ports"] == [500, 4500]
+    a.write_config(ca)
+    assert a.ctl("reload")["ok"]
+    assert not _udp_ports(topo, "gwa") & {500, 4500}

@@ -84,6 +84,14 @@ def _raw_socket(proto: int, bind_addr: str | None, what: str) -> socket.socket:
     return s
 
 
+def _mark(s: socket.socket) -> None:
+    """Our own packets skip the transport-mode steering rule (net/routes.py)."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, SOCKET_MARK)
+    except OSError:
+        pass  # without CAP_NET_ADMIN; transport mode steering then cannot be used
+
+
 def local_address(ancdata, default: str) -> str:
     """The destination address of a received datagram, from its IP_PKTINFO."""
     for level, ctype, cdata in ancdata:
@@ -98,34 +106,63 @@ class WireSockets:
     # UDP_SEGMENT for runs of ESP-in-UDP datagrams; VPND_NO_GSO=1 turns it off (to measure)
     gso = os.environ.get("VPND_NO_GSO") != "1"
 
-    def __init__(self, listen: str, ike_port: int, natt_port: int):
+    def __init__(self, listen: str, ike_port: int, natt_port: int, *, ike: bool = True,
+                 natt: bool = True):
+        """ike/natt: whether UDP ike_port / natt_port are opened now (Cisco's `no crypto
+        isakmp enable`: a manual-keying-only configuration opens no IKE port; the NAT-T port
+        only if a manual connection sends ESP in UDP). open_udp() changes it later."""
         self.listen = listen
         self.ike_port = ike_port
         self.natt_port = natt_port
         self._all: list[socket.socket] = []
+        self.ike: socket.socket | None = None
+        self.natt: socket.socket | None = None
+        self.by_port: dict = {}
+        self.send_errors = 0
         try:
-            self.ike = self._keep(_udp_socket(listen, ike_port, "IKE"))
-            self.natt = self._keep(_udp_socket(listen, natt_port, "NAT-T"))
             bind = None if listen in ("0.0.0.0", "") else listen
             self.esp_raw = self._keep(_raw_socket(IPPROTO_ESP, bind, "ESP"))
             self.ah_raw = self._keep(_raw_socket(IPPROTO_AH, bind, "AH"))
             self.send_raw = self._keep(_raw_socket(socket.IPPROTO_RAW, None, "IPv4 send"))
             # room for bursts on the data path (IPPROTO_RAW only sends on Linux)
-            for s in (self.natt, self.esp_raw, self.ah_raw):
+            for s in (self.esp_raw, self.ah_raw):
                 _buffer(s, SO_RCVBUFFORCE, socket.SO_RCVBUF)
-            for s in (self.natt, self.send_raw):
-                _buffer(s, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+            _buffer(self.send_raw, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+            _mark(self.send_raw)
+            self.open_udp(ike=ike, natt=natt)
         except BaseException:
             self.close()
             raise
-        # our own packets skip the transport-mode steering rule (net/routes.py)
-        for s in (self.ike, self.natt, self.send_raw):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, SO_MARK, SOCKET_MARK)
-            except OSError:
-                pass  # without CAP_NET_ADMIN; transport mode steering then cannot be used
-        self.by_port = {ike_port: self.ike, natt_port: self.natt}
-        self.send_errors = 0
+
+    def open_udp(self, *, ike: bool, natt: bool) -> None:
+        """Open or close UDP ike_port and natt_port; SocketError when a port cannot be bound
+        (what was open stays open)."""
+        if natt and self.natt is None:
+            s = self._keep(_udp_socket(self.listen, self.natt_port, "NAT-T"))
+            _buffer(s, SO_RCVBUFFORCE, socket.SO_RCVBUF)
+            _buffer(s, SO_SNDBUFFORCE, socket.SO_SNDBUF)
+            _mark(s)
+            self.natt = s
+        if ike and self.ike is None:
+            s = self._keep(_udp_socket(self.listen, self.ike_port, "IKE"))
+            _mark(s)
+            self.ike = s
+        if not ike and self.ike is not None:
+            self._drop(self.ike)
+            self.ike = None
+        if not natt and self.natt is not None:
+            self._drop(self.natt)
+            self.natt = None
+        self.by_port = {p: s for p, s in ((self.ike_port, self.ike), (self.natt_port, self.natt))
+                        if s is not None}
+
+    def _drop(self, s: socket.socket) -> None:
+        if s in self._all:
+            self._all.remove(s)
+        s.close()
+
+    def udp_ports(self) -> list[int]:
+        return sorted(self.by_port)
 
     def _keep(self, s: socket.socket) -> socket.socket:
         self._all.append(s)
@@ -135,6 +172,8 @@ class WireSockets:
         for s in self._all:
             s.close()
         self._all.clear()
+        self.ike = self.natt = None
+        self.by_port = {}
 
     # -- receive -------------------------------------------------------------------------
 
@@ -182,6 +221,9 @@ class WireSockets:
                  struct.pack("=I4s4s", 0, socket.inet_aton(src_ip), b"\x00" * 4))]
 
     def send_esp_udp(self, addr, data: bytes, src_ip: str | None = None) -> None:
+        if self.natt is None:
+            self.send_errors += 1
+            return
         try:
             if src_ip:
                 self.natt.sendmsg([data], self._pktinfo(src_ip), 0, addr)
@@ -194,7 +236,7 @@ class WireSockets:
         """Send ESP-in-UDP datagrams to one peer; equal-size runs go out with one
         UDP_SEGMENT sendmsg (all but the last must have the segment's size; the kernel
         splits them into datagrams)."""
-        if len(datagrams) == 1 or not self.gso:
+        if len(datagrams) == 1 or not self.gso or self.natt is None:
             for d in datagrams:
                 self.send_esp_udp(addr, d, src_ip)
             return
@@ -209,9 +251,10 @@ class WireSockets:
 
     def send_ike(self, data: bytes, local, remote) -> None:
         """Send an IKE message from local=(ip, port) to remote; on the NAT-T port with marker."""
-        sock = self.by_port.get(local[1])
-        if sock is None:
-            sock = self.ike
+        sock = self.by_port.get(local[1]) or self.ike or self.natt
+        if sock is None:  # no IKE configured: no socket to send from
+            self.send_errors += 1
+            return
         if sock is self.natt and data != NAT_KEEPALIVE:  # a NAT keepalive goes bare (RFC 3948 2.3)
             data = NON_ESP_MARKER + data
         try:
@@ -223,5 +266,5 @@ class WireSockets:
         """NAT keepalive: one 0xff byte on the NAT-T port (RFC 3948 section 2.3)."""
         try:
             self.natt.sendto(NAT_KEEPALIVE, tuple(remote))
-        except OSError:
+        except (OSError, AttributeError):  # AttributeError: no NAT-T socket open
             self.send_errors += 1
