@@ -33,10 +33,15 @@ class Line:
 
 
 def parse_blocks(text: str) -> list[Line]:
-    """IOS's indentation as a tree: top-level commands and their sub-mode lines."""
+    """IOS's indentation as a tree: top-level commands and their sub-mode lines. A file with
+    no indented line at all is taken as typed commands (the seed's form, one per line as
+    entered in config mode) and its sub-mode commands are attached by their mode."""
+    lines = [(no, raw) for no, raw in enumerate(text.replace("\t", " ").splitlines(), 1)]
+    if not any(raw.startswith(" ") and raw.strip() for _, raw in lines):
+        return _flat_blocks(lines)
     roots: list[Line] = []
     stack: list[tuple[int, Line]] = []
-    for no, raw in enumerate(text.splitlines(), 1):
+    for no, raw in lines:
         if not raw.strip() or raw.strip().startswith("!"):
             if raw.strip().startswith("!") and not raw.startswith(" "):
                 stack.clear()  # '!' at column 0 ends a block
@@ -50,6 +55,80 @@ def parse_blocks(text: str) -> list[Line]:
         else:
             roots.append(line)
         stack.append((indent, line))
+    return roots
+
+
+# Typed configuration: which commands belong to the mode the previous ones entered.
+_MODE_WORDS = {
+    "map": {"set", "match", "reverse-route", "qos", "description"},
+    "policy": {"encryption", "hash", "group", "authentication", "lifetime"},
+    "tset": {"mode"},
+    "chain": {"addressed-key", "named-key"},
+    "key": {"address", "key-string"},
+    "iface": {"ip", "crypto", "description", "shutdown", "ipv6"},
+    "acl": {"permit", "deny", "remark"},
+}
+
+
+def _enters(words: list[str], mode: str | None) -> str | None:
+    low = [w.lower() for w in words]
+    if mode is None:
+        if low[:2] in (["crypto", "map"], ["crypto", "dynamic-map"]) and len(low) >= 4:
+            return "map"
+        if low[:3] == ["crypto", "isakmp", "policy"]:
+            return "policy"
+        if low[:3] == ["crypto", "ipsec", "transform-set"]:
+            return "tset"
+        if low[:4] == ["crypto", "key", "pubkey-chain", "rsa"]:
+            return "chain"
+        if low[:1] == ["interface"]:
+            return "iface"
+        if low[:3] == ["ip", "access-list", "extended"]:
+            return "acl"
+    elif mode == "chain" and low[:1] and low[0] in ("addressed-key", "named-key"):
+        return "key"
+    elif mode == "key" and low[:1] == ["key-string"]:
+        return "hex"
+    return None
+
+
+def _fits(words: list[str], mode: str) -> bool:
+    w = words[0].lower()
+    if mode == "hex":
+        return w == "quit" or all(re.fullmatch(r"[0-9A-Fa-f]+", x) for x in words)
+    if mode == "iface" and w == "crypto":
+        return len(words) == 3 and words[1].lower() == "map"
+    if mode == "acl" and w.isdigit():
+        return True
+    return w in _MODE_WORDS.get(mode, ())
+
+
+def _flat_blocks(lines) -> list[Line]:
+    roots: list[Line] = []
+    stack: list[tuple[str, Line]] = []
+    for no, raw in lines:
+        s = raw.strip()
+        if not s or s.startswith("!"):
+            continue
+        line = Line(no, s)
+        words = line.words
+        if s.lower() == "exit":
+            if stack:
+                stack.pop()
+            continue
+        while stack and not _fits(words, stack[-1][0]):
+            stack.pop()
+        if stack:
+            stack[-1][1].children.append(line)
+            if stack[-1][0] == "hex" and s.lower() == "quit":
+                stack.pop()
+                continue
+            m = _enters(words, stack[-1][0])
+        else:
+            roots.append(line)
+            m = _enters(words, None)
+        if m:
+            stack.append((m, line))
     return roots
 
 
@@ -107,7 +186,10 @@ class Importer:
             elif low[:3] == ["ip", "access-list", "extended"] and len(w) == 4:
                 self.acls.setdefault(w[3], []).extend(top.children)
             elif low[:1] == ["crypto"]:
-                self._crypto(top, w, low)
+                try:
+                    self._crypto(top, w, low)
+                except (ValueError, IndexError):
+                    self.skip_block(top, "not understood")
             elif low[:2] == ["no", "crypto"]:
                 if low[2:4] == ["isakmp", "enable"]:
                     self.isakmp_enabled = False
@@ -164,7 +246,7 @@ class Importer:
             kind = " ".join(low[4:]) or "ipsec-isakmp"
             self.maps.setdefault(w[2], {})[int(w[3])] = (top, kind)
         elif low[:2] == ["crypto", "map"]:
-            self.skip(top, "not mapped (crypto map option)")
+            self.skip_block(top, "not mapped (crypto map option)")
         elif low[:2] == ["crypto", "dynamic-map"] and len(w) == 4 and w[3].isdigit():
             self.dyn_maps.setdefault(w[2], {})[int(w[3])] = top
         elif low[:4] == ["crypto", "key", "pubkey-chain", "rsa"]:
@@ -405,6 +487,13 @@ class Importer:
         if len(peers) > 1:
             self.report.append(f"line {line.no}: '{line.text}': several 'set peer' (backup peers): "
                                f"only the first, {peers[0]}, is used")
+        if not dynamic:
+            try:
+                ipaddress.ip_address(peers[0])
+            except ValueError:
+                self.skip(line, f"peer {peers[0]!r} is not an IP address (vpnd's peer is): "
+                                "entry skipped")
+                return None
         conn["peer"] = "%any" if dynamic else peers[0]
         if local:
             conn["local"] = local
@@ -473,6 +562,13 @@ class Importer:
         # copies: no YAML anchors between connections
         return {k: (dict(conn[k]) if isinstance(conn[k], dict) else conn[k])
                 for k in order if k in conn}
+
+    def _entry_or_report(self, name, line, dynamic, local) -> dict | None:
+        try:
+            return self.entry(name, line, dynamic, local)
+        except (ValueError, IndexError) as e:
+            self.skip(line, f"entry not understood ({e}): skipped")
+            return None
 
     def _rri(self, c: Line, args: list[str]) -> dict:
         r: dict = {"enabled": True}
@@ -621,14 +717,14 @@ class Importer:
                         continue
                     used_dyn.add(dname)
                     for dseq, dline in sorted(self.dyn_maps[dname].items()):
-                        c = self.entry(f"{base}", dline, True, local)
+                        c = self._entry_or_report(f"{base}", dline, True, local)
                         if c and self.isakmp_enabled:
                             conns[re.sub(r"[^a-z0-9_.-]", "-", f"{base}-{dname}-{dseq}".lower())] = c
                 elif kind in ("ipsec-isakmp", "ipsec-manual"):
                     if kind == "ipsec-isakmp" and not self.isakmp_enabled:
                         self.skip(line, "IKE is disabled (no crypto isakmp enable)")
                         continue
-                    c = self.entry(base, line, False, local)
+                    c = self._entry_or_report(base, line, False, local)
                     if c is None:
                         continue
                     if kind == "ipsec-manual" and "manual" not in c:

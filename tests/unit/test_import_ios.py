@@ -151,3 +151,68 @@ def test_no_crypto_map_is_an_error(tmp_path):
     r = subprocess.run([str(BIN / "vpnctl"), "import-ios", str(tmp_path / "missing.txt")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "No such file" in r.stderr
+
+
+def test_seed_commands_as_typed_in_config_mode(tmp_path):
+    """The seed's commands in its order, unindented as typed after `configure terminal`."""
+    doc, report, out = imported(tmp_path, "seed-typed")
+    assert report == ""
+    c = doc["connections"]
+    assert set(c) == {"vpn-10", "vpn-20", "vpn-30-dyn-10"}
+    assert c["vpn-10"]["esp"] == "ah-sha-hmac esp-aes 256 esp-sha-hmac"
+    assert c["vpn-10"]["lifetime"] == {"seconds": 1800, "kilobytes": 100000}
+    assert c["vpn-10"]["rri"] == {"enabled": True, "tag": 7, "static": True}
+    assert c["vpn-10"]["dpd"] == {"interval": 15, "retry": 5, "mode": "on-demand"}
+    assert c["vpn-10"]["ike"][0]["lifetime"] == 43200 and c["vpn-10"]["per_host"] is True
+    assert c["vpn-20"]["manual"]["outbound"]["esp"]["spi"] == 301
+    assert c["vpn-30-dyn-10"]["psk"] == "any-key" and c["vpn-30-dyn-10"]["peer"] == "%any"
+
+
+def test_the_seeds_command_templates_verbatim_are_reported_not_crashed(tmp_path):
+    """The seed's `R(config)# ...` lines as printed, placeholders and all: nothing to
+    convert, every crypto line that cannot be used is named, and no traceback."""
+    seed = HERE / "seed-templates.txt"  # grep '^R(config' of shared/seed/ipsec-vpn-101.txt
+    lines = [l.split("# ", 1)[1] for l in seed.read_text().splitlines()
+             if l.startswith("R(config") and "# " in l]
+    assert len(lines) > 30
+    doc, report = convert("\n".join(lines))
+    assert doc["connections"] == {}
+    text = "\n".join(report)
+    for what in ("crypto isakmp policy SEQ", "crypto isakmp nat keepalive SEC",
+                 "crypto map CRYPTO-MAP SEQ", "set session-key"):
+        assert what in text, what
+    assert "PSK {address" not in text  # the key position is masked even for a placeholder
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+WORDS = ["crypto", "map", "isakmp", "policy", "key", "address", "set", "peer", "pfs", "match",
+         "transform-set", "ipsec", "dynamic-map", "ipsec-isakmp", "ipsec-manual", "dynamic",
+         "session-key", "inbound", "outbound", "esp", "ah", "cipher", "authenticator",
+         "security-association", "lifetime", "seconds", "kilobytes", "replay", "window-size",
+         "reverse-route", "remote-peer", "tag", "static", "keepalive", "nat", "identity",
+         "access-list", "permit", "deny", "ip", "host", "any", "10", "0", "256", "-1",
+         "10.0.0.1", "0.0.0.255", "255.255.255.0", "1.2.3", "esp-aes", "esp-sha-hmac",
+         "interface", "pubkey-chain", "rsa", "addressed-key", "key-string", "quit", "3082",
+         "group", "encryption", "hash", "authentication", "mode", "tunnel", "transport"]
+
+
+PREFIXES = ["crypto isakmp policy", "crypto isakmp key", "crypto isakmp keepalive",
+            "crypto isakmp nat keepalive", "crypto isakmp identity", "crypto map M",
+            "crypto map M 10", "crypto dynamic-map D", "crypto ipsec transform-set T",
+            "crypto ipsec security-association lifetime", "crypto key pubkey-chain rsa",
+            " set peer", " set pfs", " set security-association", " set session-key",
+            " match address", " reverse-route", " encryption", " group", " hash", " lifetime",
+            " addressed-key", "  key-string", "access-list 101", "ip access-list extended A",
+            " permit ip", "interface e0", " ip address", " crypto map M", ""]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PREFIXES),
+                          st.lists(st.sampled_from(WORDS), max_size=7)),
+                max_size=30))
+def test_any_mix_of_ios_words_never_crashes(lines):
+    text = "\n".join((prefix + " " + " ".join(words)).rstrip() for prefix, words in lines)
+    doc, report = convert(text)
+    assert isinstance(doc["connections"], dict)
+    render(doc, report, "fuzz")
