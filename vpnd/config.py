@@ -16,8 +16,10 @@ import binascii
 import difflib
 import hmac
 import ipaddress
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +36,13 @@ DEFAULT_SOCKET = "/run/vpnd/vpnd.sock"
 DEFAULT_IKE_V2 = "aes128-sha256-modp2048, aes256gcm16-prfsha384-ecp384"
 DEFAULT_IKE_V1 = "aes128-sha256-modp2048, aes256-sha384-ecp384"  # IKEv1 has no AEAD for phase 1
 DEFAULT_ESP = "aes128gcm16, aes128-sha256"
+
+# Bounds on what a config may make vpnd read (issue 8.8): a hostile or mistaken file must
+# not exhaust memory or time. Real configs are a few KiB; a CA bundle well under 1 MiB.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_FILE_BYTES = 1 << 20        # certificate, key, CA and public key files
+MAX_PSK_FILE_BYTES = 64 << 10
+MAX_YAML_NODES = 100_000        # YAML nodes after expanding aliases (anchors: *name)
 
 SPI_MIN = 256          # RFC 4303 2.1: SPIs 1..255 are reserved by IANA, 0 is local use
 SPI_MAX = 2**32 - 1
@@ -200,6 +209,7 @@ class DaemonConfig:
     metrics: str | None = None             # Prometheus endpoint HOST:PORT or unix path (vpnd/metrics.py)
     allow_key_export: bool = False         # `vpnctl keys --wireshark` may read SA keys (keyexport.py)
     kill_switch: bool = False              # blackhole routes for remote subnets outlive the daemon
+    allow_empty: bool = False              # a config without connections is valid only with this
 
 
 @dataclass(frozen=True)
@@ -344,7 +354,7 @@ class Config:
 
 # -- YAML loading -------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 1 MiB parses fast
     """SafeLoader that reports duplicate keys instead of silently keeping the last one."""
 
 
@@ -373,23 +383,127 @@ def _yaml_error(source: str, e: yaml.YAMLError) -> str:
     return f"{source}: {where}{what}"
 
 
+def read_file(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; OSError otherwise.
+
+    A FIFO, a device (/dev/zero) or a directory is refused without reading (O_NONBLOCK:
+    opening a FIFO must not wait for a writer), and nothing past `limit` is read even if
+    the file grows meanwhile.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {_size(limit)}")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise OSError(errno.EFBIG, f"larger than {_size(limit)}")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n >> 10} KiB"
+
+
+# Files named by the running configuration, read when it was loaded (path -> bytes). The IKE
+# cores take credentials from here (credential_file), so that they need no file access after
+# start-up (the daemon may run unprivileged by then) and see what --check validated.
+_LOADED_FILES: dict[str, bytes] = {}
+
+
+def credential_file(path: str) -> bytes:
+    """A certificate / key / CA file of the loaded configuration, else read now (bounded)."""
+    data = _LOADED_FILES.get(path)
+    return data if data is not None else read_file(path, MAX_FILE_BYTES)
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes in the document with every alias expanded; stops past `limit`. A billion-laughs
+    file is a few hundred bytes whose aliases expand to 10^9 nodes (issue 8.8)."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            raise ValueError("an alias refers to the node that contains it")
+        active.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                n += size(child)
+                if n > limit:
+                    break
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                n += size(k) + size(v)
+                if n > limit:
+                    break
+        active.discard(key)
+        memo[key] = n
+        return n
+
+    return size(root)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            n = _expanded_size(node, MAX_YAML_NODES)
+        except ValueError as e:
+            raise ConfigError([f"{source}: recursive YAML alias: {e}"]) from None
+        if n > MAX_YAML_NODES:
+            raise ConfigError([f"{source}: YAML aliases expand to more than {MAX_YAML_NODES} "
+                               "values (an alias bomb?); write the values out or use fewer "
+                               "aliases"])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | os.PathLike) -> Config:
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read: {getattr(e, 'strerror', None) or e}"]) from None
+        raw = read_file(path, MAX_CONFIG_BYTES)
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: cannot read: not UTF-8 text"]) from None
+    except ValueError:  # a NUL byte in the name
+        raise ConfigError([f"{path}: not a valid file name"]) from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = _load_yaml(text, path)
     except yaml.YAMLError as e:
         raise ConfigError([_yaml_error(path, e)]) from None
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply"]) from None
-    return parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)), path=path)
+    files: dict[str, bytes] = {}
+    cfg = parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)), path=path,
+                       _files=files)
+    global _LOADED_FILES
+    _LOADED_FILES = files  # one assignment: a reader in another thread sees old or new
+    return cfg
 
 
-def parse_config(data: Any, *, base_dir: str | None = None, path: str | None = None) -> Config:
+def parse_config(data: Any, *, base_dir: str | None = None, path: str | None = None,
+                 _files: dict[str, bytes] | None = None) -> Config:
     """Check `data` (the YAML document) and build a Config; raises ConfigError."""
     p = _Parser(base_dir or os.getcwd())
     try:
@@ -400,6 +514,8 @@ def parse_config(data: Any, *, base_dir: str | None = None, path: str | None = N
     if p.problems:
         raise ConfigError(p.problems)
     assert cfg is not None
+    if _files is not None:
+        _files.update(p.files)
     return cfg
 
 
@@ -431,6 +547,7 @@ class _Parser:
         self.base_dir = base_dir
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.files: dict[str, bytes] = {}   # every file read, by absolute path
 
     # --- problem bookkeeping
     def err(self, path: str, msg: str) -> None:
@@ -522,19 +639,30 @@ class _Parser:
                 self.fail(path, f"{_show(v)} is not a subnet (like 10.1.0.0/16)")
             self.fail(path, f"{_show(v)} has host bits set (did you mean {loose}?)")
 
-    def file_path(self, v, path) -> str:
+    def file_path(self, v, path, limit: int = MAX_FILE_BYTES) -> str:
+        """The absolute path of a file named at `path`, read now (bounded) into self.files."""
         s = self.string(v, path)
         p = Path(s).expanduser()
         if not p.is_absolute():
             p = Path(self.base_dir) / p
         try:
-            with open(p, "rb"):
-                pass
+            self.files[str(p)] = read_file(str(p), limit)
         except OSError as e:
-            self.fail(path, f"cannot read '{s}': {e.strerror}")
+            self.fail(path, f"cannot read '{s}': {e.strerror or e}")
         except ValueError:  # a NUL byte in the name: open() refuses it before the kernel
             self.fail(path, f"'{s}' is not a valid file name")
         return str(p)
+
+    def load_pem(self, fp: str, kind: str, fail: Callable[[str], None]):
+        """The certificate / key in file `fp` (read by file_path), or None after fail()."""
+        data = self.files.get(fp)
+        if data is None:
+            try:
+                data = self.files[fp] = read_file(fp, MAX_FILE_BYTES)
+            except OSError as e:
+                fail(f"cannot read: {e.strerror or e}")
+                return None
+        return _parse_pem_or_der(data, fp, kind, fail)
 
     # --- sections
     def config(self, data: Any, path: str | None) -> Config | None:
@@ -563,6 +691,12 @@ class _Parser:
             if c is not None:
                 conns.append(c)
         self.cross_checks(conns)
+        if not raw and not daemon.allow_empty and not self.problems:
+            # An empty file (or a lost connections: section) would tear every tunnel down
+            # on reload: only an explicit flag makes it a valid configuration (issue 7.13).
+            self.err("connections", "no connections configured; to run with none on "
+                                    "purpose, write 'connections: {}' and set "
+                                    "daemon.allow_empty: true")
         return Config(daemon=daemon, connections=tuple(conns), path=path,
                       warnings=tuple(self.warnings))
 
@@ -637,6 +771,7 @@ class _Parser:
             metrics=f(m, "metrics", path, self._metrics_listen, d.metrics),
             allow_key_export=f(m, "allow_key_export", path, self.boolean, d.allow_key_export),
             kill_switch=f(m, "kill_switch", path, self.boolean, d.kill_switch),
+            allow_empty=f(m, "allow_empty", path, self.boolean, d.allow_empty),
         )
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")
@@ -780,12 +915,8 @@ class _Parser:
                 return Auth("psk", psk=self._psk(m["psk"], _join(path, "psk")))
             if key == "psk_file":
                 p = _join(path, "psk_file")
-                fp = self.file_path(m["psk_file"], p)
-                try:
-                    with open(fp, "rb") as fh:
-                        raw = fh.read()
-                except OSError as e:
-                    self.fail(p, f"cannot read: {e.strerror}")
+                fp = self.file_path(m["psk_file"], p, MAX_PSK_FILE_BYTES)
+                raw = self.files.pop(fp)  # the key is in the Secret below, not kept twice
                 try:
                     text = raw.decode("utf-8").strip()
                 except UnicodeDecodeError:
@@ -827,7 +958,7 @@ class _Parser:
             # RFC 2409 5.2 encrypts nonces and IDs with RSA: both keys must be RSA keys.
             for kp, fp, kind in ((_join(rp, "key"), rkey, "private key"),
                                  (_join(rp, "peer_pubkey"), pub, "public key")):
-                if fp and not _is_rsa(_load_pem_or_der(fp, kind, lambda msg: None)):
+                if fp and not _is_rsa(self.load_pem(fp, kind, lambda msg: None)):
                     self.err(kp, f"'{fp}' is not an RSA key (RSA-encrypted nonces need RSA)")
             if len(self.problems) > before:
                 raise _Bad()
@@ -836,8 +967,8 @@ class _Parser:
             if k not in m:
                 self.err(_join(path, k), "required for certificate authentication")
         if cert and key:
-            c = _load_pem_or_der(cert, "certificate", lambda msg: None)
-            k = _load_pem_or_der(key, "private key", lambda msg: None)
+            c = self.load_pem(cert, "certificate", lambda msg: None)
+            k = self.load_pem(key, "private key", lambda msg: None)
             if c is not None and k is not None and not _same_public_key(c.public_key(),
                                                                         k.public_key()):
                 self.err(_join(path, "key"), f"'{key}' is not the key of certificate '{cert}'")
@@ -849,19 +980,19 @@ class _Parser:
     # handshake later.
     def _cert_file(self, v, path):
         fp = self.file_path(v, path)
-        _load_pem_or_der(fp, "certificate", lambda msg: self.fail(path, msg))
+        self.load_pem(fp, "certificate", lambda msg: self.fail(path, msg))
         return fp
 
     def _key_file(self, v, path):
         fp = self.file_path(v, path)
-        _load_pem_or_der(fp, "private key", lambda msg: self.fail(path, msg))
+        self.load_pem(fp, "private key", lambda msg: self.fail(path, msg))
         if os.stat(fp).st_mode & 0o004:
             self.warnings.append(one_line(f"{path}: '{fp}' is readable by everyone; chmod 600 it"))
         return fp
 
     def _pubkey_file(self, v, path):
         fp = self.file_path(v, path)
-        _load_pem_or_der(fp, "public key", lambda msg: self.fail(path, msg))
+        self.load_pem(fp, "public key", lambda msg: self.fail(path, msg))
         return fp
 
     def _ca_files(self, v, path):
@@ -1342,16 +1473,10 @@ def _same_public_key(a, b) -> bool:
         return False
 
 
-def _load_pem_or_der(path: str, kind: str, fail: Callable[[str], None]):
+def _parse_pem_or_der(data: bytes, path: str, kind: str, fail: Callable[[str], None]):
     """The parsed certificate / key, or None after calling fail(message)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        fail(f"cannot read: {e.strerror}")
-        return
     pem = b"-----BEGIN" in data
     try:
         if kind == "certificate":

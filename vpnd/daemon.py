@@ -1179,9 +1179,12 @@ class Daemon:
                 raise
 
     async def cmd_reload(self) -> dict:
-        return self.reload()
+        return await self.reload_async()
 
     def _sighup(self):
+        if self.loop is not None and self.loop.is_running():
+            self._reload_task = self.loop.create_task(self._sighup_async())
+            return
         try:
             self.reload()
         except CommandError:
@@ -1189,48 +1192,73 @@ class Daemon:
         except Exception:  # a signal handler's exception would only reach the loop
             log.exception("reload on SIGHUP failed part-way")
 
-    def reload(self) -> dict:
-        from vpnd.config import ConfigError, load_config
+    async def _sighup_async(self):
+        try:
+            await self.reload_async()
+        except CommandError:
+            pass  # logged; the old config keeps running
+        except Exception:
+            log.exception("reload on SIGHUP failed part-way")
+
+    async def reload_async(self) -> dict:
+        """reload(), with the file reading and checking in a thread: a big or slow config
+        (certificates, keys, up to 1 MiB of YAML) does not stall the data plane (issue 8.8)."""
         notify.reloading()
         try:
-            if not self.config_path:
-                raise CommandError("no config file to reload")
-            try:
-                new = load_config(self.config_path)
-            except ConfigError as e:
-                for p in e.problems:
-                    log.error("reload: %s", p)
-                raise CommandError("reload failed: invalid config, still running the old one: "
-                                   + "; ".join(e.problems)) from None
-            except OSError as e:
-                log.error("reload: cannot read %s: %s", self.config_path, e.strerror)
-                raise CommandError(f"reload failed: cannot read {self.config_path}: {e.strerror}") from None
-            except Exception as e:  # a checker bug: the old config keeps running
-                log.error("reload: internal error while checking %s (%s)", self.config_path,
-                          type(e).__name__)
-                raise CommandError("reload failed: internal error while checking the config, "
-                                   "still running the old one") from None
-            for w in getattr(new, "warnings", ()):
-                log.warning("reload: %s", w)
-            self._reload_daemon_section(new)
-            old_names = {c.name for c in self._conns() if c.manual is None}
-            self.config = new
-            self._sync_udp(open_only=True)
-            if self.ike is not None:
-                now = self._now()
-                self._run_actions(self.ike.reload(with_local_addresses(new), now))
-                for c in self._conns():  # new `start: start` connections come up now
-                    if c.manual is None and c.start == "start" and c.name not in old_names:
-                        self._note_attempt(c.name)
-                        self._run_actions(self.ike.initiate(c.name, now))
-            elif any(c.manual is None for c in self._conns()):
-                self._start_ike()
-            self._apply_connections()
-            self._sync_udp()
-            log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
-            return {"reloaded": True, "connections": [c.name for c in self._conns()]}
+            new = await self.loop.run_in_executor(None, self._load_new)
+            return self._apply_new(new)
         finally:
             notify.ready()
+
+    def reload(self) -> dict:
+        notify.reloading()
+        try:
+            return self._apply_new(self._load_new())
+        finally:
+            notify.ready()
+
+    def _load_new(self):
+        """The checked new config, or CommandError (logged); runs in a worker thread."""
+        from vpnd.config import ConfigError, load_config
+        if not self.config_path:
+            raise CommandError("no config file to reload")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            for p in e.problems:
+                log.error("reload: %s", p)
+            raise CommandError("reload failed: invalid config, still running the old one: "
+                               + "; ".join(e.problems)) from None
+        except OSError as e:
+            log.error("reload: cannot read %s: %s", self.config_path, e.strerror)
+            raise CommandError(f"reload failed: cannot read {self.config_path}: {e.strerror}") from None
+        except Exception as e:  # a checker bug: the old config keeps running
+            log.error("reload: internal error while checking %s (%s)", self.config_path,
+                      type(e).__name__)
+            raise CommandError("reload failed: internal error while checking the config, "
+                               "still running the old one") from None
+        return new
+
+    def _apply_new(self, new) -> dict:
+        for w in getattr(new, "warnings", ()):
+            log.warning("reload: %s", w)
+        self._reload_daemon_section(new)
+        old_names = {c.name for c in self._conns() if c.manual is None}
+        self.config = new
+        self._sync_udp(open_only=True)
+        if self.ike is not None:
+            now = self._now()
+            self._run_actions(self.ike.reload(with_local_addresses(new), now))
+            for c in self._conns():  # new `start: start` connections come up now
+                if c.manual is None and c.start == "start" and c.name not in old_names:
+                    self._note_attempt(c.name)
+                    self._run_actions(self.ike.initiate(c.name, now))
+        elif any(c.manual is None for c in self._conns()):
+            self._start_ike()
+        self._apply_connections()
+        self._sync_udp()
+        log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
+        return {"reloaded": True, "connections": [c.name for c in self._conns()]}
 
     def _reload_daemon_section(self, new):
         old_d, new_d = self.config.daemon, new.daemon

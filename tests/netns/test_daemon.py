@@ -228,7 +228,8 @@ def test_sighup_reload(topo, daemons):
     assert a.alive()
     assert topo.ping("hosta", HOST_B).returncode == 0
     # 2. the connection removed: SA and route go
-    a.write_config(good.split("connections:")[0] + "connections: {}\n")
+    a.write_config(good.split("connections:")[0].replace("daemon:\n", "daemon:\n  allow_empty: true\n", 1)
+                       + "connections: {}\n")  # empty on purpose (issue 7.13)
     resp = a.ctl("reload")
     assert resp["ok"], resp
     assert a.status()["ike_sas"] == [] and LAN_B not in gw_routes(topo, "gwa")

@@ -283,7 +283,8 @@ def test_reload_ike_connections(topo, pair):
     while _child(a, "site-b2") == (None, None) or _child(a, "site-b") != (None, None):
         assert time.monotonic() < deadline, a.status()
         time.sleep(0.1)
-    a.write_config(text.split("connections:")[0] + "connections: {}\n")
+    a.write_config(text.split("connections:")[0].replace("daemon:\n", "daemon:\n  allow_empty: true\n", 1)
+                       + "connections: {}\n")  # empty on purpose (issue 7.13)
     a.signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while a.status()["ike_sas"] or LAN_B in gw_routes(topo, "gwa"):

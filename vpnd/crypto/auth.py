@@ -85,8 +85,7 @@ class Credentials:
             mine = _load_certs(cert_path) if cert_path else [None]
             key = None
             if key_path:
-                with open(key_path, "rb") as f:
-                    data = f.read()
+                data = _read(key_path)
                 key = (serialization.load_pem_private_key(data, None) if b"-----BEGIN" in data
                        else serialization.load_der_private_key(data, None))
             cas = _load_certs(ca_path) if ca_path else []
@@ -99,9 +98,14 @@ class Credentials:
         return b"".join(_spki_sha1(ca) for ca in self.cas)
 
 
+def _read(path: str) -> bytes:
+    # the bytes the config loader read (bounded, regular files only; no file access later)
+    from vpnd.config import credential_file
+    return credential_file(path)
+
+
 def _load_certs(path: str) -> list[x509.Certificate]:
-    with open(path, "rb") as f:
-        data = f.read()
+    data = _read(path)
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_certificates(data)
     return [x509.load_der_x509_certificate(data)]

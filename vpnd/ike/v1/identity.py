@@ -154,22 +154,28 @@ class Credentials:
         return "Credentials(***)"
 
 
+def _read(path: str) -> bytes:
+    # the bytes the config loader read (bounded, regular files only; no file access later)
+    from vpnd.config import credential_file
+    return credential_file(path)
+
+
 def load_cert(path: str) -> x509.Certificate:
-    data = open(path, "rb").read()
+    data = _read(path)
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_certificate(data)
     return x509.load_der_x509_certificate(data)
 
 
 def load_certs(path: str) -> tuple[x509.Certificate, ...]:
-    data = open(path, "rb").read()
+    data = _read(path)
     if b"-----BEGIN" in data:
         return tuple(x509.load_pem_x509_certificates(data))
     return (x509.load_der_x509_certificate(data),)
 
 
 def load_private_key(path: str):
-    data = open(path, "rb").read()
+    data = _read(path)
     if b"-----BEGIN" in data:
         return serialization.load_pem_private_key(data, None)
     return serialization.load_der_private_key(data, None)
@@ -177,7 +183,7 @@ def load_private_key(path: str):
 
 def load_public_key(path: str):
     """A peer's RSA public key: PEM/DER SubjectPublicKeyInfo or PKCS#1, or a certificate."""
-    data = open(path, "rb").read()
+    data = _read(path)
     if b"CERTIFICATE" in data:
         return x509.load_pem_x509_certificate(data).public_key()
     if b"-----BEGIN" in data:
