@@ -87,3 +87,44 @@ def test_scrape_while_traffic_runs(metrics_topo):
         for v in (a, b):
             if v.alive():
                 v.stop()
+
+
+def test_ike_events_negotiation_time_and_counters_across_a_rekey(metrics_topo):
+    """vpnd<->vpnd IKEv2: the initiator's metrics count the exchange, time it, and keep the
+    byte counters monotonic when `vpnctl rekey` replaces the CHILD_SA."""
+    from .topology import LAN_A, LAN_B, WAN_A, WAN_B
+    from .vpnd_proc import ike_config
+
+    topo = metrics_topo
+    conf = dict(version=2, psk="metrics ike test 0123456789", ike="aes128-sha256-modp2048",
+                esp="aes128gcm16", start="none")
+    a = Vpnd(topo, "gwa", ike_config(topo, "gwa", local=WAN_A, peer=WAN_B, lts=LAN_A, rts=LAN_B,
+                                     daemon_extra="metrics: 127.0.0.1:9577", **conf))
+    b = Vpnd(topo, "gwb", ike_config(topo, "gwb", local=WAN_B, peer=WAN_A, lts=LAN_B, rts=LAN_A,
+                                     **conf))
+    try:
+        a.start()
+        b.start()
+        down = scrape(topo, "gwa")
+        assert get(down, "vpnd_connection_up", connection="site", peer=WAN_B, keying="ikev2") == 0
+        assert a.ctl("up", name="site")["ok"]
+        assert topo.ping("hosta", topo.hostb_ip, count=20, interval=0.05).returncode == 0
+        before = scrape(topo, "gwa")
+        assert get(before, "vpnd_ike_events_total", connection="site", event="ike_up") == 1
+        assert get(before, "vpnd_negotiation_seconds_count", connection="site") == 1
+        assert get(before, "vpnd_ike_sa_age_seconds", connection="site") >= 0
+        sent = get(before, "vpnd_connection_packets_total", connection="site", direction="out")
+        assert sent >= 20
+        assert a.ctl("rekey", name="site")["ok"]
+        assert topo.ping("hosta", topo.hostb_ip, count=10, interval=0.05).returncode == 0
+        after = scrape(topo, "gwa")
+        assert get(after, "vpnd_connection_packets_total", connection="site",
+                   direction="out") >= sent + 10
+        assert get(after, "vpnd_connection_up", connection="site", peer=WAN_B, keying="ikev2") == 1
+    except BaseException:
+        print(a.log()[-4000:])
+        raise
+    finally:
+        for v in (a, b):
+            if v.alive():
+                v.stop()
