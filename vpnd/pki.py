@@ -357,6 +357,8 @@ def run(args) -> None:
         elif args.format == "key-string":
             data = to_key_string(der).encode()
         else:
+            if not isinstance(_public_key(obj), rsa.RSAPublicKey):
+                raise PkiError("IOS's crypto key pubkey-chain rsa holds RSA keys only")
             data = ios_pubkey_chain(der, addressed=args.addressed_key, named=args.named_key,
                                     usage=args.usage).encode()
         _write(args.out, data)

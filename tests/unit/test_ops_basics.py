@@ -69,6 +69,46 @@ def test_bash_completion_offers_every_subcommand_and_its_options():
             assert set(s["options"]) <= complete(script, ["vpnctl", name, sname, "--"]), sname
 
 
+def test_bash_completion_offers_the_daemons_connection_names(tmp_path):
+    """`vpnctl up <TAB>` asks the running daemon (status --json over the socket given)."""
+    import json
+    import socket
+    import threading
+
+    path = str(tmp_path / "ctl.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+
+    def serve():
+        for _ in range(2):
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                c.recv(65536)
+                st = {"connections": [{"name": "site-b"}, {"name": "lab"}], "ike_sas": []}
+                c.sendall(json.dumps({"ok": True, "result": st}).encode() + b"\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        script = subprocess.run([str(BIN / "vpnctl"), "completion", "bash"], capture_output=True,
+                                text=True, check=True).stdout
+        prog = str(BIN / "vpnctl")
+        assert complete(script, [prog, "--socket", path, "up", ""]) >= {"site-b", "lab"}
+        assert complete(script, [prog, "-s", path, "rekey", "si"]) == {"site-b"}
+        assert complete(script, [prog, "--socket", path, "status", ""]) == {"--help", "--json",
+                                                                          "--socket"}
+    finally:
+        srv.close()
+        t.join(5)
+    # no daemon: no names, no error output
+    assert complete(script, [prog, "--socket", str(tmp_path / "none.sock"), "down", ""]) == {
+        "--help", "--socket", "--timeout"}
+
+
 def test_zsh_completion_is_valid_zsh_if_zsh_is_there():
     script = subprocess.run([str(BIN / "vpnctl"), "completion", "zsh"], capture_output=True,
                             text=True, check=True).stdout

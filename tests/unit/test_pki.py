@@ -138,6 +138,12 @@ def test_errors_are_one_line_and_no_private_key_on_a_terminal(made):
     assert r.returncode == 1 and "not a distinguished name" in r.stderr
     r = vpnctl("pki", "genkey", "--type", "ecdsa", "--size", "255", check=False, text=True)
     assert r.returncode == 1 and "256, 384 or 521" in r.stderr
+    r = vpnctl("pki", "pub", "--in", made / "gw-b.key", "--format", "ios", "--named-key", "x",
+               check=False, text=True)
+    assert r.returncode == 1 and "RSA keys only" in r.stderr
+    (made / "junk").write_bytes(b"\x00\xffjunk" * 10)
+    r = vpnctl("pki", "keyid", "--in", made / "junk", check=False, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("vpnctl pki: ") and "Traceback" not in r.stderr
     r = vpnctl("pki", "keyid", "--in", made / "nothere", check=False, text=True)
     assert r.returncode == 1 and "No such file" in r.stderr
     # a terminal gets no private key (script(1) gives it one)
