@@ -1438,6 +1438,8 @@ def setup_logging(level: str = "info") -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(_level(level))
+    # log_level debug is vpnd's: pyroute2 would print every netlink message (kilobytes each)
+    logging.getLogger("pyroute2").setLevel(max(logging.WARNING, _level(level)))
 
 
 def run_daemon(config, config_path: str | None) -> int:

@@ -96,3 +96,14 @@ def test_one_failing_action_does_not_drop_the_rest():
         d._timer.cancel()
 
     uvloop.run(main())
+
+
+def test_debug_log_is_vpnds_not_pyroute2s():
+    import logging
+    from vpnd.daemon import setup_logging
+    setup_logging("debug")
+    try:
+        assert logging.getLogger("vpnd").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("pyroute2.netlink").isEnabledFor(logging.INFO)
+    finally:
+        setup_logging("info")
