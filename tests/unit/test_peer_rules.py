@@ -432,3 +432,25 @@ def test_ikev1_down_of_the_isakmp_sas_own_connection_keeps_the_other():
     up(p, "one")
     p.check_tunnel(expect=2)
     assert len(_isakmp(p.a, p.now)) == 1
+
+
+@pytest.mark.parametrize("removed", ["one", "two"])
+def test_reload_without_one_of_the_sharing_connections(removed):
+    """A reload that removes one connection of a shared IKE SA deletes its CHILD_SA only,
+    whether or not it is the connection that set the IKE SA up."""
+    p = make_pair(SHARED, SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    kept = "two" if removed == "one" else "one"
+    p.feed(p.a, p.a.m.reload(side_conf(A_IP, B_IP, {kept: SHARED[kept]}), p.now))
+    p.pump()
+    p.run(5)
+    assert {c.connection for c in p.a.installed()} == {kept}
+    assert {c.connection for c in p.b.installed()} == {kept}
+    p.check_tunnel(expect=1)
+    st = p.a.m.status(p.now)
+    assert len(st["ike_sas"]) == 1 and st["ike_sas"][0]["connections"] == [kept]
+    p.feed(p.a, p.a.m.rekey(kept, p.now))
+    p.pump()
+    p.run(5)
+    p.check_tunnel(expect=1)

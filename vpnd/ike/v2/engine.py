@@ -961,10 +961,13 @@ class Ikev2Engine:
         self.config = config
         names = {x.name: x for x in self.connections()}
         out: list = []
+        # an IKE SA may carry several connections' children: each removed one goes alone
+        gone = sorted({n for sa in self.sas.values() for n in [sa.conn.name, *(ch.name for ch in sa.children.values())]
+                       if n not in names})
+        for name in gone:
+            out += self.terminate(name, now)
         for sa in list(self.sas.values()):
             new = names.get(sa.conn.name)
-            if new is None:
-                out += self.terminate(sa.conn.name, now)
-            else:
+            if new is not None:
                 sa.conn = new
         return out + self.take()
