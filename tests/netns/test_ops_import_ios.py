@@ -96,3 +96,73 @@ def test_imported_ios_config_against_strongswan(ios_topo, make_charon):
     finally:
         if v.alive():
             v.stop()
+
+
+def _ios_rsa_encr(local: str, peer: str, lts: str, rts: str, peer_key_string: str) -> str:
+    net = lambda n: n.split("/")[0]  # noqa: E731
+    return f"""hostname GW
+crypto isakmp policy 10
+ encryption aes 128
+ hash sha256
+ authentication rsa-encr
+ group 14
+crypto key pubkey-chain rsa
+ addressed-key {peer} encryption
+  address {peer}
+  key-string
+{peer_key_string}  quit
+crypto ipsec transform-set TS esp-aes 128 esp-sha256-hmac
+crypto map M 10 ipsec-isakmp
+ set peer {peer}
+ set transform-set TS
+ match address 120
+interface Gi0/0
+ ip address {local} 255.255.255.0
+ crypto map M
+access-list 120 permit ip {net(lts)} 0.0.255.255 {net(rts)} 0.0.255.255
+"""
+
+
+def test_pubkey_chain_rsa_encr_between_two_imported_vpnds(ios_topo):
+    """The seed's `crypto key pubkey-chain rsa` + `authentication rsa-encr` on both ends:
+    keys made by vpnctl pki, exchanged as IOS key-strings, both configs made by import-ios,
+    tunnel up with traffic."""
+    topo = ios_topo
+    work = Path(topo.workdir)
+    vpnctl = str(BIN / "vpnctl")
+    for gw in ("gwa", "gwb"):
+        subprocess.run([vpnctl, "pki", "genkey", "--size", "2048", "--out", work / f"{gw}.key"],
+                       check=True)
+    ks = {gw: subprocess.run([vpnctl, "pki", "pub", "--in", work / f"{gw}.key", "--format",
+                              "key-string"], check=True, capture_output=True, text=True).stdout
+          for gw in ("gwa", "gwb")}
+    sides = {"gwa": (WAN_A, WAN_B, LAN_A, LAN_B, ks["gwb"]),
+             "gwb": (WAN_B, WAN_A, LAN_B, LAN_A, ks["gwa"])}
+    daemons = []
+    try:
+        for gw, (local, peer, lts, rts, peer_ks) in sides.items():
+            (work / f"{gw}-ios.txt").write_text(_ios_rsa_encr(local, peer, lts, rts, peer_ks))
+            r = subprocess.run([vpnctl, "import-ios", str(work / f"{gw}-ios.txt"), "--keys-dir",
+                                str(work / f"{gw}-keys"), "--local-key", str(work / f"{gw}.key")],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            doc = yaml.safe_load(r.stdout)
+            conn = doc["connections"]["m-10"]
+            assert conn["auth"]["rsa_encr"]["key"] == str(work / f"{gw}.key")
+            doc["daemon"].update({"tun": "vpnd0", "control_socket": str(work / f"{gw}.sock"),
+                                  "log_level": "debug"})
+            conn["start"] = "start" if gw == "gwa" else "none"
+            v = Vpnd(topo, gw, yaml.safe_dump(doc))
+            daemons.append(v)
+            v.start()
+        got = wait_child(daemons[0])
+        assert got["ike"]["version"] == 1
+        check_traffic(topo, mbytes=1)
+    except BaseException:
+        for v in daemons:
+            print(v.role, v.log()[-4000:])
+        raise
+    finally:
+        for v in daemons:
+            if v.alive():
+                v.stop()
