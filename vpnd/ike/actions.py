@@ -13,6 +13,11 @@ from ipaddress import IPv4Network, IPv6Network
 Network = IPv4Network | IPv6Network
 Address = tuple[str, int]  # (ip, port)
 
+
+def hostport(addr: Address) -> str:
+    """An address as status shows it: ip:port, [ipv6]:port."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
 # SendDatagram.data of a NAT-T keepalive (RFC 3948 2.3): one 0xff byte on the NAT-T port,
 # sent WITHOUT the non-ESP marker.
 NAT_KEEPALIVE = b"\xff"

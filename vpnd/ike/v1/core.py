@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict, deque
 
 from vpnd.ike import codec, limits, liveness
-from vpnd.ike.actions import Event, SendDatagram
+from vpnd.ike.actions import Event, SendDatagram, hostport
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import identity, keys
 from vpnd.ike.v1 import payloads as P
@@ -164,9 +164,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._begin(now)
         conn = self._conn(name)
         if conn is not None:
-            if conn.per_host and len(packet) >= 20 and packet[0] >> 4 == 4:
-                src = ipaddress.ip_network(ipaddress.IPv4Address(packet[12:16]))
-                dst = ipaddress.ip_network(ipaddress.IPv4Address(packet[16:20]))
+            hosts = _packet_hosts(packet) if conn.per_host else None
+            if hosts is not None:
+                src, dst = hosts
                 if not any(c.conn.name == name and c.local_ts == src and c.remote_ts == dst
                            for c in self.children.values()):
                     self._start_child(conn, src, dst, now, per_host=True)
@@ -310,7 +310,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 "state": ("REPLACED" if sa.replaced else "ESTABLISHED") if sa.is_established else "CONNECTING",
                 "isakmp_state": sa.state,
                 "exchange": "Aggressive" if sa.aggressive else "Main",
-                "local": f"{sa.local[0]}:{sa.local[1]}", "remote": f"{sa.remote[0]}:{sa.remote[1]}",
+                "local": hostport(sa.local), "remote": hostport(sa.remote),
                 "nat_detected": sa.nat, "nat_local": sa.nat_local, "nat_remote": sa.nat_remote,
                 "initiator": sa.initiator, "spi_i": sa.cky_i.hex(), "spi_r": sa.cky_r.hex(),
                 "proposal": sa.policy.describe() if sa.policy else "",
@@ -977,6 +977,17 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _event(self, kind: str, conn: str | None, message: str, **data) -> None:
         # one line whatever reached it (textsafe.one_line; peer data goes through safe())
         self._out.append(Event(kind, conn, one_line(message), {k: v for k, v in data.items() if v is not None}))
+
+
+def _packet_hosts(packet: bytes):
+    """(source, destination) host networks of an IPv4 or IPv6 packet, or None."""
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        return (ipaddress.ip_network(ipaddress.IPv4Address(packet[12:16])),
+                ipaddress.ip_network(ipaddress.IPv4Address(packet[16:20])))
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        return (ipaddress.ip_network(ipaddress.IPv6Address(packet[8:24])),
+                ipaddress.ip_network(ipaddress.IPv6Address(packet[24:40])))
+    return None
 
 
 def _inbound_only(qm) -> bool:

@@ -52,16 +52,30 @@ def id_ts(p: P.ID):
         if p.id_type == C.ID_IPV6_ADDR and len(p.data) == 16:
             return ipaddress.ip_network(ipaddress.IPv6Address(p.data))
         if p.id_type == C.ID_IPV4_ADDR_SUBNET and len(p.data) == 8:
-            return ipaddress.IPv4Network((p.data[:4], str(ipaddress.IPv4Address(p.data[4:]))), strict=False)
+            return ipaddress.IPv4Network((p.data[:4], _prefixlen(p.data[4:])), strict=False)
         if p.id_type == C.ID_IPV6_ADDR_SUBNET and len(p.data) == 32:
-            return ipaddress.IPv6Network((p.data[:16], str(ipaddress.IPv6Address(p.data[16:]))), strict=False)
+            # (ipaddress takes no IPv6 netmask in dotted form: the prefix length instead)
+            return ipaddress.IPv6Network((p.data[:16], _prefixlen(p.data[16:])), strict=False)
         if p.id_type == C.ID_IPV4_ADDR_RANGE and len(p.data) == 8:
             a, b = ipaddress.IPv4Address(p.data[:4]), ipaddress.IPv4Address(p.data[4:])
+            nets = list(ipaddress.summarize_address_range(a, b))
+            return nets[0] if len(nets) == 1 else None
+        if p.id_type == C.ID_IPV6_ADDR_RANGE and len(p.data) == 32:
+            a, b = ipaddress.IPv6Address(p.data[:16]), ipaddress.IPv6Address(p.data[16:])
             nets = list(ipaddress.summarize_address_range(a, b))
             return nets[0] if len(nets) == 1 else None
     except ValueError:
         return None
     return None
+
+
+def _prefixlen(mask: bytes) -> int:
+    """Prefix length of a netmask; ValueError for a mask that is not contiguous."""
+    n, bits = int.from_bytes(mask, "big"), len(mask) * 8
+    plen = bits - ((~n) & ((1 << bits) - 1)).bit_length()
+    if n != ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1):
+        raise ValueError("netmask is not contiguous")
+    return plen
 
 
 def _protocol_name(proto: int) -> str:
