@@ -242,6 +242,10 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+MAX_CLIENTS = 8        # scrapers at once; more are closed at once (file descriptors stay bounded)
+REQUEST_TIMEOUT = 5.0  # seconds for the request head (a stalled client cannot hold a slot)
+
+
 class MetricsServer:
     """A minimal HTTP/1.0 server for GET /metrics in the daemon's event loop."""
 
@@ -249,6 +253,7 @@ class MetricsServer:
         self.metrics = metrics
         self.where = parse_listen(listen)
         self.server: asyncio.AbstractServer | None = None
+        self.clients = 0
 
     async def start(self) -> None:
         if self.where[0] == "unix":
@@ -279,8 +284,18 @@ class MetricsServer:
                     pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= MAX_CLIENTS:
+            writer.close()
+            return
+        self.clients += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            await self._answer(reader, writer)
+        finally:
+            self.clients -= 1
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             lines = head.decode("latin-1").split("\r\n")
             method, target, *_ = (lines[0].split() + ["", ""])[:3]
             headers = {}

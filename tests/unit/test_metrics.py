@@ -184,3 +184,30 @@ def test_endpoint_serves_on_unix_and_tcp(tmp_path):
     assert "vpnd_connection_up" in {f.name for f in text_string_to_metric_families(body.decode())}
     assert r2.startswith(b"HTTP/1.0 404") and r3.startswith(b"HTTP/1.0 405")
     assert not (tmp_path / "m.sock").exists()
+
+
+def test_stalled_clients_cannot_lock_scrapers_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 1.0)
+
+    async def main():
+        m = metrics.Metrics(lambda: STATUS)
+        path = str(tmp_path / "m.sock")
+        srv = metrics.MetricsServer(m, path)
+        await srv.start()
+        loop = asyncio.get_running_loop()
+        stalled = []
+        try:
+            for _ in range(metrics.MAX_CLIENTS + 4):  # connect, send nothing
+                r, w = await asyncio.open_unix_connection(path)
+                stalled.append(w)
+            await asyncio.sleep(0.1)
+            assert srv.clients == metrics.MAX_CLIENTS
+            await asyncio.sleep(1.5)  # their time is up
+            out = await loop.run_in_executor(None, _http, socket.AF_UNIX, path,
+                                             b"GET /metrics HTTP/1.0\r\n\r\n")
+        finally:
+            for w in stalled:
+                w.close()
+            await srv.close()
+        return out
+    assert asyncio.run(main()).startswith(b"HTTP/1.0 200")
