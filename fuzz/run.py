@@ -183,8 +183,14 @@ def main() -> int:
         rate = (r["runs"] or 0) / r["seconds"] if r["seconds"] else 0
         print(f"{n:16} {r['runs'] or '?':>9} {r['seconds']:8.1f} {rate:9.0f}  {r['coverage']:18} {len(r['crashes'])}",
               flush=True)
+        seen = set()
         for path, tb in r["crashes"]:
             bad += 1
+            last = tb.strip().splitlines()[-1]
+            if last in seen:
+                print(f"  crash input: {path} (same as above)")
+                continue
+            seen.add(last)
             print(f"  crash input: {path}\n" + "\n".join("    " + line for line in tb.strip().splitlines()[-25:]))
     print("no crashes" if not bad else f"{bad} crash(es)")
     return 1 if bad else 0

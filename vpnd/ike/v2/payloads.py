@@ -24,7 +24,9 @@ class Transform:
 
     def encode(self, last: bool) -> bytes:
         attrs = b"" if self.key_length is None else codec.encode_attribute(c.ATTR_KEY_LENGTH, self.key_length)
-        return struct.pack("!BBHBBH", 0 if last else 3, 0, 8 + len(attrs), self.type, 0, self.id) + attrs
+        # 0x100 marks a received transform with an unknown attribute (unusable, 3.3.6): the
+        # wire type is the low byte
+        return struct.pack("!BBHBBH", 0 if last else 3, 0, 8 + len(attrs), self.type & 0xFF, 0, self.id) + attrs
 
 
 @dataclass
