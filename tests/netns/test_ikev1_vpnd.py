@@ -19,7 +19,7 @@ def _pair(topo, vpnds, *, ike, esp, auth_a=None, auth_b=None, aggressive=False, 
           start_b="none"):
     b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
                                      ike=ike, esp=esp, auth=auth_b, extra=extra_b, start=start_b,
-                                     aggressive=aggressive and start_b == "start"))
+                                     aggressive=aggressive))  # a responder too (issue 8.1)
     a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
                                      ike=ike, esp=esp, auth=auth_a, aggressive=aggressive, start="start",
                                      extra=extra_a))
