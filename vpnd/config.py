@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
-from vpnd.proposals import AEAD, Proposal, ProposalError, parse_proposals
+from vpnd.proposals import AEAD, Proposal, ProposalError, deprecated_in, parse_proposals
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -835,6 +835,7 @@ class _Parser:
         if remote_id is None and dynamic and not is_manual:
             remote_id = ANY_IDENTITY
 
+        self._policy_lifetime = None
         ike = () if is_manual else f(
             m, "ike", path, self._ike(version, allow_legacy, auth.method if auth else None),
             parse_proposals(DEFAULT_IKE_V1 if version == 1 else DEFAULT_IKE_V2, "ike"))
@@ -852,6 +853,24 @@ class _Parser:
             self._transport_ts(path, local, peer, local_ts, remote_ts)
 
         lifetime = f(m, "lifetime", path, self._lifetime, Lifetime())
+        if self._policy_lifetime is not None:
+            # Cisco `crypto isakmp policy N` / `lifetime S`: the ISAKMP SA's lifetime
+            # (issue 7.4: it was checked, then the 86400 s default was used).
+            life, lpath = self._policy_lifetime
+            given = m.get("lifetime")
+            if isinstance(given, dict) and "ike" in given and given["ike"] != life:
+                self.err(_join(path, "lifetime.ike"),
+                         f"{_show(given['ike'])} differs from {lpath} ({life}); give it once")
+            else:
+                lifetime = Lifetime(ike=life, seconds=lifetime.seconds,
+                                    kilobytes=lifetime.kilobytes)
+        if version == 2 and not is_manual and any(p.ah_integrity for p in esp):
+            # RFC 7296 has no SA bundles (one CHILD_SA = one protocol, 3.3.1): a v2 peer
+            # would negotiate the ESP half only.
+            self.err(_join(path, "ah" if "ah" in m and esp_given_text(m) else "esp"),
+                     "IKEv2 has no ESP+AH bundles; use ESP with integrity (e.g. esp-aes 256 "
+                     "esp-sha256-hmac, or an AEAD like aes256gcm16), or AH alone (ah: with "
+                     "esp: none), or version: 1 / manual keying for the bundle")
         dpd = f(m, "dpd", path, self._dpd, Dpd())
         rri = f(m, "rri", path, self._rri, Rri())
 
@@ -867,6 +886,9 @@ class _Parser:
 
         if len(self.problems) > before:
             return None
+        for key, props in (("ike", ike), ("esp", esp), ("ah", ah)):
+            for msg in deprecated_in(props):  # accepted, but say what to use instead (issue 12)
+                self.warnings.append(f"{_join(path, key)}: {msg}")
         return Connection(
             name=name, version=version, aggressive=aggressive, local=local, peer=peer,
             psk=psk, psk_file=psk_file, auth=auth, local_id=local_id, remote_id=remote_id,
@@ -1054,6 +1076,7 @@ class _Parser:
                             "for IKEv2 write proposals like aes128-sha256-modp2048")
         out: list[tuple[int, Proposal]] = []
         seqs: set[int] = set()
+        lifetimes: dict[int, str] = {}  # policy lifetime -> the first key path naming it
         keys = {"seq": 1, "encryption": 1, "hash": 1, "group": 1, "authentication": 1,
                 "lifetime": 1}
         for i, item in enumerate(items):
@@ -1081,7 +1104,9 @@ class _Parser:
                                  f"{a} does not match the connection's credentials "
                                  f"({auth_method})")
                 if "lifetime" in pm:
-                    self.field(pm, "lifetime", p, self.integer(60, 86400 * 7), None)
+                    life = self.field(pm, "lifetime", p, self.integer(60, 86400 * 7), None)
+                    if life is not None:
+                        lifetimes.setdefault(life, _join(p, "lifetime"))
                 if enc and hsh and grp:
                     text = f"{enc}-{hsh}-{grp}"
                     try:
@@ -1091,6 +1116,14 @@ class _Parser:
                         self.err(p, str(e))
             except _Bad:
                 continue
+        if len(lifetimes) > 1:
+            # The ISAKMP SA lifetime is one value per connection (lifetime.ike), offered
+            # with every policy; different values per policy cannot be honoured.
+            first, second = list(lifetimes.items())[:2]
+            self.err(second[1], f"{second[0]} differs from {first[1]} ({first[0]}); vpnd has "
+                                "one ISAKMP SA lifetime per connection: give the same value")
+        elif lifetimes:
+            self._policy_lifetime = next(iter(lifetimes.items()))
         if not out:
             raise _Bad()
         return tuple(prop for _, prop in sorted(out, key=lambda t: t[0]))
@@ -1426,6 +1459,13 @@ class _Parser:
                              f"SPI {sa.spi:#x} is already used by connection '{seen[key]}'")
                 else:
                     seen[key] = c.name
+
+
+def esp_given_text(m: dict) -> bool:
+    """True when esp: names ESP itself (so an AH bundle came from the ah: key)."""
+    v = m.get("esp")
+    text = " ".join(v) if isinstance(v, list) else v if isinstance(v, str) else ""
+    return bool(text) and "ah-" not in text.lower()
 
 
 def _join(path: str, key: str) -> str:

@@ -55,6 +55,9 @@ _ALIASES = {
     "group15": "modp3072", "group16": "modp4096", "group17": "modp6144", "group18": "modp8192",
     "group19": "ecp256", "group20": "ecp384", "group21": "ecp521", "group31": "x25519",
 }
+_AES_INSTEAD = "use aes256gcm16 (esp-gcm 256) or aes256-sha256 (esp-aes 256 esp-sha256-hmac)"
+_MODP_INSTEAD = "use modp2048 (group14) or ecp256 (group19)"
+_EC_INSTEAD = "use ecp256 (group19), ecp384 (group20) or x25519 (group31)"
 # Names strongSwan/Cisco know but vpnd does not implement -> hint; a pointed message, not
 # "unknown algorithm".
 _UNSUPPORTED = {
@@ -62,16 +65,32 @@ _UNSUPPORTED = {
     "aes128gcm64": "use aes128gcm16", "aes128gcm96": "use aes128gcm16",
     "aes256gcm8": "use aes256gcm16", "aes256gcm12": "use aes256gcm16",
     "aes256gcm64": "use aes256gcm16", "aes256gcm96": "use aes256gcm16",
-    "group24": "it is modp2048s256 of RFC 5114", "modp2048s256": None, "modp2048s224": None,
-    "modp1024s160": None,
-    "group22": None, "group23": None,
-    "aes128ctr": None, "aes256ctr": None, "aes128ccm16": None, "aes256ccm16": None,
-    "camellia128": None, "camellia256": None, "blowfish": None, "cast128": None,
-    "aesxcbc": None, "aescmac": None, "prfaesxcbc": None, "prfaescmac": None,
-    "md5_128": None, "sha1_160": None, "sha256_96": None, "sha2_256_96": None,
-    "curve448": None, "x448": None, "ecp192": None, "ecp224": None,
-    "ecp256bp": None, "ecp384bp": None, "ecp512bp": None, "ecp224bp": None,
-    "esp-seal": None, "esp-gmac": None,
+    # RFC 5114 groups: withdrawn from IOS and deprecated by RFC 8247 2.4 (suspect primes)
+    "group22": _MODP_INSTEAD, "group23": _MODP_INSTEAD,
+    "group24": "modp2048s256 of RFC 5114; " + _MODP_INSTEAD,
+    "modp1024s160": _MODP_INSTEAD, "modp2048s224": _MODP_INSTEAD,
+    "modp2048s256": _MODP_INSTEAD,
+    "aes128ctr": _AES_INSTEAD, "aes256ctr": _AES_INSTEAD,
+    "aes128ccm16": _AES_INSTEAD, "aes256ccm16": _AES_INSTEAD,
+    "camellia128": _AES_INSTEAD, "camellia256": _AES_INSTEAD,
+    # withdrawn ciphers (not in RFC 8221's list for ESP; gone from current IOS)
+    "blowfish": "withdrawn; " + _AES_INSTEAD, "cast128": "withdrawn; " + _AES_INSTEAD,
+    "idea": "withdrawn; " + _AES_INSTEAD, "rc5": "withdrawn; " + _AES_INSTEAD,
+    "serpent": _AES_INSTEAD, "twofish": _AES_INSTEAD,
+    "aesxcbc": "use sha256", "aescmac": "use sha256",
+    "prfaesxcbc": "use prfsha256", "prfaescmac": "use prfsha256",
+    "md5_128": "use sha256", "sha1_160": "use sha256", "sha256_96": "use sha256",
+    "sha2_256_96": "use sha256 (the RFC 4868 128-bit truncation)",
+    "curve448": "use x25519 or ecp384", "x448": "use x25519 or ecp384",
+    "ecp192": _EC_INSTEAD, "ecp224": _EC_INSTEAD,
+    "ecp256bp": _EC_INSTEAD, "ecp384bp": _EC_INSTEAD, "ecp512bp": _EC_INSTEAD,
+    "ecp224bp": _EC_INSTEAD,
+    # Cisco's SEAL stream cipher was removed from IOS and never had an IETF transform ID
+    "esp-seal": "SEAL was withdrawn (removed from IOS; it never had an IPsec transform ID), "
+                "use esp-gcm 256 or esp-aes 256 esp-sha256-hmac",
+    "seal": "SEAL was withdrawn; use aes256gcm16 or aes256-sha256",
+    "esp-gmac": "integrity-only GMAC is not implemented; use esp-null esp-sha256-hmac "
+                "(or ah-sha256-hmac) for integrity without encryption, else esp-gcm 256",
 }
 
 _PRF_OF_INTEGRITY = {i: "prf" + i for i in INTEGRITY}
@@ -167,7 +186,7 @@ def _canonical(word: str) -> str:
     word = word.lower()
     word = _ALIASES.get(word, word)
     if word in _UNSUPPORTED:
-        hint = f" ({_UNSUPPORTED[word]})" if _UNSUPPORTED[word] else ""
+        hint = f": {_UNSUPPORTED[word]}" if _UNSUPPORTED[word] else ""
         raise ProposalError(f"algorithm '{word}' is not supported{hint}")
     return word
 
@@ -196,11 +215,38 @@ class _Builder:
             self.lists[kind].append(value)
 
 
+_LEGACY_INSTEAD = {
+    "des": "DES is withdrawn (RFC 4772; RFC 8221: MUST NOT), use aes256 or aes256gcm16",
+    "modp768": "group 1 is broken (RFC 8247: MUST NOT), use modp2048 (group14) or ecp256",
+}
+
+# Accepted when named, but deprecated: --check warns with the replacement (RFC 8221 for
+# ESP/AH, RFC 8247 for IKEv2; IOS marks the same as deprecated).
+DEPRECATED = {
+    "3des": "3des is deprecated (RFC 8221, RFC 8247: SHOULD NOT); use aes256 or aes256gcm16",
+    "md5": "md5 is deprecated (RFC 8221, RFC 8247: MUST NOT); use sha256",
+    "prfmd5": "prfmd5 is deprecated (RFC 8247: MUST NOT); use prfsha256",
+    "modp1024": "modp1024 (group2) is deprecated (RFC 8247: SHOULD NOT); use modp2048 (group14)",
+    "modp1536": "modp1536 (group5) is weak; use modp2048 (group14) or ecp256 (group19)",
+}
+
+
+def deprecated_in(proposals) -> list[str]:
+    """The DEPRECATED messages for the algorithms these proposals name, each once."""
+    seen: dict[str, str] = {}
+    for p in proposals:
+        for name in (*p.encryption, *p.integrity, *p.prf, *p.dh, *p.ah_integrity):
+            if name in DEPRECATED:
+                seen.setdefault(name, DEPRECATED[name])
+    return list(seen.values())
+
+
 def _check_legacy(names, allow_legacy: bool) -> None:
     for name in names:
         if name in LEGACY and not allow_legacy:
             raise ProposalError(
-                f"algorithm '{name}' is insecure and needs 'allow_legacy: true'")
+                f"algorithm '{name}' is insecure and needs 'allow_legacy: true'; "
+                f"{_LEGACY_INSTEAD[name]}")
 
 
 # Cisco transform-set words (the seed's `crypto ipsec transform-set`).

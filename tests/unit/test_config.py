@@ -207,7 +207,8 @@ def test_psk_encodings():
      "connections.site-b.local_id: 'X' is not a DN attribute (C, ST, L, O, OU, CN, E, DC, ...)"),
     (conn(remote_id=42), "connections.site-b.remote_id: expected an identity string, got integer (quote it)"),
     (conn(esp="des-sha1"),
-     "connections.site-b.esp: algorithm 'des' is insecure and needs 'allow_legacy: true'"),
+     "connections.site-b.esp: algorithm 'des' is insecure and needs 'allow_legacy: true'; "
+     "DES is withdrawn (RFC 4772; RFC 8221: MUST NOT), use aes256 or aes256gcm16"),
     (conn(pfs=True),
      "connections.site-b.pfs: name the group, e.g. pfs: group14 (Cisco's default group1 is not assumed)"),
     (conn(esp="aes128gcm16-modp2048", pfs="group14"),
@@ -442,7 +443,9 @@ def test_cisco_policy_problems():
 
 
 def test_pfs_adds_group_and_bundles():
-    (c,) = parse_config(conn(esp="esp-aes 256 esp-sha-hmac", ah="sha256", pfs="group14")).connections
+    # (a bundle: IKEv1; IKEv2 has none, test_config_issue7.py)
+    (c,) = parse_config(conn(version=1, esp="esp-aes 256 esp-sha-hmac", ah="sha256",
+                             pfs="group14")).connections
     assert c.esp[0].dh == ("modp2048",) and c.esp[0].ah_integrity == ("sha256",)
     (c,) = parse_config(conn(esp="ah-sha-hmac")).connections
     assert c.esp == () and c.ah[0].integrity == ("sha1",) and c.child_proposals == c.ah

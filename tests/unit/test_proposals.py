@@ -125,11 +125,14 @@ def test_several_proposals_and_duplicates_removed():
     ("aes128", "esp", "ESP proposal 'aes128' needs an integrity algorithm (or an AEAD cipher)"),
     ("aes128-sha256-prfsha256", "esp", "PRF 'prfsha256' is not used in ESP proposals"),
     ("aes128-sha256-modp2048-esn", "ike", "ESN is not used in IKE proposals"),
-    ("des-sha1", "esp", "algorithm 'des' is insecure and needs 'allow_legacy: true'"),
-    ("aes128-sha1-modp768", "ike", "algorithm 'modp768' is insecure and needs 'allow_legacy: true'"),
+    ("des-sha1", "esp", "algorithm 'des' is insecure and needs 'allow_legacy: true'; DES is withdrawn "
+     "(RFC 4772; RFC 8221: MUST NOT), use aes256 or aes256gcm16"),
+    ("aes128-sha1-modp768", "ike", "algorithm 'modp768' is insecure and needs 'allow_legacy: true'; group 1 is broken "
+     "(RFC 8247: MUST NOT), use modp2048 (group14) or ecp256"),
     ("esp-aes esp-sha-hmac group24", "esp",
-     "algorithm 'group24' is not supported (it is modp2048s256 of RFC 5114)"),
-    ("aes128gcm8", "esp", "algorithm 'aes128gcm8' is not supported (use aes128gcm16)"),
+     "algorithm 'group24' is not supported: modp2048s256 of RFC 5114; use modp2048 (group14) "
+     "or ecp256 (group19)"),
+    ("aes128gcm8", "esp", "algorithm 'aes128gcm8' is not supported: use aes128gcm16"),
     ("aes128-aes128gcm16-sha256", "esp",
      "AEAD 'aes128gcm16' and non-AEAD 'aes128' cannot share one proposal; separate them with a comma"),
     ("aes128--sha256", "esp", "empty algorithm name in 'aes128--sha256'"),
