@@ -325,17 +325,20 @@ def test_vpnd_pair_two_connections_each(mc_topo, vpnds):
 
 
 @pytest.mark.strongswan
-def test_ikev1_two_connections_one_isakmp_sa(mc_topo, make_charon, vpnds):
+@pytest.mark.parametrize("start", ["start", "none"], ids=["started-together", "up-one-by-one"])
+def test_ikev1_two_connections_one_isakmp_sa(mc_topo, make_charon, vpnds, start):
     """IKEv1: two connections with the same IKE settings run their Quick Modes under one
-    ISAKMP SA (Cisco's one ISAKMP SA per peer); down of the SA's own connection keeps the
-    other's IPsec SAs and the ISAKMP SA."""
+    ISAKMP SA (Cisco's one ISAKMP SA per peer), whether they start together (the second
+    waits for the first one's Main Mode) or one after the other; down of the SA's own
+    connection keeps the other's IPsec SAs and the ISAKMP SA."""
     topo = mc_topo
     ch = make_charon(topo, "gwb")
     load_charon(ch, {"peer": charon_conn(topo, {"one": 1, "two": 2}, version=1, ike=IKE1)})
-    v = vpnds(topo, "gwa", vconf(topo, "gwa", {"one": {"n": 1, "version": 1, "start": "none"},
-                                               "two": {"n": 2, "version": 1, "start": "none"}}))
-    assert v.ctl("up", name="one")["ok"]
-    assert v.ctl("up", name="two")["ok"]
+    v = vpnds(topo, "gwa", vconf(topo, "gwa", {"one": {"n": 1, "version": 1, "start": start},
+                                               "two": {"n": 2, "version": 1, "start": start}}))
+    if start == "none":
+        assert v.ctl("up", name="one")["ok"]
+        assert v.ctl("up", name="two")["ok"]
     children_of(v, want={"one", "two"})
     wait_until(lambda: ch.list_sas().count("INSTALLED") == 2, 10, "charon with two IPsec SAs")
     assert len(charon_ike_sas(ch)) == 1, ch.list_sas()

@@ -454,3 +454,26 @@ def test_reload_without_one_of_the_sharing_connections(removed):
     p.pump()
     p.run(5)
     p.check_tunnel(expect=1)
+
+
+def test_ikev1_connections_started_together_share_one_isakmp_sa():
+    p = make_pair(V1_SHARED, V1_SHARED_B)
+    p.feed(p.a, p.a.m.initiate("one", p.now))
+    p.feed(p.a, p.a.m.initiate("two", p.now))
+    p.pump()
+    p.run(2)
+    p.check_tunnel(expect=2)
+    assert len(_isakmp(p.a, p.now)) == 1 and len(_isakmp(p.b, p.now)) == 1
+
+
+def test_ikev1_both_ends_start_two_connections_at_once():
+    p = make_pair(V1_SHARED, V1_SHARED_B)
+    for s in (p.a, p.b):
+        for name in ("one", "two"):
+            p.feed(s, s.m.initiate(name, p.now))
+    p.pump()
+    p.run(90)
+    p.check_tunnel(expect=2)
+    for s in (p.a, p.b):
+        assert len(_isakmp(s, p.now)) == 1
+        assert sorted(c.connection for c in s.installed()) == ["one", "two"]

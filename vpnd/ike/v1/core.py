@@ -769,6 +769,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             pairs = []  # per-host SAs come from traffic (acquire)
         sa = self._isakmp_for(conn)
         if sa is not None and sa.pending_at is not None:
+            if sa.conn.name != conn.name:  # another connection's SA: ours join its queue
+                sa.pending += [(l, r, None, False, conn) for l, r in pairs]
             return  # its Quick Modes are about to start
         if sa is not None:
             for l, r in pairs:
@@ -779,7 +781,21 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         pending = [s for s in self.sas.values() if s.conn.name == conn.name and not s.is_established]
         if pending:
             return
+        shared = self._shared_phase1(conn)
+        if shared is not None:
+            # a phase 1 of a connection it may share is under way: its Quick Modes wait for it
+            if not any(len(x) > 4 and x[4].name == conn.name for x in shared.pending):
+                shared.pending += [(l, r, None, False, conn) for l, r in pairs]
+            return
         self._p1_initiate(conn, now, [(l, r, None, False) for l, r in pairs])
+
+    def _shared_phase1(self, conn) -> IsakmpSA | None:
+        """A phase 1 we are running for another connection that `conn` may share."""
+        from vpnd.ike.peers import shares_ike_sa
+
+        return next((s for s in self.sas.values() if s.initiator and not s.is_established and not s.rekeying
+                     and s.conn.name != conn.name and s.remote[0] == conn.peer
+                     and shares_ike_sa(s.conn, conn)), None)
 
     def _start_child(self, conn, local_ts, remote_ts, now: float, *, rekey_of=None, per_host=False) -> None:
         sa = self._isakmp_for(conn)
@@ -893,8 +909,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _start_pending(self, sa: IsakmpSA, now: float) -> None:
         sa.pending_at = None
         pending, sa.pending = sa.pending, []
-        for l, r, rekey_of, per_host in pending:
-            self._qm_initiate(sa, sa.conn, l, r, now, rekey_of=rekey_of, per_host=per_host)
+        for item in pending:
+            l, r, rekey_of, per_host = item[:4]
+            conn = item[4] if len(item) > 4 else sa.conn  # another connection sharing this SA
+            self._qm_initiate(sa, conn, l, r, now, rekey_of=rekey_of, per_host=per_host)
 
     def _drop_isakmp(self, sa: IsakmpSA, now: float, *, reason: str, notify_peer: bool = True) -> None:
         if self.sas.get(sa.cky_i) is not sa:
@@ -923,6 +941,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         conn = sa.conn
         if sa.initiator and conn.peer != "%any" and (conn.start == "start" or conn.name in self._want_up):
             self._restart_at[conn.name] = now + 10.0
+        for item in sa.pending:  # connections that waited to share it try on their own later
+            other = item[4] if len(item) > 4 else None
+            if other is not None and sa.initiator and (other.start == "start" or other.name in self._want_up):
+                self._restart_at[other.name] = now + 10.0
         for c in self.children.values():
             if c.conn.name == conn.name and c.state == "REKEYING":
                 c.state = "INSTALLED"
