@@ -112,9 +112,11 @@ def test_bash_completion_offers_the_daemons_connection_names(tmp_path):
 def test_zsh_completion_is_valid_zsh_if_zsh_is_there():
     script = subprocess.run([str(BIN / "vpnctl"), "completion", "zsh"], capture_output=True,
                             text=True, check=True).stdout
-    assert script.startswith("#compdef vpnctl")
-    if shutil.which("zsh"):
-        subprocess.run(["zsh", "-n", "-c", script], check=True)
+    assert "bashcompinit" in script and "complete -F _vpnctl vpnctl" in script
+    if shutil.which("zsh"):  # registered with zsh's completion system
+        r = subprocess.run(["zsh", "-f", "-c", script + "\nprint -r -- ${_comps[vpnctl]}"],
+                           capture_output=True, text=True, check=True, cwd="/")
+        assert r.stdout.strip() == "_bash_complete -F _vpnctl" and r.stderr == ""
 
 
 def build_man(tmp_path):
