@@ -105,6 +105,7 @@ class LogSummary:
         self.max_kinds = max_kinds
         self._windows: OrderedDict[str, _Window] = OrderedDict()
         self._pending: list[tuple[float, tuple]] = []  # (when closed, record)
+        self._soonest = float("inf")  # no window ends before this (due_records' fast path)
         self.suppressed_total = 0
 
     def note(self, kind: str, source, now: float) -> bool:
@@ -116,6 +117,7 @@ class LogSummary:
             if len(self._windows) >= self.max_kinds:
                 return False  # kinds are a fixed set in the code; this only guards misuse
             self._windows[kind] = _Window(now)
+            self._soonest = min(self._soonest, now + self.interval)
             return True
         w.count += 1
         self.suppressed_total += 1
@@ -131,6 +133,7 @@ class LogSummary:
             rec = (kind, w.count, len(w.sources), self._line(kind, w, now))
             self._pending.append((now, rec))
             self._windows[kind] = _Window(now)  # still flooding: stay in summary mode
+            self._soonest = min(self._soonest, now + self.interval)
         else:
             del self._windows[kind]
 
@@ -149,9 +152,12 @@ class LogSummary:
 
     def due_records(self, now: float) -> list[tuple[str, int, int, str]]:
         """Like due(), as (kind, suppressed count, distinct sources (capped), line)."""
+        if not self._pending and now < self._soonest:
+            return []  # called per message during a flood: O(1) until a window ends
         for kind, w in list(self._windows.items()):
             if now >= w.start + self.interval:
                 self._close(kind, w, now)
+        self._soonest = min((w.start + self.interval for w in self._windows.values()), default=float("inf"))
         out, self._pending = [rec for _, rec in self._pending], []
         return out
 

@@ -218,6 +218,15 @@ def _reply_error(e, h: Header, local, remote, now: float, ntype: int) -> None:
         _reply_notify(e, h, local, remote, ntype)
 
 
+def drop_unconfigured(e, remote, now: float) -> None:
+    """No connection could ever accept this source: no answer and no work at all (2.21.1
+    leaves answering errors before authentication to policy; a spoofed flood from
+    unconfigured addresses must not make us a reflector nor fill the log, issue 8.2)."""
+    e.drops += 1
+    e.unauth_event("IKE_SA_INIT from an address without a connection", remote[0], now, "no_config", None,
+                   f"IKE_SA_INIT from {remote[0]}: no connection for this peer, dropped without answer")
+
+
 def candidates(e, local, remote) -> list:
     out = []
     for conn in e.connections():
@@ -247,12 +256,7 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
         return
     conns = candidates(e, local, remote)
     if not conns:
-        # no connection could ever accept this source: no answer and no work at all (2.21.1
-        # leaves answering errors before authentication to policy; a spoofed flood from
-        # unconfigured addresses must not make us a reflector nor fill the log, issue 8.2)
-        e.drops += 1
-        e.unauth_event("IKE_SA_INIT from an address without a connection", remote[0], now, "no_config", None,
-                       f"IKE_SA_INIT from {remote[0]}: no connection for this peer, dropped without answer")
+        drop_unconfigured(e, remote, now)
         return
     dcfg = e.config.daemon
     if len(e.half_open) >= dcfg.half_open_limit:
