@@ -158,11 +158,14 @@ class Importer:
         self.maps: dict[str, dict[int, tuple[Line, str]]] = {}      # name -> seq -> (line, kind)
         self.dyn_maps: dict[str, dict[int, Line]] = {}
         self.iface_addr: dict[str, str] = {}                        # crypto map -> local address
+        self.if_addrs: dict[str, str] = {}                          # interface -> its address
+        self.map_local_if: dict[str, str] = {}                      # crypto map -> local-address
         self.pubkeys: dict[str, tuple[str, str, int]] = {}          # address/name -> (pem, usage, line)
         self.glob: dict = {}
         self.identity = "address"
         self.isakmp_enabled = True
         self.global_lifetime: dict = {}
+        self.global_sa: dict = {}                                   # replay_window, idle_time
 
     def skip(self, line: Line, why: str, text: str | None = None) -> None:
         self.report.append(f"line {line.no}: '{text or line.text}': {why}")
@@ -205,6 +208,8 @@ class Importer:
                 addr = cw[2]
             elif cw[:2] == ["crypto", "map"] and len(cw) == 3:
                 maps.append(cw[2])
+        if addr and len(top.words) > 1:
+            self.if_addrs[top.words[1].lower()] = addr
         for m in maps:
             if addr:
                 self.iface_addr.setdefault(m, addr)
@@ -237,6 +242,19 @@ class Importer:
                 else:
                     self.skip(c, "not mapped (transform-set sub-command)")
             self.transform_sets[w[3]] = (" ".join(w[4:]), mode, top.no)
+        elif low[:4] == ["crypto", "ipsec", "security-association", "replay"]:
+            # global defaults of every crypto map (an entry's own set ... wins)
+            if low[4:] == ["disable"]:
+                self.global_sa["replay_window"] = 0
+            elif low[4:5] == ["window-size"] and len(w) == 6 and w[5].isdigit():
+                self.global_sa["replay_window"] = int(w[5])
+            else:
+                self.skip(top, "not understood")
+        elif low[:4] == ["crypto", "ipsec", "security-association", "idle-time"] and len(w) == 5 \
+                and w[4].isdigit():
+            self.global_sa["idle_time"] = int(w[4])
+        elif low[:2] == ["crypto", "map"] and len(w) == 5 and low[3] == "local-address":
+            self.map_local_if[w[2]] = w[4].lower()  # IKE from this interface's address
         elif low[:4] == ["crypto", "ipsec", "security-association", "lifetime"] and len(w) == 6:
             if low[4] in ("seconds", "kilobytes"):
                 self.global_lifetime[low[4]] = int(w[5])
@@ -433,7 +451,7 @@ class Importer:
         return w
 
     def entry(self, name: str, line: Line, dynamic: bool, local: str | None) -> dict | None:
-        conn: dict = {"version": 1}
+        conn: dict = {"version": 1, **self.global_sa}
         peers: list[str] = []
         tsets: list[str] = []
         acl = None
@@ -533,6 +551,8 @@ class Importer:
             conn["manual"] = {d: v for d, v in sess.items() if v}
             if any("ah" in v for v in sess.values()) and not any("esp" in v for v in sess.values()):
                 conn["ah"] = conn.pop("esp", None)
+            if "idle_time" in self.global_sa and conn.get("idle_time") == self.global_sa["idle_time"]:
+                conn.pop("idle_time")  # the global default: no meaning here, nothing to say
             for k in ("pfs", "idle_time", "per_host"):
                 if k in conn:
                     self.report.append(f"line {line.no}: '{line.text}': {k} has no meaning "
@@ -702,6 +722,8 @@ class Importer:
         used_dyn = set()
         for mname, entries in self.maps.items():
             local = self.iface_addr.get(mname)
+            if mname in self.map_local_if:
+                local = self.if_addrs.get(self.map_local_if[mname], local)
             if local is None:
                 first = min(entries.values(), key=lambda e: e[0].no)[0]
                 self.report.append(f"line {first.no}: crypto map {mname} is on no interface "

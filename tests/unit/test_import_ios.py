@@ -216,3 +216,45 @@ def test_any_mix_of_ios_words_never_crashes(lines):
     doc, report = convert(text)
     assert isinstance(doc["connections"], dict)
     render(doc, report, "fuzz")
+
+
+def test_global_sa_defaults_and_local_address():
+    text = """crypto isakmp policy 1
+ encryption aes 256
+ group 14
+ authentication pre-share
+crypto isakmp key k1 address 10.0.0.2
+crypto isakmp key k2 address 10.0.0.3
+crypto ipsec security-association replay window-size 512
+crypto ipsec security-association idle-time 900
+crypto ipsec transform-set T esp-aes 256 esp-sha256-hmac
+crypto map M local-address Loopback0
+crypto map M 10 ipsec-isakmp
+ set peer 10.0.0.2
+ set transform-set T
+ match address 101
+crypto map M 20 ipsec-isakmp
+ set peer 10.0.0.3
+ set transform-set T
+ set security-association replay disable
+ set security-association idle-time 60
+ match address 101
+crypto map M 30 ipsec-manual
+ set peer 10.0.0.4
+ set transform-set T
+ match address 101
+ set session-key inbound esp 1000 cipher """ + "00" * 32 + """ authenticator """ + "11" * 32 + """
+ set session-key outbound esp 1001 cipher """ + "22" * 32 + """ authenticator """ + "33" * 32 + """
+interface GigabitEthernet0/0
+ ip address 10.0.0.1 255.255.255.0
+ crypto map M
+interface Loopback0
+ ip address 192.0.2.1 255.255.255.255
+access-list 101 permit ip 10.1.0.0 0.0.255.255 10.2.0.0 0.0.255.255
+"""
+    doc, report = convert(text)
+    c = doc["connections"]
+    assert c["m-10"]["replay_window"] == 512 and c["m-10"]["idle_time"] == 900
+    assert c["m-20"]["replay_window"] == 0 and c["m-20"]["idle_time"] == 60
+    assert all(x["local"] == "192.0.2.1" for x in c.values())   # local-address Loopback0
+    assert "idle_time" not in c["m-30"] and report == []
