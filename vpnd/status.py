@@ -11,8 +11,9 @@ import time
 #   connecting  a negotiation is running (IKE SA being set up, or a CHILD_SA being created)
 #   ike-only    IKE SA established, no IPsec SA, nothing being negotiated (CHILD_SA refused,
 #               deleted by the peer); last_error says why when there was an error
-#   idle        `start: trap`: no IPsec SA, the trap is installed, traffic starts it
-#   failed      the last attempt failed and nothing runs now (last_error says why)
+#   idle        no IPsec SA, a trap is installed: traffic starts the negotiation (`start: trap`,
+#               dpd `hold`/`restart` after the peer died); last_error says what failed before
+#   failed      the last attempt failed and nothing retries it by itself (last_error says why)
 #   down        not started (`start: none`/`start: start` before its first attempt, `vpnctl down`)
 STATES = ("up", "connecting", "ike-only", "idle", "failed", "down")
 
@@ -42,9 +43,11 @@ def connection_state(*, installed: int, ike_states: list, attempt: bool, attempt
         return "ike-only"
     if pending or (attempt and attempt_age < ATTEMPT_GRACE):
         return "connecting"
+    if trap:
+        return "idle"  # the next packet negotiates again (last_error says what failed)
     if last_error is not None:
         return "failed"
-    return "idle" if trap else "down"
+    return "down"
 
 
 def error_reason(kind: str, message: str) -> str:

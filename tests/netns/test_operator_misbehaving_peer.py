@@ -194,3 +194,34 @@ def test_traffic_selector_mismatch_is_ike_only_with_its_reason(topo, make_charon
     assert c["ike_sas"] >= 1 and c["child_sas"] == 0
     assert c["last_error"]["reason"] in (("ts_unacceptable",) if version == 2 else
                                          ("invalid_id", "ts_unacceptable", "no_proposal")), c
+
+
+@pytest.mark.parametrize("dpd", ["clear", "hold"])
+def test_after_dpd_no_cleartext_and_hold_renegotiates_on_traffic(topo, make_charon, vpnds, dpd):
+    """Issue 8.6: the peer dies (drops all IKE and ESP); after DPD `clear` or `hold` the
+    traffic for its subnets never leaves in clear (gwa's default route leads to gwb);
+    with `hold` the next packet once the peer answers again brings the tunnel back
+    (strongSwan's dpd_action=trap), with `clear` nothing does."""
+    ch = make_charon(topo, "gwb")
+    charon_site(ch, topo)
+    v = vpnd_site(topo, vpnds, dpd=dpd, start="start")
+    topo.ip("gwa", f"route replace default via {WAN_B}")
+    wait_state(v, "up", timeout=20)
+    peer_drops(topo, "ike")
+    topo.run("gwb", ["nft", "add", "rule", "inet", NFT_TABLE, "in", "meta", "l4proto", "esp", "drop"])
+    c = wait_state(v, "idle" if dpd == "hold" else "failed", timeout=40)
+    assert c["child_sas"] == 0 and c["last_error"]["reason"] == "peer_dead", c
+    cap = topo.capture("gwb", "wan", f"dpd-{dpd}.pcap", "icmp[icmptype] == 8")
+    try:
+        topo.ping("hosta", HOST_B, count=3, interval=0.2, timeout=1)
+    finally:
+        path = cap.stop()
+    seen = topo.run("gwb", ["tcpdump", "-n", "-r", str(path)]).stdout.decode().strip()
+    assert seen == "", f"cleartext on the WAN after DPD {dpd}:\n{seen}"
+    peer_drops(topo, None)
+    if dpd == "hold":
+        topo.wait_ping("hosta", HOST_B, timeout=20)  # traffic renegotiates
+        assert conn(v)["state"] == "up"
+    else:
+        assert topo.ping("hosta", HOST_B, count=2, timeout=1).returncode != 0
+        assert conn(v)["state"] == "failed"

@@ -151,6 +151,7 @@ def test_state_rules():
     assert st(ike_states=["ESTABLISHED"], trap=True) == "idle"
     assert st(ike_states=["ESTABLISHED"], trap=True, last_error=err) == "ike-only"
     assert st(last_error=err) == "failed"
+    assert st(last_error=err, trap=True) == "idle"  # the trap retries on traffic
     assert st(admin_down=True, last_error=err, ike_states=["DELETING"]) == "down"
     assert error_reason("failed", "IKE_SA_INIT failed: peer answered NO_PROPOSAL_CHOSEN") == "no_proposal"
     assert error_reason("error", "peer reports INVALID-ID-INFORMATION") == "invalid_id"
