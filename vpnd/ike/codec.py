@@ -56,6 +56,10 @@ class InvalidMajorVersion(CodecError):
 # --------------------------------------------------------------------------- bounded reads
 
 
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
 class Reader:
     """Bounds-checked cursor over a payload body; every overrun is a MalformedMessage."""
 
@@ -76,14 +80,28 @@ class Reader:
         self.pos += n
         return bytes(b)
 
+    # u8/u16/u32 read in place (no slice): every payload header and transform goes through
+    # them, also for each spoofed message, so they are kept cheap
     def u8(self) -> int:
-        return self.take(1)[0]
+        p = self.pos
+        if p >= self.end:
+            raise MalformedMessage("truncated: need 1 bytes, have 0")
+        self.pos = p + 1
+        return self.data[p]
 
     def u16(self) -> int:
-        return struct.unpack("!H", self.take(2))[0]
+        p = self.pos
+        if p + 2 > self.end:
+            raise MalformedMessage(f"truncated: need 2 bytes, have {self.end - p}")
+        self.pos = p + 2
+        return _U16.unpack_from(self.data, p)[0]
 
     def u32(self) -> int:
-        return struct.unpack("!I", self.take(4))[0]
+        p = self.pos
+        if p + 4 > self.end:
+            raise MalformedMessage(f"truncated: need 4 bytes, have {self.end - p}")
+        self.pos = p + 4
+        return _U32.unpack_from(self.data, p)[0]
 
     def rest(self) -> bytes:
         return self.take(self.end - self.pos)

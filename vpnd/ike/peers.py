@@ -21,6 +21,8 @@ on after the call that caused them.
 
 from __future__ import annotations
 
+import contextlib
+
 import ipaddress
 from dataclasses import dataclass
 
@@ -287,47 +289,33 @@ class PeerRules:
                     if c.ike_id == v.sa.ike_id and c.installed <= (v.established_at or now):
                         core._delete_child(c, now, reason=reason, notify_peer=False)
 
+    @contextlib.contextmanager
     def _in(self, version: int, now: float = 0.0):
         """Run against core `version`: when that core is the caller, its actions stay in its
         own output; otherwise they are collected here for the manager."""
-        rules = self
-
-        class _Ctx:
-            def __enter__(self_):
-                self_.foreign = rules._running != version
-                if self_.foreign and version == 1:
-                    self_.saved = rules.v1._out
-                    rules.v1._out = []
-                    self_.saved_now = rules.v1._now
-                    rules.v1._now = now
-
-            def __exit__(self_, *exc):
-                if not self_.foreign:
-                    return False
+        foreign = self._running != version
+        if foreign and version == 1:
+            saved, saved_now = self.v1._out, self.v1._now
+            self.v1._out, self.v1._now = [], now
+        try:
+            yield
+        finally:
+            if foreign:
                 if version == 2:
-                    rules._out += rules.v2.take()
+                    self._out += self.v2.take()
                 else:
-                    rules._out += rules.v1._out
-                    rules.v1._out = self_.saved
-                    rules.v1._now = self_.saved_now
-                return False
+                    self._out += self.v1._out
+                    self.v1._out, self.v1._now = saved, saved_now
 
-        return _Ctx()
-
+    @contextlib.contextmanager
     def running(self, version: int | None):
-        """Context for the manager: which core a call is in."""
-        rules = self
-
-        class _Ctx:
-            def __enter__(self_):
-                self_.prev = rules._running
-                rules._running = version
-
-            def __exit__(self_, *exc):
-                rules._running = self_.prev
-                return False
-
-        return _Ctx()
+        """Context for the manager: which core a call is in (entered for every datagram, so
+        no per-call class: a class statement per packet cost 0.2 ms)."""
+        prev, self._running = self._running, version
+        try:
+            yield
+        finally:
+            self._running = prev
 
 
 # ------------------------------------------------------------------------- one IKE SA per peer
