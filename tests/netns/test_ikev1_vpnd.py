@@ -172,3 +172,39 @@ def test_vpnctl_rekey_without_sa_fails_at_once(topo, vpnds):
         resp = a.ctl("rekey", name="site", ike=ike_too)
         assert not resp["ok"] and "to rekey" in str(resp), resp
         assert time.monotonic() - t0 < 5
+
+
+def test_hostile_aggressive_id_cannot_forge_a_log_line(topo, vpnds):
+    """Issue 8.4 end to end: an Aggressive Mode message 1 whose ID holds a newline and a
+    fake log record, sent to a running vpnd; its log keeps the ID on the one, escaped line."""
+    import sys
+
+    ike, esp = PAIRS[0]
+    v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer='"%any"', lts=LAN_A, rts=LAN_B,
+                                     ike=ike, esp=esp, aggressive=True, extra='remote_id: "@gw.example"'))
+    code = r'''
+import os, socket, sys
+from vpnd.config import parse_config
+from vpnd.crypto import dh
+from vpnd.ike import codec
+from vpnd.ike.v1 import constants as C, payloads as P, policy
+conf = parse_config({"connections": {"x": {"version": 1, "peer": "10.200.0.1", "psk": "p" * 20,
+                     "local_ts": ["10.2.0.0/16"], "remote_ts": ["10.1.0.0/16"], "ike": sys.argv[1]}}}).connections[0]
+pols = policy.p1_policies(conf.ike, C.AUTH_PSK, 3600)[:1]
+kx = dh.KeyExchange(pols[0].group)
+evil = b"x\n2030-01-01T00:00:00 vpnd[1] INFO FORGED-LOG-LINE ISAKMP SA established\r\x1b[2J"
+pls = [policy.p1_sa(pols), P.KE(kx.public), P.Nonce(os.urandom(32)), P.ID(C.ID_FQDN, 0, 0, evil)]
+msg = codec.encode_message(codec.Header(os.urandom(8), bytes(8), 0, 1, 0, C.EXCH_AGGRESSIVE, 0, 0), pls)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.200.0.2", 500))
+s.sendto(msg, ("10.200.0.1", 500))
+'''
+    topo.run("gwb", [sys.executable, "-c", code, ike], env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    deadline = time.monotonic() + 15
+    while "refused" not in v.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = v.log()
+    refused = [ln for ln in log.splitlines() if "refused" in ln]
+    assert refused and "FORGED-LOG-LINE" in refused[0] and "\\x0a" in refused[0], refused
+    assert not any(ln.startswith("2030-01-01") or "\x1b" in ln or "\r" in ln for ln in log.splitlines())
+    assert v.status()["ike_sas"] == []
