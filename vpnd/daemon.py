@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, IPCompParams,
                               SendDatagram, UpdateChildAddresses)
+from vpnd.commands import Commands
 from vpnd.control import CommandError, ControlServer
 from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
@@ -196,7 +197,7 @@ class Daemon:
         self._timer_when: float | None = None  # our own deadline: uvloop's call_at may return a
         # plain Handle without when() (deadline due within ~0.5 ms)
         self._acquire_q: dict[str, tuple[deque, float]] = {}  # name -> (packets, asked at)
-        self._waiters: list[tuple[str, str, asyncio.Future]] = []  # (connection, "up"|"down", fut)
+        self.commands = Commands(self)  # vpnctl up/down/rekey/reload and their waiters
         self._stop = None
         # what `status` says of each connection (vpnd/status.py connection_state)
         self._attempt: dict[str, float] = {}  # name -> when a negotiation was asked for
@@ -1067,119 +1068,35 @@ class Daemon:
         if name in self._guards:
             self._restore_guard(name)  # down is final: its trap (if any) may become a drop
 
-    # -- control commands (called by control.py) ----------------------------------------
+    # -- control commands (vpnd/commands.py; control.py calls these) -----------------------
 
     def _wake(self, connection: str, what: str):
-        for item in list(self._waiters):
-            c, w, fut = item
-            if c == connection and w == what and not fut.done():
-                fut.set_result(True)
+        self.commands.waiters.wake(connection, what)
 
     def _fail(self, connection: str, reason: str):
-        for c, w, fut in list(self._waiters):
-            if c == connection and not fut.done():
-                fut.set_exception(CommandError(reason))
+        self.commands.waiters.fail(connection, reason)
 
-    async def _wait(self, connection: str, what: str, timeout: float):
-        fut = self.loop.create_future()
-        item = (connection, what, fut)
-        self._waiters.append(item)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            goal = {"up": "the CHILD_SA to be installed", "down": "the CHILD_SA to be deleted",
-                    "ike_rekeyed": "the IKE SA to be rekeyed"}.get(what, what)
-            raise CommandError(f"{connection}: timed out after {timeout:g}s waiting for "
-                               f"{goal}") from None
-        finally:
-            self._waiters.remove(item)
+    @property
+    def _waiters(self) -> list:
+        return self.commands.waiters.items
 
     def _has_child(self, name: str) -> bool:
         return any(c.connection == name for c in self.children.values())
 
     def _require(self, name: str):
-        conn = self._conn(name)
-        if conn is None:
-            raise CommandError(f"no connection named {name!r}")
-        return conn
+        return self.commands._require(name)
 
     async def cmd_up(self, name: str, timeout: float = 30.0) -> dict:
-        conn = self._require(name)
-        if conn.manual is not None:
-            self._manual_down.discard(name)
-            if name not in self._manual and not self._install_manual(conn):
-                raise CommandError(f"{name}: manual SA could not be installed (see the daemon's log)")
-            return {"connection": name, "state": "up"}
-        if self.ike is None:
-            raise CommandError("IKE is not available in this build")
-        if conn.peer in (None, "%any"):
-            raise CommandError(f"{name}: peer is %any: this connection only responds")
-        if self._has_child(name):
-            return {"connection": name, "state": "up", "already": True}
-        self._note_attempt(name)
-        await self._act_and_wait(self._wait(name, "up", timeout),
-                                 lambda: self.ike.initiate(name, self._now()))
-        return {"connection": name, "state": "up"}
+        return await self.commands.up(name, timeout)
 
     async def cmd_down(self, name: str, timeout: float = 15.0) -> dict:
-        conn = self._require(name)
-        if conn.manual is not None:
-            self._remove_manual(name)
-            self._manual_down.add(name)
-            return {"connection": name, "state": "down"}
-        if self.ike is None:
-            raise CommandError("IKE is not available in this build")
-        terminate = lambda: self.ike.terminate(name, self._now())  # noqa: E731
-        self._set_admin_down(name, True)
-        self._attempt.pop(name, None)
-        if self._has_child(name):
-            await self._act_and_wait(self._wait(name, "down", timeout), terminate)
-        else:
-            self._run_actions(terminate())
-        return {"connection": name, "state": "down"}
+        return await self.commands.down(name, timeout)
 
     async def cmd_rekey(self, name: str, ike: bool = False, timeout: float = 30.0) -> dict:
-        conn = self._require(name)
-        if conn.manual is not None:
-            raise CommandError(f"{name}: manual keying has no rekey (change the keys in the config and reload)")
-        if self.ike is None:
-            raise CommandError("IKE is not available in this build")
-        if ike:
-            wait = self._wait(name, "ike_rekeyed", timeout)
-        else:
-            before = {c.child_id for c in self.children.values() if c.connection == name}
-            wait = self._wait_new_child(name, before, timeout)
-        await self._act_and_wait(wait, lambda: self.ike.rekey(name, self._now(), ike=ike))
-        return {"connection": name, "rekeyed": "ike" if ike else "child"}
-
-    async def _act_and_wait(self, wait, start) -> None:
-        """Register the waiter `wait` (a coroutine), then run the core's `start()` actions
-        (the core may answer at once), then wait. If start() raises, the waiter goes too
-        instead of timing out later with nobody to tell."""
-        task = asyncio.ensure_future(wait)
-        await asyncio.sleep(0)
-        try:
-            self._run_actions(start())
-        except BaseException:
-            task.cancel()
-            raise
-        await task
-
-    async def _wait_new_child(self, name: str, before: set, timeout: float):
-        deadline = self._now() + timeout
-        while not any(c.connection == name and c.child_id not in before for c in self.children.values()):
-            remaining = deadline - self._now()
-            if remaining <= 0:
-                raise CommandError(f"{name}: timed out after {timeout:g}s waiting for the new CHILD_SA")
-            try:
-                await self._wait(name, "up", remaining)
-            except CommandError as e:
-                if "timed out" in str(e):
-                    continue
-                raise
+        return await self.commands.rekey(name, ike=ike, timeout=timeout)
 
     async def cmd_reload(self) -> dict:
-        return await self.reload_async()
+        return await self.commands.reload()
 
     def _sighup(self):
         if self.loop is not None and self.loop.is_running():

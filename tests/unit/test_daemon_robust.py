@@ -107,3 +107,12 @@ def test_debug_log_is_vpnds_not_pyroute2s():
         assert not logging.getLogger("pyroute2.netlink").isEnabledFor(logging.INFO)
     finally:
         setup_logging("info")
+
+
+def test_control_and_commands_do_not_import_the_daemon():
+    """Issue 9: no control.py <-> daemon.py import cycle; commands live in vpnd/commands.py."""
+    import subprocess
+    import sys
+    code = ("import sys, vpnd.control, vpnd.commands; "
+            "assert 'vpnd.daemon' not in sys.modules, 'imports vpnd.daemon'")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
