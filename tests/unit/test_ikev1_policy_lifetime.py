@@ -51,3 +51,20 @@ def test_responder_policy_lifetime_bounds_its_sa():
 def test_policy_longer_than_the_connection_default():
     sa_a, sa_b = _up(172800, 172800)
     assert sa_a.policy.lifetime == sa_b.policy.lifetime == 172800
+
+
+def test_configured_isakmp_policy_lifetime_end_to_end():
+    """The config's `crypto isakmp policy` list with `lifetime` (config.py exposes it as the
+    connection's ISAKMP lifetime) gives SAs of that lifetime on both sides, and the
+    initiator rekeys before it ends."""
+    pol = [{"seq": 10, "encryption": "aes 256", "hash": "sha", "group": 14, "lifetime": 3600}]
+    a = Ikev1Core(make_config(A_IP, {"site": conn_conf(A_IP, B_IP, LAN_A, LAN_B, ike=pol)}), now=0.0)
+    b = Ikev1Core(make_config(B_IP, {"site": conn_conf(B_IP, A_IP, LAN_B, LAN_A, start="none",
+                                                       ike="aes256-sha1-modp2048")}), now=0.0)
+    net = Net(a, b)
+    net.feed(a, a.initiate("site", 0.0))
+    (sa_a,), (sa_b,) = a.sas.values(), b.sas.values()
+    assert sa_a.expire_at - sa_a.established == 3600 == sa_b.expire_at - sa_b.established
+    assert sa_a.rekey_at < sa_a.established + 3600
+    net.advance(3600)
+    assert net.events("A", "ike_rekeyed")
