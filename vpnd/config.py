@@ -210,6 +210,8 @@ class DaemonConfig:
     allow_key_export: bool = False         # `vpnctl keys --wireshark` may read SA keys (keyexport.py)
     kill_switch: bool = False              # blackhole routes for remote subnets outlive the daemon
     allow_empty: bool = False              # a config without connections is valid only with this
+    user: str | None = None                # after start-up run as this user (None: "vpnd" if
+                                           # it exists, else root with a warning; net/privileges.py)
 
 
 @dataclass(frozen=True)
@@ -653,6 +655,33 @@ class _Parser:
             self.fail(path, f"'{s}' is not a valid file name")
         return str(p)
 
+    def exposed_secret(self, keypath: str, fp: str, holds: str = "") -> None:
+        """Warn when file `fp`, holding a secret, is readable by others or by a group other
+        than root's or the one vpnd runs as (daemon.user)."""
+        try:
+            st = os.stat(fp)
+        except OSError:
+            return
+        if st.st_mode & 0o004:
+            who = "everyone"
+        elif st.st_mode & 0o040 and st.st_gid not in self.trusted_gids():
+            import grp
+            try:
+                who = f"group '{grp.getgrgid(st.st_gid).gr_name}'"
+            except KeyError:
+                who = f"group {st.st_gid}"
+        else:
+            return
+        fix = "chmod 600 it" if who == "everyone" else \
+            "chmod 600 it, or give it the group vpnd runs as (daemon.user's)"
+        self.warnings.append(one_line(f"{keypath}: '{fp}' {holds}is readable by {who}; {fix}"))
+
+    def trusted_gids(self) -> set[int]:
+        from vpnd.net.privileges import target_gid
+        d = getattr(self, "daemon_cfg", None)
+        gid = target_gid(d.user if d else None)
+        return {0} | ({gid} if gid is not None else set())
+
     def load_pem(self, fp: str, kind: str, fail: Callable[[str], None]):
         """The certificate / key in file `fp` (read by file_path), or None after fail()."""
         data = self.files.get(fp)
@@ -673,6 +702,7 @@ class _Parser:
         except _Bad:
             return None
         daemon = self.daemon(top.get("daemon"))
+        self.daemon_cfg = daemon
         conns: list[Connection] = []
         raw = top.get("connections")
         if raw is not None and not isinstance(raw, dict):
@@ -691,6 +721,13 @@ class _Parser:
             if c is not None:
                 conns.append(c)
         self.cross_checks(conns)
+        inline = [c for c in conns if c.manual is not None or
+                  (c.auth is not None and c.auth.method == "psk" and c.psk_file is None)]
+        if path and inline:
+            # psk: / manual keys written in the config itself (issue 8.13, 11)
+            what = "manual keys" if inline[0].manual else "a pre-shared key"
+            self.exposed_secret(f"connections.{inline[0].name}", os.path.abspath(path),
+                                f"holds {what} and ")
         if not raw and not daemon.allow_empty and not self.problems:
             # An empty file (or a lost connections: section) would tear every tunnel down
             # on reload: only an explicit flag makes it a valid configuration (issue 7.13).
@@ -730,6 +767,19 @@ class _Parser:
             if isinstance(v, bool) or not isinstance(v, int):
                 self.fail(p, f"expected auto, false or an integer MSS, got {_tname(v)} {_show(v)}")
             return self.integer(536, 65495)(v, p)
+
+        def user(v, p):
+            if isinstance(v, int) and not isinstance(v, bool):
+                v = str(v)
+            s = self.string(v, p)
+            if s != "root":
+                import pwd
+                try:
+                    pwd.getpwuid(int(s)) if s.isdigit() else pwd.getpwnam(s)
+                except (KeyError, OverflowError):
+                    self.fail(p, f"no such user '{s}' (create it, e.g. useradd --system "
+                                 f"--no-create-home --shell /usr/sbin/nologin {s}, or use root)")
+            return s
 
         def group(v, p):
             s = self.string(v, p)
@@ -772,6 +822,7 @@ class _Parser:
             allow_key_export=f(m, "allow_key_export", path, self.boolean, d.allow_key_export),
             kill_switch=f(m, "kill_switch", path, self.boolean, d.kill_switch),
             allow_empty=f(m, "allow_empty", path, self.boolean, d.allow_empty),
+            user=f(m, "user", path, user, d.user),
         )
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")
@@ -945,8 +996,7 @@ class _Parser:
                     self.fail(p, "the file is not UTF-8 text")
                 if not text:
                     self.fail(p, "the file is empty")
-                if os.stat(fp).st_mode & 0o004:
-                    self.warnings.append(one_line(f"{p}: '{fp}' is readable by everyone; chmod 600 it"))
+                self.exposed_secret(p, fp)
                 return Auth("psk", psk=_decode_psk(text, lambda msg: self.fail(p, msg)))
             return self._auth_block(m["auth"], _join(path, "auth"), version)
         except _Bad:
@@ -1008,8 +1058,7 @@ class _Parser:
     def _key_file(self, v, path):
         fp = self.file_path(v, path)
         self.load_pem(fp, "private key", lambda msg: self.fail(path, msg))
-        if os.stat(fp).st_mode & 0o004:
-            self.warnings.append(one_line(f"{path}: '{fp}' is readable by everyone; chmod 600 it"))
+        self.exposed_secret(path, fp)
         return fp
 
     def _pubkey_file(self, v, path):

@@ -129,6 +129,7 @@ class ControlServer:
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path) or "."
+        self._made_dir = None if os.path.isdir(directory) else directory
         try:
             os.makedirs(directory, mode=0o755, exist_ok=True)
         except FileExistsError:
@@ -164,6 +165,13 @@ class ControlServer:
             os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
         else:
             os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+
+    def hand_over(self, uid: int) -> None:
+        """Before vpnd drops root (net/privileges.py): the socket, and the directory if we
+        made it, belong to `uid`, so that it can still remove the socket at exit."""
+        os.chown(self.path, uid, -1)
+        if self._made_dir:
+            os.chown(self._made_dir, uid, -1)
 
     async def close(self) -> None:
         if self.server is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -284,6 +285,7 @@ class Daemon:
             self._start_ike()
             self._apply_connections(initial=True)
             self._arm_timer()
+            self._drop_privileges()  # set-up is done: root is not needed any more
             started = True
             # READY=1 only now: manual SAs and their routes are installed (Type=notify)
             notify.ready(f"{len(self.children)} SAs installed")
@@ -312,6 +314,44 @@ class Daemon:
     def stop(self) -> None:
         if self._stop is not None and not self._stop.done():
             self._stop.set_result(None)
+
+    def _drop_privileges(self) -> None:
+        """Become daemon.user with only NET_ADMIN, NET_RAW, NET_BIND_SERVICE (issue 8.13)."""
+        from vpnd.net import privileges
+        user = getattr(self.config.daemon, "user", None)
+        try:
+            target = privileges.resolve(user)
+        except (KeyError, ValueError):
+            raise StartupError(f"daemon.user: no such user {user!r}") from None
+        if target is None and os.geteuid() == 0:
+            if user is None:
+                log.warning("running as root: create the system user %r (or set daemon.user) "
+                            "so that vpnd drops root after start-up", privileges.DEFAULT_USER)
+            return
+        if target is not None and os.geteuid() == 0 and self.control is not None:
+            self.control.hand_over(target.uid)
+        # Capabilities are per thread: a thread alive during the switch keeps none. The
+        # netlink worker starts again after it (inheriting ours) on its next call.
+        from vpnd.net import netlink
+        netlink.shutdown()
+        try:
+            log.info("%s", privileges.drop(target))
+        except privileges.PrivilegeError as e:
+            raise StartupError(str(e)) from None
+        for path in self._files_to_reread():
+            if not os.access(path, os.R_OK):
+                log.warning("reload will fail: %s cannot be read as uid %d; give it the group "
+                            "vpnd runs as (chgrp, chmod 640)", path, os.geteuid())
+
+    def _files_to_reread(self) -> list[str]:
+        paths = [self.config_path] if self.config_path else []
+        for c in self._conns():
+            a = c.auth
+            if c.psk_file:
+                paths.append(c.psk_file)
+            if a is not None:
+                paths += [p for p in (a.cert, a.key, a.peer_pubkey, *a.ca) if p]
+        return list(dict.fromkeys(paths))
 
     async def _start_control(self):
         d = self.config.daemon

@@ -72,7 +72,8 @@ def test_verify_would_catch_a_broken_unit(fake_root):
 @needs_analyze
 def test_security_exposure_is_low(fake_root):
     # --threshold: exit non-zero when the exposure (x10) is above it; 3.0 is "OK" territory.
-    r = analyze("security", "--offline=yes", f"--root={fake_root}", "--threshold=30",
+    # 2.5 before issue 8.13 (as root); 1.9 with User=vpnd and PrivateMounts=yes
+    r = analyze("security", "--offline=yes", f"--root={fake_root}", "--threshold=19",
                 "--no-pager", "/etc/systemd/system/vpnd.service")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
 
@@ -92,7 +93,11 @@ def test_required_directives():
     assert d["Service.ProtectSystem"] == ["strict"]
     assert d["Service.RuntimeDirectory"] == ["vpnd"]
     assert d["Service.ReadWritePaths"] == ["/run/vpnd"]
-    for flag in ("ProtectHome", "NoNewPrivileges", "PrivateTmp"):
+    # issue 8.13: never root; the system user comes from systemd/vpnd.sysusers
+    assert d["Service.User"] == ["vpnd"] and d["Service.Group"] == ["vpnd"]
+    sysusers = (ROOT / "systemd" / "vpnd.sysusers").read_text()
+    assert any(line.split()[:2] == ["u", "vpnd"] for line in sysusers.splitlines())
+    for flag in ("ProtectHome", "NoNewPrivileges", "PrivateTmp", "PrivateMounts"):
         assert d[f"Service.{flag}"] == ["yes"], flag
     # An invalid config exits 1 (--check): restarting would loop for nothing.
     assert d["Service.RestartPreventExitStatus"] == ["1"]
