@@ -160,3 +160,17 @@ def test_manual_only_config_opens_no_ike_port(topo, vpnds):
     a.write_config(ca)
     assert a.ctl("reload")["ok"]
     assert not _udp_ports(topo, "gwa") & {500, 4500}
+
+
+def test_kill_switch_does_not_shadow_the_tunnel(topo, vpnds, leak_path):
+    """With daemon.kill_switch the blackhole routes sit behind the TUN routes: the tunnel
+    carries traffic; once gwa's vpnd is killed nothing leaves in clear."""
+    ca, cb = manual_pair(topo, extra_daemon="kill_switch: true")
+    a = vpnds(topo, "gwa", ca)
+    vpnds(topo, "gwb", cb)
+    topo.wait_ping("hosta", HOST_B, timeout=10)
+    a.stop(signal.SIGKILL)
+    seen = _echoes_on_wan(topo, lambda: topo.ping("hosta", HOST_B, count=2, interval=0.2, timeout=1),
+                          "kill-switch-manual.pcap")
+    assert seen == ""
+    topo.run("gwa", ["ip", "route", "flush", "proto", "118", "type", "blackhole"])
