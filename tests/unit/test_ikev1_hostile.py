@@ -311,3 +311,20 @@ def test_aggressive_message_2_not_retransmitted_to_a_silent_source():
         t += 0.5
         later += sends(core.handle_timer(t))
     assert later == [] and core.sas == {}
+
+
+def test_internal_errors_from_a_flood_are_summarised(monkeypatch):
+    core = responder({"any": any_conn()})
+
+    def boom(*a, **kw):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(core, "_receive", boom)
+    ev = []
+    for i in range(1000):
+        ev += events(core.receive_datagram(b"x" * 40, (B_IP, 500), _spoofed(i), 1.0 + i / 100))
+    ev += events(core.handle_timer(20.0))
+    errors = [e for e in ev if e.kind == "error"]
+    assert len(errors) == 1 and "internal error RuntimeError" in errors[0].message
+    assert sum(e.data["count"] for e in ev if e.kind == "suppressed") == 999
+    assert core.drops == 1000

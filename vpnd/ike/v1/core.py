@@ -108,9 +108,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         except (codec.CodecError, Phase1Failed) as e:
             self._drop_event(None, f"IKEv1 message from {remote[0]} dropped: {e}")
         except Exception as e:  # a bug must cost one message, not the daemon (architecture.md)
-            self.drops += 1
-            self._event("error", None, f"IKEv1 message from {remote[0]} dropped: internal error "
-                        f"{type(e).__name__}")
+            # reported, but bounded: a packet that trips a bug may come in a flood (8.2)
+            self._unauth_event("error", "internal_error", remote, f"IKEv1 message from {remote[0]} "
+                               f"dropped: internal error {type(e).__name__}")
         return self._end()
 
     def initiate(self, name: str, now: float) -> list:
