@@ -78,9 +78,10 @@ def default_socket(config_path: str = DEFAULT_CONFIG) -> str:
     if env:
         return env
     try:
-        import yaml
-        with open(config_path) as f:
-            doc = yaml.safe_load(f)
+        # the config loader's bounded read and alias check (issue 8.8): vpnctl reads the
+        # default config too, and must not be stalled by a huge file or an alias bomb
+        from vpnd.config import MAX_CONFIG_BYTES, _load_yaml, read_file
+        doc = _load_yaml(read_file(config_path, MAX_CONFIG_BYTES).decode("utf-8"), config_path)
         sock = ((doc or {}).get("daemon") or {}).get("control_socket")
         if isinstance(sock, str) and sock:
             return sock

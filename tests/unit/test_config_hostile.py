@@ -131,3 +131,16 @@ def test_read_file_stops_at_the_limit_even_if_size_lies(tmp_path):
     assert cfgmod.read_file(str(f), 100) == b"a" * 100
     with pytest.raises(OSError, match="larger than"):
         cfgmod.read_file(str(f), 99)
+
+
+def test_vpnctl_default_socket_survives_a_bomb_and_dev_zero(tmp_path, monkeypatch):
+    from vpnd.cli import DEFAULT_SOCKET, default_socket
+    monkeypatch.delenv("VPND_SOCKET", raising=False)
+    f = tmp_path / "bomb.yaml"
+    f.write_text(BILLION_LAUGHS.replace("connections:", "daemon: {control_socket: /x.sock}\n"
+                                        "connections:"))
+    assert default_socket(str(f)) == DEFAULT_SOCKET  # refused, not expanded
+    assert default_socket("/dev/zero") == DEFAULT_SOCKET
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("daemon: {control_socket: /run/x/y.sock}\n")
+    assert default_socket(str(ok)) == "/run/x/y.sock"
