@@ -201,3 +201,24 @@ def test_unconfigured_sources_cost_no_parsing(monkeypatch):
     assert calls == []
     _feed(p.b, req, (A_IP, 500), p.now + 200)  # the configured peer is parsed and answered
     assert calls == [1]
+
+
+def test_cookie_answer_before_parsing(monkeypatch):
+    """Under cookie protection (RFC 7296 2.6), requests without a valid COOKIE are answered
+    from a walk over the payload headers, without the full parse; the initiator that returns
+    the cookie gets through."""
+    p = Pair(b_daemon={"cookie_threshold": 0})
+    req = _init_request(p)
+    calls = []
+    real = codec.decode_message
+    monkeypatch.setattr(codec, "decode_message", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sends, _ = _feed(p.b, req, (A_IP, 500), p.now)
+    assert calls == [] and len(sends) == 1
+    n = real(sends[0].data, REGISTRY).get(Notify)
+    assert n.type == c.N_COOKIE
+    monkeypatch.setattr(codec, "decode_message", real)
+    p2 = Pair(b_daemon={"cookie_threshold": 0})
+    p2.up()
+    p2.check_tunnel()
+    inits = [d.data for t, d in p2.a.sent if d.data[18] == 34]
+    assert len(inits) == 2  # the first answered COOKIE, the second carried it

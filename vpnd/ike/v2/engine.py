@@ -468,6 +468,9 @@ class Ikev2Engine:
             # before any parsing: a flood from unconfigured sources costs a header peek each
             exchange_init.drop_unconfigured(self, remote, now)
             return
+        if (len(data) >= codec.HEADER_LEN and data[18] == c.IKE_SA_INIT and not data[19] & c.FLAG_R
+                and exchange_init.cookie_precheck(self, data, local, remote, now)):
+            return
         try:
             msg = codec.decode_message(data, REGISTRY)
         except codec.InvalidMajorVersion as e:

@@ -218,6 +218,51 @@ def _reply_error(e, h: Header, local, remote, now: float, ntype: int) -> None:
         _reply_notify(e, h, local, remote, ntype)
 
 
+def _scan(data: bytes) -> tuple[bytes | None, bytes | None] | None:
+    """(Ni, COOKIE data) from a walk over the payload headers only; None if the chain is
+    broken (the full parse then decides what to answer)."""
+    if len(data) < codec.HEADER_LEN or struct.unpack_from("!I", data, 24)[0] != len(data):
+        return None
+    np, pos, nonce, cookie = data[16], codec.HEADER_LEN, None, None
+    while np:
+        if pos + 4 > len(data):
+            return None
+        nxt, _, plen = struct.unpack_from("!BBH", data, pos)
+        if plen < 4 or pos + plen > len(data):
+            return None
+        if np == c.PT_NONCE and nonce is None:
+            nonce = data[pos + 4:pos + plen]
+        elif np == c.PT_NOTIFY and plen >= 8 and cookie is None:
+            spi_size = data[pos + 5]
+            if struct.unpack_from("!H", data, pos + 6)[0] == c.N_COOKIE:
+                cookie = data[pos + 8 + spi_size:pos + plen]
+        np, pos = nxt, pos + plen
+    return nonce, cookie
+
+
+def cookie_precheck(e, data: bytes, local, remote, now: float) -> bool:
+    """Under cookie protection (2.6) a request without a valid COOKIE is answered from a walk
+    over its payload headers, before the full parse (most of the cost of a spoofed packet).
+    True: answered. False: go on with the full parse (which checks the cookie again)."""
+    if len(e.half_open) < e.config.daemon.cookie_threshold:
+        return False
+    if data[8:16] != bytes(8) or data[20:24] != bytes(4) or not data[19] & c.FLAG_I:
+        return False
+    if (data[:8], remote[0]) in e.init_index:
+        return False  # a retransmission: answered from the cache
+    got = _scan(data)
+    if got is None or got[0] is None or not 16 <= len(got[0]) <= 256:
+        return False
+    nonce, cookie = got
+    want = _cookie(e, e.cookie_secret, nonce, remote[0], data[:8])
+    if cookie is not None and (hmac.compare_digest(cookie, want) or hmac.compare_digest(
+            cookie, _cookie(e, e.cookie_secret_old, nonce, remote[0], data[:8]))):
+        return False
+    resp = Header(data[:8], bytes(8), 0, 2, 0, c.IKE_SA_INIT, c.FLAG_R, 0)
+    e.send(codec.encode_message(resp, [Notify(c.N_COOKIE, want)]), local=local, remote=remote)
+    return True
+
+
 def drop_unconfigured(e, remote, now: float) -> None:
     """No connection could ever accept this source: no answer and no work at all (2.21.1
     leaves answering errors before authentication to policy; a spoofed flood from
