@@ -187,9 +187,11 @@ def test_no_connection_log_volume_is_bounded():
     logged in full, the rest are counted into one summary per interval."""
     core = responder({"site": conn_conf(B_IP, A_IP, LAN_B, LAN_A, start="none")})
     ev, answers = [], 0
+    tmpl = [msg1(aggressive=False), msg1(aggressive=True)]
     for i in range(10_000):  # 500/s for 20 s from 10,000 spoofed sources
         now = 1.0 + i / 500
-        out = core.receive_datagram(msg1(aggressive=bool(i & 1)), (B_IP, 500), _spoofed(i), now)
+        data = os.urandom(8) + tmpl[i & 1][8:]
+        out = core.receive_datagram(data, (B_IP, 500), _spoofed(i), now)
         ev += events(out)
         answers += len(sends(out))
         if i % 1000 == 0:
