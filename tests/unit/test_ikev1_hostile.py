@@ -330,3 +330,48 @@ def test_internal_errors_from_a_flood_are_summarised(monkeypatch):
     assert len(errors) == 1 and "internal error RuntimeError" in errors[0].message
     assert sum(e.data["count"] for e in ev if e.kind == "suppressed") == 999
     assert core.drops == 1000
+
+
+def _check_budget_invariants(core):
+    from vpnd.ike.v1.core import HALF_OPEN_PER_SOURCE, HALF_OPEN_UNVERIFIED_MAX
+    for key, sa in core._unverified.items():
+        assert core.sas.get(sa.cky_i) is sa or core._alts.get(key) is sa
+        assert key in core._unverified_by_src[sa.remote[0]]
+    assert sum(len(d) for d in core._unverified_by_src.values()) == len(core._unverified)
+    assert all(0 < len(d) <= HALF_OPEN_PER_SOURCE for d in core._unverified_by_src.values())
+    assert core._unverified_any == sum(1 for s in core._unverified.values() if not s.configured_source)
+    assert core._unverified_any <= HALF_OPEN_UNVERIFIED_MAX
+
+
+def test_half_open_budget_bookkeeping_stays_consistent(monkeypatch):
+    """Random message 1s (new cookies, repeated cookies, changed copies), sources (some the
+    configured peer's) and timer runs, with small budgets: the tables agree at every step."""
+    import random
+
+    from vpnd.ike.v1 import core as coremod
+
+    monkeypatch.setattr(coremod, "HALF_OPEN_PER_SOURCE", 3)
+    monkeypatch.setattr(coremod, "HALF_OPEN_UNVERIFIED_MAX", 20)
+    monkeypatch.setattr(coremod, "AM_RESPONDER_OVERALL", 1e9)
+    monkeypatch.setattr(coremod, "AM_RESPONDER_RATE", 1e9)
+    core = Ikev1Core(make_config(B_IP, {
+        "site": conn_conf(B_IP, A_IP, LAN_B, LAN_A, start="none"),
+        "any": conn_conf(B_IP, "%any", "10.3.0.0/16", "10.4.0.0/16", start="none", aggressive=True)}), now=0.0)
+    rnd = random.Random(3)
+    tmpl = [msg1(aggressive=False), msg1(aggressive=True)]
+    cookies = [os.urandom(8) for _ in range(40)]
+    now = 0.0
+    for step in range(1500):
+        now += rnd.random() * 0.5
+        src = (A_IP, 500) if rnd.random() < 0.1 else _spoofed(rnd.randrange(12))
+        body = bytearray(tmpl[rnd.randrange(2)])
+        body[:8] = rnd.choice(cookies) if rnd.random() < 0.3 else os.urandom(8)
+        if rnd.random() < 0.2:
+            body[-1] ^= 1  # a changed copy (an alternate candidate)
+        core.receive_datagram(bytes(body), (B_IP, 500), src, now)
+        if rnd.random() < 0.05:
+            core.handle_timer(now + rnd.random() * 80)
+        _check_budget_invariants(core)
+    core.handle_timer(now + 500)
+    _check_budget_invariants(core)
+    assert not core._unverified and not core.sas
