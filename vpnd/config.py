@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
+from vpnd import proposals as _vocab
 from vpnd.proposals import AEAD, Proposal, ProposalError, deprecated_in, parse_proposals
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -1110,14 +1111,7 @@ class _Parser:
         return conv
 
     # Cisco `crypto isakmp policy SEQ`: a list of {seq, encryption, hash, group, lifetime,
-    # authentication}, tried in SEQ order.
-    _POLICY_ENC = {"des": "des", "3des": "3des", "aes": "aes128", "aes 128": "aes128",
-                   "aes 192": "aes192", "aes 256": "aes256", "aes128": "aes128",
-                   "aes192": "aes192", "aes256": "aes256"}
-    _POLICY_HASH = {"md5": "md5", "sha": "sha1", "sha1": "sha1", "sha256": "sha256",
-                    "sha384": "sha384", "sha512": "sha512"}
-
-    _POLICY_AUTH = {"pre-share": "psk", "rsa-sig": "cert", "rsa-encr": "rsa_encr"}
+    # authentication}, tried in SEQ order. The words are proposals.py's (ISAKMP_*).
 
     def _isakmp_policies(self, items, path, version, allow_legacy, auth_method):
         if version != 1:
@@ -1140,15 +1134,16 @@ class _Parser:
                     if k not in pm:
                         # Cisco's defaults (des, group 1) are broken; vpnd wants them named.
                         self.err(_join(p, k), "required (Cisco's default is not assumed)")
-                enc = self.field(pm, "encryption", p, self._policy_word(self._POLICY_ENC), None)
-                hsh = self.field(pm, "hash", p, self._policy_word(self._POLICY_HASH), "sha1")
+                enc = self.field(pm, "encryption", p,
+                                 self._policy_word(_vocab.ISAKMP_ENCRYPTION), None)
+                hsh = self.field(pm, "hash", p, self._policy_word(_vocab.ISAKMP_HASH), "sha1")
                 grp = self.field(pm, "group", p, self._policy_group, None)
                 if "authentication" in pm:
                     a = self.field(pm, "authentication", p,
-                                   self.choice("pre-share", "rsa-sig", "rsa-encr"), None)
+                                   self.choice(*_vocab.ISAKMP_AUTHENTICATION), None)
                     # One connection has one set of credentials (psk / auth.cert /
                     # auth.rsa_encr); a policy may only name that method.
-                    if a and auth_method and self._POLICY_AUTH[a] != auth_method:
+                    if a and auth_method and _vocab.ISAKMP_AUTHENTICATION[a] != auth_method:
                         self.err(_join(p, "authentication"),
                                  f"{a} does not match the connection's credentials "
                                  f"({auth_method})")
@@ -1157,10 +1152,9 @@ class _Parser:
                     if life is not None:
                         lifetimes.setdefault(life, _join(p, "lifetime"))
                 if enc and hsh and grp:
-                    text = f"{enc}-{hsh}-{grp}"
                     try:
-                        (prop,) = parse_proposals(text, "ike", allow_legacy=allow_legacy)
-                        out.append((seq, prop))
+                        out.append((seq, _vocab.isakmp_policy(enc, hsh, grp,
+                                                              allow_legacy=allow_legacy)))
                     except ProposalError as e:
                         self.err(p, str(e))
             except _Bad:
@@ -1179,17 +1173,17 @@ class _Parser:
 
     def _policy_word(self, table):
         def conv(v, path):
-            key = " ".join(str(v).lower().split()) if isinstance(v, (str, int)) else None
-            if key not in table:
-                self.fail(path, f"{_show(v)} is not one of: {', '.join(sorted(table))}")
-            return table[key]
+            try:
+                return _vocab.isakmp_word(table, v, _show(v))
+            except ProposalError as e:
+                self.fail(path, str(e))
         return conv
 
     def _policy_group(self, v, path):
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            self.fail(path, f"expected a group number, got {_tname(v)}")
-        s = str(v).lower()
-        return s if s.startswith(("group", "modp", "ecp", "x25519", "curve")) else f"group{s}"
+        try:
+            return _vocab.isakmp_group(v, _tname(v))
+        except ProposalError as e:
+            self.fail(path, str(e))
 
     def _child(self, m, path, allow_legacy, is_manual):
         """esp:/ah:/pfs: -> (esp proposals with AH bundles folded in, ah-only proposals)."""

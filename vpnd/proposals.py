@@ -412,3 +412,40 @@ def parse_proposals(text: str, protocol: str, *, allow_legacy: bool = False
     if len(kinds) > 1:
         raise ProposalError("a list of transform sets cannot mix AH-only and ESP sets")
     return tuple(out)
+
+
+# -- Cisco `crypto isakmp policy N` words (encryption / hash / group / authentication) ----
+# The policy's words reduced to the canonical names above; config.py checks the structure
+# (seq, required keys, lifetime) and reports key paths.
+
+ISAKMP_ENCRYPTION = {"des": "des", "3des": "3des", "aes": "aes128", "aes 128": "aes128",
+                     "aes 192": "aes192", "aes 256": "aes256", "aes128": "aes128",
+                     "aes192": "aes192", "aes256": "aes256"}
+ISAKMP_HASH = {"md5": "md5", "sha": "sha1", "sha1": "sha1", "sha256": "sha256",
+               "sha384": "sha384", "sha512": "sha512"}
+ISAKMP_AUTHENTICATION = {"pre-share": "psk", "rsa-sig": "cert", "rsa-encr": "rsa_encr"}
+
+
+def isakmp_word(table: dict[str, str], value, shown: str) -> str:
+    """`encryption aes 256` -> "aes256" (table ISAKMP_ENCRYPTION / ISAKMP_HASH);
+    ProposalError naming the choices otherwise (`shown`: the value as quoted to the user)."""
+    key = " ".join(str(value).lower().split()) if isinstance(value, (str, int)) else None
+    if key not in table:
+        raise ProposalError(f"{shown} is not one of: {', '.join(sorted(table))}")
+    return table[key]
+
+
+def isakmp_group(value, kind: str) -> str:
+    """`group 14` / 14 / "modp2048" -> a group word parse_proposals knows (`kind`: the
+    value's type name for the error)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ProposalError(f"expected a group number, got {kind}")
+    s = str(value).lower()
+    return s if s.startswith(("group", "modp", "ecp", "x25519", "curve")) else f"group{s}"
+
+
+def isakmp_policy(encryption: str, hash_: str, group: str, *,
+                  allow_legacy: bool = False) -> Proposal:
+    """One ISAKMP policy as an IKE proposal (IKEv1's PRF is the hash's HMAC)."""
+    (prop,) = parse_proposals(f"{encryption}-{hash_}-{group}", "ike", allow_legacy=allow_legacy)
+    return prop

@@ -187,3 +187,16 @@ def test_fuzz_only_proposal_errors(words, sep, protocol):
         assert p.describe()
         if protocol == "ike":
             assert p.dh and p.prf and p.encryption
+
+
+def test_isakmp_policy_words_live_in_the_vocabulary_module():
+    # issue 9: the Cisco `crypto isakmp policy` words are parsed in proposals.py
+    from vpnd import proposals as P
+    assert P.isakmp_word(P.ISAKMP_ENCRYPTION, "AES  256", "'AES 256'") == "aes256"
+    assert P.isakmp_word(P.ISAKMP_HASH, "sha", "'sha'") == "sha1"
+    assert P.isakmp_group(14, "integer") == "group14" and P.isakmp_group("ecp256", "string") == "ecp256"
+    prop = P.isakmp_policy("aes256", "sha256", "group14")
+    assert (prop.encryption, prop.integrity, prop.prf, prop.dh) == \
+        (("aes256",), ("sha256",), ("prfsha256",), ("modp2048",))
+    with pytest.raises(P.ProposalError, match="'blowfish' is not one of: 3des, aes"):
+        P.isakmp_word(P.ISAKMP_ENCRYPTION, "blowfish", "'blowfish'")
