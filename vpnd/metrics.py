@@ -6,7 +6,7 @@ Everything is rendered at scrape time from the daemon's status dict (the one `vp
 on the data path. The only state kept here is per-event (IKE events counted, negotiation
 durations) and the totals of SAs that are gone, so per-connection byte and packet counters
 stay monotonic across rekeys. The HTTP server is a small asyncio server in the daemon's
-event loop (a scrape never blocks it for long: rendering is a walk over the status dict).
+event loop: the status is read there, the text is rendered in a worker thread.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import threading
 import time
 
 from prometheus_client import CollectorRegistry
@@ -69,6 +70,8 @@ class Metrics:
         self.hist: dict[str, list] = {}          # connection -> [bucket counts..., sum, count]
         self._seen: dict[tuple, dict] = {}       # (connection, spi_in) -> last counters seen
         self._retired: dict[str, dict] = {}      # connection -> totals of SAs gone
+        self._snap: tuple | None = None          # (status, events, hist) handed to a render
+        self._render_lock = threading.Lock()     # one render at a time (_seen/_retired)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -101,12 +104,19 @@ class Metrics:
     def describe(self):
         return []
 
-    def collect(self):
+    def snapshot(self) -> tuple:
+        """What a scrape shows, taken in the event loop (the daemon's state is not shared with
+        the rendering thread): the status dict (a fresh one per call) and copies of the
+        event counters."""
         try:
             st = self.status_fn() or {}
         except Exception:
             log.exception("metrics: status failed")
             st = {}
+        return st, dict(self.events), {k: list(v) for k, v in self.hist.items()}
+
+    def collect(self):
+        st, events, hist = self._snap if self._snap is not None else self.snapshot()
         conns = st.get("connections", [])
         ike_sas = st.get("ike_sas", [])
         names = [c.get("name") for c in conns]
@@ -224,22 +234,29 @@ class Metrics:
         ev = CounterMetricFamily("vpnd_ike_events", "IKE events by kind (ike_up, child_up, "
                                  "ike_rekeyed, auth_failed, no_proposal, peer_dead, "
                                  "retransmit, ...)", labels=["connection", "event"])
-        for (n, kind), v in sorted(self.events.items()):
+        for (n, kind), v in sorted(events.items()):
             ev.add_metric([n, kind], v)
         yield ev
         h = HistogramMetricFamily("vpnd_negotiation_seconds", "Time from the start of an IKE "
                                   "negotiation to its IPsec SA installed", labels=["connection"])
-        for n, vals in sorted(self.hist.items()):
+        for n, vals in sorted(hist.items()):
             h.add_metric([n], [(str(b), vals[i]) for i, b in enumerate(BUCKETS)]
                          + [("+Inf", vals[-1])], sum_value=vals[-2])
         yield h
 
     # -- rendering -----------------------------------------------------------------------
 
-    def render(self, accept: str = "") -> tuple[bytes, str]:
-        if "application/openmetrics-text" in accept:
-            return om.generate_latest(self.registry), om.CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self, accept: str = "", snap: tuple | None = None) -> tuple[bytes, str]:
+        """The exposition text of `snap` (default: a snapshot taken now). Thread-safe given a
+        snapshot: the endpoint renders in a worker thread, off the event loop."""
+        with self._render_lock:
+            self._snap = snap
+            try:
+                if "application/openmetrics-text" in accept:
+                    return om.generate_latest(self.registry), om.CONTENT_TYPE_LATEST
+                return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            finally:
+                self._snap = None
 
 
 MAX_CLIENTS = 8        # scrapers at once; more are closed at once (file descriptors stay bounded)
@@ -309,7 +326,11 @@ class MetricsServer:
             elif path not in ("/metrics", "/"):
                 status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
             else:
-                body, ctype = self.metrics.render(headers.get("accept", ""))
+                # the snapshot in the loop, the text (the costly part: ~25 samples per
+                # connection) in a worker thread, so that packets keep flowing meanwhile
+                snap = self.metrics.snapshot()
+                body, ctype = await asyncio.get_running_loop().run_in_executor(
+                    None, self.metrics.render, headers.get("accept", ""), snap)
                 status = "200 OK"
             writer.write((f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode())

@@ -211,3 +211,35 @@ def test_stalled_clients_cannot_lock_scrapers_out(tmp_path, monkeypatch):
             await srv.close()
         return out
     assert asyncio.run(main()).startswith(b"HTTP/1.0 200")
+
+
+def test_rendering_runs_off_the_event_loop(tmp_path):
+    """The status is read in the loop's thread, the exposition text made in another one."""
+    import threading
+
+    seen = {}
+
+    class Spy(metrics.Metrics):
+        def collect(self):
+            seen["collect"] = threading.get_ident()
+            yield from super().collect()
+
+    def status():
+        seen["status"] = threading.get_ident()
+        return STATUS
+
+    async def main():
+        seen["loop"] = threading.get_ident()
+        m = Spy(status)
+        m.on_event("ike_up", "site-b")
+        path = str(tmp_path / "m.sock")
+        srv = metrics.MetricsServer(m, path)
+        await srv.start()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _http, socket.AF_UNIX, path, b"GET /metrics HTTP/1.0\r\n\r\n")
+        finally:
+            await srv.close()
+    out = asyncio.run(main())
+    assert b'vpnd_ike_events_total{connection="site-b",event="ike_up"} 1.0' in out
+    assert seen["status"] == seen["loop"] and seen["collect"] != seen["loop"]
