@@ -50,6 +50,7 @@ HALF_OPEN_VERIFIED_MAX = 1000
 AM_RESPONDER_RATE = 1.0
 AM_RESPONDER_BURST = 3
 AM_RESPONDER_OVERALL = 50.0
+AM_MSG2_RESENDS = 3  # message 2 again on phase-2 messages that show message 3 lost
 
 
 class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
@@ -420,13 +421,16 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         """An encrypted message with both our cookies for an Aggressive Mode responder SA
         still waiting for message 3: the initiator is done (its message 3 got lost) and has
         started phase 2. Message 2, sent only once (issue 8.5), goes again so that it repeats
-        message 3 (a bounded number of times); the source knows our cookie, so this answers
-        no spoofed packet."""
+        message 3 (a few times); the source knows our cookie, so this answers no spoofed
+        packet. vpnd's initiator repeats message 3 then; strongSwan repeats its last request
+        (the Quick Mode), so with it a lost message 3 stays lost, as it did when message 2
+        was retransmitted on a timer (Aggressive Mode has no acknowledgement of message 3)."""
         if sa.initiator or not sa.aggressive or sa.is_established or hdr.spi_r != sa.cky_r \
                 or not hdr.flags & codec.FLAG_V1_ENCRYPTION:
             return False  # (a plain notify is the peer's refusal: _info_receive takes it)
-        if sa.retx is not None:
-            self._resend_answer(sa.retx)
+        if sa.retx is not None and sa.retx.tries < AM_MSG2_RESENDS:
+            sa.retx.tries += 1
+            self._resend(sa.retx)
         return True
 
     # ------------------------------------------------------------------ half-open budgets (8.5)
