@@ -477,3 +477,49 @@ def test_ikev1_both_ends_start_two_connections_at_once():
     for s in (p.a, p.b):
         assert len(_isakmp(s, p.now)) == 1
         assert sorted(c.connection for c in s.installed()) == ["one", "two"]
+
+
+@pytest.mark.parametrize("version", [2])
+def test_restarted_responder_without_initial_contact(version, monkeypatch):
+    """We initiated; the peer restarts and comes back without INITIAL_CONTACT (as libreswan):
+    one IKE SA and one CHILD_SA per selector remain, and they keep working (rekeys).
+    Not IKEv1 yet: its ISAKMP tie-break cannot tell this from both ends starting at once
+    (tests/unit/test_ikev1_lifecycle.py::test_both_ends_initiate_at_once), so the SA the
+    peer lost may be kept (until DPD). Several runs: the nonces are random."""
+    for _ in range(4):
+        _restarted_responder(version, monkeypatch)
+
+
+def _restarted_responder(version, monkeypatch):
+    a = {"site": (version, "10.1.1.0/24", "10.2.1.0/24", None)}
+    b = {"site": (version, "10.2.1.0/24", "10.1.1.0/24", None)}
+    p = make_pair(a, b)
+    up(p, "site")
+    p.now += 5
+    p.b = Side("b", B_IP, side_conf(B_IP, A_IP, b), p.now)
+    p.by_ip[B_IP] = p.b
+    monkeypatch.setattr(p.b.m.rules, "may_send_initial_contact", lambda *a, **k: False)
+    up(p, "site", side=p.b)
+    p.run(90)
+    p.check_tunnel(expect=1)
+    live = [s for s in p.a.m.status(p.now)["ike_sas"] if s["state"] == "ESTABLISHED"]
+    assert len(live) == 1, live
+    p.feed(p.a, p.a.m.rekey("site", p.now))
+    p.pump()
+    p.run(90)  # IKEv1: a replaced pair lingers up to 60 s on the side that did not start the rekey
+    p.check_tunnel(expect=1)
+
+
+def test_ikev1_rekey_of_a_pair_the_peer_created_leaves_one_pair():
+    """IKEv1: we rekey a pair the peer created. The peer may keep its old pair as a standby
+    (simultaneous Quick Mode tie-break) until told; we deleted ours silently, so it stayed
+    for its whole lifetime (about 2 runs in 3). The rekey's initiator now sends the Delete."""
+    for _ in range(8):  # the tie-break depends on random nonces
+        p = make_pair({"site": (1, "10.1.1.0/24", "10.2.1.0/24", None)},
+                      {"site": (1, "10.2.1.0/24", "10.1.1.0/24", None)})
+        up(p, "site", side=p.b)
+        p.run(10)
+        p.feed(p.a, p.a.m.rekey("site", p.now))
+        p.pump()
+        p.run(90)
+        p.check_tunnel(expect=1)

@@ -278,7 +278,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             self._out.append(c.attach)
             c.attach_at = c.attach = None
         if c.delete_at is not None and now >= c.delete_at:
-            self._delete_child(c, now, reason="replaced by rekeyed SA", notify_peer=c.initiator)
+            # the rekey's initiator deletes the old pair with a Delete, also one the peer
+            # created: the peer may hold it as a standby (quick.py) until told
+            self._delete_child(c, now, reason="replaced by rekeyed SA", notify_peer=c.initiator or c.rekeyed_here)
         elif c.expire_at is not None and now >= c.expire_at:
             self._delete_child(c, now, reason="lifetime expired")
         elif c.state == "INSTALLED" and c.rekey_at is not None and now >= c.rekey_at:

@@ -484,9 +484,10 @@ class QuickMixin:
             old = self.children[replaces]
             old.state = "REKEYED"
             # the old pair lingers so packets in flight still decrypt (make-before-break);
-            # its initiator deletes it with a Delete payload, the other side on expiry
+            # the rekey's initiator deletes it with a Delete payload, the other side on expiry
             if qm.initiator and qm.rekey_of is not None:
                 old.delete_at = now + self.rekeyed_linger
+                old.rekeyed_here = True
             else:
                 old.delete_at = min(old.expire_at or now + 60, now + 60)
         self._dpd_arm(sa, now)

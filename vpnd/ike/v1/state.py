@@ -161,6 +161,7 @@ class Child:
     standby: bool = False  # REKEYED until the peer deletes it or the pair that stands in for it
     attach_at: float | None = None  # a rekey initiator's outbound half goes in then
     attach: object = None  # the full InstallChildSA to emit at attach_at (holds keys)
+    rekeyed_here: bool = False  # we rekeyed it: our Delete tells the peer, whoever created it
 
     def __repr__(self) -> str:
         return f"Child({self.child_id}, {self.state})"
