@@ -2,7 +2,7 @@
 
 Request, one line:  {"command": "status"} | {"command": "up", "name": "site-b"} |
                     {"command": "down", "name": ...} | {"command": "rekey", "name": ..., "ike": false} |
-                    {"command": "reload"}
+                    {"command": "reload"} | {"command": "monitor"} (a stream: vpnd/monitor.py)
 Response, one line: {"ok": true, "result": {...}} | {"ok": false, "error": "reason"}
 
 A client may send several requests on one connection; each gets one response, in order.
@@ -27,7 +27,7 @@ MAX_REQUEST = 64 * 1024  # bytes of one request line (the StreamReader's limit)
 # clients whose commands are running count for good, and those sent valid commands.
 MAX_CLIENTS = 64
 IDLE_TIMEOUT = 5.0  # seconds a connection may sit without a complete request line
-COMMANDS = ("status", "up", "down", "rekey", "reload", "keys")
+COMMANDS = ("status", "up", "down", "rekey", "reload", "keys", "monitor")
 
 
 class CommandError(Exception):
@@ -219,6 +219,10 @@ class ControlServer:
                     resp = {"ok": False, "error": str(e)}
                 else:
                     self._clients[task] = None
+                    if req["command"] == "monitor":  # a stream until either side closes
+                        from vpnd import monitor
+                        await monitor.serve(self.handler, reader, writer)
+                        break
                     resp = await dispatch(self.handler, req)
                     # a client that does not read its answer is idle, hence evictable
                     self._clients[task] = loop.time()

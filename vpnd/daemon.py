@@ -186,6 +186,8 @@ class Daemon:
         self.ike = None  # vpnd.ike.manager.IkeManager when available
         self.control = None
         self.metrics = None  # vpnd.metrics.MetricsServer with daemon.metrics
+        from vpnd.monitor import Monitor
+        self.monitor = Monitor()  # vpnctl monitor's subscribers (vpnd/monitor.py)
         self.children: dict[int, Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
         self._manual: dict = {}  # connection name -> the Connection installed
@@ -635,6 +637,7 @@ class Daemon:
             self._acquire_q[name] = (q, now)
             if self.ike is not None:
                 log.info("%s: traffic for the tunnel, initiating", name)
+                self.monitor.publish_acquire(name, packet)
                 self._note_attempt(name)
                 self._run_actions(self.ike.acquire(name, packet, now))
         else:
@@ -1075,6 +1078,7 @@ class Daemon:
         log.log(level, "%s", ev.message)
         if self.metrics is not None:
             self.metrics.metrics.on_event(ev.kind, ev.connection)
+        self.monitor.on_core_event(ev, self.children)
         if not ev.connection:
             return
         if ev.kind == "ike_rekeyed":

@@ -38,6 +38,9 @@ def register(sub) -> None:
     if pki is not None:
         pki.register(sub)
         LOCAL_COMMANDS["pki"] = pki.main
+    from vpnd import monitor
+    monitor.register(sub)
+    LOCAL_COMMANDS["monitor"] = monitor.main  # a stream over the socket, not one answer
     from vpnd import keyexport
     keyexport.register(sub)
     LOCAL_COMMANDS["keys"] = keyexport.main  # asks the daemon itself, then writes the files
