@@ -336,10 +336,16 @@ class Daemon:
         # netlink worker starts again after it (inheriting ours) on its next call.
         from vpnd.net import netlink
         netlink.shutdown()
+        privileges.preload()  # later imports must not need files the user cannot read
         try:
             log.info("%s", privileges.drop(target))
         except privileges.PrivilegeError as e:
             raise StartupError(str(e)) from None
+        stdlib = os.path.dirname(os.__file__)
+        if not os.access(stdlib, os.R_OK | os.X_OK):
+            log.warning("Python's library %s is not readable as uid %d: a module vpnd has not "
+                        "loaded yet cannot be imported (install Python outside /root)",
+                        stdlib, os.geteuid())
         for path in self._files_to_reread():
             if not os.access(path, os.R_OK):
                 log.warning("reload will fail: %s cannot be read as uid %d; give it the group "

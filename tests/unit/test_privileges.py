@@ -94,3 +94,35 @@ def test_unknown_daemon_user_is_a_key_path_error(tmp_path):
     assert p.startswith("daemon.user: no such user 'no-such-user-vpnd' (create it")
     f = write(tmp_path, "daemon: {user: root}\n" + PSK_CONF)
     assert load_config(f).daemon.user == "root"
+
+
+@root_only
+def test_modules_loaded_lazily_still_import_after_the_drop():
+    # This Python may live where the daemon's user cannot read (here: under /root): the
+    # daemon preloads vpnd and what it imports lazily before dropping root.
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory(prefix="vpnd-priv-") as d:  # /tmp/pytest-of-root is 0700
+        _lazy_imports(Path(d))
+
+
+def _lazy_imports(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("daemon: {control_group: '0', user: nobody}\n"
+                    "connections:\n  x: {peer: 10.0.0.2, psk: \"a secret key\"}\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(conf, 0o644)
+    code = f"""
+import sys
+from vpnd.net import privileges as p
+p.preload()
+p.drop(p.resolve("nobody"))
+from vpnd.config import load_config
+from vpnd.crypto import auth  # cryptography, hashlib
+cfg = load_config({str(conf)!r})
+print("ok", cfg.daemon.control_group, "grp" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["ok", "0", "True"]

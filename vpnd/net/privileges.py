@@ -129,6 +129,37 @@ def target_gid(user: str | None) -> int | None:
     return t.gid if t else 0
 
 
+# Imported inside functions somewhere in vpnd: load them while still root, so that a Python
+# installed where the daemon's user cannot read (e.g. under /root) still finds them later.
+_LAZY_MODULES = (
+    "grp", "pwd", "hashlib", "hmac", "difflib", "json", "importlib.metadata",
+    "concurrent.futures.thread", "encodings.idna",
+    "cryptography.x509", "cryptography.x509.oid", "cryptography.exceptions",
+    "cryptography.hazmat.primitives.hashes", "cryptography.hazmat.primitives.serialization",
+    "cryptography.hazmat.primitives.asymmetric.rsa", "cryptography.hazmat.primitives.asymmetric.ec",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "cryptography.hazmat.primitives.asymmetric.padding",
+    "cryptography.hazmat.primitives.asymmetric.dh",
+)
+
+
+def preload() -> list[str]:
+    """Import every vpnd module and the modules vpnd imports lazily; the names that failed."""
+    import importlib
+    import pkgutil
+
+    import vpnd
+    failed = []
+    names = [m.name for m in pkgutil.walk_packages(vpnd.__path__, "vpnd.")
+             if not m.name.endswith("__main__")]
+    for name in (*names, *_LAZY_MODULES):
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional module (e.g. without its library): not fatal
+            failed.append(name)
+    return failed
+
+
 def drop(target: Target | None) -> str:
     """Become `target` keeping KEPT; started unprivileged, only narrow the capability sets.
     Returns what was done, for the log. Raises PrivilegeError (the caller stops: running
