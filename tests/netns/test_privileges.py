@@ -81,3 +81,33 @@ def test_stays_root_with_a_warning_when_there_is_no_user(ik2_topo, vpnds):
     a = vpnds(topo, "gwa", ca)
     assert proc_status(a.proc.pid)["Uid"][0] == "0"
     assert "running as root: create the system user 'vpnd'" in a.log()
+
+
+def test_certificates_as_an_unprivileged_daemon(ik2_topo, vpnds):
+    """The key file stays root-only (mode 600 in a 700 directory): the IKE core signs with
+    what the config loader read at start, never opening the file as nobody; a reload that
+    cannot read it fails cleanly and the old configuration keeps running."""
+    from pathlib import Path
+
+    from .test_ikev2_strongswan import DN_A, DN_B, _pki
+    topo = ik2_topo
+    pki = _pki(Path(topo.workdir), "ecdsa256")
+    os.chmod(pki["gw-a"][1], 0o600)
+
+    def auth(me, other_dn):
+        return (f"    auth: {{cert: {pki[me][0]}, key: {pki[me][1]}, ca: {pki['ca']}}}\n"
+                f"    remote_id: \"{other_dn}\"")
+
+    ca, cb = pair_confs(topo, ike=PAIRS[1][0], esp=PAIRS[1][1], a_auth=auth("gw-a", DN_B),
+                        b_auth=auth("gw-b", DN_A))
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca.replace("daemon:\n", "daemon:\n  user: nobody\n", 1))
+    assert proc_status(a.proc.pid)["Uid"][0] == "65534"
+    assert "reload will fail:" in a.log()  # named at start: the config and key are root's
+    assert a.ctl("up", name="site")["ok"], a.log()[-3000:]
+    assert wait_child(b)["ike"]["remote_id"] == DN_A
+    topo.check_traffic()
+    r = a.ctl("reload")
+    assert not r["ok"] and "cannot read" in r["error"] and "Permission denied" in r["error"], r
+    assert a.ctl("rekey", name="site", ike=True)["ok"]  # signs again after the failed reload
+    topo.wait_ping("hosta", topo.hostb_ip)
