@@ -463,7 +463,7 @@ class Ikev2Engine:
         return self.take()
 
     def _receive(self, data: bytes, local: Address, remote: Address, now: float) -> None:
-        if (len(data) >= codec.HEADER_LEN and data[17] == 0x20 and data[18] == c.IKE_SA_INIT
+        if (len(data) >= codec.HEADER_LEN and data[17] >> 4 == 2 and data[18] == c.IKE_SA_INIT
                 and not data[19] & c.FLAG_R and not exchange_init.candidates(self, local, remote)):
             # before any parsing: a flood from unconfigured sources costs a header peek each
             exchange_init.drop_unconfigured(self, remote, now)
