@@ -331,7 +331,11 @@ class Daemon:
                             "so that vpnd drops root after start-up", privileges.DEFAULT_USER)
             return
         if target is not None and os.geteuid() == 0 and self.control is not None:
-            self.control.hand_over(target.uid)
+            try:
+                self.control.hand_over(target.uid)
+            except OSError as e:  # only the socket's removal at exit depends on it
+                log.warning("control socket: cannot hand it to %s: %s", target.name,
+                            e.strerror or e)
         # Capabilities are per thread: a thread alive during the switch keeps none. The
         # netlink worker starts again after it (inheriting ours) on its next call.
         from vpnd.net import netlink
