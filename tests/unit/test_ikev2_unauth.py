@@ -222,3 +222,20 @@ def test_cookie_answer_before_parsing(monkeypatch):
     p2.check_tunnel()
     inits = [d.data for t, d in p2.a.sent if d.data[18] == 34]
     assert len(inits) == 2  # the first answered COOKIE, the second carried it
+
+
+def test_cookie_precheck_survives_garbage():
+    """The header walk of the cookie path on mutated requests: never an internal error,
+    at most one answer per datagram."""
+    p = Pair(b_daemon={"cookie_threshold": 0})
+    req = _init_request(p)
+    rnd = random.Random(11)
+    for i in range(3000):
+        blob = bytearray(req)
+        for _ in range(rnd.randrange(1, 6)):
+            blob[rnd.randrange(16, len(blob))] = rnd.randrange(256)
+        if rnd.random() < 0.3:
+            blob = blob[:rnd.randrange(28, len(blob))]
+        sends, evs = _feed(p.b, bytes(blob), (A_IP, 500), p.now + i * 0.01)
+        assert len(sends) <= 1
+        assert not [e for e in evs if e.kind == "error"], [e.message for e in evs]
