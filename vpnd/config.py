@@ -414,6 +414,10 @@ class _Parser(_Schema):
         per_host = f(m, "per_host", path, self.boolean, False)
         nat_keepalive = f(m, "nat_keepalive", path, self.integer(0, 3600), 20)
         encap = f(m, "encap", path, self.boolean, False)
+        from vpnd import updown as _updown
+        updown = f(m, "updown", path, lambda v, p: _updown.check_script(self, v, p), None)
+        updown_timeout = f(m, "updown_timeout", path, lambda v, p: _updown.check_timeout(self, v, p),
+                           _updown.DEFAULT_TIMEOUT)
 
         if len(self.problems) > before:
             return None
@@ -427,7 +431,8 @@ class _Parser(_Schema):
             start=start if not is_manual else "start", lifetime=lifetime,
             idle_time=idle_time, replay_window=replay_window, per_host=per_host, dpd=dpd,
             nat_keepalive=nat_keepalive, encap=encap, rri=rri,
-            allow_legacy=allow_legacy, manual=manual, comp=comp)
+            allow_legacy=allow_legacy, manual=manual, comp=comp,
+            updown=updown, updown_timeout=updown_timeout)
 
     def _version(self, v, path):
         if v not in (1, 2) or isinstance(v, bool):

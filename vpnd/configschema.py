@@ -325,6 +325,8 @@ class Connection:
     allow_legacy: bool = False
     manual: Manual | None = None
     comp: str | None = None                  # IPComp: "deflate" | "lzs" (or comp-lzs in esp:)
+    updown: str | None = None                # script run on CHILD_SA up/down (vpnd/updown.py)
+    updown_timeout: float = 10.0
 
     @property
     def dynamic(self) -> bool:

@@ -188,6 +188,8 @@ class Daemon:
         self.metrics = None  # vpnd.metrics.MetricsServer with daemon.metrics
         from vpnd.monitor import Monitor
         self.monitor = Monitor()  # vpnctl monitor's subscribers (vpnd/monitor.py)
+        from vpnd.updown import Updown
+        self.updown = Updown()  # connections' updown: scripts (vpnd/updown.py)
         self.children: dict[int, Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
         self._manual: dict = {}  # connection name -> the Connection installed
@@ -310,6 +312,7 @@ class Daemon:
                 await self.control.close()
                 self.control = None
             await self._stop_metrics()
+            self.updown.close()
             self.teardown()
         return self.exit_code
 
@@ -727,8 +730,15 @@ class Daemon:
         queued = self._acquire_q.pop(act.connection, None)
         if queued:
             self._send_outputs(self.dp.encap_many(queued[0]))
+        self._updown("up", child, conn)
         self._wake(act.connection, "up")
         return child
+
+    def _updown(self, verb: str, child: Child, conn) -> None:
+        """updown: of the connection, unless a rekey (another SA of the same selectors)."""
+        from vpnd.updown import is_rekey
+        if conn is not None and conn.updown and not is_rekey(self.children, child):
+            self.updown.child_event(verb, conn, child.action, self.tun.name if self.tun else "")
 
     def _attach_outbound(self, child: Child, act: InstallChildSA) -> Child | None:
         """Second half of a make-before-break install: the outbound policy of `act.replaces`
@@ -780,6 +790,7 @@ class Daemon:
         if not quiet:
             log.info("%s: SA deleted (SPIs in %s)", child.connection,
                      "/".join(f"{s.spi:08x}" for s in child.inbound))
+            self._updown("down", child, self._conn(child.connection))
         if not any(c.connection == child.connection for c in self.children.values()):
             self._wake(child.connection, "down")
 
