@@ -26,6 +26,11 @@ import contextlib
 import ipaddress
 from dataclasses import dataclass
 
+# Two SAs between the same ends set up further apart than this are not both ends starting
+# at once (RFC 7296 2.8's duplicates, settled by a tie-break) but a peer that restarted or
+# rekeyed: the newer one wins. IKEv2's drop_duplicate uses the same window.
+SIMULTANEOUS_WINDOW = 30.0
+
 # Identity as compared here: (ID type, normalised data). IKEv1 and IKEv2 share the type
 # numbers of the kinds we use (1 IPv4, 2 FQDN, 3 e-mail, 5 IPv6, 9 DER DN, 11 key id).
 IdKey = tuple[int, object]

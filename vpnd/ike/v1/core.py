@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 
 from vpnd.ike import codec, limits, liveness
 from vpnd.ike.actions import Event, SendDatagram, hostport
+from vpnd.ike.peers import SIMULTANEOUS_WINDOW
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import identity, keys
 from vpnd.ike.v1 import payloads as P
@@ -846,6 +847,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             elif not other.replaced and other.initiator == sa.initiator:
                 # both the peer's: it rekeyed (and deletes the old SA itself) or restarted
                 # without INITIAL-CONTACT (nobody will): the old SA goes after a grace period
+                self._retire(other, now, rekey=True)
+            elif not other.replaced and other.established is not None \
+                    and other.established + SIMULTANEOUS_WINDOW < sa.created:
+                # the other one was up long before this one began: no simultaneous start
+                # but the peer's rekey (its Delete follows) or a peer that restarted without
+                # INITIAL-CONTACT (nobody will tell us; issue 7.12): the older SA goes
                 self._retire(other, now, rekey=True)
             elif not other.replaced:
                 # Two SAs up at once, one from each end: the peer rekeyed one of ours, or

@@ -16,6 +16,7 @@ from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA, IPCompPar
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys, policy
 from vpnd.ike.v1 import payloads as P
+from vpnd.ike.peers import SIMULTANEOUS_WINDOW
 from vpnd.ike.v1.state import Child, IsakmpSA, QuickMode, describe_transforms
 
 NONCE_LEN = 32
@@ -421,7 +422,8 @@ class QuickMixin:
                 if c.conn.name == conn.name and c.local_ts == qm.local_ts and \
                         c.remote_ts == qm.remote_ts and c.state == "INSTALLED":
                     if c.nonce_key and nonce_key < c.nonce_key and not c.standby \
-                            and c.initiator != qm.initiator:
+                            and c.initiator != qm.initiator \
+                            and c.installed + SIMULTANEOUS_WINDOW >= sa.created:
                         # Both ends ran a Quick Mode for the same selectors at once, or the
                         # peer rekeyed ours (two pairs of the peer's: the newer one wins, as
                         # before). The ends may install the two pairs in either order,
