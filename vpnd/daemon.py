@@ -190,6 +190,8 @@ class Daemon:
         self.monitor = Monitor()  # vpnctl monitor's subscribers (vpnd/monitor.py)
         from vpnd.updown import Updown
         self.updown = Updown()  # connections' updown: scripts (vpnd/updown.py)
+        from vpnd.watchdog import Systemd
+        self.systemd = Systemd(self)  # STATUS= as tunnels change, WATCHDOG=1 (vpnd/watchdog.py)
         self.children: dict[int, Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
         self._manual: dict = {}  # connection name -> the Connection installed
@@ -293,10 +295,12 @@ class Daemon:
             started = True
             # READY=1 only now: manual SAs and their routes are installed (Type=notify)
             notify.ready(f"{len(self.children)} SAs installed")
+            self.systemd.start(self.loop)
             log.info("vpnd ready: %d connection(s), %d SA(s) installed",
                      len(self._conns()), len(self.children))
             await self._stop
         finally:
+            self.systemd.stop()
             if started:
                 notify.stopping()
                 log.info("stopping: deleting SAs, removing routes and %s",
@@ -731,6 +735,7 @@ class Daemon:
         if queued:
             self._send_outputs(self.dp.encap_many(queued[0]))
         self._updown("up", child, conn)
+        self.systemd.changed()
         self._wake(act.connection, "up")
         return child
 
@@ -770,6 +775,7 @@ class Daemon:
         child.outbound = outbound
         child.action = dataclasses.replace(child.action, outbound=act.outbound, replaces=act.replaces)
         self._succeeded(act.connection)
+        self.systemd.changed()
         log.info("%s: outbound traffic moved to SPI %s", act.connection,
                  "/".join(f"{k.spi:08x}" for k in act.outbound))
         return child
@@ -791,6 +797,7 @@ class Daemon:
             log.info("%s: SA deleted (SPIs in %s)", child.connection,
                      "/".join(f"{s.spi:08x}" for s in child.inbound))
             self._updown("down", child, self._conn(child.connection))
+        self.systemd.changed()
         if not any(c.connection == child.connection for c in self.children.values()):
             self._wake(child.connection, "down")
 
@@ -1191,6 +1198,7 @@ class Daemon:
             return self._apply_new(new)
         finally:
             notify.ready()
+            self.systemd.changed()  # the number of connections may have changed
 
     def reload(self) -> dict:
         notify.reloading()
@@ -1198,6 +1206,7 @@ class Daemon:
             return self._apply_new(self._load_new())
         finally:
             notify.ready()
+            self.systemd.changed()  # the number of connections may have changed
 
     def _load_new(self):
         """The checked new config, or CommandError (logged); runs in a worker thread."""

@@ -101,6 +101,8 @@ def test_required_directives():
         assert d[f"Service.{flag}"] == ["yes"], flag
     # An invalid config exits 1 (--check): restarting would loop for nothing.
     assert d["Service.RestartPreventExitStatus"] == ["1"]
+    # issue 11: the watchdog (vpnd/watchdog.py pings at half of it)
+    assert d["Service.WatchdogSec"] == ["30s"]
 
 
 def test_default_control_socket_is_writable_under_the_sandbox():
