@@ -1,17 +1,16 @@
 """IKE peer authentication primitives: pre-shared key AUTH values (RFC 7296 2.15), RSA and
 ECDSA signatures in the classic encodings (RFC 7296 3.8 method 1, RFC 4754 methods 9-11) and
-as RFC 7427 digital signatures (method 14), X.509 credentials. Chains and certificate
-identities are checked in crypto/certs.py (both IKE versions)."""
+as RFC 7427 digital signatures (method 14). Certificates and keys are loaded in
+crypto/credentials.py, chains and certificate identities checked in crypto/certs.py (both
+IKE versions)."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
@@ -63,58 +62,6 @@ def psk_auth(prf, psk: bytes, signed_octets: bytes) -> bytes:
 
 def psk_verify(prf, psk: bytes, signed_octets: bytes, auth: bytes) -> bool:
     return hmac.compare_digest(psk_auth(prf, psk, signed_octets), auth)
-
-
-@dataclass(repr=False)
-class Credentials:
-    """Our certificate and key, the intermediate CAs sent after it (the certificate file's
-    further certificates, RFC 7296 3.6), and the CAs we trust for the peer."""
-
-    cert: x509.Certificate | None = None
-    key: object = None
-    cas: list[x509.Certificate] = field(default_factory=list)
-    chain: tuple[x509.Certificate, ...] = ()
-
-    def __repr__(self) -> str:
-        subj = self.cert.subject.rfc4514_string() if self.cert else None
-        return f"Credentials(cert={subj!r}, cas={len(self.cas)})"
-
-    @classmethod
-    def load(cls, cert_path: str | None, key_path: str | None, ca_path: str | None) -> "Credentials":
-        try:
-            mine = _load_certs(cert_path) if cert_path else [None]
-            key = None
-            if key_path:
-                data = _read(key_path)
-                key = (serialization.load_pem_private_key(data, None) if b"-----BEGIN" in data
-                       else serialization.load_der_private_key(data, None))
-            cas = _load_certs(ca_path) if ca_path else []
-        except (OSError, ValueError, TypeError) as e:
-            raise AuthError(f"cannot load credentials: {type(e).__name__}") from None
-        return cls(mine[0], key, cas, tuple(mine[1:]))
-
-    def certreq_data(self) -> bytes:
-        """CERTREQ: SHA-1 of each trusted CA's SubjectPublicKeyInfo (RFC 7296 3.7)."""
-        return b"".join(_spki_sha1(ca) for ca in self.cas)
-
-
-def _read(path: str) -> bytes:
-    # the bytes the config loader read (bounded, regular files only; no file access later)
-    from vpnd.config import credential_file
-    return credential_file(path)
-
-
-def _load_certs(path: str) -> list[x509.Certificate]:
-    data = _read(path)
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
-
-
-def _spki_sha1(cert: x509.Certificate) -> bytes:
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha1(spki).digest()
 
 
 def sign(key, data: bytes, peer_hashes: set[int] | frozenset[int]) -> tuple[int, bytes]:

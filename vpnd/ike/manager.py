@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 
+from vpnd.crypto.credentials import CredentialStore
 from vpnd.ike import codec
 from vpnd.ike.actions import Address, Event
 from vpnd.ike.peers import PeerRules
@@ -33,9 +34,12 @@ class IkeManager:
         self.config = config
         self._ids = itertools.count(1)
         ids = self._ids.__next__
-        self.v2 = Ikev2Engine(config, now=now, rng=rng, ids=ids, wallclock=wallclock)
+        # certificates and keys read once for both versions; the engines read no file
+        creds = CredentialStore.from_config(config)
+        self.v2 = Ikev2Engine(config, now=now, rng=rng, ids=ids, wallclock=wallclock, credentials=creds)
         v1cls = _load_v1()
-        self.v1 = v1cls(config, now=now, rng=rng, new_id=ids, wallclock=wallclock) if v1cls is not None else None
+        self.v1 = v1cls(config, now=now, rng=rng, new_id=ids, wallclock=wallclock,
+                        credentials=creds) if v1cls is not None else None
         self.drops = 0
         # the rules across versions and connections (INITIAL_CONTACT, duplicates, admin down)
         self.rules = PeerRules()
@@ -137,9 +141,10 @@ class IkeManager:
         self.config = config
         names = {c.name for c in config.connections}
         self.rules.admin_down &= names  # a removed connection's down state goes with it
+        creds = CredentialStore.from_config(config)  # the files as they are now
         out: list = []
         for e in self._engines():
-            out += self._call(self._version(e), e.reload, config, now)
+            out += self._call(self._version(e), e.reload, config, now, credentials=creds)
         return out
 
     def status(self, now: float) -> dict:

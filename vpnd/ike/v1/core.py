@@ -13,6 +13,7 @@ import itertools
 import os
 from collections import OrderedDict, deque
 
+from vpnd.crypto.credentials import CredentialStore
 from vpnd.ike import codec, limits, liveness
 from vpnd.ike.actions import Event, SendDatagram, hostport
 from vpnd.ike.peers import SIMULTANEOUS_WINDOW
@@ -55,7 +56,8 @@ AM_MSG2_RESENDS = 3  # message 2 again on phase-2 messages that show message 3 l
 
 
 class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
-    def __init__(self, config, *, now: float, rng=os.urandom, new_id=None, wallclock=None):
+    def __init__(self, config, *, now: float, rng=os.urandom, new_id=None, wallclock=None,
+                 credentials: CredentialStore | None = None):
         self.rng = rng
         self._ids = itertools.count(1)
         self._new_id = new_id or (lambda: next(self._ids))
@@ -66,7 +68,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._done_mids: dict[int, set] = {}
         self._lingering: list = []
         self._spis_in: set[int] = set()
-        self._cred_cache: dict = {}
+        # certificates and keys, loaded once (the IkeManager shares one store with IKEv2)
+        self.creds = credentials if credentials is not None else CredentialStore.from_config(config)
         self._had_contact: dict = {}
         self._restart_at: dict[str, float] = {}
         self._want_up: set[str] = set()  # DPD action restart: keep trying until it is back
@@ -198,12 +201,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             self._send_invalid_spi(spi, remote, now)
         return self._end()
 
-    def reload(self, config, now: float) -> list:
+    def reload(self, config, now: float, credentials: CredentialStore | None = None) -> list:
         self._begin(now)
         old = {c.name: c for c in self.v1_conns}
         self._apply_config(config)
         new = {c.name: c for c in self.v1_conns}
-        self._cred_cache.clear()
+        self.creds = credentials if credentials is not None else CredentialStore.from_config(config)
         acc: list = []
         for name, c in old.items():
             if name not in new or new[name] != c:

@@ -1,5 +1,6 @@
-"""Phase-1 identities (RFC 2407 4.6.2.1) and the credentials of rsa-sig / rsa-encr (chains
-and certificate identities are checked in crypto/certs.py, shared with IKEv2).
+"""Phase-1 identities (RFC 2407 4.6.2.1). The certificates and keys of rsa-sig / rsa-encr
+come from crypto/credentials.py; chains and certificate identities are checked in
+crypto/certs.py (both shared with IKEv2).
 
 Identities are config.Identity values (config.parse_identity reads the contract's forms:
 an address, "@name" or a bare host name, "user@domain", a DN "C=CH, O=Org, CN=host" or
@@ -9,11 +10,9 @@ an address, "@name" or a bare host name, "user@domain", a DN "C=CH, O=Org, CN=ho
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from vpnd.config import Identity, parse_identity
@@ -138,60 +137,6 @@ def id_matches(expected, got: ID) -> bool:
 
 
 # -- certificates ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Our certificate (DER), private key, trusted CAs and the peer's raw public key."""
-
-    cert: x509.Certificate | None = None
-    chain: tuple[x509.Certificate, ...] = ()  # intermediates sent after our certificate
-    key: rsa.RSAPrivateKey | None = None
-    cas: tuple[x509.Certificate, ...] = ()
-    peer_pubkey: rsa.RSAPublicKey | None = None  # rsa-encr: "crypto key pubkey-chain rsa"
-
-    def __repr__(self) -> str:
-        return "Credentials(***)"
-
-
-def _read(path: str) -> bytes:
-    # the bytes the config loader read (bounded, regular files only; no file access later)
-    from vpnd.config import credential_file
-    return credential_file(path)
-
-
-def load_cert(path: str) -> x509.Certificate:
-    data = _read(path)
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
-
-
-def load_certs(path: str) -> tuple[x509.Certificate, ...]:
-    data = _read(path)
-    if b"-----BEGIN" in data:
-        return tuple(x509.load_pem_x509_certificates(data))
-    return (x509.load_der_x509_certificate(data),)
-
-
-def load_private_key(path: str):
-    data = _read(path)
-    if b"-----BEGIN" in data:
-        return serialization.load_pem_private_key(data, None)
-    return serialization.load_der_private_key(data, None)
-
-
-def load_public_key(path: str):
-    """A peer's RSA public key: PEM/DER SubjectPublicKeyInfo or PKCS#1, or a certificate."""
-    data = _read(path)
-    if b"CERTIFICATE" in data:
-        return x509.load_pem_x509_certificate(data).public_key()
-    if b"-----BEGIN" in data:
-        return serialization.load_pem_public_key(data)
-    try:
-        return serialization.load_der_public_key(data)
-    except ValueError:
-        return x509.load_der_x509_certificate(data).public_key()
 
 
 def cert_der(cert: x509.Certificate) -> bytes:

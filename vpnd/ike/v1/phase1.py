@@ -15,6 +15,8 @@ from cryptography import x509
 
 from vpnd.crypto import certs as x509certs
 from vpnd.crypto import dh
+from vpnd.crypto.auth import AuthError
+from vpnd.crypto.credentials import Credentials
 from vpnd.crypto.rsa_encr import RsaError, decrypt_pkcs1, encrypt_pkcs1, sign_raw_pkcs1, verify_raw_pkcs1
 from vpnd.ike import codec
 from vpnd.ike.v1 import constants as C
@@ -111,21 +113,13 @@ class Phase1Mixin:
             raise Phase1Failed("no pre-shared key configured", C.N_AUTHENTICATION_FAILED, "auth_failed")
         return a.psk.value
 
-    def _creds(self, conn) -> identity.Credentials:
-        """Certificates and keys of a connection, loaded once (files were checked by config)."""
-        key = (conn.name, conn.auth)
-        cr = self._cred_cache.get(key)
-        if cr is None:
-            a = conn.auth
-            cas = tuple(c for path in a.ca for c in identity.load_certs(path))
-            chain = identity.load_certs(a.cert) if a.cert else ()
-            cr = identity.Credentials(
-                cert=chain[0] if chain else None, chain=tuple(chain[1:]),
-                key=identity.load_private_key(a.key) if a.key else None,
-                cas=cas,
-                peer_pubkey=identity.load_public_key(a.peer_pubkey) if a.peer_pubkey else None)
-            self._cred_cache[key] = cr
-        return cr
+    def _creds(self, conn) -> Credentials:
+        """Certificates and keys of a connection, from the store loaded with the config."""
+        try:
+            cr = self.creds.get(conn)
+        except AuthError as e:
+            raise Phase1Failed(f"local credentials unusable: {e}", C.N_AUTHENTICATION_FAILED, "auth_failed")
+        return cr if cr is not None else Credentials()
 
     def _local_id(self, sa: IsakmpSA) -> P.ID:
         conn = sa.conn

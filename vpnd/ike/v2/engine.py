@@ -13,7 +13,8 @@ import os
 import random
 import struct
 
-from vpnd.crypto.auth import AuthError, Credentials
+from vpnd.crypto.auth import AuthError
+from vpnd.crypto.credentials import Credentials, CredentialStore
 from vpnd.ike import codec, liveness
 from vpnd.ike.actions import (NAT_KEEPALIVE, Address, ChildKeys, DeleteChildSA, Event,
                               InstallChildSA, SendDatagram, UpdateChildAddresses)
@@ -48,8 +49,11 @@ def _hostport(addr: Address) -> str:
 
 
 class Ikev2Engine:
-    def __init__(self, config, *, now: float, rng=os.urandom, ids=None, wallclock=None):
+    def __init__(self, config, *, now: float, rng=os.urandom, ids=None, wallclock=None,
+                 credentials: CredentialStore | None = None):
         self.config = config
+        # certificates and keys, loaded once (the IkeManager shares one store with IKEv1)
+        self.creds = credentials if credentials is not None else CredentialStore.from_config(config)
         self.rng = rng
         self._ids = ids or itertools.count(1).__next__
         self.wallclock = wallclock
@@ -68,7 +72,6 @@ class Ikev2Engine:
         self.unauth_log = limits.unauth_log()
         self.retry_at: dict[str, float] = {}  # connection -> when to re-initiate (restart)
         self.drops = 0
-        self._creds: dict = {}
         self.persistent: set[str] = set()
         self._drop_reported = float("-inf")
         self._out: list = []
@@ -163,18 +166,12 @@ class Ikev2Engine:
             self.waiting.setdefault(sa.ike_id, []).append((conn, ts_hint))
 
     def credentials(self, conn) -> Credentials | None:
-        """Our certificate/key and trusted CAs of a connection, loaded once."""
+        """Our certificate/key and trusted CAs of a connection (None for PSK); AuthError when
+        its files could not be loaded."""
         a = conn.auth
         if a is None or a.method != "cert":
             return None
-        key = (a.cert, a.key, tuple(a.ca))
-        creds = self._creds.get(key)
-        if creds is None:
-            creds = Credentials.load(a.cert, a.key, None)
-            for path in a.ca:
-                creds.cas += Credentials.load(None, None, path).cas
-            self._creds[key] = creds
-        return creds
+        return self.creds.get(conn)
 
     def new_spi(self) -> bytes:
         while True:
@@ -964,9 +961,11 @@ class Ikev2Engine:
             })
         return out
 
-    def reload(self, config, now: float) -> list:
-        """New config: SAs of removed connections go; others pick up the new settings."""
+    def reload(self, config, now: float, credentials: CredentialStore | None = None) -> list:
+        """New config: SAs of removed connections go; others pick up the new settings (and
+        the certificates and keys as the files are now)."""
         self.config = config
+        self.creds = credentials if credentials is not None else CredentialStore.from_config(config)
         names = {x.name: x for x in self.connections()}
         out: list = []
         # an IKE SA may carry several connections' children: each removed one goes alone
