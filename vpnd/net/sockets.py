@@ -145,6 +145,9 @@ class WireSockets:
             self.natt = s
         if ike and self.ike is None:
             s = self._keep(_udp_socket(self.listen, self.ike_port, "IKE"))
+            # a hub's rekey storm or a flood arrives in bursts: a full queue drops the
+            # configured peers' messages with the attackers' (default ~200 KiB: ~200 messages)
+            _buffer(s, SO_RCVBUFFORCE, socket.SO_RCVBUF)
             _mark(s)
             self.ike = s
         if not ike and self.ike is not None:
