@@ -106,8 +106,7 @@ async def dispatch(handler, req: dict) -> dict:
         elif cmd == "rekey":
             result = await handler.cmd_rekey(req["name"], ike=req["ike"], **kw)
         elif cmd == "keys":  # SA keys for Wireshark, only with daemon.allow_key_export
-            from vpnd import keyexport
-            result = keyexport.export(handler)
+            result = handler.export_keys()
         else:
             result = await handler.cmd_reload()
     except CommandError as e:

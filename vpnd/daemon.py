@@ -1275,6 +1275,11 @@ class Daemon:
 
     # -- status --------------------------------------------------------------------------
 
+    def export_keys(self) -> dict:
+        """The control command "keys" (vpnctl keys --wireshark): refused unless allowed."""
+        from vpnd import keyexport
+        return keyexport.export(self)
+
     def status(self) -> dict:
         now = self._now()
         conns_out, ike_sas = [], []

@@ -145,7 +145,7 @@ def _write(path: str, lines: list[str]) -> None:
 
 
 def main(args, parser=None) -> int:
-    from vpnd.cli import default_socket
+    from vpnd.defaults import default_socket
     from vpnd.control import ControlClientError, request
     path = args.socket or default_socket()
     try:

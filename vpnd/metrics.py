@@ -348,7 +348,7 @@ class MetricsServer:
 
 async def start(daemon, listen: str) -> MetricsServer:
     """The daemon's hook: a running server whose metrics read `daemon.status()`."""
-    from vpnd.opscli import version
+    from vpnd.about import version
     m = Metrics(daemon.status, version())
     srv = MetricsServer(m, listen)
     await srv.start()

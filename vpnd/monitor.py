@@ -217,7 +217,7 @@ def format_event(e: dict) -> str:
 
 
 def main(args, parser) -> int:
-    from vpnd.cli import default_socket
+    from vpnd.defaults import default_socket
     path = getattr(args, "socket", None) or default_socket()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

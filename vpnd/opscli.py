@@ -6,14 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def version() -> str:
-    """The installed distribution's version (pyproject.toml), not a second copy of it."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
-    try:
-        return dist_version("vpnd")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+from vpnd.about import version  # noqa: F401 (re-exported: --version of both programs)
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from vpnd import keyexport
 from vpnd.control import dispatch, parse_request
+from vpnd.daemon import Daemon
 from vpnd.ike.actions import ChildKeys
 
 
@@ -30,9 +31,11 @@ def fake_daemon(allow: bool):
     v1 = SimpleNamespace(sas={b"\x07" * 8: SimpleNamespace(
         conn=SimpleNamespace(name="old"), cky_i=b"\x07" * 8, cky_r=b"\x08" * 8,
         keys=SimpleNamespace(enc_key=b"\x09" * 32))})
-    return SimpleNamespace(config=SimpleNamespace(daemon=SimpleNamespace(allow_key_export=allow)),
-                           children={1: SimpleNamespace(action=act)},
-                           ike=SimpleNamespace(v2=v2, v1=v1))
+    d = SimpleNamespace(config=SimpleNamespace(daemon=SimpleNamespace(allow_key_export=allow)),
+                        children={1: SimpleNamespace(action=act)},
+                        ike=SimpleNamespace(v2=v2, v1=v1))
+    d.export_keys = lambda: Daemon.export_keys(d)  # the daemon's command, on this stand-in
+    return d
 
 
 def run(handler):
