@@ -38,8 +38,18 @@ from vpnd.proposals import AEAD, Proposal, ProposalError, deprecated_in, parse_p
 
 # -- YAML loading -------------------------------------------------------------------------
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 1 MiB parses fast
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: fast
     """SafeLoader that reports duplicate keys instead of silently keeping the last one."""
+
+
+class _PyLoader(yaml.SafeLoader):
+    """The same in pure Python, for big files: libyaml composes a whole document without
+    releasing the GIL (about a second per 250 KiB on a busy host), which would stall the
+    event loop while a reload parses in its worker thread; Python code yields every 5 ms."""
+
+
+# Up to this size libyaml's time holding the GIL stays in the tens of milliseconds.
+C_LOADER_MAX_BYTES = 64 << 10
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
@@ -58,6 +68,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_PyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _yaml_error(source: str, e: yaml.YAMLError) -> str:
@@ -111,7 +122,7 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
 
 
 def _load_yaml(text: str, source: str) -> Any:
-    loader = _Loader(text)
+    loader = (_Loader if len(text) <= C_LOADER_MAX_BYTES else _PyLoader)(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -144,3 +144,18 @@ def test_vpnctl_default_socket_survives_a_bomb_and_dev_zero(tmp_path, monkeypatc
     ok = tmp_path / "ok.yaml"
     ok.write_text("daemon: {control_socket: /run/x/y.sock}\n")
     assert default_socket(str(ok)) == "/run/x/y.sock"
+
+
+def test_big_files_use_the_pure_python_loader_same_result(tmp_path):
+    # above C_LOADER_MAX_BYTES the loader yields the GIL (reload parses in a thread)
+    pad = "#" + "x" * 200 + "\n"
+    body = "connections:\n  a: {peer: 10.0.0.2, psk: \"a key of some length\"}\n"
+    small, big = tmp_path / "s.yaml", tmp_path / "b.yaml"
+    small.write_text(body)
+    big.write_text(pad * (cfgmod.C_LOADER_MAX_BYTES // len(pad) + 1) + body)
+    os.chmod(small, 0o600)
+    os.chmod(big, 0o600)
+    assert load_config(small).connections == load_config(big).connections
+    big.write_text(pad * (cfgmod.C_LOADER_MAX_BYTES // len(pad) + 1) + BILLION_LAUGHS)
+    (p,) = problems(big)
+    assert "alias bomb" in p
