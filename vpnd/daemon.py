@@ -290,6 +290,7 @@ class Daemon:
                 self.loop.add_signal_handler(sig, handler)
             self._start_ike()
             self._apply_connections(initial=True)
+            self._warn_forwarding()
             self._arm_timer()
             self._drop_privileges()  # set-up is done: root is not needed any more
             started = True
@@ -319,6 +320,15 @@ class Daemon:
             self.updown.close()
             self.teardown()
         return self.exit_code
+
+    def _warn_forwarding(self) -> None:
+        """Tunnel mode routes for subnets: say so once at start when the kernel does not."""
+        from vpnd.net import forwarding
+        try:
+            for line in forwarding.warnings(self._conns()):
+                log.warning("%s", line)
+        except Exception:  # a check, never a reason not to start
+            log.debug("could not check IP forwarding", exc_info=True)
 
     def stop(self) -> None:
         if self._stop is not None and not self._stop.done():
