@@ -83,7 +83,10 @@ def vpnctl_parser() -> argparse.ArgumentParser:
                        ("down", "tear a connection down; returns once its CHILD_SA is deleted"),
                        ("rekey", "rekey a connection's CHILD_SA (or with --ike its IKE SA) now")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("name", metavar="NAME")
+        c.add_argument("name", metavar="NAME", nargs="?" if name == "down" else None)
+        if name == "down":  # `clear crypto sa peer ADDR` / `clear crypto sa` (vpnd/conns.py)
+            c.add_argument("--peer", metavar="ADDR", help="every connection with an SA to ADDR")
+            c.add_argument("--all", action="store_true", help="every connection with an SA")
         c.add_argument("--timeout", type=float, default=30.0, metavar="SEC",
                        help="how long to wait for the SA (default 30)")
         if name == "rekey":
@@ -104,6 +107,9 @@ def build_request(args) -> dict:
     if args.command in ("up", "down", "rekey"):
         req["name"] = args.name
         req["timeout"] = args.timeout
+    if args.command == "down" and (args.peer or args.all):
+        del req["name"]
+        req.update({"peer": args.peer} if args.peer else {"all": True})
     if args.command == "rekey":
         req["ike"] = bool(args.ike)
     return req
@@ -119,6 +125,9 @@ def vpnctl_main(argv: list[str] | None = None) -> int:
         return local_rc
     if args.command in ("up", "down", "rekey") and not 0 < args.timeout <= 600:
         print("vpnctl: --timeout must be in (0, 600] seconds", file=sys.stderr)
+        return 2
+    if args.command == "down" and (args.name is not None) + bool(args.peer) + bool(args.all) != 1:
+        print("vpnctl: down takes NAME, --peer ADDR or --all", file=sys.stderr)
         return 2
     path = args.socket or default_socket()
     req = build_request(args)
@@ -137,6 +146,9 @@ def vpnctl_main(argv: list[str] | None = None) -> int:
         else:
             from vpnd.status import format_status
             sys.stdout.write(format_status(result or {}))
+    elif args.command == "down" and "down" in (result or {}):
+        for r in result["down"]:
+            print(f"{r.get('connection')}: {r.get('state')}" + (f" ({r['error']})" if r.get("error") else ""))
     elif args.command in ("up", "down"):
         print(f"{args.name}: {(result or {}).get('state', args.command)}")
     elif args.command == "rekey":

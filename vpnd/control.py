@@ -2,7 +2,8 @@
 
 Request, one line:  {"command": "status"} | {"command": "up", "name": "site-b"} |
                     {"command": "down", "name": ...} | {"command": "rekey", "name": ..., "ike": false} |
-                    {"command": "reload"} | {"command": "monitor"} (a stream: vpnd/monitor.py)
+                    {"command": "reload"} | {"command": "monitor"} (a stream: vpnd/monitor.py) |
+                    {"command": "conns"} | {"command": "down", "peer": ADDR} | {..., "all": true}
 Response, one line: {"ok": true, "result": {...}} | {"ok": false, "error": "reason"}
 
 A client may send several requests on one connection; each gets one response, in order.
@@ -27,7 +28,7 @@ MAX_REQUEST = 64 * 1024  # bytes of one request line (the StreamReader's limit)
 # clients whose commands are running count for good, and those sent valid commands.
 MAX_CLIENTS = 64
 IDLE_TIMEOUT = 5.0  # seconds a connection may sit without a complete request line
-COMMANDS = ("status", "up", "down", "rekey", "reload", "keys", "monitor")
+COMMANDS = ("status", "up", "down", "rekey", "reload", "keys", "monitor", "conns")
 
 
 class CommandError(Exception):
@@ -70,7 +71,9 @@ def parse_request(line: bytes) -> dict:
     if cmd not in COMMANDS:
         raise ProtocolError(f"unknown command {cmd!r} (one of: {', '.join(COMMANDS)})")
     out = {"command": cmd}
-    if cmd in ("up", "down", "rekey"):
+    if cmd == "down" and ("peer" in req or "all" in req):  # by peer, or all (vpnd/conns.py)
+        out.update(_parse_bulk_down(req))
+    elif cmd in ("up", "down", "rekey"):
         name = req.get("name")
         if not isinstance(name, str) or not name:
             raise ProtocolError(f"{cmd} needs a connection name")
@@ -88,6 +91,26 @@ def parse_request(line: bytes) -> dict:
     return out
 
 
+def _parse_bulk_down(req: dict) -> dict:
+    """`down` by `peer` (an IP address) or `all` (true), instead of a name."""
+    import ipaddress
+    peer, every = req.get("peer"), req.get("all", False)
+    if "name" in req:
+        raise ProtocolError("down takes a connection name, or peer, or all; not both")
+    if not isinstance(every, bool):
+        raise ProtocolError("down: 'all' must be true or false")
+    if (peer is None) == (not every):
+        raise ProtocolError("down needs a connection name, a peer address or all")
+    if peer is None:
+        return {"all": True}
+    if not isinstance(peer, str):
+        raise ProtocolError("down: peer must be an IP address (a string)")
+    try:
+        return {"all": False, "peer": str(ipaddress.ip_address(peer))}
+    except (TypeError, ValueError):
+        raise ProtocolError(f"down: peer {str(peer)[:60]!r} is not an IP address") from None
+
+
 def encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
 
@@ -101,8 +124,12 @@ async def dispatch(handler, req: dict) -> dict:
             result = handler.status()
         elif cmd == "up":
             result = await handler.cmd_up(req["name"], **kw)
+        elif cmd == "down" and "name" not in req:
+            result = await handler.cmd_down_many(req, **kw)
         elif cmd == "down":
             result = await handler.cmd_down(req["name"], **kw)
+        elif cmd == "conns":
+            result = handler.cmd_conns()
         elif cmd == "rekey":
             result = await handler.cmd_rekey(req["name"], ike=req["ike"], **kw)
         elif cmd == "keys":  # SA keys for Wireshark, only with daemon.allow_key_export

@@ -1174,6 +1174,15 @@ class Daemon:
     async def cmd_down(self, name: str, timeout: float = 15.0) -> dict:
         return await self.commands.down(name, timeout)
 
+    async def cmd_down_many(self, req: dict, timeout: float = 15.0) -> dict:
+        """vpnctl down --peer ADDR / --all (vpnd/conns.py)."""
+        from vpnd import conns
+        return await conns.down_many(self, req, timeout)
+
+    def cmd_conns(self) -> dict:
+        from vpnd import conns
+        return conns.describe(self)
+
     async def cmd_rekey(self, name: str, ike: bool = False, timeout: float = 30.0) -> dict:
         return await self.commands.rekey(name, ike=ike, timeout=timeout)
 

@@ -34,6 +34,9 @@ def register(sub) -> None:
     from vpnd import monitor
     monitor.register(sub)
     LOCAL_COMMANDS["monitor"] = monitor.main  # a stream over the socket, not one answer
+    from vpnd import conns
+    conns.register(sub)
+    LOCAL_COMMANDS["conns"] = conns.main
     from vpnd import keyexport
     keyexport.register(sub)
     LOCAL_COMMANDS["keys"] = keyexport.main  # asks the daemon itself, then writes the files

@@ -106,7 +106,7 @@ def test_bash_completion_offers_the_daemons_connection_names(tmp_path):
         t.join(5)
     # no daemon: no names, no error output
     assert complete(script, [prog, "--socket", str(tmp_path / "none.sock"), "down", ""]) == {
-        "--help", "--socket", "--timeout"}
+        "--all", "--help", "--peer", "--socket", "--timeout"}
 
 
 def test_zsh_completion_is_valid_zsh_if_zsh_is_there():
