@@ -1353,6 +1353,7 @@ class Daemon:
                          **self.counters, "send_errors": self.wire.send_errors if self.wire else 0,
                          "tun_read_errors": getattr(self.tun, "read_errors", 0) if self.tun else 0,
                          "ike_drops": int(getattr(self.ike, "drops", 0) or 0),
+                         "monitors": len(self.monitor.subscribers),  # vpnctl monitor clients
                          **self._dp_counters()}
         return out
 

@@ -31,6 +31,14 @@ class MonitorProc:
         self.seen: list[dict] = []
         threading.Thread(target=self._read, daemon=True).start()
 
+    def wait_subscribed(self, v, timeout: float = 30) -> None:
+        """Until the daemon counts this monitor (status daemon.monitors)."""
+        deadline = time.monotonic() + timeout
+        while v.status()["daemon"].get("monitors", 0) < 1:
+            assert self.p.poll() is None, self.p.stderr.read()
+            assert time.monotonic() < deadline, "monitor never subscribed"
+            time.sleep(0.05)
+
     def _read(self):
         for line in self.p.stdout:
             self.q.put(json.loads(line))
@@ -59,11 +67,7 @@ def test_monitor_shows_acquire_up_rekey_and_peers_down(ik2_topo, vpnds):
     a = vpnds(topo, "gwa", ca)
     mon = MonitorProc(a.sock)
     try:
-        for _ in range(100):  # subscribed once the daemon answered the request
-            if mon.q.qsize() or mon.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        time.sleep(0.3)
+        mon.wait_subscribed(a)
         topo.wait_ping("hosta", HOST_B, timeout=20)  # traffic hits the trap
         acq = mon.wait_for(lambda e: e["event"] == "acquire")
         assert acq["connection"] == "site" and acq["dst"] == HOST_B
@@ -90,3 +94,23 @@ def test_monitor_shows_acquire_up_rekey_and_peers_down(ik2_topo, vpnds):
     assert rc == 0, err
     assert "Traceback" not in err
     assert a.alive() and b.alive()
+
+
+def test_monitor_shows_proposal_mismatch_with_both_sides(ik2_topo, vpnds):
+    """The responder's monitor names what the peer offered and what is configured."""
+    topo = ik2_topo
+    ike = PAIRS[0][0]
+    ca, cb = pair_confs(topo, ike=ike, esp="aes256gcm16")
+    cb = cb.replace("esp: aes256gcm16", "esp: aes128-sha256")
+    b = vpnds(topo, "gwb", cb)
+    a = vpnds(topo, "gwa", ca)
+    mon = MonitorProc(b.sock)
+    try:
+        mon.wait_subscribed(b)
+        assert not a.ctl("up", name="site", timeout=15)["ok"]
+        e = mon.wait_for(lambda e: e["event"] == "no_proposal")
+        assert e["connection"] == "site"
+        assert "aes256gcm16" in e["received"] and "aes128-sha256" in e["configured"], e
+    finally:
+        mon.p.send_signal(signal.SIGINT)
+        assert mon.p.wait(10) == 0
