@@ -826,9 +826,11 @@ class Daemon:
     def _guard_ts(self, conn):
         lts, rts = _networks(conn.local_ts), _networks(conn.remote_ts)
         if conn.mode == "transport":
-            local = str(conn.local) if conn.local else None
-            lts = lts or ((ipaddress.ip_network(f"{local}/32"),) if local else ())
             peer = str(conn.peer)
+            local = str(conn.local) if conn.local else None
+            if not local and not lts and self.routes is not None and peer not in ("%any", "None"):
+                local = source_address_towards(peer)  # as the steering rule does
+            lts = lts or ((ipaddress.ip_network(f"{local}/32"),) if local else ())
             if not rts and peer not in ("%any", "None"):
                 rts = (ipaddress.ip_network(peer, strict=False),)
         return lts, rts
