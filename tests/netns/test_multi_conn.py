@@ -320,7 +320,10 @@ def test_vpnd_pair_two_connections_each(mc_topo, vpnds):
     assert a.ctl("down", name="two")["ok"]
     assert ping(topo, 1, count=2)
     assert b.ctl("up", name="two")["ok"]  # the peer brings it back; a answers as responder
-    wait_until(one_each, 20, "both connections back on one IKE SA")
+    try:
+        wait_until(one_each, 20, "both connections back on one IKE SA")
+    except AssertionError:
+        raise AssertionError(f"a: {json.dumps(a.status()['ike_sas'])}\nb: {json.dumps(b.status()['ike_sas'])}")
     wait_ping(topo, 2)
 
 

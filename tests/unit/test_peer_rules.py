@@ -523,3 +523,50 @@ def test_ikev1_rekey_of_a_pair_the_peer_created_leaves_one_pair():
         p.pump()
         p.run(90)
         p.check_tunnel(expect=1)
+
+
+def test_both_ends_add_the_same_connection_at_once():
+    """Both ends add connection "two" to the shared IKE SA at the same moment: the crossing
+    CREATE_CHILD_SAs made two CHILD_SAs with the same selectors at each end (seen with two
+    vpnds starting together). The one with the lowest nonce is redundant (as for a rekey
+    collision, RFC 7296 2.8.1) and its initiator deletes it: the ends agree."""
+    for _ in range(4):
+        p = make_pair(SHARED, SHARED_B)
+        up(p, "one")
+        p.feed(p.a, p.a.m.initiate("two", p.now))
+        p.feed(p.b, p.b.m.initiate("two", p.now))
+        p.pump()
+        p.run(10)
+        p.check_tunnel(expect=2)
+        for s in (p.a, p.b):
+            assert sorted(c.connection for c in s.installed()) == ["one", "two"]
+
+
+def test_late_retransmitted_init_of_one_end_while_the_other_got_through():
+    """A starts first but its IKE_SA_INIT is lost; B starts a second later and gets through;
+    A's retransmission then sets up a second IKE SA. That is both ends initiating at once
+    (drop_duplicate settles it by the nonces, the same at both ends), not a restarted peer:
+    B took it for one and dropped the older IKE SA alone, A dropped the newer one -- both
+    connections were lost (seen in test_multi_conn's vpnd pair)."""
+    for _ in range(4):
+        p = make_pair(SHARED, SHARED_B)
+        dropped = []
+
+        def lose_first_init(side, d):
+            if side is p.a and not dropped and d.data[18] == IKE_SA_INIT:
+                dropped.append(d)
+                return "drop"
+            return None
+
+        p.filter = lose_first_init
+        for name in ("one", "two"):
+            p.feed(p.a, p.a.m.initiate(name, p.now))
+        p.run(1)
+        for name in ("one", "two"):
+            p.feed(p.b, p.b.m.initiate(name, p.now))
+        p.pump()
+        p.run(60)
+        p.check_tunnel(expect=2)
+        for s in (p.a, p.b):
+            assert len(s.m.status(p.now)["ike_sas"]) == 1
+            assert sorted(c.connection for c in s.installed()) == ["one", "two"]

@@ -243,6 +243,11 @@ class PeerRules:
         for v in self.views():
             if v.sa is sa or not v.established or not self._same_pair(v, me) or not _before(v, me):
                 continue
+            if v.version == version == 2 and v.sa.initiator != sa.initiator \
+                    and abs(v.created - me.created) <= SIMULTANEOUS_WINDOW:
+                # both ends initiating at once (one end's IKE_SA_INIT late): IKEv2's
+                # drop_duplicate settles that pair the same way at both ends
+                continue
             if v.version == 2:
                 self._drop_v2_duplicates(v, sel, now)
             elif version == 2:

@@ -321,6 +321,26 @@ class Ikev2Engine:
             # a peer that restarted without INITIAL_CONTACT: older same-selector duplicates go
             self.peers.child_installed(2, sa, [n for t in child.local_ts for n in t.networks()],
                                        [n for t in child.remote_ts for n in t.networks()], now)
+        if replaces is None and outbound and not defer_outbound:
+            self._settle_twin(sa, child, now)
+
+    def _settle_twin(self, sa: IkeSa, child: ChildSa, now: float) -> None:
+        """Both ends created a CHILD_SA for the same connection and selectors at once
+        (crossing CREATE_CHILD_SAs): as for a rekey collision (2.8.1), the one with the
+        lowest nonce is redundant and its initiator deletes it, so both ends agree."""
+        sel = (sorted(map(str, child.local_ts)), sorted(map(str, child.remote_ts)))
+        for other in list(sa.children.values()):
+            if other is child or other.name != child.name or other.initiator == child.initiator \
+                    or other.state != "INSTALLED" or other.rekeyed_by is not None or not other.has_outbound \
+                    or (sorted(map(str, other.local_ts)), sorted(map(str, other.remote_ts))) != sel:
+                continue
+            redundant = min((child, other), key=lambda x: min(x.ni, x.nr))
+            if redundant.initiator:
+                self.event("child_duplicate", child.name,
+                           f"CHILD_SA {child.name}{{{redundant.child_id}}} duplicates "
+                           f"{{{(other if redundant is child else child).child_id}}} (both ends created it): deleting it")
+                self._delete_child(sa, redundant, now, "duplicate of one the peer created at the same time")
+            return
 
     def activate_outbound(self, sa: IkeSa, child: ChildSa, why: str) -> None:
         """Move outbound traffic to a child installed with defer_outbound: the daemon gets the
