@@ -112,7 +112,8 @@ def format_status(st: dict) -> str:
         if sa.get("keying") == "manual":
             continue
         rows.append([_ip(sa.get("remote", "")), _ip(sa.get("local", "")), sa.get("state", "?"),
-                     sa.get("connection", "?"), f"v{sa.get('version', '?')}",
+                     # a shared IKE SA names every connection it carries (docs/daemon.md)
+                     ",".join(sa.get("connections") or [sa.get("connection", "?")]), f"v{sa.get('version', '?')}",
                      "yes" if sa.get("nat_detected") else "no",
                      f"{sa.get('spi_i', '-')}/{sa.get('spi_r', '-')}", sa.get("proposal", "-"),
                      sa.get("rekey_in_s", "-")])

@@ -570,3 +570,15 @@ def test_late_retransmitted_init_of_one_end_while_the_other_got_through():
         for s in (p.a, p.b):
             assert len(s.m.status(p.now)["ike_sas"]) == 1
             assert sorted(c.connection for c in s.installed()) == ["one", "two"]
+
+
+def test_status_table_names_every_connection_of_a_shared_ike_sa():
+    from vpnd.status import format_status
+
+    p = make_pair(SHARED, SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    text = format_status(p.a.m.status(p.now))
+    ike_part = text.split("IKE SAs")[1].split("IPsec SAs")[0]
+    assert "one,two" in ike_part, text
+    assert "  one: local" in text and "  two: local" in text
