@@ -582,3 +582,16 @@ def test_status_table_names_every_connection_of_a_shared_ike_sa():
     ike_part = text.split("IKE SAs")[1].split("IPsec SAs")[0]
     assert "one,two" in ike_part, text
     assert "  one: local" in text and "  two: local" in text
+
+
+def test_ikev1_rekeys_of_the_shared_isakmp_sa_and_each_pair_keep_all():
+    p = make_pair(V1_SHARED, V1_SHARED_B)
+    up(p, "one")
+    up(p, "two")
+    for name, ike in (("two", True), ("one", False), ("two", False), ("one", True), ("two", False)):
+        p.feed(p.a, p.a.m.rekey(name, p.now, ike=ike))
+        p.pump()
+        p.run(80)
+        p.check_tunnel(expect=2)
+        assert {c.connection for c in p.a.installed()} == {"one", "two"}
+        assert len(_isakmp(p.a, p.now)) == 1 and len(_isakmp(p.b, p.now)) == 1
