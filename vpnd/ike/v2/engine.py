@@ -63,6 +63,7 @@ class Ikev2Engine:
         self.init_index: dict[tuple[bytes, str], IkeSa] = {}  # same key, for the SA's whole life:
         # a late retransmitted IKE_SA_INIT gets the cached answer, not a second SA (2.1)
         self.cookie_secret = rng(32)
+        self.cookie_mode = False  # exchange_init.cookies_required: asking for cookies now
         self.cookie_secret_old = self.cookie_secret
         self.cookie_rotated = now
         self.contacted: set[str] = set()  # connections we have had an IKE SA for (INITIAL_CONTACT)
