@@ -20,6 +20,8 @@ import os
 import socket
 import stat
 
+from vpnd.net import unixsock
+
 log = logging.getLogger("vpnd.control")
 
 MAX_REQUEST = 64 * 1024  # bytes of one request line (the StreamReader's limit)
@@ -160,19 +162,7 @@ class ControlServer:
             os.makedirs(directory, mode=0o755, exist_ok=True)
         except FileExistsError:
             raise OSError(f"{directory} is not a directory") from None
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            # Only a stale socket of a daemon that died is ours to remove: a regular file
-            # (or a link, a directory...) at that path is the operator's, never deleted.
-            if not stat.S_ISSOCK(st.st_mode):
-                raise OSError(f"{self.path} exists and is not a socket; "
-                              "refusing to remove it (fix daemon.control_socket)")
-            if _socket_answers(self.path):
-                raise OSError(f"another daemon answers on {self.path}")
-            os.unlink(self.path)
+        unixsock.clear_stale(self.path, "daemon.control_socket")
         gid = None
         if self.group not in (None, ""):
             try:
@@ -277,16 +267,7 @@ class ControlServer:
         return True
 
 
-def _socket_answers(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+_socket_answers = unixsock.answers  # the name tests and older callers use
 
 
 # -- client side (vpnctl) ------------------------------------------------------------------

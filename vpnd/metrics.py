@@ -275,10 +275,8 @@ class MetricsServer:
     async def start(self) -> None:
         if self.where[0] == "unix":
             path = self.where[1]
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            from vpnd.net import unixsock
+            unixsock.clear_stale(path, "daemon.metrics")  # never the operator's file (8.7)
             os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
             self.server = await asyncio.start_unix_server(self._serve, path)
             os.chmod(path, 0o660)

@@ -243,3 +243,13 @@ def test_rendering_runs_off_the_event_loop(tmp_path):
     out = asyncio.run(main())
     assert b'vpnd_ike_events_total{connection="site-b",event="ike_up"} 1.0' in out
     assert seen["status"] == seen["loop"] and seen["collect"] != seen["loop"]
+
+
+def test_unix_endpoint_never_deletes_a_regular_file(tmp_path):
+    """Issue 8.7 for daemon.metrics too: only a stale socket at the path is removed."""
+    path = tmp_path / "metrics.sock"
+    path.write_text("the operator's file\n")
+    m = metrics.Metrics(lambda: {"connections": [], "ike_sas": [], "daemon": {}})
+    with pytest.raises(OSError, match="not a socket"):
+        asyncio.run(metrics.MetricsServer(m, str(path)).start())
+    assert path.read_text() == "the operator's file\n"
