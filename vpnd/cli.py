@@ -116,7 +116,7 @@ def build_request(args) -> dict:
 
 
 def vpnctl_main(argv: list[str] | None = None) -> int:
-    from vpnd.control import ControlClientError, request
+    from vpnd.control import vpnctl_request
     parser = vpnctl_parser()
     args = parser.parse_args(argv)
     from vpnd import opscli
@@ -129,17 +129,10 @@ def vpnctl_main(argv: list[str] | None = None) -> int:
     if args.command == "down" and (args.name is not None) + bool(args.peer) + bool(args.all) != 1:
         print("vpnctl: down takes NAME, --peer ADDR or --all", file=sys.stderr)
         return 2
-    path = args.socket or default_socket()
     req = build_request(args)
-    try:
-        resp = request(path, req, timeout=req.get("timeout", 30.0) + 10.0)
-    except ControlClientError as e:
-        print(f"vpnctl: {e}", file=sys.stderr)
-        return 3
-    if not resp.get("ok"):
-        print(f"vpnctl: {args.command} failed: {resp.get('error', 'unknown error')}", file=sys.stderr)
-        return 1
-    result = resp.get("result")
+    code, result = vpnctl_request(args, req, timeout=req.get("timeout", 30.0) + 10.0)
+    if code:
+        return code
     if args.command == "status":
         if args.json:
             print(json.dumps(result, indent=2))

@@ -132,18 +132,11 @@ def register(sub) -> None:
 
 
 def main(args, parser) -> int:
-    from vpnd.defaults import default_socket
-    from vpnd.control import ControlClientError, request
-    path = getattr(args, "socket", None) or default_socket()
-    try:
-        resp = request(path, {"command": "conns"}, timeout=30)
-    except ControlClientError as e:
-        print(f"vpnctl: {e}", file=sys.stderr)
-        return 3
-    if not resp.get("ok"):
-        print(f"vpnctl: conns failed: {resp.get('error', 'unknown error')}", file=sys.stderr)
-        return 1
-    result = resp.get("result") or {}
+    from vpnd.control import vpnctl_request
+    code, result = vpnctl_request(args, {"command": "conns"}, timeout=30)
+    if code:
+        return code
+    result = result or {}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -310,3 +310,23 @@ def request(path: str, req: dict, timeout: float = 60.0) -> dict:
     if not isinstance(resp, dict) or "ok" not in resp:
         raise ControlClientError(f"{path}: invalid answer")
     return resp
+
+
+def vpnctl_request(args, req: dict, timeout: float) -> tuple[int, object]:
+    """One request as vpnctl makes it: the socket from --socket or the defaults, errors on
+    stderr, vpnctl's exit codes: (0, result), (1, None) the daemon refused or the command
+    failed, (3, None) the daemon cannot be reached."""
+    import sys
+
+    from vpnd.defaults import default_socket
+    path = getattr(args, "socket", None) or default_socket()
+    try:
+        resp = request(path, req, timeout=timeout)
+    except ControlClientError as e:
+        print(f"vpnctl: {e}", file=sys.stderr)
+        return 3, None
+    if not resp.get("ok"):
+        print(f"vpnctl: {req['command']} failed: {resp.get('error', 'unknown error')}", file=sys.stderr)
+        return 1, None
+    return 0, resp.get("result")
+

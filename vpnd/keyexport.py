@@ -145,18 +145,11 @@ def _write(path: str, lines: list[str]) -> None:
 
 
 def main(args, parser=None) -> int:
-    from vpnd.defaults import default_socket
-    from vpnd.control import ControlClientError, request
-    path = args.socket or default_socket()
-    try:
-        resp = request(path, {"command": "keys"}, timeout=15.0)
-    except ControlClientError as e:
-        print(f"vpnctl: {e}", file=sys.stderr)
-        return 3
-    if not resp.get("ok"):
-        print(f"vpnctl: keys failed: {resp.get('error', 'unknown error')}", file=sys.stderr)
-        return 1
-    res = resp.get("result") or {}
+    from vpnd.control import vpnctl_request
+    code, res = vpnctl_request(args, {"command": "keys"}, timeout=15.0)
+    if code:
+        return code
+    res = res or {}
     esp, n1 = esp_sa_lines(res.get("esp_sa", []))
     v2, n2 = ikev2_lines(res.get("ikev2", []))
     v1 = ikev1_lines(res.get("ikev1", []))
