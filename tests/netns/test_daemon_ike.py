@@ -168,16 +168,24 @@ def test_start_start_brings_tunnel_up(topo, pair):
 
 # -- sd_notify --------------------------------------------------------------------------------
 
+def _informational(msg: str) -> bool:
+    """STATUS= (tunnels up/down) and WATCHDOG= come at any time: not part of the life cycle."""
+    return all(l.startswith(("STATUS=", "WATCHDOG=")) for l in msg.split("\n") if l)
+
+
 def _notifications(sock: socket.socket, until: str, timeout: float = 15) -> list[str]:
+    """The life-cycle notifications (READY, RELOADING, STOPPING) up to one containing `until`."""
     got = []
     deadline = time.monotonic() + timeout
     while True:
         sock.settimeout(max(0.05, deadline - time.monotonic()))
         try:
-            got.append(sock.recv(4096).decode())
+            msg = sock.recv(4096).decode()
         except socket.timeout:
             raise AssertionError(f"no {until} among {got}")
-        if any(until in g for g in got):
+        if not _informational(msg):
+            got.append(msg)
+        if until in msg:
             return got
 
 
@@ -227,9 +235,15 @@ def test_abstract_notify_socket(topo):
     try:
         assert listener.stdout.readline().strip() == b"bound"
         a.start(env={"NOTIFY_SOCKET": "@" + name})
-        assert listener.stdout.readline().decode().startswith("READY=1")
+
+        def next_state() -> str:
+            while _informational(line := listener.stdout.readline().decode().strip()):
+                pass
+            return line
+
+        assert next_state().startswith("READY=1")
         assert a.stop() == 0
-        assert listener.stdout.readline().decode().startswith("STOPPING=1")
+        assert next_state().startswith("STOPPING=1")
     finally:
         if a.alive():
             a.stop()

@@ -144,12 +144,16 @@ class Vpnd:
         self.topo = topo
         self.role = role
         self.config = Path(topo.workdir) / f"{role}.yaml"
-        self.config.write_text(config_text)
+        self.write_config(config_text)
         self.sock = str(Path(topo.workdir) / f"{role}.sock")
         self.logpath = Path(topo.workdir) / f"{role}.log"
         self.proc: subprocess.Popen | None = None
 
     def write_config(self, text: str) -> None:
+        # 0600 as installed (README): a config holding keys readable by others is warned
+        # about on stderr, which would be a second line next to a start-up error
+        self.config.touch(mode=0o600)
+        os.chmod(self.config, 0o600)
         self.config.write_text(text)
 
     def argv(self, *extra: str) -> list[str]:
