@@ -148,7 +148,7 @@ class InfoMixin:
                     failed = True
                     self._qm_failed(sa, qm, now)
             if failed or not retried:
-                self._event("error", sa.conn.name, f"peer reports {notify_name(t)}", ike_id=sa.ike_id)
+                self._event("failed", sa.conn.name, f"peer reports {notify_name(t)}", ike_id=sa.ike_id)
 
     def _take_delete(self, sa: IsakmpSA, d: P.Delete, now: float) -> None:
         if d.protocol == C.PROTO_ISAKMP:
