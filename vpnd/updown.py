@@ -156,10 +156,10 @@ class Updown:
             try:
                 await asyncio.wait_for(proc.wait(), timeout)
             except asyncio.TimeoutError:
-                self.timeouts += 1
                 _kill(proc)
                 await proc.wait()
                 log.warning("%s: updown %s killed after %g s (updown_timeout)", name, verb, timeout)
+                self.timeouts += 1  # counted once killed and reported (tests wait on it)
             else:
                 if proc.returncode != 0:
                     log.warning("%s: updown %s exited with %d", name, verb, proc.returncode)
