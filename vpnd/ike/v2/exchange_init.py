@@ -303,7 +303,7 @@ def cookies_required(e) -> bool:
         e.cookie_mode = True
     elif n < max(1, threshold // 2):
         e.cookie_mode = False
-    return getattr(e, "cookie_mode", False)
+    return e.cookie_mode
 
 
 def responder(e, msg, data: bytes, local, remote, now: float) -> None:
