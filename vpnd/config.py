@@ -429,6 +429,7 @@ class _Parser(_Schema):
         updown = f(m, "updown", path, lambda v, p: _updown.check_script(self, v, p), None)
         updown_timeout = f(m, "updown_timeout", path, lambda v, p: _updown.check_timeout(self, v, p),
                            _updown.DEFAULT_TIMEOUT)
+        access_group = f(m, "access_group", path, self._access_group, None)
 
         if len(self.problems) > before:
             return None
@@ -443,7 +444,25 @@ class _Parser(_Schema):
             idle_time=idle_time, replay_window=replay_window, per_host=per_host, dpd=dpd,
             nat_keepalive=nat_keepalive, encap=encap, rri=rri,
             allow_legacy=allow_legacy, manual=manual, comp=comp,
-            updown=updown, updown_timeout=updown_timeout)
+            updown=updown, updown_timeout=updown_timeout, access_group=access_group)
+
+    def _access_group(self, v, path):
+        """{in: [entries], out: [entries]} in IOS extended-ACL words (vpnd/acl.py)."""
+        from vpnd.acl import AclError, parse_acl
+        m = self.mapping(v, path, {"in": 1, "out": 1})
+        lists = {}
+        for key in ("in", "out"):
+            if key not in m or m[key] is None:
+                lists[key] = ()
+                continue
+            try:
+                lists[key] = parse_acl(m[key])
+            except AclError as e:
+                self.err(_join(path, key), str(e))
+                lists[key] = ()
+        if not lists["in"] and not lists["out"]:
+            return None
+        return AccessGroup(inbound=lists["in"], outbound=lists["out"])
 
     def _version(self, v, path):
         if v not in (1, 2) or isinstance(v, bool):

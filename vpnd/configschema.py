@@ -296,6 +296,16 @@ class Manual:
 
 
 @dataclass(frozen=True)
+class AccessGroup:
+    """Cisco `set ip access-group`: entries (vpnd.acl.Ace) for cleartext leaving through
+    the tunnel before encryption (`out`) and arriving after decryption (`in`); an empty
+    list filters nothing, a non-empty one ends with IOS's implicit deny."""
+
+    inbound: tuple = ()
+    outbound: tuple = ()
+
+
+@dataclass(frozen=True)
 class Connection:
     name: str
     version: int = 2
@@ -327,6 +337,7 @@ class Connection:
     comp: str | None = None                  # IPComp: "deflate" | "lzs" (or comp-lzs in esp:)
     updown: str | None = None                # script run on CHILD_SA up/down (vpnd/updown.py)
     updown_timeout: float = 10.0
+    access_group: AccessGroup | None = None  # cleartext filter (vpnd/esp/acl.py)
 
     @property
     def dynamic(self) -> bool:

@@ -56,7 +56,21 @@ def describe_conn(c) -> dict:
 
 
 def describe(handler) -> dict:
-    return {"connections": [describe_conn(c) for c in handler.config.connections]}
+    out = []
+    filters = getattr(getattr(handler, "dp", None), "filters", {})
+    for c in handler.config.connections:
+        d = describe_conn(c)
+        ag = getattr(c, "access_group", None)
+        if ag is not None:
+            # each entry with its match count (IOS `show access-lists`)
+            flt = filters.get(c.name)
+            snap = flt.snapshot() if flt is not None else {}
+            d["access_group"] = {
+                k: snap.get(k) or {"entries": [{"entry": a.text, "matches": 0} for a in aces],
+                                   "implicit_deny": 0, "permitted": 0, "denied": 0}
+                for k, aces in (("in", ag.inbound), ("out", ag.outbound)) if aces}
+        out.append(d)
+    return {"connections": out}
 
 
 def format_conns(result: dict) -> str:
@@ -80,6 +94,14 @@ def format_conns(result: dict) -> str:
         lines.append(f"  ts:     {' '.join(c['local_ts'])} === {' '.join(c['remote_ts'])}")
         if c.get("updown"):
             lines.append(f"  updown: {c['updown']}")
+        for key, what in (("out", "before encryption"), ("in", "after decryption")):
+            acl = (c.get("access_group") or {}).get(key)
+            if acl:
+                lines.append(f"  access-group {key} ({what}): permitted {acl['permitted']}, "
+                             f"denied {acl['denied']}")
+                for e in acl["entries"]:
+                    lines.append(f"      {e['entry']} ({e['matches']} matches)")
+                lines.append(f"      (implicit deny: {acl['implicit_deny']} matches)")
     return "\n".join(lines) + ("\n" if lines else "no connections\n")
 
 

@@ -11,6 +11,7 @@ install path serves both.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -682,7 +683,7 @@ class Daemon:
                       encryption=keys.encryption, integrity=keys.integrity,
                       enc_key=keys.enc_key, auth_key=keys.auth_key, esn=act.esn,
                       replay_window=act.replay_window, local=act.local[0], remote=act.remote[0],
-                      encap=encap, lifetime=lifetime, tag=act.child_id)
+                      encap=encap, lifetime=lifetime, tag=act.child_id, conn=act.connection)
 
     def _install_child(self, act: InstallChildSA, manual: bool = False) -> Child | None:
         """Inbound first, then the outbound policy (make-before-break for `replaces`), then
@@ -877,10 +878,11 @@ class Daemon:
         if set_ipv6 is not None:  # before routes: IPv6 routes need IPv6 on the device
             set_ipv6(self._needs_ipv6())
         conns = {(c.name): c for c in self._conns()}
+        self._apply_filters(conns)
         # removed or changed manual connections go first
         for name in list(self._manual):
             c = conns.get(name)
-            if c is None or c.manual is None or c != self._manual[name]:
+            if c is None or c.manual is None or _sa_relevant(c) != _sa_relevant(self._manual[name]):
                 self._remove_manual(name)
         self._manual_down &= set(conns)
         for name, c in conns.items():
@@ -888,6 +890,21 @@ class Daemon:
                 continue
             self._install_manual(c)
         self._apply_static_routes()
+
+    def _apply_filters(self, conns: dict) -> None:
+        """access_group lists into the data plane; unchanged ones keep their counters."""
+        from vpnd.esp.acl import ConnFilter
+        for name in list(self.dp.filters):
+            c = conns.get(name)
+            if c is None or c.access_group is None:
+                self.dp.set_filter(name, None)
+        for name, c in conns.items():
+            ag = c.access_group
+            if ag is None:
+                continue
+            old = self.dp.filters.get(name)
+            if old is None or old.spec != (ag.inbound, ag.outbound):
+                self.dp.set_filter(name, ConnFilter(ag.inbound, ag.outbound))
 
     def _needs_ipv6(self) -> bool:
         """Whether any connection carries IPv6 through the TUN (else the device has IPv6
@@ -1346,6 +1363,12 @@ class Daemon:
                              "child_sas": n}
                 entry.update(self._conn_state(c, ike_sas, now))
                 conns_out.append(entry)
+        for e in conns_out:     # access_group counters (the entries': vpnctl conns)
+            flt = self.dp.filters.get(e["name"]) if self.dp is not None else None
+            if flt is not None:
+                e["access_group"] = {k: {"permitted": a.permitted, "denied": a.denied}
+                                     for k, a in (("in", flt.inbound), ("out", flt.outbound))
+                                     if a is not None}
         out = {"connections": conns_out, "ike_sas": ike_sas}
         out["daemon"] = {"tun": self.tun.name if self.tun else None,
                          "mtu": self.tun.mtu if self.tun else None,
@@ -1424,6 +1447,13 @@ class Daemon:
 # IKE core events that end a negotiation (a waiting `vpnctl up/rekey` fails with the message)
 FAILURE_EVENTS = frozenset({"auth_failed", "no_proposal", "error", "failed", "peer_dead",
                             "timeout", "ts_unacceptable", "rekey_failed"})
+
+
+def _sa_relevant(conn):
+    """A manual connection as far as its SAs go: an access_group change is applied to the
+    running SAs (DataPlane.set_filter); reinstalling them would restart the sequence
+    numbers the peer's replay window has already seen."""
+    return dataclasses.replace(conn, access_group=None)
 
 
 def _mss(setting, tun_mtu: int) -> int | None:

@@ -430,6 +430,48 @@ class Importer:
                                "entries; vpnd protects every local_ts with every remote_ts")
         return list(dict.fromkeys(local)), list(dict.fromkeys(remote))
 
+    def acl_filter(self, name: str, where: Line) -> list[str] | None:
+        """`set ip access-group NAME in|out`: the ACL's entries as vpnd's access_group
+        entries (the same IOS words; vpnd/acl.py checks each)."""
+        from vpnd.acl import AclError, parse_ace
+        lines = self.acls.get(name)
+        if not lines:
+            self.skip(where, f"access-list {name} not found")
+            return None
+        standard = name.isdigit() and (1 <= int(name) <= 99 or 1300 <= int(name) <= 1999)
+        out: list[str] = []
+        for l in lines:
+            w = l.words
+            if w[0].lower() == "access-list":
+                w = w[2:]
+            if w and w[0].isdigit():
+                w = w[1:]
+            if not w or w[0].lower() == "remark":
+                continue
+            if standard and len(w) >= 2:
+                # a standard ACL names sources only: `permit ip SOURCE any`
+                rest = w[1:]
+                if rest[0].lower() == "any":
+                    n = 1
+                elif rest[0].lower() == "host" or (len(rest) > 1 and
+                                                   re.fullmatch(r"\d+\.\d+\.\d+\.\d+", rest[1])):
+                    n = 2
+                else:
+                    n = 1
+                w = [w[0], "ip", *rest[:n], "any", *rest[n:]]
+            if w[-1].lower() in ("log", "log-input"):
+                self.report.append(f"line {l.no}: '{l.text}': 'log' dropped: `vpnctl conns` "
+                                   "counts each entry's matches")
+                w = w[:-1]
+            text = " ".join(w)
+            try:
+                parse_ace(text)
+            except AclError as e:
+                self.skip(l, f"not mapped ({e})")
+                continue
+            out.append(text)
+        return out or None
+
     @staticmethod
     def _acl_addr(w: list[str]) -> tuple[str, list[str]]:
         if w[0].lower() == "any":
@@ -492,6 +534,11 @@ class Importer:
                     conn["replay_window"] = int(lw[4])
                 else:
                     self.skip(c, "not understood")
+            elif lw[:3] == ["set", "ip", "access-group"] and len(lw) == 5 \
+                    and lw[4] in ("in", "out"):
+                entries = self.acl_filter(cw[3], c)
+                if entries:
+                    conn.setdefault("access_group", {})[lw[4]] = entries
             elif lw[:1] == ["reverse-route"]:
                 rri = self._rri(c, lw[1:])
             elif lw[:2] == ["set", "session-key"]:
@@ -578,7 +625,7 @@ class Importer:
         order = ("version", "peer", "local", "start", "psk", "auth", "local_id", "remote_id",
                  "ike", "esp", "ah", "pfs", "mode", "local_ts", "remote_ts", "lifetime",
                  "idle_time", "replay_window", "per_host", "dpd", "nat_keepalive", "rri",
-                 "allow_legacy", "manual")
+                 "access_group", "allow_legacy", "manual")
         # copies: no YAML anchors between connections
         return {k: (dict(conn[k]) if isinstance(conn[k], dict) else conn[k])
                 for k in order if k in conn}

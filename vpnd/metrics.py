@@ -231,6 +231,16 @@ class Metrics:
                 child_rekey.add_metric([n], ch["rekey_in_s"])
         yield from (ike_age, ike_rekey, child_age, child_rekey, byts, pkts, drops)
 
+        acl = CounterMetricFamily("vpnd_connection_filter_packets", "Cleartext packets seen by "
+                                  "the connection's access_group, by direction (in: after "
+                                  "decryption, out: before encryption) and action",
+                                  labels=["connection", "direction", "action"])
+        for c in conns:
+            for dirn, v in (c.get("access_group") or {}).items():
+                acl.add_metric([c.get("name"), dirn, "permit"], v.get("permitted", 0))
+                acl.add_metric([c.get("name"), dirn, "deny"], v.get("denied", 0))
+        yield acl
+
         ev = CounterMetricFamily("vpnd_ike_events", "IKE events by kind (ike_up, child_up, "
                                  "ike_rekeyed, auth_failed, no_proposal, peer_dead, "
                                  "retransmit, ...)", labels=["connection", "event"])

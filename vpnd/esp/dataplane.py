@@ -53,7 +53,8 @@ _from_bytes = int.from_bytes
 _MISS = object()
 
 DP_COUNTER_NAMES = ("no_policy", "unknown_spi", "malformed", "policy_drops", "too_big",
-                    "fragmented", "acquires", "expired_drops", "link_local", "blocked")
+                    "fragmented", "acquires", "expired_drops", "link_local", "blocked",
+                    "filtered")
 
 
 def _link_local(pkt, ver: int) -> bool:
@@ -79,6 +80,7 @@ class DataPlane:
         self.spd = SPD()
         self._outer_mtu = outer_mtu
         self._unknown_seen: dict = {}
+        self.filters: dict = {}             # connection name -> esp.acl.ConnFilter
         for name in DP_COUNTER_NAMES:
             setattr(self, name, 0)
 
@@ -115,6 +117,8 @@ class DataPlane:
                     sa.sel_fast = sa.remote_ts[0][0] + sa.local_ts[0][0]
             if sa.protocol == "esp" and ah_sa is not None:
                 sa.require_ah = ah_sa
+            flt = self.filters.get(sa.conn)
+            sa.acl = flt.inbound if flt is not None else None
             self.sad[(PROTO_ESP if sa.protocol == "esp" else PROTO_AH, sa.spi)] = sa
             if sa.protocol == "esp":
                 self._esp_sad[sa.spi] = sa
@@ -174,6 +178,30 @@ class DataPlane:
 
     def remove_outbound(self, policy_id) -> None:
         self.spd.remove(policy_id)
+
+    def set_filter(self, conn: str, flt) -> None:
+        """A connection's access_group (esp.acl.ConnFilter, None = none): applied at once
+        to its installed SAs and policies (a reload changes it under running tunnels)."""
+        if flt is None:
+            self.filters.pop(conn, None)
+        else:
+            self.filters[conn] = flt
+        inbound = flt.inbound if flt is not None else None
+        for sa in self.sad.values():
+            if sa.conn == conn:
+                sa.acl = inbound
+        for p in self.spd.policies.values():
+            if self._policy_conn(p) == conn:
+                p.encap = self._make_sender(p)
+
+    @staticmethod
+    def _policy_conn(pol):
+        if pol.bundle:
+            return pol.bundle[0].conn
+        pid = pol.policy_id
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "trap":
+            return pid[1]
+        return None
 
     def _max_inner(self, bundle, outer_mtu: int | None = None) -> int:
         if not bundle:
@@ -255,6 +283,24 @@ class DataPlane:
         return out
 
     def _make_sender(self, pol: Policy):
+        """A closure pkt -> Out | None for the policy, behind its connection's `out`
+        access list if it has one (a denied packet does not start a negotiation either)."""
+        send = self._bundle_sender(pol)
+        flt = self.filters.get(self._policy_conn(pol)) if self.filters and not pol.block \
+            else None
+        if flt is None or flt.outbound is None:
+            return send
+        check = flt.outbound.permit
+        dp = self
+
+        def filtered(pkt):
+            if check(pkt):
+                return send(pkt)
+            dp.filtered += 1
+            return None
+        return filtered
+
+    def _bundle_sender(self, pol: Policy):
         """A closure pkt -> Out | None specialised for the policy's bundle."""
         dp = self
         bundle = pol.bundle
@@ -550,6 +596,10 @@ class DataPlane:
             sa.last_in = self.now
             if sa.bytes_in >= sa._limit_bytes or sa.packets_in >= sa._limit_packets:
                 sa._limit_hit()
+            acl = sa.acl
+            if acl is not None and not acl.permit(pkt):
+                self.filtered += 1                 # access_group `in` (after decryption)
+                return None
             if self.mss_clamp and pkt[9] == PROTO_TCP:
                 pkt = clamp_mss(pkt, self.mss_clamp)
             return pkt
@@ -737,6 +787,10 @@ class DataPlane:
         if type(pkt) is not bytes:
             pkt = bytes(pkt)
         self._count_in(sa, len(pkt))
+        acl = sa.acl
+        if acl is not None and not acl.permit(pkt):
+            self.filtered += 1                     # access_group `in` (after decryption)
+            return None
         if self.mss_clamp:
             pkt = clamp_mss(pkt, self.mss_clamp)
         return pkt

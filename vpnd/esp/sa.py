@@ -64,7 +64,7 @@ class SA:
         "_limit_bytes", "_limit_packets", "events",
         "outer", "local_ts", "remote_ts", "sel_fast", "require_ah",
         "esp_seal", "esp_open", "ah_icv", "esp_min_len",
-        "ipcomp",
+        "ipcomp", "conn", "acl",
     )
 
     def __init__(self, spi: int, protocol: str = "esp", mode: str = "tunnel",
@@ -72,7 +72,7 @@ class SA:
                  enc_key: bytes = b"", auth_key: bytes = b"", esn: bool = False,
                  replay_window: int = 64, local: str = "0.0.0.0", remote: str = "0.0.0.0",
                  encap: tuple[int, int] | None = None, lifetime: Lifetime | None = None,
-                 tag=None):
+                 tag=None, conn: str | None = None):
         if protocol not in ("esp", "ah"):
             raise ValueError(f"protocol must be 'esp' or 'ah', not {protocol!r}")
         if mode not in ("tunnel", "transport"):
@@ -99,6 +99,8 @@ class SA:
             raise ValueError("UDP encapsulation is for ESP only (RFC 3948)")
         self.lifetime = lifetime or Lifetime()
         self.tag = tag
+        self.conn = conn            # the connection's name: its access_group applies
+        self.acl = None             # inbound AccessList (vpnd/esp/acl.py), set by DataPlane
         if protocol == "esp":
             if encryption is None:
                 encryption = "null"
