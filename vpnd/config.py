@@ -425,6 +425,11 @@ class _Parser(_Schema):
         per_host = f(m, "per_host", path, self.boolean, False)
         nat_keepalive = f(m, "nat_keepalive", path, self.integer(0, 3600), 20)
         encap = f(m, "encap", path, self.boolean, False)
+        childless = f(m, "childless", path, self.choice("allow", "prefer", "force", "never"), "allow")
+        if "childless" in m and (version != 2 or is_manual):
+            # RFC 6023 extends IKEv2 only; IKEv1 Main Mode never carries a Quick Mode anyway
+            self.err(_join(path, "childless"), "childless IKE SAs (RFC 6023) exist only in IKEv2 "
+                     "(version: 2, not manual keying)")
         from vpnd import updown as _updown
         updown = f(m, "updown", path, lambda v, p: _updown.check_script(self, v, p), None)
         updown_timeout = f(m, "updown_timeout", path, lambda v, p: _updown.check_timeout(self, v, p),
@@ -444,7 +449,8 @@ class _Parser(_Schema):
             idle_time=idle_time, replay_window=replay_window, per_host=per_host, dpd=dpd,
             nat_keepalive=nat_keepalive, encap=encap, rri=rri,
             allow_legacy=allow_legacy, manual=manual, comp=comp,
-            updown=updown, updown_timeout=updown_timeout, access_group=access_group)
+            updown=updown, updown_timeout=updown_timeout, access_group=access_group,
+            childless=childless)
 
     def _access_group(self, v, path):
         """{in: [entries], out: [entries]} in IOS extended-ACL words (vpnd/acl.py)."""

@@ -338,6 +338,8 @@ class Connection:
     updown: str | None = None                # script run on CHILD_SA up/down (vpnd/updown.py)
     updown_timeout: float = 10.0
     access_group: AccessGroup | None = None  # cleartext filter (vpnd/esp/acl.py)
+    childless: str = "allow"                 # IKEv2 childless IKE SAs (RFC 6023): allow |
+                                             # prefer | force | never (ike/v2/childless.py)
 
     @property
     def dynamic(self) -> bool:

@@ -38,6 +38,7 @@ def describe_conn(c) -> dict:
             "remote_id": _s(c.remote_id) or "(peer address)",
             "aggressive": bool(c.aggressive),
             "ike": [str(p) for p in c.ike],
+            "childless": c.childless if c.version == 2 else None,  # RFC 6023 (IKEv2 only)
             "dpd": {"interval": c.dpd.interval, "retry": c.dpd.retry, "mode": c.dpd.mode,
                     "action": c.dpd.action},
             "lifetime": {"ike": c.lifetime.ike, "seconds": c.lifetime.seconds,
@@ -80,7 +81,8 @@ def format_conns(result: dict) -> str:
         if c["keying"] != "manual":
             lines.append(f"  local:  {c['local_id']} uses {c['auth']} authentication")
             lines.append(f"  remote: {c['remote_id']}{', aggressive mode' if c['aggressive'] else ''}")
-            lines.append(f"  ike:    {', '.join(c['ike'])}  lifetime {c['lifetime']['ike']} s")
+            lines.append(f"  ike:    {', '.join(c['ike'])}  lifetime {c['lifetime']['ike']} s"
+                         + (f", childless {c['childless']}" if c.get("childless") not in (None, "allow") else ""))
             d = c["dpd"]
             lines.append(f"  dpd:    " + (f"every {d['interval']} s ({d['mode']}), retry {d['retry']} s, "
                                          f"action {d['action']}" if d["interval"] else "off"))

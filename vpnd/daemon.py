@@ -1389,13 +1389,15 @@ class Daemon:
         installed = sum(1 for c in mine if c.outbound)
         ike_states = [str(sa.get("state", "")) for sa in ike_sas
                       if sa.get("connection") == name and sa.get("keying") != "manual"]
+        childless = any(sa.get("childless") and sa.get("connection") == name for sa in ike_sas)
         asked = self._attempt.get(name)
         attempt = asked is not None or any(not c.outbound for c in mine)
         err = self._last_error.get(name)
         state = connection_state(
             installed=installed, ike_states=ike_states, attempt=attempt,
             attempt_age=now - asked if asked is not None else 0.0, last_error=err,
-            trap=self._guards.get(name) == "trap", admin_down=name in self._admin_down)
+            trap=self._guards.get(name) == "trap", admin_down=name in self._admin_down,
+            childless=childless)
         if err is not None:
             err = {k: v for k, v in err.items() if k != "at"}
             err["age_s"] = max(0, int(time.time() - self._last_error[name]["at"]))

@@ -10,7 +10,8 @@ import time
 #   up          at least one IPsec SA installed (it can send)
 #   connecting  a negotiation is running (IKE SA being set up, or a CHILD_SA being created)
 #   ike-only    IKE SA established, no IPsec SA, nothing being negotiated (CHILD_SA refused,
-#               deleted by the peer); last_error says why when there was an error
+#               deleted by the peer, or a childless IKE SA, RFC 6023, also with a trap);
+#               last_error says why when there was an error
 #   idle        no IPsec SA, a trap is installed: traffic starts the negotiation (`start: trap`,
 #               dpd `hold`/`restart` after the peer died); last_error says what failed before
 #   failed      the last attempt failed and nothing retries it by itself (last_error says why)
@@ -23,12 +24,14 @@ ATTEMPT_GRACE = 5.0  # s: an attempt asked for counts as "connecting" this long 
 
 
 def connection_state(*, installed: int, ike_states: list, attempt: bool, attempt_age: float,
-                     last_error: dict | None, trap: bool, admin_down: bool) -> str:
+                     last_error: dict | None, trap: bool, admin_down: bool,
+                     childless: bool = False) -> str:
     """The state of one IKE connection from what the daemon and the cores know.
 
     installed: IPsec SAs with an outbound side in the data plane; ike_states: the states of
     its IKE SAs; attempt: a negotiation was asked for (initiate, acquire, restart) and has
-    neither succeeded nor failed since; attempt_age: how long ago."""
+    neither succeeded nor failed since; attempt_age: how long ago; childless: an
+    established IKE SA of it was set up without a CHILD_SA (RFC 6023)."""
     if installed:
         return "up"
     if admin_down:
@@ -38,7 +41,7 @@ def connection_state(*, installed: int, ike_states: list, attempt: bool, attempt
     if established:
         if attempt:
             return "connecting"
-        if trap and last_error is None:
+        if trap and last_error is None and not childless:
             return "idle"
         return "ike-only"
     if pending or (attempt and attempt_age < ATTEMPT_GRACE):

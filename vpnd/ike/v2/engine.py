@@ -964,6 +964,7 @@ class Ikev2Engine:
                 "initiator": sa.initiator, "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
                 "proposal": sa.chosen.describe() if sa.chosen else "",
                 "remote_id": sa.peer_id,
+                "childless": sa.childless,  # set up without a CHILD_SA in IKE_AUTH (RFC 6023)
                 # every connection whose CHILD_SAs this IKE SA carries (one IKE SA per peer)
                 "connections": sorted({sa.conn.name} | {ch.name for ch in sa.children.values()}),
                 "established_s": int(now - sa.established_at) if sa.established_at is not None else 0,

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from vpnd.crypto import auth as authc
 from vpnd.crypto import certs
 from vpnd.ike.peers import id_key
+from vpnd.ike.v2 import childless
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_child
 from vpnd.ike.v2.payloads import IDi, IDr, Auth, Cert, CertReq, Notify, notify
@@ -193,6 +194,11 @@ class AuthTask:
                               for o in e.sas.values())
         if contact:
             out.append(Notify(c.N_INITIAL_CONTACT))
+        if childless.initiate_childless(conn, sa.peer_childless):
+            # RFC 6023: no SA, TSi, TSr; the CHILD_SA follows with CREATE_CHILD_SA
+            sa.childless = True
+            self.req = None
+            return out
         child_payloads, self.req = exchange_child.child_request(e, sa, conn, ts_hint=self.ts_hint, in_auth=True)
         return out + child_payloads
 
@@ -203,6 +209,12 @@ class AuthTask:
         if idr is None or auth is None:
             err = next((p for p in payloads if isinstance(p, Notify) and p.is_error), None)
             name = c.NOTIFY_NAMES.get(err.type, str(err.type)) if err else "no AUTH payload"
+            if sa.childless and err is not None and err.type == c.N_INVALID_SYNTAX:
+                # what a responder that does not accept childless IKE SAs answers (RFC 6023)
+                e.event("failed", conn.name, f"IKE_AUTH with {sa.remote[0]} failed: peer answered "
+                        f"{name} to our childless IKE_AUTH ({childless.RFC}; set childless: allow)")
+                e.kill_ike(sa, now, "childless IKE SA refused")
+                return
             e.event("auth_failed", conn.name, f"IKE_AUTH with {sa.remote[0]} failed: peer answered {name}")
             e.kill_ike(sa, now, f"authentication failed ({name})")
             return
@@ -219,7 +231,16 @@ class AuthTask:
             e.queue_force(sa, exchange_info.DeleteIkeTask(), now)
             return
         e.ike_established(sa, now)
-        exchange_child.child_accept(e, sa, self.req, payloads, sa.ni, sa.nr, now)
+        if self.req is None:
+            # childless (RFC 6023): the connection's CHILD_SA now, with its own nonces (and
+            # PFS group, if any)
+            e.event("ike_childless", conn.name,
+                    f"IKE_SA {conn.name}[{sa.ike_id}] established without a CHILD_SA ({childless.RFC}, "
+                    f"childless: {conn.childless}); creating the CHILD_SA with CREATE_CHILD_SA",
+                    ike_id=sa.ike_id)
+            e.queue(sa, exchange_child.CreateChildTask(conn, ts_hint=self.ts_hint), now)
+        else:
+            exchange_child.child_accept(e, sa, self.req, payloads, sa.ni, sa.nr, now)
         drop_duplicate(e, sa, now)
 
 
@@ -263,9 +284,25 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
         _fail(e, sa, h, f"cannot authenticate ourselves: {err}", now)
         return
     sa.local_id_key = id_key(ours[0].id_type, ours[0].data)
+    sa.childless = childless.is_childless(payloads)
+    why = childless.responder_refusal(chosen, sa.childless)
+    if why is not None:
+        # asked after authentication, as strongSwan does: nothing is told to an unknown peer
+        e.event("failed", chosen.name, f"IKE_AUTH from {sa.remote[0]} ({sa.peer_id}) refused: {why}; "
+                "answered INVALID_SYNTAX")
+        e.respond(sa, c.IKE_AUTH, h.message_id, [Notify(c.N_INVALID_SYNTAX)], now)
+        e.linger(sa, now)
+        return
     if notify(payloads, c.N_INITIAL_CONTACT) is not None:
         _initial_contact(e, sa, now)
     e.ike_established(sa, now)
+    if sa.childless:
+        e.event("ike_childless", chosen.name,
+                f"IKE_SA {chosen.name}[{sa.ike_id}] established without a CHILD_SA ({childless.RFC}); "
+                "CHILD_SAs follow with CREATE_CHILD_SA", ike_id=sa.ike_id)
+        e.respond(sa, c.IKE_AUTH, h.message_id, ours, now)
+        drop_duplicate(e, sa, now)
+        return
     child_payloads, child, keymat = exchange_child.child_respond(e, sa, chosen, payloads, sa.ni, now,
                                                                  in_auth=True, nr=sa.nr)
     if child is not None:

@@ -181,8 +181,7 @@ def child_respond(e, sa: IkeSa, conn, payloads: list, ni: bytes, now: float, *, 
     tsi = next((p for p in payloads if isinstance(p, TSi)), None)
     tsr = next((p for p in payloads if isinstance(p, TSr)), None)
     if sa_p is None or tsi is None or tsr is None:
-        if in_auth and sa_p is None:
-            return [], None, None  # childless IKE SA (RFC 6023) – nothing to do
+        # (an IKE_AUTH without all three is childless, RFC 6023, and never gets here)
         return [Notify(c.N_INVALID_SYNTAX)], None, None
     err = bundle_error(conn)
     if err is not None:
@@ -502,7 +501,8 @@ def make_rekeyed(e, old: IkeSa, chosen, *, initiator: bool, spi_i: bytes, spi_r:
     new.keys = derive_ike_keys(chosen.prf, chosen.encryption, chosen.integrity, seed, ni, nr, spi_i, spi_r)
     new.crypto_out = new.keys.crypto(initiator=initiator, outbound=True)
     new.crypto_in = new.keys.crypto(initiator=initiator, outbound=False)
-    for attr in ("nat_local", "nat_remote", "natt", "udp_encap", "peer_id", "peer_hashes", "peer_certreq"):
+    for attr in ("nat_local", "nat_remote", "natt", "udp_encap", "peer_id", "peer_hashes", "peer_certreq",
+                 "childless"):
         setattr(new, attr, getattr(old, attr))
     new.ni, new.nr = ni, nr
     e.register(new)

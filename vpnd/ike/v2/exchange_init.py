@@ -12,7 +12,7 @@ from vpnd.crypto.dh import InvalidPublicValue, KeyExchange
 from vpnd.ike import codec
 from vpnd.ike.codec import Header
 from vpnd.ike.v2 import constants as c
-from vpnd.ike.v2 import exchange_auth, negotiate
+from vpnd.ike.v2 import childless, exchange_auth, negotiate
 from vpnd.ike.v2.keys import derive_ike_keys, initial_skeyseed
 from vpnd.ike.v2.payloads import KE, SA, CertReq, Nonce, Notify, notify
 from vpnd.ike.v2.sa import IkeSa, Request
@@ -196,6 +196,12 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
     sa.peer_hashes = _peer_hashes(pl)
     sa.peer_certreq = msg.get(CertReq) is not None
     sa.nat_local, sa.nat_remote = _detect_nat(pl, sa.spi_i, sa.spi_r, local, remote)
+    sa.peer_childless = notify(pl, c.N_CHILDLESS_IKEV2_SUPPORTED) is not None
+    why = childless.initiator_refusal(conn, sa.peer_childless)
+    if why is not None:
+        e.event("failed", conn.name, f"IKE_SA {conn.name}[{sa.ike_id}] not established: {why}")
+        e.kill_ike(sa, now, "childless IKE SA not supported by the peer")
+        return
     sa.local = local
     if sa.nat_local or sa.nat_remote or conn.encap:
         # 2.23: move to the NAT-T port for everything after IKE_SA_INIT
@@ -401,6 +407,8 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
         if creds is not None and creds.cas:
             payloads.append(CertReq(c.CERT_X509_SIGNATURE, creds.certreq_data()))
     payloads.append(_sig_hashes())
+    if childless.announce(accepting):
+        payloads.append(Notify(c.N_CHILDLESS_IKEV2_SUPPORTED))  # RFC 6023 3
     resp = Header(sa.spi_i, sa.spi_r, 0, 2, 0, c.IKE_SA_INIT, c.FLAG_R, 0)
     sa.init_req = data
     sa.init_resp = codec.encode_message(resp, payloads)

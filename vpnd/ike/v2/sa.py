@@ -112,6 +112,8 @@ class IkeSa:
     peer_id: str = ""
     peer_id_raw: tuple[int, bytes] | None = None
     initial_contact: bool = False
+    peer_childless: bool = False  # the responder sent CHILDLESS_IKEV2_SUPPORTED (RFC 6023 3)
+    childless: bool = False  # IKE_AUTH carried no CHILD_SA (RFC 6023)
     persistent: bool = False  # re-initiated by DPD action restart: keep trying
     rekeyed_to: int | None = None  # IKE SA that replaced this one
     dpd_probe: bool = False  # the request in flight is a liveness check
