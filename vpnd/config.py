@@ -299,7 +299,7 @@ class _Parser(_Schema):
             mss_clamp=f(m, "mss_clamp", path, mss, d.mss_clamp),
             control_socket=f(m, "control_socket", path, socket_path, d.control_socket),
             control_group=f(m, "control_group", path, group, d.control_group),
-            listen=f(m, "listen", path, self.ip, d.listen),
+            listen=f(m, "listen", path, self._listen, d.listen),
             ike_port=f(m, "ike_port", path, self.integer(1, 65535), d.ike_port),
             natt_port=f(m, "natt_port", path, self.integer(1, 65535), d.natt_port),
             log_level=f(m, "log_level", path,
@@ -318,6 +318,11 @@ class _Parser(_Schema):
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")
         return d
+
+    def _listen(self, v, path):
+        if v in ("%any", "%any6", "%any4"):  # strongSwan's words for the wildcards
+            return {"%any": "%any", "%any4": "0.0.0.0", "%any6": "::"}[v]
+        return self.ip(v, path)
 
     def _metrics_listen(self, v, path):
         if v is None or v is False or v == "off":
@@ -358,6 +363,14 @@ class _Parser(_Schema):
         if local and peer and peer != "%any" and \
                 ipaddress.ip_address(local).version != ipaddress.ip_address(peer).version:
             self.err(_join(path, "local"), f"{local} and peer {peer} are of different IP versions")
+        listen = str(daemon.listen)
+        for key, addr in (("local", local), ("peer", peer)):
+            if addr and addr != "%any" and listen != "%any" and \
+                    ipaddress.ip_address(addr).version != ipaddress.ip_address(listen).version:
+                self.err(_join(path, key), f"{addr} is IPv{ipaddress.ip_address(addr).version} but "
+                         f"daemon.listen {listen} listens on IPv{ipaddress.ip_address(listen).version} "
+                         "only (listen: %any for both)")
+                break
 
         aggressive = f(m, "aggressive", path, self.boolean, False)
         if aggressive and version == 2:

@@ -195,7 +195,7 @@ class DaemonConfig:
     mss_clamp: int | str | None = None     # None = off, "auto" = from the TUN MTU, or an MSS
     control_socket: str = DEFAULT_SOCKET
     control_group: str | None = None       # group allowed on the socket (mode 0660), else 0600
-    listen: str = "0.0.0.0"
+    listen: str = "%any"  # both families (strongSwan's default); 0.0.0.0 / :: = one family
     ike_port: int = 500
     natt_port: int = 4500
     log_level: str = "info"

@@ -29,7 +29,7 @@ from vpnd.net import notify
 from vpnd.status import connection_state, last_error_entry
 from vpnd.net.routes import RouteManager, RouteOptions, kill_switch_clear, kill_switch_sync
 from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
-from vpnd.net.sockets import IPPROTO_AH, IPPROTO_ESP, SocketError, WireSockets, local_address
+from vpnd.net.sockets import SocketError, WireSockets, local_address
 from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
                           source_address_towards)
 
@@ -38,6 +38,11 @@ log = logging.getLogger("vpnd")
 ACQUIRE_QUEUE = 32  # packets kept per connection while a trap negotiation runs
 ACQUIRE_RETRY = 10.0  # seconds after which traffic asks for a stalled negotiation again
 DEFAULT_OUTER_MTU = 1500
+
+
+def _any_of(addr) -> str:
+    """The wildcard of a peer address's family (a datagram without PKTINFO)."""
+    return "::" if ":" in addr[0] else "0.0.0.0"
 
 
 class StartupError(Exception):
@@ -50,18 +55,21 @@ def conn_transforms(conn) -> list[dict]:
     """Every transform a connection may use (all alternatives), for the worst-case TUN MTU."""
     # an IKE connection may find a NAT and move ESP into UDP: count the UDP header
     encap = bool(conn.encap) or conn.manual is None
+    # an IPv6 outer header is 20 bytes longer (a %any peer counts as its local address's)
+    ipv6 = ":" in str(conn.local or "") or ":" in str(conn.peer or "")
     out = []
     for p in conn.esp:
         for e in p.encryption or (None,):
             for i in p.integrity or (None,):
                 for a in p.ah_integrity or (None,):
                     out.append({"encryption": e, "integrity": i, "ah_integrity": a,
-                                "udp_encap": encap and a is None, "mode": conn.mode})
+                                "udp_encap": encap and a is None, "mode": conn.mode,
+                                "ipv6": ipv6})
     if not conn.esp:
         for p in conn.ah:
             for a in p.integrity:
                 out.append({"encryption": None, "integrity": None, "ah_integrity": a,
-                            "udp_encap": False, "mode": conn.mode})
+                            "udp_encap": False, "mode": conn.mode, "ipv6": ipv6})
     return out
 
 
@@ -413,8 +421,8 @@ class Daemon:
     def _attach_readers(self):
         lp = self.loop
         lp.add_reader(self.tun.fileno(), self._on_tun)
-        lp.add_reader(self.wire.esp_raw.fileno(), self._on_raw, self.wire.esp_raw, IPPROTO_ESP)
-        lp.add_reader(self.wire.ah_raw.fileno(), self._on_raw, self.wire.ah_raw, IPPROTO_AH)
+        for sock, proto in self.wire.raw_sockets():  # ESP and AH, IPv4 and IPv6
+            lp.add_reader(sock.fileno(), self._on_raw, sock, proto)
         self._udp_readers: dict = {}
         self._sync_udp_readers()
 
@@ -431,12 +439,10 @@ class Daemon:
             return
         readers = getattr(self, "_udp_readers", {})
         want = {}
-        if self.wire.natt is not None:
-            want[self.wire.natt.fileno()] = self._on_natt
-        if self.wire.ike is not None:
-            want[self.wire.ike.fileno()] = self._on_ike_socket
+        for sock, kind in self.wire.udp_sockets():  # every family
+            want[sock.fileno()] = (self._on_natt if kind == "natt" else self._on_ike_socket, sock)
         for fd, cb in list(readers.items()):
-            if want.get(fd) is not cb:
+            if want.get(fd) != cb:
                 try:
                     self.loop.remove_reader(fd)
                 except (ValueError, OSError):
@@ -444,7 +450,7 @@ class Daemon:
                 del readers[fd]
         for fd, cb in want.items():
             if fd not in readers:
-                self.loop.add_reader(fd, cb)
+                self.loop.add_reader(fd, *cb)
                 readers[fd] = cb
         self._udp_readers = readers
 
@@ -458,9 +464,9 @@ class Daemon:
         if open_only:
             ike, natt = ike or self.wire.ike is not None, natt or self.wire.natt is not None
         before = self.wire.udp_ports()
-        for fd in list(getattr(self, "_udp_readers", {})):
-            if (fd == getattr(self.wire.ike, "fileno", lambda: -1)() and not ike) or \
-                    (fd == getattr(self.wire.natt, "fileno", lambda: -1)() and not natt):
+        for sock, kind in self.wire.udp_sockets():  # readers off before their sockets close
+            fd = sock.fileno()
+            if fd in getattr(self, "_udp_readers", {}) and not (natt if kind == "natt" else ike):
                 self.loop.remove_reader(fd)
                 del self._udp_readers[fd]
         try:
@@ -490,8 +496,9 @@ class Daemon:
     def _detach_readers(self):
         if self.loop is None:
             return
-        for obj in (self.tun, self.wire and self.wire.esp_raw, self.wire and self.wire.ah_raw,
-                    self.wire and self.wire.natt, self.wire and self.wire.ike):
+        socks = [s for s, _ in self.wire.raw_sockets() + self.wire.udp_sockets()] \
+            if self.wire is not None else []
+        for obj in [self.tun, *socks]:
             if obj is not None:
                 try:
                     self.loop.remove_reader(obj.fileno())
@@ -519,7 +526,7 @@ class Daemon:
         """Carry out the data plane's results: runs of equal-size ESP-in-UDP datagrams to
         one peer leave in one UDP_SEGMENT send, raw packets one by one."""
         wire = self.wire
-        send_ipv4 = wire.send_ipv4
+        send_ip = wire.send_ip
         run: list = []
         run_dst = run_src = None
         run_len = 0
@@ -527,7 +534,7 @@ class Daemon:
         for out in outs:
             kind = out[0]
             if kind == "raw":
-                send_ipv4(out[1], out[2])
+                send_ip(out[1], out[2])
             elif kind == "udp":
                 data = out[2]
                 dst = out[1]
@@ -570,9 +577,9 @@ class Daemon:
         except Exception:  # nothing from outside reaches the event loop: the burst is dropped
             self._internal_error("error reading a raw socket (burst dropped)")
 
-    def _on_natt(self):
+    def _on_natt(self, sock=None):
         try:
-            items = self.wire.recv_udp(self.wire.natt)
+            items = self.wire.recv_udp(sock or self.wire.natt)
             if not items:
                 return
             self.dp.now = self.loop.time()
@@ -594,7 +601,7 @@ class Daemon:
                 kind = classify_udp4500(data)
                 if kind == "ike":
                     port = self.wire.natt_port
-                    self._ike_receive(data[4:], (local_address(anc, self.wire.listen), port), addr)
+                    self._ike_receive(data[4:], (local_address(anc, _any_of(addr)), port), addr)
                 elif kind == "keepalive":
                     counters["keepalives_in"] += 1
                 else:  # "bad": what is left of "esp" was decided above
@@ -610,11 +617,11 @@ class Daemon:
         except Exception:  # nothing from outside reaches the event loop: the burst is dropped
             self._internal_error("error reading the NAT-T socket (burst dropped)")
 
-    def _on_ike_socket(self):
+    def _on_ike_socket(self, sock=None):
         try:
             port = self.wire.ike_port
-            for data, addr, anc in self.wire.recv_udp(self.wire.ike, 16):
-                self._ike_receive(data, (local_address(anc, self.wire.listen), port), addr)
+            for data, addr, anc in self.wire.recv_udp(sock or self.wire.ike, 16):
+                self._ike_receive(data, (local_address(anc, _any_of(addr)), port), addr)
         except Exception:  # nothing from outside reaches the event loop: the burst is dropped
             self._internal_error("error reading the IKE socket (burst dropped)")
 

@@ -611,3 +611,22 @@ def test_python_tags_are_not_executed(tmp_path):
         load_config(f)
     (line,) = e.value.problems
     assert line.startswith(f"{f}: line 1, column 9: ")
+
+
+def test_listen_families_and_ipv6_peers():
+    """issue 12: daemon.listen %any (the default) = IPv4 and IPv6; an address, 0.0.0.0 or
+    :: = that family only, and a connection of the other family is refused by name."""
+    conn = {"peer": "fd00:200::2", "psk": "k" * 20, "local_ts": ["10.1.0.0/16"],
+            "remote_ts": ["10.2.0.0/16"]}
+    assert parse_config({"connections": {"s": conn}}).daemon.listen == "%any"
+    assert parse_config({"daemon": {"listen": "%any6"}, "connections": {"s": conn}}).daemon.listen == "::"
+    v4 = {**conn, "peer": "10.200.0.2"}
+    assert parse_config({"daemon": {"listen": "%any4"}, "connections": {"s": v4}}).daemon.listen == "0.0.0.0"
+    with pytest.raises(ConfigError) as e:
+        parse_config({"daemon": {"listen": "0.0.0.0"}, "connections": {"s": conn}})
+    assert e.value.problems == ["connections.s.peer: fd00:200::2 is IPv6 but daemon.listen 0.0.0.0 "
+                                "listens on IPv4 only (listen: %any for both)"]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"daemon": {"listen": "::"}, "connections": {"s": {**conn, "peer": "%any",
+                                                                       "local": "10.200.0.1"}}})
+    assert e.value.problems[0].startswith("connections.s.local: 10.200.0.1 is IPv4")

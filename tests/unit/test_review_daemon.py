@@ -299,7 +299,7 @@ class RecordingWire:
     def __init__(self):
         self.sent = []
 
-    def send_ipv4(self, dst, pkt):
+    def send_ip(self, dst, pkt):
         self.sent.append(("raw", dst, len(pkt)))
 
     def send_esp_udp_run(self, addr, run, src):

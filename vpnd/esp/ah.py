@@ -1,4 +1,4 @@
-"""AH (RFC 4302) over IPv4: header layout and the zeroing of mutable fields for the ICV."""
+"""AH (RFC 4302) over IPv4 (IPv6: esp/ipv6.py): header layout and the zeroing of mutable fields for the ICV."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ AH_HDR = struct.Struct("!BBHII")          # next header, payload len, reserved, 
 IMMUTABLE_OPTIONS = frozenset((0, 1, 130, 133, 134, 148, 149))
 
 
-def ah_length(icv_size: int) -> int:
-    """Bytes of AH header + ICV, padded to 32 bits for IPv4 (RFC 4302 3.3.3.2.1)."""
+def ah_length(icv_size: int, ipv6: bool = False) -> int:
+    """Bytes of AH header + ICV, padded to 32 bits for IPv4, 64 bits for IPv6
+    (RFC 4302 3.3.3.2.1)."""
+    if ipv6:
+        return (12 + icv_size + 7) & ~7
     return (12 + icv_size + 3) & ~3
 
 

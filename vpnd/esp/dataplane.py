@@ -8,7 +8,8 @@
     dp.decap(data, proto, src, sport) -> inner packet | None
 
 Out is one of
-    ("raw", dst_ip, ipv4_packet)          send with IP_HDRINCL
+    ("raw", dst_ip, ip_packet)            send with IP_HDRINCL / IPV6_HDRINCL (the outer
+                                          header is IPv4 or IPv6, as the SA's addresses)
     ("udp", (dst_ip, dst_port), esp, (src_ip, src_port))
                                           ESP in UDP (RFC 3948), send on the NAT-T socket
                                           from the SA's local address (IP_PKTINFO)
@@ -18,7 +19,7 @@ Out is one of
     ("many", [Out, ...])                  a non-DF packet pre-fragmented (RFC 4459 5.1)
 
 decap `proto` is 50 or 51 for raw sockets (`data` is the whole IPv4 packet as the raw
-socket returns it) or 17 for ESP-in-UDP (`data` is the ESP packet after the marker check,
+socket returns it, or an IPv6 packet whose header net/sockets.py rebuilt) or 17 for ESP-in-UDP (`data` is the ESP packet after the marker check,
 see natt.classify_udp4500).
 
 Events (dp.events, a deque the caller drains):
@@ -40,6 +41,7 @@ from vpnd.esp.ipv4 import (
     icmp_frag_needed, rebuild_header,
 )
 from vpnd.esp.ipcomp import MAX_IP_PACKET, PROTO_IPCOMP
+from vpnd.esp.ipv6 import zero_mutable6
 from vpnd.esp.overhead import max_inner
 from vpnd.esp.sa import SA, seq_allocator
 from vpnd.esp.spd import SPD, Policy, addr_in, parse_selectors, selectors_v4, selectors_v6
@@ -65,6 +67,18 @@ def _link_local(pkt, ver: int) -> bool:
         return (pkt[8] == 0xFE and pkt[9] & 0xC0 == 0x80) or pkt[24] == 0xFF or \
             pkt[8:24] == bytes(16)
     return pkt[16] & 0xF0 == 0xE0 or pkt[16:20] == b"\xff\xff\xff\xff"
+
+
+def _source(hdr):
+    """The source address field of an outer IPv4 or IPv6 header."""
+    return hdr[8:24] if hdr[0] >> 4 == 6 else hdr[12:16]
+
+
+def _outer_ce(hdr) -> bool:
+    """The outer header is marked CE (ECN, RFC 6040): IPv4 TOS or IPv6 traffic class."""
+    if hdr[0] >> 4 == 6:
+        return (hdr[1] >> 4) & 3 == 3
+    return hdr[1] & 3 == 3
 
 
 class DataPlane:
@@ -109,6 +123,9 @@ class DataPlane:
         sel_r = parse_selectors(remote_ts) if remote_ts is not None else None
         ah_sa = next((s for s in bundle if s.protocol == "ah"), None)
         for sa in bundle:
+            if sa.version == 6 and sa.mode == "transport":
+                raise ValueError("transport mode over IPv6 outer addresses is not supported")
+        for sa in bundle:
             sa.events = self.events
             if sel_l is not None and sel_r is not None:
                 sa.local_ts = (selectors_v4(sel_l), selectors_v6(sel_l))
@@ -149,8 +166,10 @@ class DataPlane:
         if len(bundle) == 2 and bundle[0].encap:
             raise ValueError("AH cannot be UDP-encapsulated (RFC 3948 covers ESP only)")
         for sa in bundle:
-            if sa.version != 4:
-                raise ValueError("outer addresses must be IPv4")
+            if sa.version == 6 and sa.mode == "transport":
+                # the packet's own IPv6 header would stay outside (extension headers and
+                # all): not built here; tunnel mode carries IPv4 and IPv6 inside IPv6
+                raise ValueError("transport mode over IPv6 outer addresses is not supported")
             sa.events = self.events
         p = Policy(policy_id, local_ts, remote_ts, bundle)
         p.outer_mtu = outer_mtu
@@ -166,9 +185,9 @@ class DataPlane:
         p = self.spd.policies.get(policy_id)
         if p is None or not p.bundle:
             return
-        if ipaddress.ip_address(local).version != 4:
-            raise ValueError("outer addresses must be IPv4")
         bundle = p.bundle
+        if ipaddress.ip_address(local).version == 6 and bundle[0].mode == "transport":
+            raise ValueError("transport mode over IPv6 outer addresses is not supported")
         if len(bundle) == 2 and encap and bundle[0].protocol == "esp":
             raise ValueError("AH cannot be UDP-encapsulated (RFC 3948 covers ESP only)")
         for sa in bundle:
@@ -211,7 +230,8 @@ class DataPlane:
         return max_inner(outer_mtu or self._outer_mtu,
                          esp=(esp.iv_size, esp.block, esp.icv_size) if esp else None,
                          ah_icv=ah.icv_size if ah else None,
-                         udp=bool(esp and esp.encap), mode=bundle[0].mode)
+                         udp=bool(esp and esp.encap), mode=bundle[0].mode,
+                         ipv6=bundle[0].version == 6)
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -328,9 +348,12 @@ class DataPlane:
         udp_src = (first.local, esp.encap[0]) if udp_dst is not None else None
         seal = esp.esp_seal if esp is not None else None
         esp_outer = esp.outer if esp is not None else None
+        hlen = first.outer.header_len
         ah_outer = ah.outer if ah is not None else None
         u16 = _U16.unpack_from
-        ah_len = ah_length(ah.icv_size) if ah is not None else 0
+        v6 = first.version == 6
+        # AH over IPv6: ICV and header padded to 64 bits (RFC 4302 3.3.3.2.1)
+        ah_len = ah_length(ah.icv_size, v6) if ah is not None else 0
         ah_pad = bytes(max(ah_len - 12, 0))     # zeroed ICV (+ alignment padding)
         ah_icv = ah.ah_icv if ah is not None else None
         ah_spi = ah.spi if ah is not None else 0
@@ -382,9 +405,9 @@ class DataPlane:
                 return None
             o = ah_outer
             ident = o.next_ident()
-            total = 20 + ah_len + len(payload)
+            total = o.header_len + ah_len + len(payload)
             head = AH_HDR.pack(nh, ah_len // 4 - 2, 0, ah_spi, seq & 0xFFFFFFFF)
-            zhdr = IPV4_HDR.pack(0x45, 0, total, ident, 0, 0, PROTO_AH, 0, o.src, o.dst)
+            zhdr = o.zeroed(total, PROTO_AH) if v6 else o.zeroed(total, PROTO_AH, ident)
             icv = ah_icv(b"".join((zhdr, head, ah_pad, payload)), seq)
             return b"".join((o.build(tos, total, frag, ident), head, icv, ah_pad[len(icv):],
                              payload))
@@ -465,7 +488,7 @@ class DataPlane:
                         if udp_dst is not None:
                             return ("udp", udp_dst, body, udp_src)
                         return ("raw", remote,
-                                esp_outer.build(tos, 20 + len(body), frag) + body)
+                                esp_outer.build(tos, hlen + len(body), frag) + body)
                     payload, nh = body, PROTO_ESP
                 return ah_out(ah_tunnel(payload, nh, tos, frag), n)
 
@@ -487,13 +510,14 @@ class DataPlane:
                 payload, nh = body, PROTO_ESP
             return ah_out(ah_transport(hdr, payload, nh), n)
 
-        if not (tunnel and esp is not None and ah is None) or comp is not None:
+        if not (tunnel and esp is not None and ah is None) or comp is not None or \
+                (v6 and udp_dst is None):
             return send
 
         # The common case inline: ESP tunnel mode, inner IPv4 that fits, no MSS to clamp.
         # Anything else goes through `send` above, which handles every case.
         outer = esp_outer
-        base = outer.base
+        base = outer.base if not v6 else 0     # (IPv6 here: ESP in UDP only)
         src_b, dst_b = outer.src, outer.dst
         hdr_pack = IPV4_HDR.pack
 
@@ -626,6 +650,8 @@ class DataPlane:
                 return None
             return self._esp_in(mv, None, src, None)
         n = len(mv)
+        if n >= 48 and mv[0] >> 4 == 6:
+            return self._decap6(mv, n)
         if n < 20 or mv[0] >> 4 != 4:
             self.malformed += 1
             return None
@@ -644,11 +670,29 @@ class DataPlane:
         self.malformed += 1
         return None
 
+    def _decap6(self, mv, n):
+        """ESP/AH under an IPv6 outer header.  The socket layer rebuilt that header from
+        what the kernel told (net/sockets.py: a raw IPv6 socket delivers only the payload),
+        so it is 40 bytes with ESP or AH as next header, no extension headers."""
+        tot = 40 + _U16.unpack_from(mv, 4)[0]
+        if tot > n:
+            self.malformed += 1
+            return None
+        if tot < n:
+            mv = mv[:tot]
+        p = mv[6]
+        if p == PROTO_ESP:
+            return self._esp_in(mv[40:], mv[:40], None, None)
+        if p == PROTO_AH:
+            return self._ah_in(mv, 40)
+        self.malformed += 1
+        return None
+
     def _unknown(self, proto, spi, src_packed_or_str):
         self.unknown_spi += 1
         src = src_packed_or_str
         if isinstance(src, memoryview):
-            src = str(ipaddress.IPv4Address(bytes(src)))
+            src = str(ipaddress.ip_address(bytes(src)))
         key = (proto, spi, src)
         seen = self._unknown_seen
         last = seen.get(key, _MISS)
@@ -665,7 +709,7 @@ class DataPlane:
         spi = _U32.unpack_from(esp, 0)[0]
         sa = self.sad.get((PROTO_ESP, spi))
         if sa is None:
-            self._unknown(PROTO_ESP, spi, hdr[12:16] if hdr is not None else src)
+            self._unknown(PROTO_ESP, spi, _source(hdr) if hdr is not None else src)
             return None
         if sa.require_ah is not via_ah:
             sa.policy_drops += 1
@@ -688,7 +732,7 @@ class DataPlane:
         nh, plen, _res, spi, seq_lo = AH_HDR.unpack_from(mv, ihl)
         sa = self.sad.get((PROTO_AH, spi))
         if sa is None:
-            self._unknown(PROTO_AH, spi, mv[12:16])
+            self._unknown(PROTO_AH, spi, _source(mv))
             return None
         alen = (plen + 2) * 4
         icv_size = sa.icv_size
@@ -705,7 +749,8 @@ class DataPlane:
         hdr = mv[:ihl]
         payload = mv[ihl + alen:]
         icv = mv[ihl + 12:ihl + 12 + icv_size]
-        zdata = b"".join((zero_mutable(hdr), mv[ihl:ihl + 12], bytes(alen - 12), payload))
+        zhdr = zero_mutable6(hdr) if hdr[0] >> 4 == 6 else zero_mutable(hdr)
+        zdata = b"".join((zhdr, mv[ihl:ihl + 12], bytes(alen - 12), payload))
         if not _hmac.compare_digest(sa.ah_icv(zdata, seq), icv):
             sa.auth_failures += 1
             return None
@@ -758,7 +803,7 @@ class DataPlane:
                 sa.malformed += 1
                 return None
             pkt = payload[:tot] if tot < n else payload     # TFC padding (RFC 4303 2.7)
-            if hdr is not None and hdr[1] & 3 == 3:
+            if hdr is not None and _outer_ce(hdr):
                 pkt = ecn_egress_ce(pkt)
                 if pkt is None:
                     sa.policy_drops += 1                    # CE on a not-ECT packet
@@ -772,6 +817,10 @@ class DataPlane:
                 self.policy_drops += 1
                 return None
             payload = bytes(payload)
+            if hdr is not None and hdr[0] >> 4 == 6:
+                sa.policy_drops += 1        # transport mode over IPv6 is not installed
+                self.policy_drops += 1
+                return None
             if hdr is not None:
                 ihl = len(hdr)
                 pkt = rebuild_header(hdr, nh, ihl + len(payload)) + payload

@@ -55,6 +55,7 @@ class OuterHeader:
     fragment could still be in flight)."""
 
     __slots__ = ("src", "dst", "proto", "base", "ident")
+    header_len = 20
 
     def __init__(self, src: str, dst: str, proto: int):
         self.src = ipaddress.IPv4Address(src).packed
@@ -75,6 +76,11 @@ class OuterHeader:
         s = (s & 0xFFFF) + (s >> 16)
         return IPV4_HDR.pack(0x45, tos, total, ident, frag, OUTER_TTL, self.proto,
                              ~s & 0xFFFF, self.src, self.dst)
+
+    def zeroed(self, total: int, proto: int, ident: int = 0) -> bytes:
+        """The header as AH's ICV covers it: TOS, flags/offset, TTL and checksum zeroed
+        (RFC 4302 3.3.3.1.1.1); the ID is immutable and covered."""
+        return IPV4_HDR.pack(0x45, 0, total, ident, 0, 0, proto, 0, self.src, self.dst)
 
 
 def rebuild_header(hdr, proto: int, total: int) -> bytes:

@@ -10,6 +10,7 @@ from vpnd.crypto.ciphers import integrity_icv_size, is_aead, make_cipher, cipher
 from vpnd.esp.ah import ah_length
 
 IPV4_HEADER = 20
+IPV6_HEADER = 40
 UDP_HEADER = 8
 ESP_HEADER = 8
 
@@ -22,14 +23,16 @@ def _esp_params(encryption: str | None, integrity: str | None):
 
 
 def max_inner(outer_mtu: int, *, esp: tuple[int, int, int] | None, ah_icv: int | None,
-              udp: bool, mode: str) -> int:
+              udp: bool, mode: str, ipv6: bool = False) -> int:
     """Largest inner packet (bytes, IP header included) whose outer packet fits outer_mtu.
-    esp = (iv_size, block, icv_size) or None; ah_icv = AH ICV size or None."""
-    avail = outer_mtu - IPV4_HEADER - (UDP_HEADER if udp else 0)
+    esp = (iv_size, block, icv_size) or None; ah_icv = AH ICV size or None; ipv6: the
+    outer header is IPv6 (40 bytes instead of 20)."""
+    header = IPV6_HEADER if ipv6 else IPV4_HEADER
+    avail = outer_mtu - header - (UDP_HEADER if udp else 0)
     if ah_icv is not None:
-        avail -= ah_length(ah_icv)
+        avail -= ah_length(ah_icv, ipv6)
     # transport mode keeps the packet's own header outside the protected payload
-    kept = IPV4_HEADER if mode == "transport" else 0
+    kept = header if mode == "transport" else 0
     if esp is None:
         return avail + kept
     iv, block, icv = esp
@@ -39,17 +42,18 @@ def max_inner(outer_mtu: int, *, esp: tuple[int, int, int] | None, ah_icv: int |
 
 def max_inner_size(outer_mtu: int, *, encryption: str | None = None,
                    integrity: str | None = None, ah_integrity: str | None = None,
-                   udp_encap: bool = False, mode: str = "tunnel") -> int:
+                   udp_encap: bool = False, mode: str = "tunnel", ipv6: bool = False) -> int:
     """max_inner() from canonical algorithm names (encryption None and integrity None and
     ah_integrity set = AH alone)."""
     esp = None if (encryption is None and integrity is None) else _esp_params(encryption, integrity)
     ah = integrity_icv_size(ah_integrity) if ah_integrity else None
-    return max_inner(outer_mtu, esp=esp, ah_icv=ah, udp=udp_encap, mode=mode)
+    return max_inner(outer_mtu, esp=esp, ah_icv=ah, udp=udp_encap, mode=mode, ipv6=ipv6)
 
 
 def worst_case_overhead(encryption: str | None = None, integrity: str | None = None, *,
                         ah_integrity: str | None = None, udp_encap: bool = False,
-                        mode: str = "tunnel", outer_mtu: int = 1500) -> int:
+                        mode: str = "tunnel", outer_mtu: int = 1500, ipv6: bool = False) -> int:
     """outer_mtu - max_inner_size: what to subtract from the outer MTU for the TUN MTU."""
     return outer_mtu - max_inner_size(outer_mtu, encryption=encryption, integrity=integrity,
-                                      ah_integrity=ah_integrity, udp_encap=udp_encap, mode=mode)
+                                      ah_integrity=ah_integrity, udp_encap=udp_encap, mode=mode,
+                                      ipv6=ipv6)

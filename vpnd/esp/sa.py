@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 
 from vpnd.crypto.ciphers import AeadCipher, CbcCipher, make_cipher, make_integrity
 from vpnd.esp.ipv4 import PROTO_AH, PROTO_ESP, OuterHeader
+from vpnd.esp.ipv6 import OuterHeader6
 
 import hmac as _hmac
 
@@ -91,6 +92,8 @@ class SA:
         self.remote = remote
         la = ipaddress.ip_address(local)
         ra = ipaddress.ip_address(remote)
+        if la.version != ra.version:
+            raise ValueError("outer addresses of different IP versions")
         self.version = la.version
         self.local_packed = la.packed
         self.remote_packed = ra.packed
@@ -148,8 +151,7 @@ class SA:
         lt = self.lifetime
         self._limit_bytes = _next_limit(lt.soft_bytes, lt.hard_bytes, False)
         self._limit_packets = _next_limit(lt.soft_packets, lt.hard_packets, False)
-        self.outer = OuterHeader(local, remote, PROTO_ESP if protocol == "esp" else PROTO_AH) \
-            if self.version == 4 else None
+        self.outer = _outer(self.version, local, remote, protocol)
         self.local_ts = None
         self.ipcomp = None           # esp.ipcomp.IPComp on the innermost SA of a bundle
         self.remote_ts = None
@@ -189,7 +191,7 @@ class SA:
                                         self.hard_fired)
         self._limit_packets = _next_limit(lt.soft_packets, lt.hard_packets, self.soft_fired,
                                           self.hard_fired)
-        if self.outer is not None and old.outer is not None:
+        if self.version == 4 and old.version == 4:
             self.outer.ident = old.outer.ident
 
     def set_addresses(self, local: str, remote: str, encap: tuple[int, int] | None) -> None:
@@ -203,16 +205,13 @@ class SA:
         encap = tuple(encap) if encap else None
         if encap and self.protocol != "esp":
             raise ValueError("UDP encapsulation is for ESP only (RFC 3948)")
-        ident = self.outer.ident if self.outer is not None else 0
+        ident = self.outer.ident
         self.local, self.remote = local, remote
         self.version = la.version
         self.local_packed, self.remote_packed = la.packed, ra.packed
         self.encap = encap
-        if self.version == 4:
-            self.outer = OuterHeader(local, remote, PROTO_ESP if self.protocol == "esp" else PROTO_AH)
-            self.outer.ident = ident
-        else:
-            self.outer = None
+        self.outer = _outer(self.version, local, remote, self.protocol)
+        self.outer.ident = ident if self.version == 4 else 0
 
     # -- lifetime (slow path, called when a limit counter is crossed) -------------------
 
@@ -291,6 +290,12 @@ class SA:
             self.rp_top = seq
         elif self.replay_window:
             self.rp_bitmap |= 1 << (top - seq)
+
+
+def _outer(version: int, local: str, remote: str, protocol: str):
+    """The prebuilt outer header of an SA's family (tunnel mode, and AH's ICV)."""
+    proto = PROTO_ESP if protocol == "esp" else PROTO_AH
+    return OuterHeader(local, remote, proto) if version == 4 else OuterHeader6(local, remote, proto)
 
 
 def _next_limit(soft: int, hard: int, soft_fired: bool, hard_fired: bool = False) -> float:

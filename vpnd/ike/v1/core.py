@@ -97,7 +97,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _apply_config(self, config) -> None:
         self.config = config
         d = config.daemon
-        self.listen = d.listen if d.listen not in ("", "0.0.0.0") else "0.0.0.0"
+        self.listen = d.listen  # ike/addresses.local_for reads it
         self.ike_port = d.ike_port
         self.natt_port = d.natt_port
         self.aggressive_allowed = getattr(d, "aggressive_mode", True)

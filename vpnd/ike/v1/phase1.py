@@ -13,6 +13,7 @@ import hmac
 
 from cryptography import x509
 
+from vpnd.ike.addresses import local_for
 from vpnd.crypto import certs as x509certs
 from vpnd.crypto import dh
 from vpnd.crypto.auth import AuthError
@@ -227,7 +228,7 @@ class Phase1Mixin:
     # ------------------------------------------------------------------ initiator
 
     def _p1_initiate(self, conn, now: float, pending: list) -> IsakmpSA:
-        local_ip = conn.local or self.listen
+        local_ip = local_for(conn, self.listen)
         sa = IsakmpSA(self._new_id(), conn, True, bool(conn.aggressive), self.rng(8), b"\x00" * 8,
                       (local_ip, self.ike_port), (conn.peer, self.ike_port), now)
         sa.policies = policy.p1_policies(conn.ike, _auth_method(conn), conn.lifetime.ike)

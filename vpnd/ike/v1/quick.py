@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
+from vpnd.ike.addresses import local_for
 from vpnd.crypto import dh
 from vpnd.ike import codec, ipcomp
 from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA, IPCompParams
@@ -87,7 +88,7 @@ class QuickMixin:
     # ------------------------------------------------------------------ helpers
 
     def _ts_pairs(self, conn):
-        local = conn.local_ts or (ipaddress.ip_network(conn.local or self.listen),)
+        local = conn.local_ts or (ipaddress.ip_network(local_for(conn, self.listen)),)
         remote = conn.remote_ts or ((ipaddress.ip_network(conn.peer),) if conn.peer != "%any" else ())
         return [(l, r) for l in local for r in remote]
 

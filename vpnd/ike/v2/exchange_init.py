@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import struct
 
+from vpnd.ike.addresses import WILDCARDS, local_for
 from vpnd.crypto.dh import InvalidPublicValue, KeyExchange
 from vpnd.ike import codec
 from vpnd.ike.codec import Header
@@ -76,12 +77,7 @@ def _derive(sa: IkeSa, shared: bytes) -> None:
 
 
 def local_address(e, conn) -> str:
-    if conn.local:
-        return conn.local
-    listen = e.config.daemon.listen
-    if listen not in ("0.0.0.0", "::", ""):
-        return listen
-    return "0.0.0.0"
+    return local_for(conn, e.config.daemon.listen)
 
 
 def initiate(e, conn, now: float, *, ts_hint=None) -> IkeSa:
@@ -288,7 +284,7 @@ def drop_unconfigured(e, remote, now: float) -> None:
 def candidates(e, local, remote) -> list:
     out = []
     for conn in e.connections():
-        if conn.local and conn.local != local[0] and local[0] not in ("0.0.0.0", "::"):
+        if conn.local and conn.local != local[0] and local[0] not in WILDCARDS:
             continue
         if not conn.dynamic and conn.peer != remote[0]:
             continue
