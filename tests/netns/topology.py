@@ -43,6 +43,7 @@ NAT_OUTSIDE = "10.200.0.254"
 LAN_A, LAN_B = "10.1.0.0/16", "10.2.0.0/16"
 GW_LAN_A, GW_LAN_B = "10.1.0.1", "10.2.0.1"
 HOST_A, HOST_B = "10.1.0.10", "10.2.0.10"
+WAN6_A, WAN6_B = "fd00:200::1", "fd00:200::2"
 
 
 class TopologyError(RuntimeError):
@@ -99,6 +100,7 @@ class Capture:
 class Topology:
     prefix: str = "hns"
     nat: bool = False
+    wan6: bool = False                   # also IPv6 on the WAN: gwa fd00:200::1, gwb fd00:200::2
     workdir: Path | None = None          # per-topology scratch dir (captures, configs, logs)
     procs: list[subprocess.Popen] = field(default_factory=list)
     ns: dict[str, str] = field(default_factory=dict)
@@ -108,6 +110,8 @@ class Topology:
     gwa_wan = property(lambda self: NAT_INSIDE_A if self.nat else WAN_A)
     gwb_wan = property(lambda self: WAN_B)
     gwa_public = property(lambda self: NAT_OUTSIDE if self.nat else WAN_A)  # gwa as gwb sees it
+    gwa_wan6 = WAN6_A
+    gwb_wan6 = WAN6_B
     hosta_ip = HOST_A
     hostb_ip = HOST_B
     lan_a = LAN_A
@@ -182,6 +186,13 @@ class Topology:
             self.run("nat", ["nft", "-f", "-"], input=rules.encode())
         else:
             self._addr("gwa", "wan", f"{WAN_A}/24")
+        if self.wan6:
+            if self.nat:
+                raise TopologyError("wan6 needs nat=False")
+            self.enable_ipv6("gwa")
+            self.enable_ipv6("gwb")
+            self.ip("gwa", f"addr add {WAN6_A}/64 dev wan nodad")
+            self.ip("gwb", f"addr add {WAN6_B}/64 dev wan nodad")
         self.ip("hosta", f"route add default via {GW_LAN_A}")
         self.ip("hostb", f"route add default via {GW_LAN_B}")
         for gw in ("gwa", "gwb"):
@@ -190,6 +201,21 @@ class Topology:
         self.wait_ping("hosta", GW_LAN_A)
         self.wait_ping("hostb", GW_LAN_B)
         self.wait_ping("gwa", WAN_B)
+        if self.wan6:
+            self.wait_ping("gwa", WAN6_B)
+
+    def enable_ipv6(self, role: str) -> None:
+        """IPv6 on in a namespace (build() turns it off everywhere), without router
+        solicitations or duplicate address detection (addresses usable at once)."""
+        self.run(role, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+                        "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.router_solicitations=0",
+                        "net.ipv6.conf.default.router_solicitations=0",
+                        "net.ipv6.conf.all.forwarding=1"])
+        for dev in self.ip(role, "-o link show").stdout.decode().split("\n"):
+            name = dev.split(":")[1].strip().split("@")[0] if ":" in dev else ""
+            if name and name != "lo":
+                self.run(role, ["sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=0"], check=False)
 
     def plain_routes(self) -> None:
         """Route the LANs over the WAN in clear (the forwarding baseline; no tunnel)."""
@@ -279,6 +305,8 @@ class Topology:
              pattern: str | None = None) -> subprocess.CompletedProcess:
         """ping from a namespace; .returncode 0 = every reply came (well, at least one: -c semantics)."""
         cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout)]
+        if ":" in dst:
+            cmd.insert(1, "-6")
         if size is not None:
             cmd += ["-s", str(size)]
         if df:
