@@ -443,6 +443,10 @@ class _Parser(_Schema):
             # RFC 6023 extends IKEv2 only; IKEv1 Main Mode never carries a Quick Mode anyway
             self.err(_join(path, "childless"), "childless IKE SAs (RFC 6023) exist only in IKEv2 "
                      "(version: 2, not manual keying)")
+        mobike = f(m, "mobike", path, self.boolean, True)
+        if "mobike" in m and (version != 2 or is_manual):
+            self.err(_join(path, "mobike"), "MOBIKE (RFC 4555) is an IKEv2 extension: "
+                     "not used with IKEv1 or manual keying")
         from vpnd import updown as _updown
         updown = f(m, "updown", path, lambda v, p: _updown.check_script(self, v, p), None)
         updown_timeout = f(m, "updown_timeout", path, lambda v, p: _updown.check_timeout(self, v, p),
@@ -460,7 +464,7 @@ class _Parser(_Schema):
             ike=ike, esp=esp, ah=ah, local_ts=local_ts, remote_ts=remote_ts, mode=mode,
             start=start if not is_manual else "start", lifetime=lifetime,
             idle_time=idle_time, replay_window=replay_window, per_host=per_host, dpd=dpd,
-            nat_keepalive=nat_keepalive, encap=encap, rri=rri,
+            nat_keepalive=nat_keepalive, encap=encap, mobike=mobike, rri=rri,
             allow_legacy=allow_legacy, manual=manual, comp=comp,
             updown=updown, updown_timeout=updown_timeout, access_group=access_group,
             childless=childless)

@@ -331,6 +331,7 @@ class Connection:
     dpd: Dpd = field(default_factory=Dpd)
     nat_keepalive: int = 20
     encap: bool = False
+    mobike: bool = True                      # IKEv2 MOBIKE (RFC 4555), as strongSwan's default
     rri: Rri = field(default_factory=Rri)
     allow_legacy: bool = False
     manual: Manual | None = None

@@ -630,3 +630,19 @@ def test_listen_families_and_ipv6_peers():
         parse_config({"daemon": {"listen": "::"}, "connections": {"s": {**conn, "peer": "%any",
                                                                        "local": "10.200.0.1"}}})
     assert e.value.problems[0].startswith("connections.s.local: 10.200.0.1 is IPv4")
+
+
+def test_mobike_key():
+    """issue 12: mobike: yes|no per connection, default yes (strongSwan's); IKEv2 only."""
+    base = {"peer": "10.200.0.2", "psk": "k" * 20, "local_ts": ["10.1.0.0/16"],
+            "remote_ts": ["10.2.0.0/16"]}
+    assert parse_config({"connections": {"s": base}}).connections[0].mobike is True
+    off = yaml.safe_load("mobike: no")
+    assert parse_config({"connections": {"s": {**base, **off}}}).connections[0].mobike is False
+    with pytest.raises(ConfigError) as e:
+        parse_config({"connections": {"s": {**base, "version": 1, "mobike": True}}})
+    assert e.value.problems == ["connections.s.mobike: MOBIKE (RFC 4555) is an IKEv2 extension: "
+                                "not used with IKEv1 or manual keying"]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"connections": {"s": {**base, "mobike": "sometimes"}}})
+    assert e.value.problems[0].startswith("connections.s.mobike: expected true or false")

@@ -127,6 +127,14 @@ class IkeManager:
             out += self._call(self._version(e), e.unknown_spi, spi, remote, now)
         return out
 
+    def mobike_peers(self) -> set[str]:
+        """Peer addresses whose route the daemon looks up for MOBIKE (IKEv2 only)."""
+        return self.v2.mobike_peers()
+
+    def addresses_changed(self, addrs, sources: dict, now: float) -> list:
+        """Our local addresses changed (net/addrwatch.py): MOBIKE moves IKEv2 SAs."""
+        return self._call(2, self.v2.addresses_changed, addrs, sources, now)
+
     def next_timer(self) -> float | None:
         times = [t for t in (e.next_timer() for e in self._engines()) if t is not None]
         return min(times) if times else None

@@ -22,7 +22,7 @@ from vpnd.ike.codec import CodecError, Encrypted, Header
 from vpnd.ike import limits
 from vpnd.ike.limits import invalid_spi_limiter
 from vpnd.ike.v2 import constants as c
-from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init
+from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init, mobike
 from vpnd.ike.v2.payloads import REGISTRY, Notify
 from vpnd.ike.v2.sa import EVENT_SEQ, HALF_OPEN_TIMEOUT, ChildSa, IkeSa, Request
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
@@ -82,6 +82,9 @@ class Ikev2Engine:
         # connections waiting for an IKE SA of another connection being set up (one IKE SA
         # per peer): ike_id -> [(conn, ts_hint)], queued as CREATE_CHILD_SA once it is up
         self.waiting: dict[int, list] = {}
+        # our addresses as the daemon last reported them (MOBIKE, ike/v2/mobike.py);
+        # None: not known (no address lists sent)
+        self.local_addrs: frozenset | None = None
 
     # ------------------------------------------------------------------ helpers for exchanges
 
@@ -285,10 +288,15 @@ class Ikev2Engine:
             sa.dpd_probe = isinstance(task, exchange_info.DpdTask)
             self.send(data, sa, now=now)
 
-    def respond(self, sa: IkeSa, exchange: int, mid: int, payloads: list, now: float) -> None:
+    def respond(self, sa: IkeSa, exchange: int, mid: int, payloads: list, now: float,
+                path: tuple | None = None) -> None:
+        """path: (local, remote) to answer on, when not the SA's (a MOBIKE path check)."""
         data = protect(self.header(sa, exchange, mid, True), payloads, sa.crypto_out, self.rng)
         sa.last_response = (mid, data)
-        self.send(data, sa, now=now)
+        if path is not None:
+            self.send(data, sa, local=path[0], remote=path[1], now=now)
+        else:
+            self.send(data, sa, now=now)
 
     # ------------------------------------------------------------------ children
 
@@ -597,6 +605,7 @@ class Ikev2Engine:
         sa.mid_in += 1
         sa.last_recv = now
         self._maybe_peer_moved(sa, local, remote, now)
+        sa.request_path = (local, remote)
         if h.exchange == c.IKE_AUTH:
             exchange_auth.responder(self, sa, h, payloads, now)
         elif h.exchange == c.CREATE_CHILD_SA:
@@ -614,6 +623,8 @@ class Ikev2Engine:
             return
         if remote[0] != sa.remote[0] and not sa.nat_remote:
             return
+        if sa.mobike and (remote[0] != sa.remote[0] or local[0] != sa.local[0]):
+            return  # RFC 4555 3.8: only UPDATE_SA_ADDRESSES moves it (a NAT's new port does)
         if remote[1] == self.natt_port or local[1] == self.natt_port:
             sa.natt = True
         sa.remote = remote
@@ -683,6 +694,24 @@ class Ikev2Engine:
                 self._add_to(shared, conn, ts_hint, now)
             return self.take()
         exchange_init.initiate(self, conn, now, ts_hint=ts_hint)
+        return self.take()
+
+    def mobike_peers(self) -> set[str]:
+        """Peer addresses (current and additional) of the IKE SAs whose path we decide
+        (MOBIKE initiator): the daemon looks up which of our addresses reaches each."""
+        out: set[str] = set()
+        for sa in self.sas.values():
+            if sa.mobike and sa.mobike_initiator and sa.state == "ESTABLISHED":
+                out.add(sa.remote[0])
+                out.update(sa.peer_addrs)
+        return out
+
+    def addresses_changed(self, addrs, sources: dict, now: float) -> list:
+        """Our addresses are now `addrs`, and the kernel reaches each peer address of
+        mobike_peers() from sources[peer] (None: unreachable). MOBIKE SAs move (RFC 4555)."""
+        self.local_addrs = frozenset(addrs)
+        for sa in list(self.sas.values()):
+            mobike.addresses_changed(self, sa, sources, now)
         return self.take()
 
     def terminate(self, name: str, now: float) -> list:
@@ -965,6 +994,7 @@ class Ikev2Engine:
                 "proposal": sa.chosen.describe() if sa.chosen else "",
                 "remote_id": sa.peer_id,
                 "childless": sa.childless,  # set up without a CHILD_SA in IKE_AUTH (RFC 6023)
+                "mobike": sa.mobike, "peer_addresses": list(sa.peer_addrs),
                 # every connection whose CHILD_SAs this IKE SA carries (one IKE SA per peer)
                 "connections": sorted({sa.conn.name} | {ch.name for ch in sa.children.values()}),
                 "established_s": int(now - sa.established_at) if sa.established_at is not None else 0,

@@ -13,7 +13,7 @@ from vpnd.crypto import certs
 from vpnd.ike.peers import id_key
 from vpnd.ike.v2 import childless
 from vpnd.ike.v2 import constants as c
-from vpnd.ike.v2 import exchange_child
+from vpnd.ike.v2 import exchange_child, mobike
 from vpnd.ike.v2.payloads import IDi, IDr, Auth, Cert, CertReq, Notify, notify
 from vpnd.ike.v2.sa import IkeSa, id_matches, id_payload_body, id_to_str
 
@@ -194,6 +194,7 @@ class AuthTask:
                               for o in e.sas.values())
         if contact:
             out.append(Notify(c.N_INITIAL_CONTACT))
+        out += mobike.auth_request(e, sa, conn)
         if childless.initiate_childless(conn, sa.peer_childless):
             # RFC 6023: no SA, TSi, TSr; the CHILD_SA follows with CREATE_CHILD_SA
             sa.childless = True
@@ -230,6 +231,7 @@ class AuthTask:
 
             e.queue_force(sa, exchange_info.DeleteIkeTask(), now)
             return
+        mobike.auth_accepted(e, sa, payloads)
         e.ike_established(sa, now)
         if self.req is None:
             # childless (RFC 6023): the connection's CHILD_SA now, with its own nonces (and
@@ -293,6 +295,7 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
         e.respond(sa, c.IKE_AUTH, h.message_id, [Notify(c.N_INVALID_SYNTAX)], now)
         e.linger(sa, now)
         return
+    ours += mobike.auth_response(e, sa, chosen, payloads)
     if notify(payloads, c.N_INITIAL_CONTACT) is not None:
         _initial_contact(e, sa, now)
     e.ike_established(sa, now)

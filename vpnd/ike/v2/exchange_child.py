@@ -502,7 +502,7 @@ def make_rekeyed(e, old: IkeSa, chosen, *, initiator: bool, spi_i: bytes, spi_r:
     new.crypto_out = new.keys.crypto(initiator=initiator, outbound=True)
     new.crypto_in = new.keys.crypto(initiator=initiator, outbound=False)
     for attr in ("nat_local", "nat_remote", "natt", "udp_encap", "peer_id", "peer_hashes", "peer_certreq",
-                 "childless"):
+                 "childless", "mobike", "mobike_initiator", "peer_addrs", "told_addrs"):
         setattr(new, attr, getattr(old, attr))
     new.ni, new.nr = ni, nr
     e.register(new)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import struct
 
 from vpnd.ike import liveness
+from vpnd.ike.addresses import WILDCARDS
 from vpnd.ike.v2 import constants as c
+from vpnd.ike.v2 import mobike
 from vpnd.ike.v2.payloads import Delete, Notify
 from vpnd.ike.v2.sa import ChildSa, IkeSa
 
@@ -101,9 +103,15 @@ class InvalidSpiTask:
 
 def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
     mid = h.message_id
+    local, remote = sa.request_path or (sa.local, sa.remote)
+    # RFC 4555: COOKIE2 and NAT_DETECTION_* echoed, UPDATE_SA_ADDRESSES moves the SA
+    extra = mobike.on_request(e, sa, payloads, local, remote, now)
+    # answered where the request came from (a path check of the peer's, 3.7)
+    path = None if (local[0] in WILDCARDS or (tuple(local), tuple(remote)) == (sa.local, sa.remote)) \
+        else (tuple(local), tuple(remote))
     deletes = [p for p in payloads if isinstance(p, Delete)]
     if any(d.protocol == c.PROTO_IKE for d in deletes):
-        e.respond(sa, c.INFORMATIONAL, mid, [], now)
+        e.respond(sa, c.INFORMATIONAL, mid, extra, now, path)
         col = sa.ike_collision
         if col is not None and col["sa"].ike_id in e.sas and sa.rekeyed_to is None:
             # the peer completed its rekey of this SA while ours was stuck: its SA wins (2.8.2)
@@ -138,4 +146,4 @@ def responder(e, sa: IkeSa, h, payloads: list, now: float) -> None:
                 conn = e.child_conn(sa, child)
                 e.remove_child(sa, child, "peer reported INVALID_SPI")
                 e.recreate_child(sa, conn)
-    e.respond(sa, c.INFORMATIONAL, mid, answer, now)
+    e.respond(sa, c.INFORMATIONAL, mid, answer + extra, now, path)

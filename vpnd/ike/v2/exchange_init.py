@@ -15,6 +15,7 @@ from vpnd.ike.codec import Header
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import childless, exchange_auth, negotiate
 from vpnd.ike.v2.keys import derive_ike_keys, initial_skeyseed
+from vpnd.ike.v2.natd import detect_nat as _detect_nat, nat_notifies as _nat_notifies, peer_does_natt
 from vpnd.ike.v2.payloads import KE, SA, CertReq, Nonce, Notify, notify
 from vpnd.ike.v2.sa import IkeSa, Request
 
@@ -22,24 +23,8 @@ MAX_INIT_RETRIES = 3
 OUR_HASHES = (c.HASH_SHA256, c.HASH_SHA384, c.HASH_SHA512)
 
 
-def nat_hash(spi_i: bytes, spi_r: bytes, addr) -> bytes:
-    """SHA-1(SPIi | SPIr | IP | Port) (2.23)."""
-    ip = ipaddress.ip_address(addr[0])
-    return hashlib.sha1(spi_i + spi_r + ip.packed + struct.pack("!H", addr[1])).digest()
-
-
 def _uses_certs(conn) -> bool:
     return conn.auth is not None and conn.auth.method == "cert"
-
-
-def _nat_notifies(e, conn, spi_i: bytes, spi_r: bytes, local, remote) -> list:
-    src = nat_hash(spi_i, spi_r, local)
-    if conn.encap:
-        # strongSwan's encap=yes: a source hash that cannot match makes the peer see a NAT
-        # in front of us, so ESP goes into UDP 4500 on both sides.
-        src = e.rng(20)
-    return [Notify(c.N_NAT_DETECTION_SOURCE_IP, src), Notify(c.N_NAT_DETECTION_DESTINATION_IP,
-                                                              nat_hash(spi_i, spi_r, remote))]
 
 
 def _sig_hashes() -> Notify:
@@ -51,18 +36,6 @@ def _peer_hashes(payloads) -> frozenset:
     if n is None or len(n.data) % 2:
         return frozenset()
     return frozenset(struct.unpack(f"!{len(n.data) // 2}H", n.data))
-
-
-def _detect_nat(payloads, spi_i: bytes, spi_r: bytes, local, remote) -> tuple[bool, bool]:
-    """(we are behind a NAT, the peer is behind a NAT)."""
-    srcs = [p.data for p in payloads if isinstance(p, Notify) and p.type == c.N_NAT_DETECTION_SOURCE_IP]
-    dst = notify(payloads, c.N_NAT_DETECTION_DESTINATION_IP)
-    if not srcs or dst is None:
-        return False, False  # the peer does not do NAT-T
-    nat_local = not hmac.compare_digest(dst.data, nat_hash(spi_i, spi_r, local))
-    theirs = nat_hash(spi_i, spi_r, remote)
-    nat_remote = not any(hmac.compare_digest(s, theirs) for s in srcs)
-    return nat_local, nat_remote
 
 
 def _derive(sa: IkeSa, shared: bytes) -> None:
@@ -199,10 +172,11 @@ def on_response(e, sa: IkeSa, msg, data: bytes, local, remote, now: float) -> No
         e.kill_ike(sa, now, "childless IKE SA not supported by the peer")
         return
     sa.local = local
-    if sa.nat_local or sa.nat_remote or conn.encap:
-        # 2.23: move to the NAT-T port for everything after IKE_SA_INIT
+    if sa.nat_local or sa.nat_remote or conn.encap or (conn.mobike and peer_does_natt(pl)):
+        # 2.23: move to the NAT-T port for everything after IKE_SA_INIT; with MOBIKE also
+        # without a NAT when the peer does NAT-T (RFC 4555 3.3: no change of ports later)
         sa.natt = True
-        sa.udp_encap = True
+        sa.udp_encap = sa.nat_local or sa.nat_remote or conn.encap
         sa.local = (local[0], e.natt_port)
         sa.remote = (remote[0], e.natt_port)
     sa.state = "AUTHENTICATING"

@@ -120,6 +120,12 @@ class IkeSa:
     # first child negotiated inside IKE_AUTH (initiator side)
     auth_child: Any = None
     ike_collision: dict | None = None  # peer's simultaneous rekey of this IKE SA (2.8.2)
+    # MOBIKE (RFC 4555, ike/v2/mobike.py)
+    mobike: bool = False  # both ends said MOBIKE_SUPPORTED
+    mobike_initiator: bool = False  # we initiated the IKE SA (kept across rekeys): we decide
+    peer_addrs: tuple = ()  # the peer's ADDITIONAL_*_ADDRESS
+    told_addrs: frozenset = frozenset()  # the addresses we last listed to the peer
+    request_path: tuple | None = None  # (local, remote) of the request being answered
     # order of events in this process, immune to equal clock readings: when the SA was
     # created and when it was established (INITIAL_CONTACT compares the two, 2.4)
     created_seq: int = field(default_factory=lambda: next(EVENT_SEQ))
