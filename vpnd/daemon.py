@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, IPCompParams,
-                              SendDatagram, UpdateChildAddresses)
+                              SendDatagram, UpdateChildAddresses, hostport)
 from vpnd.commands import Commands
 from vpnd.control import CommandError, ControlServer
 from vpnd.textsafe import SafeFormatter
@@ -29,6 +29,7 @@ from vpnd.net import notify
 from vpnd.status import connection_state, last_error_entry
 from vpnd.net.routes import RouteManager, RouteOptions, kill_switch_clear, kill_switch_sync
 from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
+from vpnd.net.addrwatch import AddressWatch, local_addresses
 from vpnd.net.sockets import SocketError, WireSockets, local_address
 from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
                           source_address_towards)
@@ -38,6 +39,7 @@ log = logging.getLogger("vpnd")
 ACQUIRE_QUEUE = 32  # packets kept per connection while a trap negotiation runs
 ACQUIRE_RETRY = 10.0  # seconds after which traffic asks for a stalled negotiation again
 DEFAULT_OUTER_MTU = 1500
+ADDRESS_SETTLE = 0.3  # seconds after an address/route change before MOBIKE looks
 
 
 def _any_of(addr) -> str:
@@ -190,6 +192,8 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tun: Tun | None = None
         self.wire: WireSockets | None = None
+        self.addrwatch: AddressWatch | None = None
+        self._addr_timer = None
         self.routes: RouteManager | None = None
         self.dp = None
         self.ike = None  # vpnd.ike.manager.IkeManager when available
@@ -263,6 +267,11 @@ class Daemon:
                                     ike=need_ike, natt=need_natt)
             self.routes = RouteManager(self.tun.index)
             self._outer_mtu = outer_mtu
+            if self._udp_needs()[0]:
+                try:  # MOBIKE follows our addresses (RFC 4555); without it, SAs stay put
+                    self.addrwatch = AddressWatch()
+                except OSError as e:
+                    log.warning("cannot watch address changes (MOBIKE off): %s", e.strerror)
         except (TunError, SocketError) as e:
             self.teardown()
             raise StartupError(str(e)) from None
@@ -280,6 +289,9 @@ class Daemon:
         if self.wire is not None:
             self.wire.close()
             self.wire = None
+        if self.addrwatch is not None:
+            self.addrwatch.close()
+            self.addrwatch = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -423,6 +435,8 @@ class Daemon:
         lp.add_reader(self.tun.fileno(), self._on_tun)
         for sock, proto in self.wire.raw_sockets():  # ESP and AH, IPv4 and IPv6
             lp.add_reader(sock.fileno(), self._on_raw, sock, proto)
+        if self.addrwatch is not None:
+            lp.add_reader(self.addrwatch.fileno(), self._on_addr_event)
         self._udp_readers: dict = {}
         self._sync_udp_readers()
 
@@ -498,7 +512,7 @@ class Daemon:
             return
         socks = [s for s, _ in self.wire.raw_sockets() + self.wire.udp_sockets()] \
             if self.wire is not None else []
-        for obj in [self.tun, *socks]:
+        for obj in [self.tun, self.addrwatch, *socks]:
             if obj is not None:
                 try:
                     self.loop.remove_reader(obj.fileno())
@@ -624,6 +638,45 @@ class Daemon:
                 self._ike_receive(data, (local_address(anc, _any_of(addr)), port), addr)
         except Exception:  # nothing from outside reaches the event loop: the burst is dropped
             self._internal_error("error reading the IKE socket (burst dropped)")
+
+    # -- our addresses (MOBIKE) -----------------------------------------------------------
+
+    def _on_addr_event(self):
+        """Links, addresses or routes changed: look once they settle (an address removal
+        comes with its routes' removals, a new uplink with several messages)."""
+        try:
+            if self.addrwatch.drain() and self._addr_timer is None:
+                self._addr_timer = self.loop.call_later(ADDRESS_SETTLE, self._addresses_check)
+        except Exception:
+            self._internal_error("error reading address changes")
+
+    def _addresses_check(self):
+        """Tell the IKE core our addresses now and which of them reaches each peer whose
+        path it decides (MOBIKE initiator)."""
+        self._addr_timer = None
+        if self.ike is None:
+            return
+        try:
+            now = self._now()
+            addrs = local_addresses(self.tun.index if self.tun is not None else None)
+            sources = {p: source_address_towards(p) for p in self.ike.mobike_peers()}
+            self._run_actions(self.ike.addresses_changed(addrs, sources, now))
+            self._refresh_local_addresses(now)
+        except Exception:
+            self._internal_error("error handling address changes")
+
+    def _refresh_local_addresses(self, now: float) -> None:
+        """IKEv2 connections without `local:` start their next IKE SA (a restart after DPD,
+        a re-initiation) from the address the kernel uses towards the peer now, not from
+        one that went away. IKEv1 ones keep theirs (an IKEv1 SA cannot move: a change
+        would tear it down)."""
+        import dataclasses
+        fresh = with_local_addresses(self.config)
+        current = {c.name: c for c in self.ike.config.connections}
+        conns = tuple(c if c.version == 2 or c.name not in current else current[c.name]
+                      for c in fresh.connections)
+        if any(current.get(c.name) is None or current[c.name].local != c.local for c in conns):
+            self._run_actions(self.ike.reload(dataclasses.replace(fresh, connections=conns), now))
 
     # -- data plane events ---------------------------------------------------------------
 
@@ -1017,6 +1070,8 @@ class Daemon:
             return
         now = self._now()
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
+        if self.addrwatch is not None:
+            self._addresses_check()  # our addresses, for the lists MOBIKE sends (RFC 4555 3.6)
         for c in self._conns():
             if c.manual is None and c.start == "start":
                 self._note_attempt(c.name)
@@ -1132,7 +1187,8 @@ class Daemon:
         for sa in child.inbound:  # the inbound SAs are keyed by SPI; their addresses for status
             sa.set_addresses(a.local[0], a.remote[0], encap if sa.protocol == "esp" else None)
         child.action = dataclasses.replace(act, local=a.local, remote=a.remote, udp_encap=a.udp_encap)
-        log.info("%s: peer now at %s:%d%s", act.connection, a.remote[0], a.remote[1],
+        log.info("%s: SPIs in %s now %s -> %s%s", act.connection,
+                 "/".join(f"{k.spi:08x}" for k in act.inbound), hostport(a.local), hostport(a.remote),
                  " (UDP-encapsulated)" if a.udp_encap else "")
 
     def _on_event(self, ev: Event):
