@@ -298,7 +298,9 @@ def test_ah_child_sa():
 
 
 def test_status_has_the_contract_fields():
-    p = Pair({"esp": "aes128gcm16"})
+    # mobike: no keeps IKE on port 500 (with MOBIKE it runs on 4500 from IKE_AUTH on,
+    # RFC 4555 3.3: tests/unit/test_mobike.py)
+    p = Pair({"esp": "aes128gcm16", "mobike": False})
     p.up()
     st = p.a.m.status(p.now)
     assert set(st) >= {"connections", "ike_sas"}
@@ -421,7 +423,8 @@ def test_ipv6_outer_and_inner():
              a_ip="fd00::1", b_ip="fd00::2")
     p.up()
     (a,), _ = p.check_tunnel()
-    assert str(a.remote_ts[0]) == "fd02::/64" and p.ike()[0]["remote"] == "[fd00::2]:500"
+    # MOBIKE (default): IKE on port 4500 from IKE_AUTH on, NAT or not (RFC 4555 3.3)
+    assert str(a.remote_ts[0]) == "fd02::/64" and p.ike()[0]["remote"] == "[fd00::2]:4500"
     assert not p.ike()[0]["nat_detected"]
 
 
