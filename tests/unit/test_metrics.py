@@ -164,15 +164,18 @@ def test_endpoint_serves_on_unix_and_tcp(tmp_path):
         path = str(tmp_path / "m.sock")
         unix = metrics.MetricsServer(m, path)
         tcp = metrics.MetricsServer(m, "127.0.0.1:19577")
+        # port 0 (a config cannot say it): tests run in parallel, in other suites too
+        tcp.where = ("tcp", "127.0.0.1", 0)
         await unix.start()
         await tcp.start()
+        port = tcp.server.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
         try:
             r1 = await loop.run_in_executor(None, _http, socket.AF_UNIX, path,
                                             b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            r2 = await loop.run_in_executor(None, _http, socket.AF_INET, ("127.0.0.1", 19577),
+            r2 = await loop.run_in_executor(None, _http, socket.AF_INET, ("127.0.0.1", port),
                                             b"GET /nope HTTP/1.0\r\n\r\n")
-            r3 = await loop.run_in_executor(None, _http, socket.AF_INET, ("127.0.0.1", 19577),
+            r3 = await loop.run_in_executor(None, _http, socket.AF_INET, ("127.0.0.1", port),
                                             b"POST /metrics HTTP/1.0\r\n\r\n")
         finally:
             await unix.close()
