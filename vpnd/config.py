@@ -30,7 +30,7 @@ from vpnd.configschema import (  # noqa: F401
     _NAME, ANY_IDENTITY, DEFAULT_ESP, DEFAULT_IKE_V1, DEFAULT_IKE_V2, MAX_CONFIG_BYTES,
     MAX_FILE_BYTES, MAX_PSK_FILE_BYTES, MAX_YAML_NODES, SPI_MAX, SPI_MIN, Auth, Config,
     ConfigError, Connection, DaemonConfig, Dpd, Identity, Lifetime, Manual, ManualAh,
-    ManualDirection, ManualEsp, Network, Rri, Secret, _Bad, _join, _parse_pem_or_der, _Schema,
+    ManualDirection, ManualEsp, Network, Rri, Secret, Timers, _Bad, _join, _parse_pem_or_der, _Schema,
     _show, _size, _tname, one_line, parse_identity, read_file,
 )
 from vpnd.proposals import AEAD, Proposal, ProposalError, deprecated_in, parse_proposals
@@ -314,6 +314,7 @@ class _Parser(_Schema):
             kill_switch=f(m, "kill_switch", path, self.boolean, d.kill_switch),
             allow_empty=f(m, "allow_empty", path, self.boolean, d.allow_empty),
             user=f(m, "user", path, user, d.user),
+            timers=f(m, "timers", path, self.timers, d.timers),
         )
         if "natt_port" in m and d.natt_port == d.ike_port:
             self.err("daemon.natt_port", f"must differ from ike_port ({d.ike_port})")
@@ -323,6 +324,22 @@ class _Parser(_Schema):
         if v in ("%any", "%any6", "%any4"):  # strongSwan's words for the wildcards
             return {"%any": "%any", "%any4": "0.0.0.0", "%any6": "::"}[v]
         return self.ip(v, path)
+
+    # Bounds of daemon.timers: wide enough for compressed test timers and slow links, tight
+    # enough that a typo (ms for s) cannot stall or flood a negotiation.
+    _TIMER_BOUNDS = {"retransmit_base": (0.05, 60), "half_open": (1, 3600),
+                     "connect_retry": (0.1, 3600), "replaced_grace": (0, 3600),
+                     "outbound_settle": (0, 60), "outbound_fallback": (0.1, 600),
+                     "inbound_linger": (0, 600), "inbound_only_wait": (1, 3600)}
+
+    def timers(self, v, path) -> Timers:
+        d = Timers()
+        m = self.mapping(v, path, {k: 1 for k in Timers.__dataclass_fields__})
+        vals = {k: self.field(m, k, path, self.seconds(*b), getattr(d, k))
+                for k, b in self._TIMER_BOUNDS.items()}
+        vals["retransmit_tries"] = self.field(m, "retransmit_tries", path, self.integer(0, 20),
+                                              d.retransmit_tries)
+        return Timers(**vals)
 
     def _metrics_listen(self, v, path):
         if v is None or v is False or v == "off":

@@ -189,6 +189,23 @@ def parse_identity(text: str) -> Identity:
 # -- the typed configuration --------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Timers:
+    """Protocol timers in seconds (`daemon.timers`), one set read by both IKE versions.
+    The defaults are those of the RFCs, Cisco IOS or strongSwan; the network-namespace
+    tests compress them (tests/README.md). vpnd/ike/liveness.py applies the shared ones."""
+
+    retransmit_base: float = 2.0    # first retransmission after this, doubled each time (RFC 7296 2.1)
+    retransmit_tries: int = 5       # retransmissions before an exchange fails (2+4+...+64 = 126 s)
+    half_open: float = 30.0         # a negotiation the peer leaves unfinished is dropped (strongSwan's 30 s)
+    connect_retry: float = 10.0     # a failed `start: start` connection is tried again after this
+    replaced_grace: float = 10.0    # IKEv1: a replaced ISAKMP SA lingers for Quick Modes in flight
+    outbound_settle: float = 1.0    # IKEv1 rekey initiator: sends on the new SA this long after HASH(3)
+    outbound_fallback: float = 5.0  # IKEv2 rekey responder: sends on the new SA after this without a Delete
+    inbound_linger: float = 2.0     # IKEv2: a replaced CHILD_SA's inbound SA stays for packets in flight
+    inbound_only_wait: float = 60.0  # IKEv1: a Quick Mode holding an inbound-only SA gives up after this
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     tun: str = "vpnd0"
     mtu: int | None = None                 # None = auto: outer MTU minus worst-case overhead
@@ -209,6 +226,7 @@ class DaemonConfig:
     allow_empty: bool = False              # a config without connections is valid only with this
     user: str | None = None                # after start-up run as this user (None: "vpnd" if
                                            # it exists, else root with a warning; net/privileges.py)
+    timers: Timers = field(default_factory=Timers)
 
 
 @dataclass(frozen=True)
@@ -483,6 +501,16 @@ class _Schema:
                 rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
                 self.fail(path, f"{v} is out of range (must be {rng})")
             return v
+        return conv
+
+    def seconds(self, lo: float, hi: float):
+        """A duration in seconds: an integer or a decimal number."""
+        def conv(v, path):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.fail(path, f"expected a number of seconds, got {_tname(v)} {_show(v)}")
+            if not lo <= v <= hi:
+                self.fail(path, f"{v} is out of range (must be between {lo:g} and {hi:g} seconds)")
+            return float(v)
         return conv
 
     def string(self, v, path):

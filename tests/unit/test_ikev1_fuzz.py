@@ -104,7 +104,9 @@ def _exchange(aggressive):
 
 def _forge_before(k: int, pos: int, bit: int, aggressive: bool):
     """Run an exchange where a copy of its k-th message with one bit flipped arrives just
-    before the genuine one; -> the Net after 120 s."""
+    before the genuine one; -> the Net after 160 s: a spoilt attempt ends after the
+    retransmission schedule (126 s, vpnd/ike/liveness.py; the initiator of an IKEv1 phase 1
+    gave up at a 60 s half-open timeout before issue 9), the retry follows 10 s later."""
     conf = {"aggressive": aggressive}
     net = pair(conf, conf, start=False)
     count = {"n": 0}
@@ -124,7 +126,7 @@ def _forge_before(k: int, pos: int, bit: int, aggressive: bool):
 
     net.drop = forge_first
     net.feed(net.a, net.a.initiate("site", 0.0))
-    net.advance(120)
+    net.advance(160)
     return net
 
 

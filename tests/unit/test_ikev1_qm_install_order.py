@@ -9,7 +9,9 @@ them, with the daemon's rules (vpnd/daemon.py _install_child: a repeated Install
 child installed inbound only adds its outbound side; `replaces` moves the outbound policy)."""
 from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram
 from vpnd.ike.v1 import constants as C
-from vpnd.ike.v1.quick import OUTBOUND_SETTLE
+from vpnd.config import Timers
+
+OUTBOUND_SETTLE = Timers().outbound_settle
 
 from test_ikev1_harness import pair
 

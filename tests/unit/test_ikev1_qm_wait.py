@@ -2,11 +2,12 @@
 for HASH(3)) is shown in status and goes when the exchange times out, not after the whole
 retransmission schedule (252 s)."""
 from vpnd.ike.actions import DeleteChildSA
+from vpnd.config import Timers
 from vpnd.ike.v1 import core
 
 from test_ikev1_harness import pair
 
-QM_INBOUND_ONLY_WAIT = getattr(core, "QM_INBOUND_ONLY_WAIT", 60.0)
+QM_INBOUND_ONLY_WAIT = Timers().inbound_only_wait
 
 
 def _drop_hash3(net):

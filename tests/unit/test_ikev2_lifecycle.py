@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from test_ikev2_pair import A_IP, B_IP, Pair, Side
-from vpnd.ike.v2.engine import INBOUND_LINGER
+from vpnd.config import Timers
+
+INBOUND_LINGER = Timers().inbound_linger
 
 
 def children(side):

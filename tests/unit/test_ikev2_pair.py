@@ -411,7 +411,7 @@ def test_both_sides_start_at_once(seed):
 
 
 def test_later_second_sa_of_same_peer_is_not_a_duplicate():
-    """Only a crossing within DUPLICATE_WINDOW counts: an SA the peer set up much later
+    """Only a crossing within peers.SIMULTANEOUS_WINDOW counts: an SA the peer set up much later
     (e.g. after it lost its state) is not deleted by the nonce rule."""
     p = Pair()
     p.up()

@@ -12,7 +12,9 @@ import pytest
 
 from test_ikev2_pair import Pair
 from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram
-from vpnd.ike.v2.engine import INBOUND_LINGER, OUTBOUND_FALLBACK
+from vpnd.config import Timers
+
+INBOUND_LINGER, OUTBOUND_FALLBACK = Timers().inbound_linger, Timers().outbound_fallback
 
 IN_FLIGHT = 0.05  # one RTT of a slow link, far below INBOUND_LINGER
 

@@ -10,6 +10,7 @@ import pytest
 
 import test_ikev1_harness as v1h
 from test_ikev2_pair import Pair
+from vpnd.config import Timers
 from vpnd.ike import liveness
 
 # (interval, retry) -> probe times and death, counted from the peer's last message
@@ -97,7 +98,8 @@ def test_ikev2_other_requests_share_the_dpd_budget():
 
 
 def test_retransmission_policy_is_one():
-    assert liveness.retransmit_timeouts() == [2, 4, 8, 16, 32, 64]
-    assert [liveness.retransmit_wait(i) for i in range(6)] == liveness.retransmit_timeouts()
+    t = Timers()  # daemon.timers' defaults
+    assert liveness.retransmit_timeouts(t) == [2, 4, 8, 16, 32, 64]
+    assert [liveness.retransmit_wait(i, t) for i in range(6)] == liveness.retransmit_timeouts(t)
     assert liveness.within([2, 4, 8, 16], 12) == [2, 4, 6]
     assert liveness.within([2, 4], 100) == [2, 4, 94]

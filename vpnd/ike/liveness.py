@@ -2,10 +2,19 @@
 
 Sans-IO: pure functions of the configuration; the cores apply them with their own `now`.
 
+Timers come from the configuration (`daemon.timers`, vpnd/configschema.py Timers), the
+same for both versions; the defaults are given here in brackets.
+
 Retransmission (RFC 7296 2.1; IKEv1 uses the same policy): a request is sent again
-RETRANSMIT_BASE seconds after it was sent, then after twice that, four times, ...
-(exponential back-off); after RETRANSMIT_TRIES retransmissions and one more wait the exchange
-has failed: 2 + 4 + 8 + 16 + 32 + 64 = 126 s with the defaults.
+retransmit_base [2 s] after it was sent, then after twice that, four times, ...
+(exponential back-off); after retransmit_tries [5] retransmissions and one more wait the
+exchange has failed: 2 + 4 + 8 + 16 + 32 + 64 = 126 s with the defaults.
+
+Half-open negotiations: one that is not established half_open [30 s] after it began is
+given up, unless we are its initiator and still retransmitting our request (then the
+retransmission schedule above bounds it, and the failure says "no answer"). It bounds a
+responder waiting for the initiator's next message (IKEv2 IKE_AUTH; IKEv1 message 3 or
+5). Until issue 9 IKEv1 used 60 s and cut its own initiators' retransmissions at it.
 
 Dead peer detection, `dpd: {interval: I, retry: R}`, read as Cisco IOS reads
 `crypto isakmp keepalive I R` ("retry: seconds between retries when a keepalive fails;
@@ -25,23 +34,33 @@ when 5 aggressive messages are missed, the peer is considered down"):
 
 from __future__ import annotations
 
-RETRANSMIT_BASE = 2.0  # seconds before the first retransmission, doubled each time (2.1)
-RETRANSMIT_TRIES = 5  # retransmissions before the exchange fails
 DPD_RETRIES = 5  # retried probes before the peer is dead (Cisco's "5 aggressive messages")
 
 
-def retransmit_timeouts(base: float = RETRANSMIT_BASE, tries: int = RETRANSMIT_TRIES) -> list[float]:
+def retransmit_timeouts(timers) -> list[float]:
     """The wait after the first send and after each retransmission: base x 2^i."""
-    return [base * 2**i for i in range(tries + 1)]
+    return [timers.retransmit_base * 2**i for i in range(timers.retransmit_tries + 1)]
 
 
-def retransmit_wait(tries_done: int, base: float = RETRANSMIT_BASE) -> float:
+def retransmit_wait(tries_done: int, timers) -> float:
     """The wait after the send that follows `tries_done` retransmissions."""
-    return base * 2**tries_done
+    return timers.retransmit_base * 2**tries_done
 
 
-def retransmissions_exhausted(tries_done: int, tries: int = RETRANSMIT_TRIES) -> bool:
-    return tries_done >= tries
+def retransmissions_exhausted(tries_done: int, timers) -> bool:
+    return tries_done >= timers.retransmit_tries
+
+
+def half_open_expired(created: float, now: float, timers, *, retransmitting: bool) -> bool:
+    """Give up a negotiation that is not established yet (see the module docstring);
+    `retransmitting`: we initiated it and our request is still on its retransmission
+    schedule."""
+    return not retransmitting and now >= created + timers.half_open
+
+
+def half_open_due(created: float, timers) -> float:
+    """When half_open_expired() becomes true (for the cores' next_timer)."""
+    return created + timers.half_open
 
 
 def dpd_retry(dpd) -> float:

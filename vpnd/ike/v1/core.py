@@ -26,15 +26,12 @@ from vpnd.ike.v1.quick import QuickMixin
 from vpnd.ike.v1.state import IsakmpSA, Retransmit, describe_transforms
 from vpnd.textsafe import one_line
 
-RETRANSMIT_BASE = liveness.RETRANSMIT_BASE  # one policy for both versions (vpnd/ike/liveness.py)
-RETRANSMIT_TRIES = liveness.RETRANSMIT_TRIES
-HALF_OPEN_TIMEOUT = 60.0
-REPLACED_GRACE = 10.0  # seconds a replaced ISAKMP SA lingers on the responder
-# A Quick Mode that holds an inbound-only SA (responder after message 2, waiting for
-# HASH(3); initiator with the commit bit, waiting for CONNECTED) gives up after this long,
-# not after the whole retransmission schedule (issue 7.8: 252 s then): the peer
+# Retransmission, the half-open timeout and the other protocol timers are config.daemon.timers
+# (vpnd/configschema.py Timers), applied as vpnd/ike/liveness.py says for both versions.
+# inbound_only_wait: a Quick Mode that holds an inbound-only SA (responder after message 2,
+# waiting for HASH(3); initiator with the commit bit, waiting for CONNECTED) gives up after
+# it, not after the whole retransmission schedule (issue 7.8: 252 s then): the peer
 # retransmits its own message within that time if it is there at all.
-QM_INBOUND_ONLY_WAIT = 60.0
 MAX_ALTERNATES = 4  # other half-open responder SAs per initiator cookie (differing message 1s)
 # Flood protection (issue 8.5). IKEv1 has no cookie exchange: a responder SA is
 # "unverified" until the initiator's message 3 comes back with our responder cookie (only
@@ -90,12 +87,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._last_raw = b""
         self.drops = 0
         self._last_drop_report = float("-inf")
-        self.retransmit_base = RETRANSMIT_BASE
         self.rekeyed_linger = 5.0
         self._apply_config(config)
 
     def _apply_config(self, config) -> None:
         self.config = config
+        self.timers = config.daemon.timers
         d = config.daemon
         self.listen = d.listen  # ike/addresses.local_for reads it
         self.ike_port = d.ike_port
@@ -224,13 +221,13 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                       sa.keepalive_at, sa.pending_at):
                 if t is not None:
                     times.append(t)
-            if not sa.is_established:
-                times.append(sa.created + HALF_OPEN_TIMEOUT)
+            if not sa.is_established and not _retransmitting(sa):
+                times.append(liveness.half_open_due(sa.created, self.timers))
             for qm in self.qms.get(sa.ike_id, {}).values():
                 if qm.retx and qm.retx.due is not None:
                     times.append(qm.retx.due)
                 if _inbound_only(qm):
-                    times.append(qm.started + QM_INBOUND_ONLY_WAIT)
+                    times.append(qm.started + self.timers.inbound_only_wait)
         for c in self.children.values():
             for t in (c.rekey_at if c.state == "INSTALLED" else None, c.expire_at, c.delete_at,
                       c.attach_at):
@@ -361,7 +358,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 "bytes_in": 0, "packets_in": 0, "bytes_out": 0, "packets_out": 0,
                 "replay_drops": 0, "auth_failures": 0, "rekey_in_s": None,
                 "lifetime_s": qm.life_s, "lifetime_kb": qm.life_kb, "installed_s": int(now - qm.started),
-                "gives_up_in_s": max(0, int(qm.started + QM_INBOUND_ONLY_WAIT - now))}
+                "gives_up_in_s": max(0, int(qm.started + self.timers.inbound_only_wait - now))}
 
     def _child_status(self, c, now: float) -> dict:
         esp = c.spis_in.get(C.PROTO_ESP)
@@ -585,7 +582,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         return plain, ct[-bs:]
 
     def _make_retx(self, sa: IsakmpSA, data: bytes, now: float, *, expect_reply: bool) -> Retransmit:
-        return Retransmit(data, sa.local, sa.remote, now + self.retransmit_base if expect_reply else None)
+        due = now + liveness.retransmit_wait(0, self.timers) if expect_reply else None
+        return Retransmit(data, sa.local, sa.remote, due)
 
     def _send(self, sa: IsakmpSA, data: bytes, now: float, *, expect_reply: bool) -> None:
         sa.retx = self._make_retx(sa, data, now, expect_reply=expect_reply)
@@ -600,30 +598,32 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     # ------------------------------------------------------------------ timers
 
     def _sa_timers(self, sa: IsakmpSA, now: float) -> None:
-        if not sa.is_established and now >= sa.created + HALF_OPEN_TIMEOUT and self._is_unverified(sa):
+        half_open = not sa.is_established and liveness.half_open_expired(
+            sa.created, now, self.timers, retransmitting=_retransmitting(sa))
+        if half_open and self._is_unverified(sa):
             # never answered with our cookie: most likely a spoofed message 1 (issue 8.5),
             # counted, not reported one by one, and nothing is sent to its source
             self._drop_isakmp(sa, now, reason="timed out", notify_peer=False)
             self._unauth_event("half_open_timeout", "half_open_timeout", sa.remote,
                                f"half-open ISAKMP SA from {sa.remote[0]} timed out (no message 3)")
             return
-        if not sa.is_established and now >= sa.created + HALF_OPEN_TIMEOUT:
+        if half_open:
             self._p1_fail(sa, self._give_up(sa, "negotiation timed out"), now)
             return
         r = sa.retx
         if r is not None and r.due is not None and now >= r.due:
-            if r.tries >= RETRANSMIT_TRIES:
+            if liveness.retransmissions_exhausted(r.tries, self.timers):
                 self._p1_fail(sa, self._give_up(sa, f"no answer from {sa.remote[0]} after {r.tries} "
                                                 "retransmissions"), now)
                 return
             r.tries += 1
-            r.due = now + self.retransmit_base * (2 ** r.tries)
+            r.due = now + liveness.retransmit_wait(r.tries, self.timers)
             self._resend(r)
         for qm in list(self.qms.get(sa.ike_id, {}).values()):
-            if _inbound_only(qm) and now >= qm.started + QM_INBOUND_ONLY_WAIT:
+            if _inbound_only(qm) and now >= qm.started + self.timers.inbound_only_wait:
                 waited = "HASH(3)" if not qm.initiator else "CONNECTED"
                 self._event("failed", qm.conn.name, f"Quick Mode {qm.mid:#010x} with {sa.remote[0]}: no {waited} "
-                            f"within {QM_INBOUND_ONLY_WAIT:.0f} s; its inbound-only IPsec SA removed",
+                            f"within {self.timers.inbound_only_wait:g} s; its inbound-only IPsec SA removed",
                             ike_id=sa.ike_id)
                 if qm.initiator:
                     self._qm_failed(sa, qm, now)
@@ -635,12 +635,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                 continue
             q = qm.retx
             if q is not None and q.due is not None and now >= q.due:
-                if q.tries >= RETRANSMIT_TRIES:
+                if liveness.retransmissions_exhausted(q.tries, self.timers):
                     self._event("error", qm.conn.name, f"Quick Mode {qm.mid:#010x} got no answer", ike_id=sa.ike_id)
                     self._qm_failed(sa, qm, now)
                     continue
                 q.tries += 1
-                q.due = now + self.retransmit_base * (2 ** q.tries)
+                q.due = now + liveness.retransmit_wait(q.tries, self.timers)
                 self._resend(q)
         if sa.expire_at is not None and now >= sa.expire_at:
             if sa.duplicate and now < sa.established + sa.policy.lifetime:
@@ -892,7 +892,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         sa.rekey_at = None
         sa.dpd_due = None
         if sa.initiator or rekey:
-            sa.expire_at = min(sa.expire_at or now + REPLACED_GRACE, now + REPLACED_GRACE)
+            grace = self.timers.replaced_grace
+            sa.expire_at = min(sa.expire_at or now + grace, now + grace)
         if rekey:
             new = self._established_for_conn(sa.conn.name)
             self._event("ike_rekeyed", sa.conn.name, f"ISAKMP SA {sa.cky_i.hex()} replaced by "
@@ -956,11 +957,11 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         """A failed phase 1 we started: try again later if the connection wants to be up."""
         conn = sa.conn
         if sa.initiator and conn.peer != "%any" and (conn.start == "start" or conn.name in self._want_up):
-            self._restart_at[conn.name] = now + 10.0
+            self._restart_at[conn.name] = now + self.timers.connect_retry
         for item in sa.pending:  # connections that waited to share it try on their own later
             other = item[4] if len(item) > 4 else None
             if other is not None and sa.initiator and (other.start == "start" or other.name in self._want_up):
-                self._restart_at[other.name] = now + 10.0
+                self._restart_at[other.name] = now + self.timers.connect_retry
         for c in self.children.values():
             if c.conn.name == conn.name and c.state == "REKEYING":
                 c.state = "INSTALLED"
@@ -1028,8 +1029,14 @@ def _packet_hosts(packet: bytes):
     return None
 
 
+def _retransmitting(sa: IsakmpSA) -> bool:
+    """We initiated this phase 1 and our request is on its retransmission schedule (which
+    then bounds it, not timers.half_open: vpnd/ike/liveness.py)."""
+    return sa.initiator and sa.retx is not None and sa.retx.due is not None
+
+
 def _inbound_only(qm) -> bool:
-    """Does this Quick Mode hold an installed inbound-only SA (see QM_INBOUND_ONLY_WAIT)?"""
+    """Does this Quick Mode hold an installed inbound-only SA (see timers.inbound_only_wait)?"""
     return qm.child_id is not None and qm.state in ("QM_SENT2", "QM_WAIT_CONNECTED")
 
 

@@ -12,7 +12,7 @@ import ipaddress
 
 from vpnd.ike.addresses import local_for
 from vpnd.crypto import dh
-from vpnd.ike import codec, ipcomp
+from vpnd.ike import codec, ipcomp, liveness
 from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA, IPCompParams
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys, policy
@@ -23,10 +23,6 @@ from vpnd.ike.v1.state import Child, IsakmpSA, QuickMode, describe_transforms
 NONCE_LEN = 32
 
 
-# A rekey initiator sends on the new SA this long after HASH(3): the responder installs its
-# inbound SA when message 3 arrives, and strongSwan handles IKE and ESP in different
-# threads, so ESP sent at once can overtake it. The old SA carries the traffic meanwhile.
-OUTBOUND_SETTLE = 1.0
 
 
 class QuickFailed(Exception):
@@ -227,7 +223,7 @@ class QuickMixin:
             # send on the new SA from HASH(3) on, we send on it from CONNECTED on
             qm.commit = True
             qm.state = "QM_WAIT_CONNECTED"
-            qm.retx.due = now + self.retransmit_base
+            qm.retx.due = now + liveness.retransmit_wait(0, self.timers)
             self._out.append(self._qm_action(sa, qm, *self._qm_keys(sa, qm), outbound_too=False))
             return
         qm.state = "QM_DONE"
@@ -465,13 +461,16 @@ class QuickMixin:
         # outbound half to it (same child_id and inbound SPIs)
         full = self._qm_action(sa, qm, inbound, outbound, replaces=replaces)
         if qm.initiator and not qm.commit and redundant is None and replaces in self.children:
-            # rekey initiator: receive now, send a moment later (OUTBOUND_SETTLE), but well
-            # before the old pair expires (its Delete would drop our packets still on it)
+            # rekey initiator: receive now, send a moment later (timers.outbound_settle), but
+            # well before the old pair expires (its Delete would drop our packets still on
+            # it). The responder installs its inbound SA when message 3 arrives, and
+            # strongSwan handles IKE and ESP in different threads, so ESP sent at once can
+            # overtake it. The old SA carries the traffic meanwhile.
             self._out.append(self._qm_action(sa, qm, inbound, outbound, replaces=replaces,
                                              outbound_too=False))
             old_exp = self.children[replaces].expire_at
-            delay = OUTBOUND_SETTLE if old_exp is None else \
-                min(OUTBOUND_SETTLE, max(0.0, old_exp - now) / 2)
+            settle = self.timers.outbound_settle
+            delay = settle if old_exp is None else min(settle, max(0.0, old_exp - now) / 2)
             child.attach_at, child.attach = now + delay, full
         else:
             self._out.append(full)

@@ -24,19 +24,18 @@ from vpnd.ike.limits import invalid_spi_limiter
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_auth, exchange_child, exchange_info, exchange_init, mobike
 from vpnd.ike.v2.payloads import REGISTRY, Notify
-from vpnd.ike.v2.sa import EVENT_SEQ, HALF_OPEN_TIMEOUT, ChildSa, IkeSa, Request
+from vpnd.ike.v2.sa import EVENT_SEQ, ChildSa, IkeSa, Request
 from vpnd.ike.v2.sk import IntegrityError, protect, unprotect
 
 DROP_REPORT_INTERVAL = 10.0
 FAILED_LINGER = 10.0
-# Make-before-break on child rekeys. The responder of a rekey sends on the new SA only once
-# the initiator's Delete of the old one arrives (the initiator installs the new inbound SA
-# before it sends that Delete), or after OUTBOUND_FALLBACK if no Delete comes.
-OUTBOUND_FALLBACK = 5.0
-# A replaced child's inbound SA stays this long after its deletion: packets the peer sent on
-# it just before switching may still be on the way (or queued behind the IKE message).
-INBOUND_LINGER = 2.0
-CONNECT_RETRY = 10.0  # start: start connections try again this long after a failed attempt
+# Make-before-break on child rekeys (config.daemon.timers, vpnd/configschema.py Timers).
+# The responder of a rekey sends on the new SA only once the initiator's Delete of the old
+# one arrives (the initiator installs the new inbound SA before it sends that Delete), or
+# after timers.outbound_fallback if no Delete comes. A replaced child's inbound SA stays
+# timers.inbound_linger after its deletion: packets the peer sent on it just before
+# switching may still be on the way (or queued behind the IKE message). A failed
+# `start: start` connection tries again after timers.connect_retry (as IKEv1 does).
 # Unauthenticated input (issue 8): error notifies sent without an IKE SA (NO_PROPOSAL_CHOSEN,
 # INVALID_SYNTAX, UNSUPPORTED_CRITICAL_PAYLOAD, INVALID_MAJOR_VERSION) are limited per source
 # address and overall, so that a spoofed flood gets far less than one answer per packet
@@ -76,7 +75,7 @@ class Ikev2Engine:
         self.persistent: set[str] = set()
         self._drop_reported = float("-inf")
         self._out: list = []
-        self.lingering: dict[int, float] = {}  # child id -> when its inbound SAs go (INBOUND_LINGER)
+        self.lingering: dict[int, float] = {}  # child id -> when its inbound SAs go (inbound_linger)
         self.rand = random.Random(int.from_bytes(rng(8), "big"))
         self.peers = None  # ike.peers.PeerRules, set by the IkeManager (rules across versions)
         # connections waiting for an IKE SA of another connection being set up (one IKE SA
@@ -212,11 +211,15 @@ class Ikev2Engine:
     def header(self, sa: IkeSa, exchange: int, mid: int, response: bool) -> Header:
         return Header(sa.spi_i, sa.spi_r, 0, 2, 0, exchange, sa.flags(response), mid)
 
+    @property
+    def timers(self):
+        return self.config.daemon.timers
+
     def retransmit_timeouts(self, sa: IkeSa) -> list[float]:
         """The shared back-off (vpnd/ike/liveness.py: 2 s doubling, 5 retransmissions); with
         DPD on, cut to the DPD budget, so that a peer that answers nothing is given up as soon
         as an unanswered probe would make it dead (and a restart re-initiates that often)."""
-        t = liveness.retransmit_timeouts()
+        t = liveness.retransmit_timeouts(self.timers)
         dpd = sa.conn.dpd
         if dpd.interval > 0:
             return liveness.within(t, liveness.dpd_dead_after(dpd))
@@ -316,7 +319,7 @@ class Ikev2Engine:
         sa.children[child.child_id] = child
         if outbound and defer_outbound:
             child.out_pending = (keys, replaces)
-            child.out_at = now + OUTBOUND_FALLBACK
+            child.out_at = now + self.timers.outbound_fallback
             outbound = False
         child.has_outbound = outbound
         self.emit(self._install_action(sa, child, keys, outbound, replaces if outbound else None))
@@ -406,7 +409,7 @@ class Ikev2Engine:
             self.activate_outbound(sa, succ, f"{{{child.child_id}}} deleted")
         if now is not None and succ is not None and succ.has_outbound:
             # replaced: the peer may still have packets on the way on the old SA
-            self.lingering[child.child_id] = now + INBOUND_LINGER
+            self.lingering[child.child_id] = now + self.timers.inbound_linger
         else:
             self.emit(DeleteChildSA(child.child_id))
         self.event("child_down", child.name,
@@ -435,7 +438,7 @@ class Ikev2Engine:
             if other is not None:
                 self._add_to(other, conn, hint, now)
             elif conn.start == "start" and (self.peers is None or self.peers.may_reinitiate(conn.name)):
-                self.retry_at[conn.name] = now + CONNECT_RETRY
+                self.retry_at[conn.name] = now + self.timers.connect_retry
         carried = [ch.name for ch in sa.children.values()]
         for ch in list(sa.children.values()):
             self.remove_child(sa, ch, reason)  # the whole tunnel goes: no linger
@@ -838,7 +841,7 @@ class Ikev2Engine:
                 times.append(sa.pending.next_at)
             if sa.state == "CONNECTING":
                 if sa.pending is None:
-                    times.append(sa.created_at + HALF_OPEN_TIMEOUT)
+                    times.append(liveness.half_open_due(sa.created_at, self.timers))
                 continue
             if sa.state != "ESTABLISHED":
                 continue
@@ -919,7 +922,7 @@ class Ikev2Engine:
                     self.kill_ike(sa, now, "peer not responding")
                     if sa.initiator and (sa.conn.start == "start" or sa.persistent) and not sa.conn.dynamic:
                         self.persistent.add(sa.conn.name)
-                        self.retry_at[sa.conn.name] = now + CONNECT_RETRY
+                        self.retry_at[sa.conn.name] = now + self.timers.connect_retry
                 else:
                     # an unanswered Delete of ours is no dead peer to act on (no restart)
                     self.kill_ike(sa, now, "peer not responding", dead=sa.state != "DELETING")
@@ -930,7 +933,8 @@ class Ikev2Engine:
             self.event("retransmit", sa.conn.name,
                        f"retransmit {req.tries} of {c.EXCHANGE_NAMES.get(req.exchange)} request {req.mid}")
         if sa.state == "CONNECTING":
-            if now >= sa.created_at + HALF_OPEN_TIMEOUT and sa.pending is None:
+            if liveness.half_open_expired(sa.created_at, now, self.timers,
+                                          retransmitting=sa.pending is not None):
                 self.kill_ike(sa, now, "half-open timeout")
             return
         if sa.state != "ESTABLISHED":

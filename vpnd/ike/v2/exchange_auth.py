@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from vpnd.crypto import auth as authc
 from vpnd.crypto import certs
-from vpnd.ike.peers import id_key
+from vpnd.ike.peers import SIMULTANEOUS_WINDOW, id_key
 from vpnd.ike.v2 import childless
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2 import exchange_child, mobike
@@ -129,9 +129,9 @@ def _initial_contact(e, sa: IkeSa, now: float) -> None:
             e.kill_ike(other, now, "peer sent INITIAL_CONTACT")
 
 
-# IKE SAs of one connection set up by both ends within this many seconds of each other are
-# one simultaneous initiation, not a peer that restarted and came back.
-DUPLICATE_WINDOW = 30.0
+# IKE SAs of one connection set up by both ends within peers.SIMULTANEOUS_WINDOW of each
+# other are one simultaneous initiation, not a peer that restarted and came back (the same
+# window as IKEv1's and the shared peer rules').
 
 
 def drop_duplicate(e, sa: IkeSa, now: float) -> None:
@@ -145,7 +145,7 @@ def drop_duplicate(e, sa: IkeSa, now: float) -> None:
         if other is sa or other.state != "ESTABLISHED" or other.initiator == sa.initiator \
                 or other.conn.name != sa.conn.name or other.peer_id != sa.peer_id \
                 or other.remote[0] != sa.remote[0] or other.rekeyed_to is not None \
-                or abs(other.created_at - sa.created_at) > DUPLICATE_WINDOW:
+                or abs(other.created_at - sa.created_at) > SIMULTANEOUS_WINDOW:
             continue
         redundant, kept = sorted((sa, other), key=lambda s: min(s.ni, s.nr))
         if redundant.initiator:

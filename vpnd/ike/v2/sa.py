@@ -12,8 +12,7 @@ from vpnd.ike.actions import Address
 from vpnd.ike.v2 import constants as c
 from vpnd.ike.v2.payloads import TrafficSelector
 
-# Retransmission (2.1) is vpnd/ike/liveness.py's, shared with IKEv1.
-HALF_OPEN_TIMEOUT = 30.0
+# Retransmission (2.1) and the half-open timeout are vpnd/ike/liveness.py's, shared with IKEv1.
 
 
 @dataclass
