@@ -21,6 +21,7 @@ NAT), its TUN `ipsec0` has MTU 1400, routes go to table 220 (install_routes = ye
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,6 +119,21 @@ def psk_secret(psk: str, *ids: str) -> dict:
     for i, ident in enumerate(ids, 1):
         d[f"id-{i}"] = ident
     return d
+
+
+@contextlib.contextmanager
+def ike_closed(topo: Topology, role: str):
+    """Drop IKE (UDP 500/4500) arriving in `role` while the block runs: a charon started
+    there answers only once its connections are loaded (before that it would answer an
+    early IKE_SA_INIT, e.g. a restarted connection's retransmission, with
+    NO_PROPOSAL_CHOSEN)."""
+    rules = ("table inet ikeclosed {\n chain i {\n  type filter hook input priority 0;\n"
+             "  udp dport { 500, 4500 } drop\n }\n}\n")
+    topo.run(role, ["nft", "-f", "-"], input=rules.encode())
+    try:
+        yield
+    finally:
+        topo.run(role, ["nft", "delete", "table", "inet", "ikeclosed"], check=False)
 
 
 class Charon:

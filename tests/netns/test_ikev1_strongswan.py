@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from .charon import psk_connection, psk_secret, swanctl_conf
+from .charon import ike_closed, psk_connection, psk_secret, swanctl_conf
 from .topology import LAN_A, LAN_B, WAN_B, Topology
-from .vpnd_proc import Vpnd
+from .vpnd_proc import FAST_TIMERS, Vpnd, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan]
 
@@ -304,8 +304,6 @@ def test_vpnctl_rekey_child_and_ike(topo, make_charon, vpnds):
 # --------------------------------------------------------------------------- NAT, DPD
 
 def test_nat_traversal_with_keepalives(topo_nat, make_charon, vpnds):
-    import subprocess
-
     topo = topo_nat
     ike, esp = PAIRS[1]
     ch = _charon(make_charon, topo)
@@ -319,11 +317,9 @@ def test_nat_traversal_with_keepalives(topo_nat, make_charon, vpnds):
     sas = ch.list_sas()
     assert "10.200.0.254[4500]" in sas, sas
     check_traffic(topo, mbytes=1)
-    time.sleep(5)
-    path = cap.stop()
-    dump = subprocess.run(["tcpdump", "-r", str(path), "-n", "-v", "udp and ip[2:2] = 29"],
-                          capture_output=True).stdout.decode()
-    assert [ln for ln in dump.splitlines() if "nat-keep-alive" in ln.lower()], dump[-2000:]
+    # a keepalive (nat_keepalive: 2 s) on the wire: polled in the capture, not slept for
+    cap.wait_for("nat-keep-alive", "udp and ip[2:2] = 29")
+    cap.stop()
 
 
 def test_dpd_dead_peer_and_restart(topo, make_charon, vpnds):
@@ -331,8 +327,9 @@ def test_dpd_dead_peer_and_restart(topo, make_charon, vpnds):
     interval, retry = 3, 1
     ch = _charon(make_charon, topo)
     charon_psk(ch, topo, ike=ike, esp=esp)
+    # compressed retransmission: the restarted connection reaches the new charon sooner
     v = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
-                                     ike=ike, esp=esp, start="start",
+                                     ike=ike, esp=esp, start="start", daemon_extra=FAST_TIMERS,
                                      extra=f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"))
     wait_child(v)
     check_traffic(topo, mbytes=0.5)
@@ -346,8 +343,9 @@ def test_dpd_dead_peer_and_restart(topo, make_charon, vpnds):
     dead_after = time.monotonic() - t0
     print(f"IKEv1 peer declared dead after {dead_after:.1f}s (bound {bound}s)")
     assert dead_after <= bound
-    ch2 = _charon(make_charon, topo)
-    charon_psk(ch2, topo, ike=ike, esp=esp)
+    with ike_closed(topo, "gwb"):  # vpnd's restart must not meet a charon without config
+        ch2 = _charon(make_charon, topo)
+        charon_psk(ch2, topo, ike=ike, esp=esp)
     wait_child(v, timeout=40)
     check_traffic(topo, mbytes=0.5)
 
@@ -389,7 +387,9 @@ def test_gcm_keymat_with_salt_and_charon_dpd(topo, make_charon, vpnds, ike, esp)
     got = wait_child(v)
     assert got["child"]["proposal"].startswith("AES_GCM_16")
     check_traffic(topo, mbytes=1)
-    time.sleep(8)  # several DPD rounds from charon with no ESP in between
+    # several DPD rounds from charon (every 2 s) with no ESP in between, each answered
+    wait_until(lambda: ch.log().count("sending DPD request") >= 3 and ch.log().count("N(DPD_ACK)") >= 3,
+               40, "three DPD rounds from charon")
     sas = ch.list_sas()
     assert "ESTABLISHED" in sas and "INSTALLED" in sas, sas
     log = ch.log()

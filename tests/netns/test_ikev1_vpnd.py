@@ -11,18 +11,19 @@ import pytest
 from .test_ikev1_strongswan import (DN_A, DN_B, PAIRS, _pki, check_traffic, topo, topo_nat,  # noqa: F401,F811
                                     vpnd_conf, vpnds, wait_child)
 from .topology import LAN_A, LAN_B, WAN_B
+from .vpnd_proc import FAST_TIMERS, wait_until
 
 pytestmark = [pytest.mark.netns]
 
 
 def _pair(topo, vpnds, *, ike, esp, auth_a=None, auth_b=None, aggressive=False, extra_a="", extra_b="",
-          start_b="none"):
+          start_b="none", daemon_extra=""):
     b = vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
                                      ike=ike, esp=esp, auth=auth_b, extra=extra_b, start=start_b,
-                                     aggressive=aggressive))  # a responder too (issue 8.1)
+                                     aggressive=aggressive, daemon_extra=daemon_extra))  # a responder too (issue 8.1)
     a = vpnds(topo, "gwa", vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B,
                                      ike=ike, esp=esp, auth=auth_a, aggressive=aggressive, start="start",
-                                     extra=extra_a))
+                                     extra=extra_a, daemon_extra=daemon_extra))
     return a, b
 
 
@@ -131,7 +132,8 @@ def test_dpd_dead_peer_and_restart(topo, vpnds):
 
     ike, esp = PAIRS[1]
     dpd = "dpd: {interval: 2, retry: 1, mode: periodic, action: restart}"
-    a, b = _pair(topo, vpnds, ike=ike, esp=esp, extra_a=dpd, extra_b=dpd)
+    # compressed retransmission: the restarted connection reaches the new vpnd sooner
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, extra_a=dpd, extra_b=dpd, daemon_extra=FAST_TIMERS)
     wait_child(a)
     b.stop(sig=9)
     t0 = time.monotonic()
@@ -139,7 +141,7 @@ def test_dpd_dead_peer_and_restart(topo, vpnds):
         assert time.monotonic() - t0 < 2 + 6 * 1 + 3, a.log()[-3000:]
         time.sleep(0.1)
     vpnds(topo, "gwb", vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A,
-                                 ike=ike, esp=esp, extra=dpd))
+                                 ike=ike, esp=esp, extra=dpd, daemon_extra=FAST_TIMERS))
     wait_child(a, timeout=40)
     check_traffic(topo, mbytes=0.5)
 
@@ -149,14 +151,17 @@ def test_both_ends_start(topo, vpnds, aggressive):
     """`start: start` on both gateways: the two phase-1 negotiations cross. Both ends must
     end up with IPsec SAs (they used to drop each other's SA and never run Quick Mode)."""
     ike, esp = PAIRS[1]
-    a, b = _pair(topo, vpnds, ike=ike, esp=esp, aggressive=aggressive, start_b="start")
+    a, b = _pair(topo, vpnds, ike=ike, esp=esp, aggressive=aggressive, start_b="start",
+                 daemon_extra=FAST_TIMERS)
     wait_child(a, timeout=30), wait_child(b, timeout=30)
     check_traffic(topo, mbytes=1)
-    # the duplicate ISAKMP SA goes after 10 s; the connection stays up with one on each end
-    time.sleep(12)
+    # the duplicate ISAKMP SA goes after timers.replaced_grace (10 s, here 2 s); the
+    # connection stays up with one on each end
+
+    def established(v):
+        return [s for s in v.status()["ike_sas"] if s["version"] == 1 and s["state"] == "ESTABLISHED"]
     for v in (a, b):
-        sas = [s for s in v.status()["ike_sas"] if s["version"] == 1 and s["state"] == "ESTABLISHED"]
-        assert len(sas) == 1, sas
+        wait_until(lambda: len(established(v)) == 1, 30, f"one ISAKMP SA left in {v.role}: {established(v)}")
     ga, gb = wait_child(a), wait_child(b)
     assert ga["ike"]["spi_i"] == gb["ike"]["spi_i"]
     check_traffic(topo, mbytes=1)

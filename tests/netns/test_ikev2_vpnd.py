@@ -11,15 +11,17 @@ import pytest
 from .test_ikev2_strongswan import (DN_A, DN_B, PAIRS, _pki, ik2_topo,  # noqa: F401
                                     ik2_topo_nat, vpnd_conf, vpnds, wait_child)
 from .topology import LAN_A, LAN_B, WAN_B
+from .vpnd_proc import FAST_TIMERS
 
 pytestmark = [pytest.mark.netns]
 
 
-def pair_confs(topo, *, ike, esp, a_start="none", a_extra="", b_extra="", a_auth=None, b_auth=None):
+def pair_confs(topo, *, ike, esp, a_start="none", a_extra="", b_extra="", a_auth=None, b_auth=None,
+               daemon_extra=""):
     a = vpnd_conf(topo, "gwa", local=topo.gwa_wan, peer=WAN_B, lts=LAN_A, rts=LAN_B, ike=ike, esp=esp,
-                  start=a_start, extra=a_extra, auth=a_auth)
+                  start=a_start, extra=a_extra, auth=a_auth, daemon_extra=daemon_extra)
     b = vpnd_conf(topo, "gwb", local=WAN_B, peer=topo.gwa_public, lts=LAN_B, rts=LAN_A, ike=ike, esp=esp,
-                  start="none", extra=b_extra, auth=b_auth)
+                  start="none", extra=b_extra, auth=b_auth, daemon_extra=daemon_extra)
     return a, b
 
 
@@ -102,7 +104,7 @@ def test_dpd_kill_and_restart(ik2_topo, vpnds):
     ike, esp = PAIRS[0]
     interval, retry = 3, 2
     dpd = f"dpd: {{interval: {interval}, retry: {retry}, mode: periodic, action: restart}}"
-    ca, cb = pair_confs(topo, ike=ike, esp=esp, a_extra=dpd)
+    ca, cb = pair_confs(topo, ike=ike, esp=esp, a_extra=dpd, daemon_extra=FAST_TIMERS)
     b = vpnds(topo, "gwb", cb)
     a = vpnds(topo, "gwa", ca)
     up_timed(a)

@@ -26,7 +26,7 @@ import pytest
 
 from .charon import psk_connection, psk_secret, swanctl_conf
 from .topology import WAN_B, Topology
-from .vpnd_proc import vpnd_starter
+from .vpnd_proc import FAST_TIMERS, vpnd_starter
 
 pytestmark = [pytest.mark.netns]
 
@@ -367,8 +367,11 @@ def test_down_while_peer_unreachable_is_final(mc_topo, make_charon, vpnds, versi
     topo = mc_topo
     ch = make_charon(topo, "gwb")
     load_charon(ch, {"peer": charon_conn(topo, {"one": 1}, version=version, ike=IKE1)})
+    # compressed timers: a connect retry would come every 2 s, so the quiet period below
+    # covers several chances to re-initiate by mistake
     v = vpnds(topo, "gwa", vconf(topo, "gwa", {"one": {
-        "n": 1, "version": version, "dpd": "{interval: 2, retry: 2, action: restart}"}}))
+        "n": 1, "version": version, "dpd": "{interval: 2, retry: 2, action: restart}"}},
+        daemon_extra=FAST_TIMERS))
     children_of(v, want={"one"})
     wait_ping(topo, 1)
     rules = ("table inet mcdrop {\n chain o {\n  type filter hook output priority 0;\n"
@@ -387,7 +390,7 @@ def test_down_while_peer_unreachable_is_final(mc_topo, make_charon, vpnds, versi
         wait_until(lambda: not v.status()["ike_sas"], 20, "the unanswered IKE SA gone")
     finally:
         topo.run("gwa", ["nft", "delete", "table", "inet", "mcdrop"], check=False)
-    time.sleep(8)  # the peer answers again: nothing may re-initiate
+    time.sleep(6)  # the peer answers again: nothing may re-initiate (3 x connect_retry, 3 DPD intervals)
     st = v.status()
     assert st["ike_sas"] == [], st
     assert next(c for c in st["connections"] if c["name"] == "one")["state"] == "down"

@@ -89,6 +89,20 @@ class Capture:
                 self.proc.wait()
         return self.path
 
+    def wait_for(self, text: str, bpf: str = "", timeout: float = 30) -> str:
+        """Poll the pcap while it is written (tcpdump -U) until `tcpdump -r -v` shows a line
+        containing `text` (case-insensitive); returns that output. Waits on the wire instead
+        of sleeping for a periodic packet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run(["tcpdump", "-r", str(self.path), "-n", "-v", *shlex.split(bpf)],
+                                 capture_output=True, timeout=30).stdout.decode(errors="replace")
+            if text.lower() in out.lower():
+                return out
+            if time.monotonic() > deadline:
+                raise TopologyError(f"no {text!r} in {self.path.name} within {timeout}s: {out[-2000:]}")
+            time.sleep(0.3)
+
     def __enter__(self):
         return self
 

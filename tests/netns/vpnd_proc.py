@@ -39,6 +39,25 @@ ALGORITHMS = {
 }
 
 
+# Compressed protocol timers (daemon.timers, README) for the tests that wait on one: the
+# same rules, shorter waits (tests/README.md, rule 7). A daemon_extra line.
+FAST_TIMERS = ("timers: {retransmit_base: 0.5, half_open: 10, connect_retry: 2, replaced_grace: 2, "
+               "outbound_fallback: 2, inbound_only_wait: 10}")
+
+
+def wait_until(cond, timeout: float, what: str, interval: float = 0.1):
+    """Poll cond() until it returns something true (returned); AssertionError naming `what`
+    after `timeout` seconds. For waits on status and logs instead of fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+
+
 def _esp_keys(esp: str, spi: int) -> dict:
     enc, _, integ = esp.partition("-")
     out = {"spi": hex(spi)}
@@ -262,5 +281,5 @@ def gw_routes(topo, role: str) -> str:
     return topo.run(role, ["ip", "route", "show"]).stdout.decode()
 
 
-__all__ = ["ALGORITHMS", "Vpnd", "manual_pair", "gw_links", "gw_routes", "GW_LAN_A", "GW_LAN_B",
+__all__ = ["ALGORITHMS", "FAST_TIMERS", "Vpnd", "manual_pair", "wait_until", "gw_links", "gw_routes", "GW_LAN_A", "GW_LAN_B",
            "WAN_A"]
