@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from vpnd import logfmt
 from vpnd import proposals as _vocab
 from vpnd.configschema import *  # noqa: F401,F403  (the types are part of this module's API)
 from vpnd.configschema import (  # noqa: F401
@@ -232,7 +233,8 @@ class _Parser(_Schema):
         d = DaemonConfig()
         path = "daemon"
         try:
-            m = self.mapping(v, path, {f: 1 for f in DaemonConfig.__dataclass_fields__})
+            m = self.mapping(v, path, {f: 1 for f in DaemonConfig.__dataclass_fields__
+                                       if f != "log_subsystems"})  # log_level's mapping form
         except _Bad:
             return d
 
@@ -292,6 +294,16 @@ class _Parser(_Schema):
                 self.fail(p, "path too long for a unix socket (max 107 bytes)")
             return s
 
+        def log_level(v, p):
+            """`debug` or `{default: info, ike: debug, ...}` (logfmt.SUBSYSTEMS)."""
+            level = self.choice(*logfmt.LEVELS)
+            if not isinstance(v, dict):
+                return level(v, p), ()
+            lm = self.mapping(v, p, {"default": None, **logfmt.SUBSYSTEMS})
+            default = self.field(lm, "default", p, level, d.log_level)
+            subs = tuple((k, self.field(lm, k, p, level, default)) for k in logfmt.SUBSYSTEMS if k in lm)
+            return default, subs
+
         f = self.field
         d = DaemonConfig(
             tun=f(m, "tun", path, tun, d.tun),
@@ -302,8 +314,9 @@ class _Parser(_Schema):
             listen=f(m, "listen", path, self._listen, d.listen),
             ike_port=f(m, "ike_port", path, self.integer(1, 65535), d.ike_port),
             natt_port=f(m, "natt_port", path, self.integer(1, 65535), d.natt_port),
-            log_level=f(m, "log_level", path,
-                        self.choice("debug", "info", "warning", "error"), d.log_level),
+            log_level=(levels := f(m, "log_level", path, log_level, (d.log_level, d.log_subsystems)))[0],
+            log_subsystems=levels[1],
+            log_format=f(m, "log_format", path, self.choice(*logfmt.FORMATS), d.log_format),
             aggressive_mode=f(m, "aggressive_mode", path, self.boolean, d.aggressive_mode),
             invalid_spi_recovery=f(m, "invalid_spi_recovery", path, self.boolean,
                                    d.invalid_spi_recovery),

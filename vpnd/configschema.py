@@ -215,7 +215,9 @@ class DaemonConfig:
     listen: str = "%any"  # both families (strongSwan's default); 0.0.0.0 / :: = one family
     ike_port: int = 500
     natt_port: int = 4500
-    log_level: str = "info"
+    log_level: str = "info"                # the default level (vpnd/logfmt.py)
+    log_subsystems: tuple[tuple[str, str], ...] = ()  # log_level's per-subsystem levels
+    log_format: str = "text"               # text | json (one object per line)
     aggressive_mode: bool = True           # false = Cisco `crypto isakmp aggressive-mode disable`
     invalid_spi_recovery: bool = True      # the seed's `crypto isakmp invalid-spi-recovery`
     cookie_threshold: int = 10             # half-open IKE SAs before IKEv2 cookies (RFC 7296 2.6)

@@ -21,10 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, IPCompParams,
-                              SendDatagram, UpdateChildAddresses, hostport)
+                              SendDatagram, Trace, UpdateChildAddresses, hostport)
+from vpnd import logfmt
 from vpnd.commands import Commands
 from vpnd.control import CommandError, ControlServer
-from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
 from vpnd.status import connection_state, last_error_entry
 from vpnd.net.routes import RouteManager, RouteOptions, kill_switch_clear, kill_switch_sync
@@ -34,7 +34,11 @@ from vpnd.net.sockets import SocketError, WireSockets, local_address
 from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
                           source_address_towards)
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("daemon")
+ike_log = logfmt.logger("ike")
+esp_log = logfmt.logger("esp")
+net_log = logfmt.logger("net")
+_TRACE_LOG = {"ike": ike_log, "net": net_log}
 
 ACQUIRE_QUEUE = 32  # packets kept per connection while a trap negotiation runs
 ACQUIRE_RETRY = 10.0  # seconds after which traffic asks for a stalled negotiation again
@@ -700,13 +704,14 @@ class Daemon:
                 return
             if child.manual:
                 if hard:
-                    log.warning("%s: manual SA %08x reached its hard lifetime", child.connection, ev[1].spi)
+                    esp_log.warning("manual SA %08x reached its hard lifetime", ev[1].spi,
+                                    extra=logfmt.ctx(child.connection, None, child.child_id))
                 return
             if self.ike is not None:
                 self._run_actions(self.ike.child_expiring(child.child_id, hard, now))
         elif kind == "unknown_spi":
             _, protocol, spi, src = ev
-            log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
+            esp_log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
             if self.ike is not None and protocol == "esp":
                 self._run_actions(self.ike.unknown_spi(spi, (src, self.wire.ike_port), now))
         elif kind == "acquire":
@@ -724,7 +729,7 @@ class Daemon:
             q.append(packet)
             self._acquire_q[name] = (q, now)
             if self.ike is not None:
-                log.info("%s: traffic for the tunnel, initiating", name)
+                esp_log.info("traffic for the tunnel, initiating", extra=logfmt.ctx(name))
                 self.monitor.publish_acquire(name, packet)
                 self._note_attempt(name)
                 self._run_actions(self.ike.acquire(name, packet, now))
@@ -784,7 +789,7 @@ class Daemon:
         except ValueError as e:
             for sa in act.inbound:
                 self.dp.remove_inbound(sa.protocol, sa.spi)
-            log.error("%s: cannot install SA: %s", act.connection, e)
+            esp_log.error("cannot install SA: %s", e, extra=_child_ctx(act))
             return None
         self.children[act.child_id] = child
         conn = self._conn(act.connection)
@@ -796,10 +801,9 @@ class Daemon:
             elif RouteOptions.from_config(conn.rri).enabled and outbound:
                 child.steered = act.remote[0]
                 self.routes.steer(act.remote[0], act.local[0], RouteOptions.from_config(conn.rri))
-        log.info("%s: SA installed, %s, SPIs in %s out %s%s", act.connection,
-                 act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
+        esp_log.info("SA installed, %s, SPIs in %s out %s%s", act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
                  "/".join(f"{k.spi:08x}" for k in act.outbound),
-                 " (UDP-encapsulated)" if act.udp_encap else "")
+                 " (UDP-encapsulated)" if act.udp_encap else "", extra=_child_ctx(act))
         if outbound and not manual:
             self._succeeded(act.connection)
         queued = self._acquire_q.pop(act.connection, None)
@@ -824,7 +828,7 @@ class Daemon:
             outbound = [self._make_sa(k, act) for k in act.outbound]
             attach_ipcomp(outbound, act, False)
         except ValueError as e:
-            log.error("%s: cannot install outbound SA: %s", act.connection, e)
+            esp_log.error("cannot install outbound SA: %s", e, extra=_child_ctx(act))
             return None
         old = self.children.get(act.replaces) if act.replaces is not None else None
         if old is not None and old.policy_id is not None:
@@ -847,8 +851,8 @@ class Daemon:
         child.action = dataclasses.replace(child.action, outbound=act.outbound, replaces=act.replaces)
         self._succeeded(act.connection)
         self.systemd.changed()
-        log.info("%s: outbound traffic moved to SPI %s", act.connection,
-                 "/".join(f"{k.spi:08x}" for k in act.outbound))
+        esp_log.info("outbound traffic moved to SPI %s", "/".join(f"{k.spi:08x}" for k in act.outbound),
+                     extra=_child_ctx(act))
         return child
 
     def _delete_child(self, child_id: int, quiet: bool = False) -> None:
@@ -865,8 +869,8 @@ class Daemon:
             if child.steered:
                 self.routes.unsteer(child.steered)
         if not quiet:
-            log.info("%s: SA deleted (SPIs in %s)", child.connection,
-                     "/".join(f"{s.spi:08x}" for s in child.inbound))
+            esp_log.info("SA deleted (SPIs in %s)", "/".join(f"{s.spi:08x}" for s in child.inbound),
+                         extra=_child_ctx(child.action))
             self._updown("down", child, self._conn(child.connection))
         self.systemd.changed()
         if not any(c.connection == child.connection for c in self.children.values()):
@@ -1070,6 +1074,7 @@ class Daemon:
             return
         now = self._now()
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
+        self.ike.trace = logfmt.wants_trace()
         if self.addrwatch is not None:
             self._addresses_check()  # our addresses, for the lists MOBIKE sends (RFC 4555 3.6)
         for c in self._conns():
@@ -1160,6 +1165,9 @@ class Daemon:
                     self._update_child(a)
                 elif isinstance(a, Event):
                     self._on_event(a)
+                elif isinstance(a, Trace):
+                    _TRACE_LOG.get(a.subsystem, ike_log).debug(
+                        "%s", a.message, extra=logfmt.ctx(a.connection, a.ike_id))
                 else:
                     log.debug("ignoring action %s", type(a).__name__)
             except Exception:  # counted, logged at most once a second; the next action runs
@@ -1187,15 +1195,17 @@ class Daemon:
         for sa in child.inbound:  # the inbound SAs are keyed by SPI; their addresses for status
             sa.set_addresses(a.local[0], a.remote[0], encap if sa.protocol == "esp" else None)
         child.action = dataclasses.replace(act, local=a.local, remote=a.remote, udp_encap=a.udp_encap)
-        log.info("%s: SPIs in %s now %s -> %s%s", act.connection,
-                 "/".join(f"{k.spi:08x}" for k in act.inbound), hostport(a.local), hostport(a.remote),
-                 " (UDP-encapsulated)" if a.udp_encap else "")
+        ike_log.info("SPIs in %s now %s -> %s%s", "/".join(f"{k.spi:08x}" for k in act.inbound),
+                     hostport(a.local), hostport(a.remote), " (UDP-encapsulated)" if a.udp_encap else "",
+                     extra=_child_ctx(act))
 
     def _on_event(self, ev: Event):
         """An event of the IKE core: a log line; failures end a waiting vpnctl command."""
         level = (logging.WARNING if ev.kind in FAILURE_EVENTS else
                  logging.DEBUG if ev.kind in ("drop", "retransmit") else logging.INFO)
-        log.log(level, "%s", ev.message)
+        data = ev.data or {}
+        ike_log.log(level, "%s", ev.message,
+                    extra=logfmt.ctx(ev.connection, data.get("ike_id"), data.get("child_id")))
         if self.metrics is not None:
             self.metrics.metrics.on_event(ev.kind, ev.connection)
         self.monitor.on_core_event(ev, self.children)
@@ -1354,8 +1364,11 @@ class Daemon:
 
     def _reload_daemon_section(self, new):
         old_d, new_d = self.config.daemon, new.daemon
-        level = new_d.log_level
-        logging.getLogger().setLevel(_level(level))
+        logfmt.apply_levels(new_d.log_level, new_d.log_subsystems)
+        if new_d.log_format != old_d.log_format:
+            logfmt.reformat(new_d.log_format)
+        if self.ike is not None:
+            self.ike.trace = logfmt.wants_trace()
         for key in ("tun", "listen", "ike_port", "natt_port", "control_socket", "metrics"):
             if getattr(old_d, key) != getattr(new_d, key):
                 log.warning("reload: daemon.%s changed; it takes effect on restart", key)
@@ -1537,27 +1550,23 @@ def _safe_error(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _child_ctx(act) -> dict:
+    """Log context of a CHILD_SA's line: `site-b[3] site-b{7}` (manual SAs: no IKE SA)."""
+    return logfmt.ctx(act.connection, act.ike_id or None, act.child_id)
+
+
 def _level(name) -> int:
-    return {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-            "error": logging.ERROR}.get(str(name).lower(), logging.INFO)
+    return logfmt.level_of(name)
 
 
-def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s vpnd[%(process)d] %(levelname)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.addHandler(handler)
-    root.setLevel(_level(level))
-    # log_level debug is vpnd's: pyroute2 would print every netlink message (kilobytes each)
-    logging.getLogger("pyroute2").setLevel(max(logging.WARNING, _level(level)))
+def setup_logging(level: str = "info", per_subsystem=(), fmt: str = "text") -> None:
+    """One handler on stderr (vpnd/logfmt.py: subsystems, SA context, journald, JSON)."""
+    logfmt.setup(level, per_subsystem, fmt)
 
 
 def run_daemon(config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
-    setup_logging(config.daemon.log_level)
+    logfmt.setup_from(config.daemon)
     try:
         import uvloop
         runner = uvloop.run

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-log = logging.getLogger("vpnd.keys")
+log = logging.getLogger("vpnd.control.keys")
 
 # Wireshark's names (epan/dissectors/packet-ipsec.c, packet-isakmp.c; Wireshark 3.x/4.x)
 ESP_ENC = {"aes128": "AES-CBC [RFC3602]", "aes192": "AES-CBC [RFC3602]",

@@ -24,7 +24,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics import exposition as om
 
-log = logging.getLogger("vpnd.metrics")
+log = logging.getLogger("vpnd.control.metrics")
 
 # docs/daemon.md "Connection states" (vpnd/status.py STATES)
 STATES = ("up", "connecting", "ike-only", "idle", "failed", "down")

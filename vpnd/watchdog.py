@@ -14,7 +14,7 @@ import os
 
 from vpnd.net import notify
 
-log = logging.getLogger("vpnd.watchdog")
+log = logging.getLogger("vpnd.daemon.watchdog")
 
 
 def watchdog_interval(environ=None) -> float | None:

@@ -165,7 +165,7 @@ def netlink_raising(monkeypatch, exc):
 def test_route_failures_are_log_lines(monkeypatch, caplog, exc):
     rm = RouteManager(7)
     netlink_raising(monkeypatch, exc)
-    with caplog.at_level(logging.WARNING, logger="vpnd.routes"):
+    with caplog.at_level(logging.WARNING, logger="vpnd.net.routes"):
         rm.add("10.2.0.0/16", RouteOptions())
         rm.steer("10.200.0.2", "10.200.0.1", RouteOptions())
         rm.unsteer("10.200.0.2")

@@ -118,4 +118,15 @@ class Event:
     data: dict = field(default_factory=dict)
 
 
-Action = SendDatagram | InstallChildSA | DeleteChildSA | UpdateChildAddresses | Event
+@dataclass(frozen=True)
+class Trace:
+    """A debug line about an IKE message or packet (vpnd/ike/trace.py), made only while the
+    core's `trace` flag is on. subsystem: "ike" (parsed/generating) or "net" (packets)."""
+
+    subsystem: str
+    message: str
+    connection: str | None = None
+    ike_id: int | None = None
+
+
+Action = SendDatagram | InstallChildSA | DeleteChildSA | UpdateChildAddresses | Event | Trace

@@ -48,6 +48,16 @@ class IkeManager:
         for e in self._engines():
             e.peers = self.rules
 
+    @property
+    def trace(self) -> bool:
+        """One debug line per IKE message and packet (actions.Trace, vpnd/ike/trace.py)."""
+        return self.v2.trace
+
+    @trace.setter
+    def trace(self, on: bool) -> None:
+        for e in self._engines():
+            e.trace = bool(on)
+
     def _call(self, version: int | None, fn, *args, **kw) -> list:
         """Run one core call; actions it caused in the other core follow its own."""
         with self.rules.running(version):

@@ -27,7 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vpnd.net import netlink
 
-log = logging.getLogger("vpnd.routes")
+log = logging.getLogger("vpnd.net.routes")
 
 RTPROT_STATIC = 4
 RTNH_F_ONLINK = 4

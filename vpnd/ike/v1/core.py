@@ -11,11 +11,13 @@ import datetime
 import ipaddress
 import itertools
 import os
+import struct
 from collections import OrderedDict, deque
 
 from vpnd.crypto.credentials import CredentialStore
 from vpnd.ike import codec, limits, liveness
-from vpnd.ike.actions import Event, SendDatagram, hostport
+from vpnd.ike import trace
+from vpnd.ike.actions import Event, SendDatagram, Trace, hostport
 from vpnd.ike.peers import SIMULTANEOUS_WINDOW
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import identity, keys
@@ -62,6 +64,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self.sas: dict[bytes, IsakmpSA] = {}  # by initiator cookie
         self.children: dict = {}
         self.qms: dict[int, dict] = {}  # ike_id -> {message ID: QuickMode}
+        # debug lines per message (vpnd/ike/trace.py): off unless the daemon logs them
+        self.trace = False
+        self._ctx: IsakmpSA | None = None  # the SA the current input is about (log context)
+        self._rx_mid = None  # (exchange, message ID) of the message being taken
         self._done_mids: dict[int, set] = {}
         self._lingering: list = []
         self._spis_in: set[int] = set()
@@ -105,6 +111,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def receive_datagram(self, data: bytes, local, remote, now: float) -> list:
         self._begin(now)
+        if self.trace:
+            self._out.append(trace.net(trace.packet(False, tuple(local), tuple(remote), len(data)), None, None))
         try:
             self._receive(bytes(data), tuple(local), tuple(remote), now)
         except (codec.CodecError, Phase1Failed) as e:
@@ -393,6 +401,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         if sa is not None and sa.remote[0] != remote[0]:
             return  # cookies are bound to the peer address (RFC 2408 2.5.3)
         ex = hdr.exchange
+        self._ctx = sa
+        self._rx_mid = (ex, hdr.message_id)
+        if self.trace and not hdr.flags & codec.FLAG_V1_ENCRYPTION:
+            self._trace_in(sa, data, data, hdr.next_payload, codec.HEADER_LEN)
         if ex in (C.EXCH_MAIN, C.EXCH_AGGRESSIVE):
             if sa is None:
                 if hdr.spi_r != zero or hdr.message_id != 0 or hdr.flags & codec.FLAG_V1_ENCRYPTION:
@@ -550,7 +562,10 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def _plain(self, sa: IsakmpSA, exch: int, mid: int, pls: list, flags: int = 0) -> bytes:
         h = codec.Header(sa.cky_i, sa.cky_r, 0, 1, 0, exch, flags, mid)
-        return codec.encode_message(h, pls)
+        data = codec.encode_message(h, pls)
+        if self.trace:
+            self._trace_out(sa, data, data, data[16], codec.HEADER_LEN)
+        return data
 
     def _encrypted(self, sa: IsakmpSA, exch: int, mid: int, pls: list, flags: int = 0) -> bytes:
         first, body = codec.encode_chain(pls)
@@ -560,6 +575,9 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
                        flags: int = 0) -> bytes:
         """Encrypt with the IV of the exchange and advance its CBC chain (RFC 2409 app. B)."""
         iv = sa.iv if mid == 0 else sa.p2_iv[mid]
+        if self.trace:
+            self._trace_out(sa, codec.encode_header(codec.Header(sa.cky_i, sa.cky_r, first, 1, 0, exch, flags, mid),
+                                                    0), body, first, 0)
         ct = keys.encrypt(sa.cipher, iv, body)
         bs = sa.cipher.block_size
         if mid == 0:
@@ -579,7 +597,41 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
             plain = keys.decrypt(sa.cipher, iv, ct)
         except Exception as e:  # CipherError
             raise ValueError(str(e)) from None
+        if self.trace:
+            self._trace_in(sa, data, plain, data[16], 0)
         return plain, ct[-bs:]
+
+    # ------------------------------------------------------------------ debug lines (ike/trace.py)
+
+    def _sent_by_initiator(self, sa: IsakmpSA | None, header: bytes, ours: bool) -> bool:
+        """IKEv1 has no response flag: a message is a "request" when the initiator of its
+        exchange sends it (Main/Aggressive: the ISAKMP SA's; Quick Mode: the QM's); every
+        Informational is a request of its own."""
+        exch = header[18]
+        if exch == C.EXCH_INFO or sa is None:
+            return True
+        if exch == C.EXCH_QUICK:
+            mid = struct.unpack_from("!I", header, 20)[0]
+            qm = self.qms.get(sa.ike_id, {}).get(mid)
+            if qm is None:  # a new one: ours unless it answers the message 1 we are taking
+                we_initiated = self._rx_mid != (exch, mid) if ours else False
+            else:
+                we_initiated = qm.initiator
+            return we_initiated == ours
+        return sa.initiator == ours
+
+    def _trace_out(self, sa: IsakmpSA, header: bytes, body: bytes, first: int, start: int) -> None:
+        request = self._sent_by_initiator(sa, header, True)
+        self._out.append(trace.ike(trace.v1_message("generating", header, body, first, start, not request),
+                                   sa.conn.name, sa.ike_id))
+
+    def _trace_in(self, sa: IsakmpSA | None, header: bytes, body: bytes, first: int, start: int) -> None:
+        labels = trace.chain(body, first, start, 1)
+        if any(x.startswith("UNKNOWN(") or x.endswith("(truncated)") for x in labels):
+            return  # not a clean chain: undecryptable (wrong key or IV); its drop is reported
+        request = self._sent_by_initiator(sa, header, False)
+        self._out.append(trace.ike(trace.v1_message("parsed", header, body, first, start, not request),
+                                   sa.conn.name if sa else None, sa.ike_id if sa else None))
 
     def _make_retx(self, sa: IsakmpSA, data: bytes, now: float, *, expect_reply: bool) -> Retransmit:
         due = now + liveness.retransmit_wait(0, self.timers) if expect_reply else None
@@ -590,6 +642,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._out_send(sa, data)
 
     def _out_send(self, sa: IsakmpSA, data: bytes) -> None:
+        if self.trace:
+            self._out.append(trace.net(trace.packet(True, sa.local, sa.remote, len(data)), sa.conn.name, sa.ike_id))
         self._out.append(SendDatagram(data, sa.local, sa.remote))
 
     def _resend(self, r: Retransmit) -> None:
@@ -598,6 +652,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     # ------------------------------------------------------------------ timers
 
     def _sa_timers(self, sa: IsakmpSA, now: float) -> None:
+        self._ctx = sa
         half_open = not sa.is_established and liveness.half_open_expired(
             sa.created, now, self.timers, retransmitting=_retransmitting(sa))
         if half_open and self._is_unverified(sa):
@@ -1008,12 +1063,32 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
     def _begin(self, now: float) -> None:
         self._out = []
         self._now = now
+        self._ctx = None
+        self._rx_mid = None
 
     def _end(self) -> list:
         out, self._out = self._out, []
-        return out
+        ctx, self._ctx = self._ctx, None
+        if not self.trace:
+            return out
+        traced = []
+        for a in out:
+            if isinstance(a, Trace) and a.ike_id is None and ctx is not None:
+                a = Trace(a.subsystem, a.message, ctx.conn.name, ctx.ike_id)
+            elif isinstance(a, SendDatagram) and not (traced and isinstance(traced[-1], Trace)
+                                                      and traced[-1].message.startswith("sending")):
+                sa = self.sas.get(a.data[:8]) if len(a.data) >= 28 else ctx
+                text = (trace.packet(True, a.local, a.remote, len(a.data)) if a.data != b"\xff"
+                        else f"sending keep-alive to {trace.where(a.remote)}")
+                traced.append(trace.net(text, sa.conn.name if sa else None, sa.ike_id if sa else None))
+            traced.append(a)
+        return traced
 
     def _event(self, kind: str, conn: str | None, message: str, **data) -> None:
+        if "ike_id" not in data and conn is not None:
+            sa = self._ctx if self._ctx is not None else self._established_for_conn(conn)
+            if sa is not None:
+                data["ike_id"] = sa.ike_id
         # one line whatever reached it (textsafe.one_line; peer data goes through safe())
         self._out.append(Event(kind, conn, one_line(message), {k: v for k, v in data.items() if v is not None}))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hmac
 import struct
 
-from vpnd.ike import codec, liveness
+from vpnd.ike import codec, liveness, trace
 from vpnd.ike.actions import DeleteChildSA, SendDatagram
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys
@@ -36,12 +36,19 @@ class InfoMixin:
         """Unauthenticated notify answering a message we could not take (RFC 2408 5)."""
         n = P.Notify(notify, C.PROTO_ISAKMP, hdr.spi_i + hdr.spi_r)
         h = codec.Header(hdr.spi_i, hdr.spi_r, 0, 1, 0, C.EXCH_INFO, 0, 0)
-        self._out.append(SendDatagram(codec.encode_message(h, [n]), local, remote))
+        data = codec.encode_message(h, [n])
+        if self.trace:
+            self._out.append(trace.ike(trace.v1_message("generating", data, data, data[16], codec.HEADER_LEN,
+                                                        False), None, None))
+        self._out.append(SendDatagram(data, local, remote))
 
     def _notify_plain_sa(self, sa: IsakmpSA, notify: int) -> None:
         n = P.Notify(notify, C.PROTO_ISAKMP, sa.cky_i + sa.cky_r)
         h = codec.Header(sa.cky_i, sa.cky_r, 0, 1, 0, C.EXCH_INFO, 0, 0)
-        self._out.append(SendDatagram(codec.encode_message(h, [n]), sa.local, sa.remote))
+        data = codec.encode_message(h, [n])
+        if self.trace:
+            self._trace_out(sa, data, data, data[16], codec.HEADER_LEN)
+        self._out.append(SendDatagram(data, sa.local, sa.remote))
 
     def _send_delete_isakmp(self, sa: IsakmpSA, now: float) -> None:
         if sa.is_established:

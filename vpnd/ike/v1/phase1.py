@@ -496,6 +496,8 @@ class Phase1Mixin:
         self._send(sa, self._plain(sa, C.EXCH_AGGRESSIVE, 0, body), now, expect_reply=False)
 
     def _store_responder(self, sa: IsakmpSA, alternate: bool) -> None:
+        if self._ctx is None:  # its message 1's log lines are about it
+            self._ctx = sa
         if alternate:
             self._alts[sa.cky_i + sa.cky_r] = sa
         else:

@@ -292,7 +292,7 @@ def responder(e, msg, data: bytes, local, remote, now: float) -> None:
     old = e.init_index.get(key)
     if old is not None:
         if old.init_req == data:
-            e.send(old.init_resp, old, local=local, remote=remote)  # retransmitted request
+            e.send(old.init_resp, old, local=local, remote=remote, resent=True)  # retransmitted request
         else:
             e.drops += 1
         return
