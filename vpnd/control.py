@@ -20,7 +20,9 @@ import os
 import socket
 import stat
 
+from vpnd import logfmt
 from vpnd.net import unixsock
+from vpnd.textsafe import safe
 
 log = logging.getLogger("vpnd.control")
 
@@ -117,10 +119,27 @@ def encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
 
 
+_CHANGES = ("up", "down", "rekey", "reload")  # logged at info; status, conns at debug
+
+
+def _log_request(req: dict) -> None:
+    """`vpnctl up site-b` as the daemon saw it (strongSwan logs its vici commands too)."""
+    cmd = req["command"]
+    what = req.get("name") or (f"--peer {req['peer']}" if req.get("peer") else
+                               "--all" if req.get("all") else "")
+    if cmd == "rekey" and req.get("ike"):
+        what += " --ike"
+    level = logging.INFO if cmd in _CHANGES else logging.DEBUG
+    if cmd == "keys":
+        return  # keyexport.py says it, as a warning
+    log.log(level, "vpnctl %s%s", cmd, f" {safe(what)}" if what else "", extra=logfmt.ctx(req.get("name")))
+
+
 async def dispatch(handler, req: dict) -> dict:
     """Run one validated request against the daemon (`handler`): a response object."""
     cmd = req["command"]
     kw = {"timeout": req["timeout"]} if "timeout" in req else {}
+    _log_request(req)
     try:
         if cmd == "status":
             result = handler.status()
@@ -139,6 +158,8 @@ async def dispatch(handler, req: dict) -> dict:
         else:
             result = await handler.cmd_reload()
     except CommandError as e:
+        log.log(logging.INFO if cmd in _CHANGES else logging.DEBUG, "vpnctl %s: %s", cmd, safe(str(e)),
+                extra=logfmt.ctx(req.get("name")))
         return {"ok": False, "error": str(e)}
     except Exception as e:  # a bug must not take the daemon down; say so to the client
         log.exception("control command %s failed", cmd)

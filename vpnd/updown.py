@@ -21,9 +21,17 @@ import logging
 import os
 import signal
 
+from vpnd import logfmt
 from vpnd.textsafe import safe
 
 log = logging.getLogger("vpnd.updown")
+
+
+def _ctx(name: str, env: dict) -> dict:
+    """The log line's `site-b[3] site-b{7}` (vpnd/logfmt.py)."""
+    ike, child = env.get("PLUTO_UNIQUEID", ""), env.get("PLUTO_REQID", "")
+    return logfmt.ctx(name, int(ike) if ike.isdigit() and ike != "0" else None,
+                      int(child) if child.isdigit() else None)
 
 DEFAULT_TIMEOUT = 10.0
 MAX_PENDING = 16  # queued runs per connection; more are dropped (with a log line)
@@ -134,7 +142,7 @@ class Updown:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed script never reaches the event loop
-                log.error("%s: updown %s failed: %s", name, env["PLUTO_VERB"], safe(str(e)))
+                log.error("%s: updown %s failed: %s", name, env["PLUTO_VERB"], safe(str(e)), extra=_ctx(name, env))
 
     async def _run(self, name: str, script: str, timeout: float, env: dict) -> None:
         verb = env["PLUTO_VERB"]
@@ -149,7 +157,8 @@ class Updown:
                 line = await proc.stdout.readline()
                 if not line:
                     return
-                log.info("%s: updown %s: %s", name, verb, safe(line.decode("utf-8", "replace").rstrip("\n")))
+                log.info("%s: updown %s: %s", name, verb, safe(line.decode("utf-8", "replace").rstrip("\n")),
+                         extra=_ctx(name, env))
 
         reader = asyncio.ensure_future(output())
         try:
@@ -158,11 +167,12 @@ class Updown:
             except asyncio.TimeoutError:
                 _kill(proc)
                 await proc.wait()
-                log.warning("%s: updown %s killed after %g s (updown_timeout)", name, verb, timeout)
+                log.warning("%s: updown %s killed after %g s (updown_timeout)", name, verb, timeout,
+                            extra=_ctx(name, env))
                 self.timeouts += 1  # counted once killed and reported (tests wait on it)
             else:
                 if proc.returncode != 0:
-                    log.warning("%s: updown %s exited with %d", name, verb, proc.returncode)
+                    log.warning("%s: updown %s exited with %d", name, verb, proc.returncode, extra=_ctx(name, env))
             try:
                 await asyncio.wait_for(reader, 1.0)  # what it printed before it ended
             except asyncio.TimeoutError:

@@ -292,3 +292,59 @@ def test_reload_applies_log_levels(tmp_path):
     d.reload()
     assert logfmt.enabled("ike") and not logfmt.enabled("esp", logging.INFO)
     assert any(isinstance(h.formatter, logfmt.JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def test_vpnctl_commands_are_logged_by_the_control_subsystem():
+    import asyncio
+    from vpnd.control import CommandError, dispatch
+
+    class Handler:
+        async def cmd_up(self, name, timeout=30):
+            return {"up": name}
+
+        async def cmd_down_many(self, req, timeout=15):
+            raise CommandError("no connection has an SA to 10.9.9.9")
+
+        def status(self):
+            return {}
+
+    logfmt.setup("info", stream=io.StringIO())
+    rec = Records()
+    logging.getLogger().addHandler(rec)
+    asyncio.run(dispatch(Handler(), {"command": "up", "name": "site-b"}))
+    asyncio.run(dispatch(Handler(), {"command": "down", "all": False, "peer": "10.9.9.9"}))
+    asyncio.run(dispatch(Handler(), {"command": "status"}))  # debug: not at info
+    assert rec.lines("control") == [("vpnctl up site-b", "site-b"), ("vpnctl down --peer 10.9.9.9", ""),
+                                    ("vpnctl down: no connection has an SA to 10.9.9.9", "")]
+
+
+def test_ikev2_retransmitted_request_is_said():
+    logfmt.setup("debug", stream=io.StringIO())
+    rec = Records()
+    logging.getLogger().addHandler(rec)
+    a, b = pair.start_pair(2)
+    a._run_actions(a.ike.rekey("ike", a._now()))
+    q, a.wire.q = a.wire.q, []
+    for data, local, remote in q + q:  # the request, then its retransmission
+        b._ike_receive(data, remote, local)
+    _has(rec.lines("ike"), r"received retransmit of request 2, retransmitting response", r"ike\[\d+\]")
+    assert len([m for m, _ in rec.lines("ike") if m.startswith("generating CREATE_CHILD_SA response 2")]) == 1
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_datagrams_that_parse_as_nothing_cost_no_line_at_debug(version):
+    """Issue 8's bound on log lines per attacker packet holds at debug too: a datagram is
+    logged (`received packet`) only with its `parsed` line."""
+    logfmt.setup("debug", stream=io.StringIO())
+    a, b = pair.start_pair(version)
+    rec = Records()
+    logging.getLogger().addHandler(rec)
+    hdr = bytes(range(16)) + bytes([33 if version == 2 else 1, 0x20 if version == 2 else 0x10,
+                                    35 if version == 2 else 2, 0x08 if version == 2 else 0])
+    for i in range(200):
+        junk = hdr + bytes(4) + (60).to_bytes(4, "big") + i.to_bytes(32, "big")
+        src = ("198.51.100.7", 500) if i % 2 else ("10.200.0.1", 500)  # unknown source / the peer
+        b._ike_receive(junk, src, ("10.200.0.2", 500))
+    lines = [m for m, _ in rec.lines()]
+    assert not [m for m in lines if m.startswith(("received packet", "parsed"))], lines
+    assert len(lines) <= 4, lines  # rate-limited drop reports at most

@@ -68,6 +68,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self.trace = False
         self._ctx: IsakmpSA | None = None  # the SA the current input is about (log context)
         self._rx_mid = None  # (exchange, message ID) of the message being taken
+        self._rx = None  # (local, remote, size) of the datagram being taken, until traced
         self._done_mids: dict[int, set] = {}
         self._lingering: list = []
         self._spis_in: set[int] = set()
@@ -111,8 +112,8 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
 
     def receive_datagram(self, data: bytes, local, remote, now: float) -> list:
         self._begin(now)
-        if self.trace:
-            self._out.append(trace.net(trace.packet(False, tuple(local), tuple(remote), len(data)), None, None))
+        # its `received packet` line comes with its `parsed` one (a flood costs no line)
+        self._rx = (tuple(local), tuple(remote), len(data)) if self.trace else None
         try:
             self._receive(bytes(data), tuple(local), tuple(remote), now)
         except (codec.CodecError, Phase1Failed) as e:
@@ -630,8 +631,12 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         if any(x.startswith("UNKNOWN(") or x.endswith("(truncated)") for x in labels):
             return  # not a clean chain: undecryptable (wrong key or IV); its drop is reported
         request = self._sent_by_initiator(sa, header, False)
+        name, ike_id = (sa.conn.name, sa.ike_id) if sa else (None, None)
+        if self._rx is not None:
+            self._out.append(trace.net(trace.packet(False, *self._rx), name, ike_id))
+            self._rx = None
         self._out.append(trace.ike(trace.v1_message("parsed", header, body, first, start, not request),
-                                   sa.conn.name if sa else None, sa.ike_id if sa else None))
+                                   name, ike_id))
 
     def _make_retx(self, sa: IsakmpSA, data: bytes, now: float, *, expect_reply: bool) -> Retransmit:
         due = now + liveness.retransmit_wait(0, self.timers) if expect_reply else None
@@ -1065,6 +1070,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._now = now
         self._ctx = None
         self._rx_mid = None
+        self._rx = None
 
     def _end(self) -> list:
         out, self._out = self._out, []

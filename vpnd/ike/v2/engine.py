@@ -87,6 +87,7 @@ class Ikev2Engine:
         # debug lines per message (vpnd/ike/trace.py): off unless the daemon logs them
         self.trace = False
         self._ctx: IkeSa | None = None  # the SA the current input is about (log context)
+        self._rx = None  # (local, remote, size) of the datagram being taken, until traced
 
     # ------------------------------------------------------------------ helpers for exchanges
 
@@ -127,7 +128,11 @@ class Ikev2Engine:
                       payloads) -> None:
         """`parsed IKE_AUTH response 1 [ IDr AUTH SA TSi TSr ]` (inner payloads of SK)."""
         text = trace.message(verb, exchange, 2, response, mid, trace.v2_payloads(payloads))
-        self._out.append(trace.ike(text, sa.conn.name if sa else None, sa.ike_id if sa else None))
+        name, ike_id = (sa.conn.name, sa.ike_id) if sa else (None, None)
+        if verb == "parsed" and self._rx is not None:
+            self._out.append(trace.net(trace.packet(False, *self._rx), name, ike_id))
+            self._rx = None
+        self._out.append(trace.ike(text, name, ike_id))
 
     def unauth_event(self, what: str, source: str, now: float, kind: str, conn: str | None,
                      message: str, **data) -> None:
@@ -527,8 +532,9 @@ class Ikev2Engine:
     # ------------------------------------------------------------------ receive path
 
     def receive(self, data: bytes, local: Address, remote: Address, now: float) -> list:
-        if self.trace:
-            self._out.append(trace.net(trace.packet(False, local, remote, len(data)), None, None))
+        # its `received packet` line comes with its `parsed` one: a datagram that parses as
+        # nothing of ours (a spoofed flood, issue 8) costs no line, even at debug
+        self._rx = (local, remote, len(data)) if self.trace else None
         try:
             self._receive(data, local, remote, now)
         except CodecError as e:
@@ -638,6 +644,10 @@ class Ikev2Engine:
             except codec.CodecError:
                 self.drops += 1
                 return
+            if self.trace:
+                self._out.append(trace.net(trace.packet(False, *self._rx), sa.conn.name, sa.ike_id))
+                self._out.append(trace.ike(f"received retransmit of request {h.message_id}, retransmitting "
+                                           "response", sa.conn.name, sa.ike_id))
             self.send(sa.last_response[1], sa, now=now, resent=True)
             return
         if h.message_id != sa.mid_in or sa.state == "FAILED":
