@@ -3,9 +3,9 @@ does what systemd does with `WatchdogSec=`: it expects WATCHDOG=1 at least once 
 interval and sends SIGABRT (systemd's default WatchdogSignal) when one is missing.
 
 The wedge is a real one, not SIGSTOP: vpnd logs to a pipe that nobody reads (journald
-stuck, a full terminal), at debug, while a peer sends it IKE datagrams; once the pipe is
-full the event loop blocks in a log write and everything else in the process (threads)
-still runs. A watchdog pinged from a thread would keep the daemon alive here; vpnd's pings
+stuck, a full terminal), at debug, while a client keeps asking for `vpnctl status` (one
+debug line each); once the pipe is full the event loop blocks in a log write and
+everything else in the process (threads) still runs. A watchdog pinged from a thread would keep the daemon alive here; vpnd's pings
 come from the event loop, so the fake kills it. Before the wedge, pings flow."""
 
 from __future__ import annotations
@@ -14,33 +14,28 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from .topology import LAN_A, LAN_B, WAN_A, WAN_B, Topology
+from vpnd.control import ControlClientError, request
+
 from .vpnd_proc import Vpnd, ike_config
 
 pytestmark = [pytest.mark.netns]
 
 INTERVAL = 1.0  # WatchdogSec=1s (WATCHDOG_USEC)
 
-# a peer's flood of IKEv2-looking datagrams (valid header, junk SPI): each one is a
-# `received packet` line at debug, and nothing that an SA would answer
-FLOOD = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-hdr = bytes(8) * 2 + bytes([33, 0x20, 35, 0x08]) + bytes(4) + (60).to_bytes(4, "big")
-end = time.monotonic() + float(sys.argv[2])
-n = 0
-while time.monotonic() < end:
-    s.sendto(hdr + n.to_bytes(4, "big") + bytes(28), (sys.argv[1], 500))
-    n += 1
-    if n % 200 == 0:
-        time.sleep(0.01)
-"""
+def ask_status(sock: str, stop: threading.Event) -> None:
+    """`vpnctl status` again and again (a client polling it, a monitoring script)."""
+    while not stop.is_set():
+        try:
+            request(sock, {"command": "status"}, timeout=0.5)
+        except (ControlClientError, OSError):
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -100,14 +95,15 @@ def test_watchdog_kills_a_daemon_whose_event_loop_is_wedged(log3_wd_topo):
         assert sup.watch(proc, 4 * INTERVAL) == "alive", "no pings from a healthy vpnd"
         assert sup.ready and sup.pings >= 4, sup.pings
         assert proc.poll() is None
-        # the wedge: a peer's datagrams fill the log pipe
-        flood = topo.popen("gwb", [sys.executable, "-c", FLOOD, WAN_A, "30"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the wedge: its debug lines fill the log pipe
+        stop = threading.Event()
+        client = threading.Thread(target=ask_status, args=(v.sock, stop), daemon=True)
+        client.start()
         try:
             assert sup.watch(proc, 40) == "killed", "vpnd kept pinging with its log pipe full"
         finally:
-            flood.kill()
-            flood.wait(10)
+            stop.set()
+            client.join(10)
         assert proc.wait(20) == -signal.SIGABRT
     finally:
         if proc.poll() is None:
