@@ -17,14 +17,15 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
-from vpnd.ike.actions import (ChildKeys, DeleteChildSA, Event, InstallChildSA, IPCompParams,
-                              SendDatagram, Trace, UpdateChildAddresses, hostport)
-from vpnd import logfmt
+from vpnd import dpdriver, sadb
+from vpnd.ike.actions import (CHILD_ACTIONS, ChildKeys, Event, InstallChildSA, IPCompParams,
+                              SendDatagram, UpdateChildAddresses, hostport)
+from vpnd.sadb import ACQUIRE_QUEUE, ACQUIRE_RETRY  # noqa: F401  (tests read them here)
 from vpnd.commands import Commands
 from vpnd.control import CommandError, ControlServer
+from vpnd.textsafe import SafeFormatter
 from vpnd.net import notify
 from vpnd.status import connection_state, last_error_entry
 from vpnd.net.routes import RouteManager, RouteOptions, kill_switch_clear, kill_switch_sync
@@ -34,14 +35,8 @@ from vpnd.net.sockets import SocketError, WireSockets, local_address
 from vpnd.net.tun import (Tun, TunError, TunGone, link_mtu_towards, outer_path,
                           source_address_towards)
 
-log = logfmt.logger("daemon")
-ike_log = logfmt.logger("ike")
-esp_log = logfmt.logger("esp")
-net_log = logfmt.logger("net")
-_TRACE_LOG = {"ike": ike_log, "net": net_log}
+log = logging.getLogger("vpnd")
 
-ACQUIRE_QUEUE = 32  # packets kept per connection while a trap negotiation runs
-ACQUIRE_RETRY = 10.0  # seconds after which traffic asks for a stalled negotiation again
 DEFAULT_OUTER_MTU = 1500
 ADDRESS_SETTLE = 0.3  # seconds after an address/route change before MOBIKE looks
 
@@ -79,8 +74,7 @@ def conn_transforms(conn) -> list[dict]:
     return out
 
 
-def _networks(v) -> tuple:
-    return tuple(ipaddress.ip_network(str(n), strict=False) for n in (v or ()))
+_networks = sadb.networks
 
 
 def with_local_addresses(config):
@@ -151,44 +145,6 @@ def _ipcomp_status(inn, out) -> dict:
             "ipcomp_errors": ci.decompress_errors if ci else 0}
 
 
-def attach_ipcomp(sas: list, act: InstallChildSA, inbound: bool, keep=None) -> None:
-    """IPComp (RFC 3173) rides on the innermost SA of a bundle (ESP, or AH alone): the data
-    plane compresses before and decompresses after it.  `keep`: an IPComp whose counters
-    carry over (the same SA re-addressed)."""
-    if act.ipcomp is None or not sas:
-        return
-    from vpnd.esp.ipcomp import IPComp
-    p = act.ipcomp
-    sas[0].ipcomp = keep or IPComp(p.cpi_in if inbound else p.cpi_out, p.algorithm)
-
-
-AEAD_NAMES = ("aes128gcm16", "aes192gcm16", "aes256gcm16", "chacha20poly1305")
-
-
-# -- installed child SAs -----------------------------------------------------------------
-
-@dataclass
-class Child:
-    action: InstallChildSA
-    inbound: list  # esp.SA objects, ESP first
-    outbound: list
-    policy_id: int | None
-    installed_at: float
-    manual: bool
-    routes: list = field(default_factory=list)  # (network, RouteOptions) held by this child
-    steered: str | None = None  # transport mode: the peer whose traffic is steered into the TUN
-    last_in: float = 0.0
-    last_out: float = 0.0
-
-    @property
-    def child_id(self) -> int:
-        return self.action.child_id
-
-    @property
-    def connection(self) -> str:
-        return self.action.connection
-
-
 class Daemon:
     def __init__(self, config, config_path: str | None = None):
         self.config = config
@@ -198,8 +154,10 @@ class Daemon:
         self.wire: WireSockets | None = None
         self.addrwatch: AddressWatch | None = None
         self._addr_timer = None
-        self.routes: RouteManager | None = None
-        self.dp = None
+        # the data plane and routes (set by setup) behind the SA table's driver
+        self.driver = dpdriver.Driver(send_queued=self._send_queued)
+        # the CHILD_SAs, guards and acquire queues (sans-IO, vpnd/sadb.py)
+        self.sadb = sadb.SATable(config, check=dpdriver.check)
         self.ike = None  # vpnd.ike.manager.IkeManager when available
         self.control = None
         self.metrics = None  # vpnd.metrics.MetricsServer with daemon.metrics
@@ -209,30 +167,56 @@ class Daemon:
         self.updown = Updown()  # connections' updown: scripts (vpnd/updown.py)
         from vpnd.watchdog import Systemd
         self.systemd = Systemd(self)  # STATUS= as tunnels change, WATCHDOG=1 (vpnd/watchdog.py)
-        self.children: dict[int, Child] = {}
         self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
         self._manual: dict = {}  # connection name -> the Connection installed
         self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
         self._static_routes: list = []
-        self._traps: set[str] = set()  # connections whose guard is a trap
-        self._guards: dict[str, str] = {}  # name -> "trap" | "drop": its fail-closed policy
         self._steers: dict[str, str] = {}  # transport-mode name -> peer steered into the TUN
         self._timer: asyncio.Handle | None = None
         self._timer_when: float | None = None  # our own deadline: uvloop's call_at may return a
         # plain Handle without when() (deadline due within ~0.5 ms)
-        self._acquire_q: dict[str, tuple[deque, float]] = {}  # name -> (packets, asked at)
         self.commands = Commands(self)  # vpnctl up/down/rekey/reload and their waiters
         self._stop = None
         # what `status` says of each connection (vpnd/status.py connection_state)
         self._attempt: dict[str, float] = {}  # name -> when a negotiation was asked for
         self._last_error: dict[str, dict] = {}  # name -> status.last_error_entry, until success
-        self._admin_down: set[str] = set()  # taken down with vpnctl down, until up/traffic
         self.started_at = time.monotonic()
         self.counters = {"tun_in": 0, "tun_out": 0, "wire_in": 0, "wire_out": 0,
                          "decap_drops": 0, "natt_invalid": 0, "keepalives_in": 0,
                          "loop_errors": 0}
         self.exit_code = 0
         self._last_error_log = -1e9
+
+    @property
+    def children(self) -> dict:
+        """The installed CHILD_SAs (vpnd/sadb.py Child, plain data), by child id."""
+        return self.sadb.children
+
+    @property
+    def dp(self):
+        """The data plane (esp.DataPlane façade) the SA table's driver installs into."""
+        return self.driver.dp
+
+    @dp.setter
+    def dp(self, value) -> None:
+        self.driver.dp = value
+
+    @property
+    def routes(self):
+        return self.driver.routes
+
+    @routes.setter
+    def routes(self, value) -> None:
+        self.driver.routes = value
+        self.sadb.routes = value is not None
+
+    @property
+    def _admin_down(self) -> set:
+        return self.sadb.admin_down
+
+    @property
+    def _guards(self) -> dict:
+        return self.sadb.guards
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -270,6 +254,8 @@ class Daemon:
             self.wire = WireSockets(str(d.listen), int(d.ike_port), int(d.natt_port),
                                     ike=need_ike, natt=need_natt)
             self.routes = RouteManager(self.tun.index)
+            self.sadb.source_towards = source_address_towards
+            self.sadb.outer_path = self._outer_path
             self._outer_mtu = outer_mtu
             if self._udp_needs()[0]:
                 try:  # MOBIKE follows our addresses (RFC 4555); without it, SAs stay put
@@ -285,8 +271,7 @@ class Daemon:
 
     def teardown(self) -> None:
         """Delete SAs, remove our routes and the TUN device; idempotent."""
-        for cid in list(self.children):
-            self._delete_child(cid, quiet=True)
+        self._table(self.sadb.delete_all(quiet=True))
         if self.routes is not None:
             self.routes.close()
             self.routes = None
@@ -704,14 +689,13 @@ class Daemon:
                 return
             if child.manual:
                 if hard:
-                    esp_log.warning("manual SA %08x reached its hard lifetime", ev[1].spi,
-                                    extra=logfmt.ctx(child.connection, None, child.child_id))
+                    log.warning("%s: manual SA %08x reached its hard lifetime", child.connection, ev[1].spi)
                 return
             if self.ike is not None:
                 self._run_actions(self.ike.child_expiring(child.child_id, hard, now))
         elif kind == "unknown_spi":
             _, protocol, spi, src = ev
-            esp_log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
+            log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
             if self.ike is not None and protocol == "esp":
                 self._run_actions(self.ike.unknown_spi(spi, (src, self.wire.ike_port), now))
         elif kind == "acquire":
@@ -720,213 +704,73 @@ class Daemon:
                 self._acquire(policy_id[1], packet, now)
 
     def _acquire(self, name: str, packet: bytes, now: float):
-        """A packet hit the trap policy of `name`: start it, keep the packet until it is up.
-        A negotiation that has not installed a CHILD_SA after ACQUIRE_RETRY seconds (or that
-        failed) is asked for again by the next packet."""
-        entry = self._acquire_q.get(name)
-        if entry is None or now - entry[1] > ACQUIRE_RETRY:
-            q = entry[0] if entry is not None else deque(maxlen=ACQUIRE_QUEUE)
-            q.append(packet)
-            self._acquire_q[name] = (q, now)
-            if self.ike is not None:
-                esp_log.info("traffic for the tunnel, initiating", extra=logfmt.ctx(name))
-                self.monitor.publish_acquire(name, packet)
-                self._note_attempt(name)
-                self._run_actions(self.ike.acquire(name, packet, now))
-        else:
-            entry[0].append(packet)
+        """A packet hit the trap policy of `name`: start it, keep the packet until it is up
+        (vpnd/sadb.py: asked again after ACQUIRE_RETRY or after a failure)."""
+        if self.sadb.acquire(name, packet, now) and self.ike is not None:
+            log.info("%s: traffic for the tunnel, initiating", name)
+            self.monitor.publish_acquire(name, packet)
+            self._note_attempt(name)
+            self._run_actions(self.ike.acquire(name, packet, now))
 
-    # -- child SAs -----------------------------------------------------------------------
+    # -- child SAs: the SA table (vpnd/sadb.py) and its driver (vpnd/dpdriver.py) ----------
 
-    def _make_sa(self, keys: ChildKeys, act: InstallChildSA):
-        """One esp.SA; its tag is the child id, so data plane events name their child."""
-        from vpnd import esp
-        encap = (act.local[1], act.remote[1]) if act.udp_encap and keys.protocol == "esp" else None
-        lifetime = esp.Lifetime(soft_bytes=act.soft_kilobytes * 1024,
-                                hard_bytes=act.hard_kilobytes * 1024)
-        return esp.SA(keys.spi, protocol=keys.protocol, mode=act.mode,
-                      encryption=keys.encryption, integrity=keys.integrity,
-                      enc_key=keys.enc_key, auth_key=keys.auth_key, esn=act.esn,
-                      replay_window=act.replay_window, local=act.local[0], remote=act.remote[0],
-                      encap=encap, lifetime=lifetime, tag=act.child_id, conn=act.connection)
+    def _table(self, ops) -> None:
+        """Carry out the SA table's ops on the data plane and routes, then its notes."""
+        for n in self.driver.run(ops):
+            self._table_note(n)
 
-    def _install_child(self, act: InstallChildSA, manual: bool = False) -> Child | None:
-        """Inbound first, then the outbound policy (make-before-break for `replaces`), then
-        the RRI routes."""
-        have = self.children.get(act.child_id)
-        if have is not None and act.outbound and not have.outbound and \
-                [k.spi for k in have.action.inbound] == [k.spi for k in act.inbound]:
-            # the core installed it inbound only and now moves outbound traffic to it (a
-            # rekey responder waits for the initiator's Delete); the inbound SAs stay as they are
-            return self._attach_outbound(have, act)
-        if have is not None:
-            self._delete_child(act.child_id, quiet=True)
-        try:
-            inbound = [self._make_sa(k, act) for k in act.inbound]
-            outbound = [self._make_sa(k, act) for k in act.outbound]
-            attach_ipcomp(inbound, act, True)
-            attach_ipcomp(outbound, act, False)
-            if inbound:
-                # inner packets must match the SA's selectors (RFC 4301 5.2 step 4)
-                check = act.mode == "tunnel" and act.local_ts and act.remote_ts
-                self.dp.add_inbound(inbound, local_ts=act.local_ts if check else None,
-                                    remote_ts=act.remote_ts if check else None)
-            child = Child(act, inbound, outbound, None, self._now(),
-                          manual)
-            old = self.children.get(act.replaces) if act.replaces is not None else None
-            if outbound:
-                if old is not None and old.policy_id is not None:
-                    # make-before-break: traffic moves now; the old inbound SAs stay until
-                    # the core deletes the old child
-                    child.policy_id = old.policy_id
-                    old.policy_id = None
-                else:
-                    child.policy_id = act.child_id
-                self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
-                # the trap policy stays behind the child's (per_host children cover only
-                # part of it), re-added after it: equal selectors go to the earlier policy
-                self._restore_trap(act.connection)
-        except ValueError as e:
-            for sa in act.inbound:
-                self.dp.remove_inbound(sa.protocol, sa.spi)
-            esp_log.error("cannot install SA: %s", e, extra=_child_ctx(act))
-            return None
-        self.children[act.child_id] = child
-        conn = self._conn(act.connection)
-        if self.routes is not None and conn is not None:
-            if act.mode == "tunnel":
-                for net, opts in self._rri_routes(conn, act.remote_ts, act.remote[0]):
-                    self.routes.add(net, opts)
-                    child.routes.append((net, opts))
-            elif RouteOptions.from_config(conn.rri).enabled and outbound:
-                child.steered = act.remote[0]
-                self.routes.steer(act.remote[0], act.local[0], RouteOptions.from_config(conn.rri))
-        esp_log.info("SA installed, %s, SPIs in %s out %s%s", act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
-                 "/".join(f"{k.spi:08x}" for k in act.outbound),
-                 " (UDP-encapsulated)" if act.udp_encap else "", extra=_child_ctx(act))
-        if outbound and not manual:
+    def _table_note(self, n) -> None:
+        if isinstance(n, sadb.ChildInstalled):
+            child = n.child
+            act = child.action
+            log.info("%s: SA installed, %s, SPIs in %s out %s%s", act.connection,
+                     act.proposal, "/".join(f"{k.spi:08x}" for k in act.inbound),
+                     "/".join(f"{k.spi:08x}" for k in act.outbound),
+                     " (UDP-encapsulated)" if act.udp_encap else "")
+            if act.outbound and not child.manual:
+                self._succeeded(act.connection)
+            self._updown("up", child, self._conn(act.connection))
+            self.systemd.changed()
+            self._wake(act.connection, "up")
+        elif isinstance(n, sadb.OutboundActivated):
+            act = n.child.action
             self._succeeded(act.connection)
-        queued = self._acquire_q.pop(act.connection, None)
-        if queued:
-            self._send_outputs(self.dp.encap_many(queued[0]))
-        self._updown("up", child, conn)
-        self.systemd.changed()
-        self._wake(act.connection, "up")
-        return child
+            self.systemd.changed()
+            log.info("%s: outbound traffic moved to SPI %s", act.connection,
+                     "/".join(f"{k.spi:08x}" for k in act.outbound))
+        elif isinstance(n, sadb.ChildRemoved):
+            child = n.child
+            if not n.quiet:
+                log.info("%s: SA deleted (SPIs in %s)", child.connection,
+                         "/".join(f"{k.spi:08x}" for k in child.inbound))
+                self._updown("down", child, self._conn(child.connection))
+            self.systemd.changed()
+            if n.last:
+                self._wake(child.connection, "down")
+        elif isinstance(n, sadb.InstallFailed):
+            log.error("%s: cannot install SA: %s", n.connection, n.reason)
 
-    def _updown(self, verb: str, child: Child, conn) -> None:
+    def _send_queued(self, packets) -> None:
+        self._send_outputs(self.dp.encap_many(list(packets)))
+
+    def _install_child(self, act: InstallChildSA, manual: bool = False):
+        """Install `act` through the SA table; the child, or None if it could not go in."""
+        self._table(self.sadb.install(act, self._now(), manual=manual))
+        return self.sadb.children.get(act.child_id)
+
+    def _delete_child(self, child_id: int, quiet: bool = False) -> None:
+        self._table(self.sadb.delete(child_id, quiet=quiet))
+
+    def _updown(self, verb: str, child, conn) -> None:
         """updown: of the connection, unless a rekey (another SA of the same selectors)."""
         from vpnd.updown import is_rekey
         if conn is not None and conn.updown and not is_rekey(self.children, child):
             self.updown.child_event(verb, conn, child.action, self.tun.name if self.tun else "")
 
-    def _attach_outbound(self, child: Child, act: InstallChildSA) -> Child | None:
-        """Second half of a make-before-break install: the outbound policy of `act.replaces`
-        (if it still has one) now sends on this child's outbound SAs."""
-        import dataclasses
-        try:
-            outbound = [self._make_sa(k, act) for k in act.outbound]
-            attach_ipcomp(outbound, act, False)
-        except ValueError as e:
-            esp_log.error("cannot install outbound SA: %s", e, extra=_child_ctx(act))
-            return None
-        old = self.children.get(act.replaces) if act.replaces is not None else None
-        if old is not None and old.policy_id is not None:
-            child.policy_id, old.policy_id = old.policy_id, None
-        else:
-            child.policy_id = act.child_id
-        if old is not None and old.steered:  # transport-mode RRI steering goes along
-            child.steered, old.steered = old.steered, None
-        elif act.mode == "transport" and self.routes is not None and \
-                not any(c.steered == act.remote[0] for c in self.children.values()):
-            # a first SA installed inbound-only (IKEv1 Quick Mode responder): the host's own
-            # traffic to the peer is steered into the TUN only now that it can be sent
-            conn = self._conn(act.connection)
-            if conn is not None and RouteOptions.from_config(conn.rri).enabled:
-                child.steered = act.remote[0]
-                self.routes.steer(act.remote[0], act.local[0], RouteOptions.from_config(conn.rri))
-        self.dp.add_outbound(child.policy_id, act.local_ts, act.remote_ts, outbound)
-        self._restore_trap(act.connection)
-        child.outbound = outbound
-        child.action = dataclasses.replace(child.action, outbound=act.outbound, replaces=act.replaces)
-        self._succeeded(act.connection)
-        self.systemd.changed()
-        esp_log.info("outbound traffic moved to SPI %s", "/".join(f"{k.spi:08x}" for k in act.outbound),
-                     extra=_child_ctx(act))
-        return child
-
-    def _delete_child(self, child_id: int, quiet: bool = False) -> None:
-        child = self.children.pop(child_id, None)
-        if child is None:
-            return
-        for sa in child.inbound:
-            self.dp.remove_inbound(sa.protocol, sa.spi)
-        if child.policy_id is not None:
-            self.dp.remove_outbound(child.policy_id)
-        if self.routes is not None:
-            for net, opts in child.routes:
-                self.routes.remove(net, opts)
-            if child.steered:
-                self.routes.unsteer(child.steered)
-        if not quiet:
-            esp_log.info("SA deleted (SPIs in %s)", "/".join(f"{s.spi:08x}" for s in child.inbound),
-                         extra=_child_ctx(child.action))
-            self._updown("down", child, self._conn(child.connection))
-        self.systemd.changed()
-        if not any(c.connection == child.connection for c in self.children.values()):
-            self._wake(child.connection, "down")
-
-    def _guard_kind(self, conn) -> str:
-        """What happens to a connection's traffic while it has no SA (fail closed, issue 8.6):
-        "trap" = held, the first packet starts a negotiation (strongSwan's trap, a Cisco crypto
-        map); "drop" = dropped, no negotiation. Never: sent in clear."""
-        if conn.manual is not None or str(conn.peer) in ("%any", "None") or conn.start == "none":
-            return "drop"
-        if conn.start == "trap":
-            return "trap"  # also after vpnctl down: a trapped packet brings it back
-        if conn.name in self._admin_down or conn.dpd.action == "clear":
-            return "drop"  # down is final; dpd clear: no renegotiation, but no leak either
-        return "trap"  # start: start with dpd restart/hold: traffic renegotiates
-
-    def _guard_ts(self, conn):
-        lts, rts = _networks(conn.local_ts), _networks(conn.remote_ts)
-        if conn.mode == "transport":
-            peer = str(conn.peer)
-            local = str(conn.local) if conn.local else None
-            if not local and not lts and self.routes is not None and peer not in ("%any", "None"):
-                local = source_address_towards(peer)  # as the steering rule does
-            lts = lts or ((ipaddress.ip_network(f"{local}/32"),) if local else ())
-            if not rts and peer not in ("%any", "None"):
-                rts = (ipaddress.ip_network(peer, strict=False),)
-        return lts, rts
-
     def _restore_guard(self, name: str) -> None:
-        """(Re)install the guard policy of `name` as the last policy: packets no child SA of
-        it covers are trapped (acquire events) or dropped, never sent in clear."""
-        if self.dp is None:
-            return
-        conn = self._conn(name)
-        self.dp.remove_outbound(("trap", name))
-        self.dp.remove_outbound(("drop", name))
-        if conn is None:
-            self._guards.pop(name, None)
-            self._traps.discard(name)
-            return
-        kind = self._guard_kind(conn)
-        lts, rts = self._guard_ts(conn)
-        self._guards[name] = kind
-        if kind == "trap":
-            self._traps.add(name)
-        else:
-            self._traps.discard(name)
-        if not lts or not rts:
-            return
-        if kind == "trap":
-            self.dp.add_outbound(("trap", name), lts, rts, [])
-        else:
-            self.dp.add_block(("drop", name), lts, rts)
-
-    _restore_trap = _restore_guard
+        """(Re)install the guard policy of `name` behind its SAs (fail closed, issue 8.6)."""
+        if self.dp is not None:
+            self._table(self.sadb.restore_guard(name))
 
     def _conn(self, name):
         for c in self._conns():
@@ -1001,18 +845,12 @@ class Daemon:
                 self._delete_child(cid)
         self._manual.pop(name, None)
 
-    def _rri_routes(self, conn, remote_ts, peer: str) -> list:
-        """The (network, RouteOptions) pairs reverse route injection installs for `conn`."""
-        opts = RouteOptions.from_config(conn.rri)
-        if not opts.enabled:
-            return []
-        out = []
-        if opts.remote_peer and not opts.next_hop and peer and peer != "%any":
-            path = outer_path(peer)
-            if path is not None and path[0] != (self.tun.index if self.tun else None):
-                out.append((f"{peer}/32", opts.replace(oif=path[0], next_hop=path[1])))
-            opts = opts.replace(next_hop=peer)
-        return [(net, opts) for net in remote_ts] + out
+    def _outer_path(self, peer: str):
+        """The kernel's path to `peer` outside the TUN: (ifindex, gateway) or None."""
+        path = outer_path(peer)
+        if path is not None and path[0] != (self.tun.index if self.tun else None):
+            return path
+        return None
 
     def _apply_static_routes(self):
         """Fail closed (issue 8.6): every configured connection's traffic reaches the TUN for
@@ -1022,11 +860,7 @@ class Daemon:
         SAs' policies) traps or drops what no SA carries. With daemon.kill_switch, blackhole
         routes for the remote subnets stay behind when vpnd stops or dies."""
         if self.dp is not None:
-            names = {c.name for c in self._conns()}
-            for name in set(self._guards) - names:
-                self._restore_guard(name)  # removed from the config: its guard goes
-            for name in names:
-                self._restore_guard(name)
+            self._table(self.sadb.sync_guards())  # removed connections' guards go too
         if self.routes is None:
             return
         want = []
@@ -1036,7 +870,7 @@ class Daemon:
             opts = RouteOptions.from_config(c.rri)
             if c.mode == "tunnel":
                 nets = [n for n in _networks(c.remote_ts) if n.prefixlen > 0]  # never a default route
-                want.extend(self._rri_routes(c, nets, str(c.peer)))
+                want.extend(sadb.rri_routes(c, nets, str(c.peer), self._outer_path))
                 kill.extend(nets)
             elif opts.enabled and str(c.peer) not in ("%any", "None"):
                 peer = str(c.peer)
@@ -1074,7 +908,6 @@ class Daemon:
             return
         now = self._now()
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
-        self.ike.trace = logfmt.wants_trace()
         if self.addrwatch is not None:
             self._addresses_check()  # our addresses, for the lists MOBIKE sends (RFC 4555 3.6)
         for c in self._conns():
@@ -1112,15 +945,20 @@ class Daemon:
                 self._report_activity()
             except Exception:
                 self._internal_error("IKE timer handling failed")
+        try:
+            self._table(self.sadb.handle_timer(self._now()))  # retired SAs whose time came
+        except Exception:
+            self._internal_error("SA table timer handling failed")
         self._arm_timer()
 
     def _report_activity(self):
         """Tell the IKE core when each child last saw traffic (idle_time, on-demand DPD)."""
         for child in self.children.values():
-            if child.manual:
+            objs = self.driver.sas.get(child.child_id)
+            if child.manual or objs is None:
                 continue
-            last_in = max((s.last_in or 0.0 for s in child.inbound), default=0.0)
-            last_out = max((s.last_out or 0.0 for s in child.outbound), default=0.0)
+            last_in = max((s.last_in or 0.0 for s in objs.inbound), default=0.0)
+            last_out = max((s.last_out or 0.0 for s in objs.outbound), default=0.0)
             if (last_in, last_out) != (child.last_in, child.last_out):
                 child.last_in, child.last_out = last_in, last_out
                 self.ike.child_activity(child.child_id, last_in, last_out)
@@ -1132,6 +970,9 @@ class Daemon:
             return
         try:
             when = self.ike.next_timer()
+            retire = self.sadb.next_timer()
+            if retire is not None:
+                when = retire if when is None else min(when, retire)
         except Exception:  # the one-second tick below keeps the core's timers running
             self._internal_error("IKE next_timer failed")
             when = None
@@ -1157,17 +998,15 @@ class Daemon:
             try:
                 if isinstance(a, SendDatagram):
                     self.wire.send_ike(a.data, a.local, a.remote)
-                elif isinstance(a, InstallChildSA):
-                    self._install_child(a)
-                elif isinstance(a, DeleteChildSA):
-                    self._delete_child(a.child_id)
-                elif isinstance(a, UpdateChildAddresses):
-                    self._update_child(a)
+                elif isinstance(a, CHILD_ACTIONS):
+                    self._table(self.sadb.apply(a, self._now()))
+                    if isinstance(a, UpdateChildAddresses) and a.child_id in self.children:
+                        act = self.children[a.child_id].action
+                        log.info("%s: SPIs in %s now %s -> %s%s", act.connection,
+                                 "/".join(f"{k.spi:08x}" for k in act.inbound), hostport(a.local),
+                                 hostport(a.remote), " (UDP-encapsulated)" if a.udp_encap else "")
                 elif isinstance(a, Event):
                     self._on_event(a)
-                elif isinstance(a, Trace):
-                    _TRACE_LOG.get(a.subsystem, ike_log).debug(
-                        "%s", a.message, extra=logfmt.ctx(a.connection, a.ike_id))
                 else:
                     log.debug("ignoring action %s", type(a).__name__)
             except Exception:  # counted, logged at most once a second; the next action runs
@@ -1175,37 +1014,11 @@ class Daemon:
         if rearm:
             self._arm_timer()
 
-    def _update_child(self, a: UpdateChildAddresses):
-        """The peer moved (NAT mapping changed, or floated to 4500): the child's SAs get the
-        new outer addresses in place, so sequence numbers, byte/packet volume, soft/hard
-        expiry flags, replay window and the IP ID counter all carry on (a rebuilt SA would
-        fire its soft expiry twice, or send again past its hard limit)."""
-        child = self.children.get(a.child_id)
-        if child is None:
-            return
-        import dataclasses
-        act = child.action
-        encap = (a.local[1], a.remote[1]) if a.udp_encap else None
-        if child.policy_id is not None and self.dp.spd.policies.get(child.policy_id) is not None \
-                and list(self.dp.spd.policies[child.policy_id].bundle) == child.outbound:
-            self.dp.move_outbound(child.policy_id, a.local[0], a.remote[0], encap)
-        else:  # not sending on its own policy (yet): the SAs alone
-            for sa in child.outbound:
-                sa.set_addresses(a.local[0], a.remote[0], encap if sa.protocol == "esp" else None)
-        for sa in child.inbound:  # the inbound SAs are keyed by SPI; their addresses for status
-            sa.set_addresses(a.local[0], a.remote[0], encap if sa.protocol == "esp" else None)
-        child.action = dataclasses.replace(act, local=a.local, remote=a.remote, udp_encap=a.udp_encap)
-        ike_log.info("SPIs in %s now %s -> %s%s", "/".join(f"{k.spi:08x}" for k in act.inbound),
-                     hostport(a.local), hostport(a.remote), " (UDP-encapsulated)" if a.udp_encap else "",
-                     extra=_child_ctx(act))
-
     def _on_event(self, ev: Event):
         """An event of the IKE core: a log line; failures end a waiting vpnctl command."""
         level = (logging.WARNING if ev.kind in FAILURE_EVENTS else
                  logging.DEBUG if ev.kind in ("drop", "retransmit") else logging.INFO)
-        data = ev.data or {}
-        ike_log.log(level, "%s", ev.message,
-                    extra=logfmt.ctx(ev.connection, data.get("ike_id"), data.get("child_id")))
+        log.log(level, "%s", ev.message)
         if self.metrics is not None:
             self.metrics.metrics.on_event(ev.kind, ev.connection)
         self.monitor.on_core_event(ev, self.children)
@@ -1216,7 +1029,7 @@ class Daemon:
         elif ev.kind == "ike_connecting":  # also the core's own restarts (DPD, rekey)
             self._note_attempt(ev.connection)
         elif ev.kind in FAILURE_EVENTS:
-            self._acquire_q.pop(ev.connection, None)  # the next packet starts anew
+            self.sadb.forget_acquire(ev.connection)  # the next packet starts anew
             self._attempt.pop(ev.connection, None)
             if self._conn(ev.connection) is not None:
                 self._last_error[ev.connection] = last_error_entry(ev.kind, ev.message)
@@ -1233,14 +1046,8 @@ class Daemon:
         self._set_admin_down(name, False)
 
     def _set_admin_down(self, name: str, down: bool) -> None:
-        if (name in self._admin_down) == down:
-            return
-        if down:
-            self._admin_down.add(name)
-        else:
-            self._admin_down.discard(name)
-        if name in self._guards:
-            self._restore_guard(name)  # down is final: its trap (if any) may become a drop
+        """vpnctl down is final: the guard of `name` (if any) may become a drop."""
+        self._table(self.sadb.set_admin_down(name, down))
 
     # -- control commands (vpnd/commands.py; control.py calls these) -----------------------
 
@@ -1347,6 +1154,7 @@ class Daemon:
         self._reload_daemon_section(new)
         old_names = {c.name for c in self._conns() if c.manual is None}
         self.config = new
+        self.sadb.set_config(new)
         self._sync_udp(open_only=True)
         if self.ike is not None:
             now = self._now()
@@ -1364,11 +1172,8 @@ class Daemon:
 
     def _reload_daemon_section(self, new):
         old_d, new_d = self.config.daemon, new.daemon
-        logfmt.apply_levels(new_d.log_level, new_d.log_subsystems)
-        if new_d.log_format != old_d.log_format:
-            logfmt.reformat(new_d.log_format)
-        if self.ike is not None:
-            self.ike.trace = logfmt.wants_trace()
+        level = new_d.log_level
+        logging.getLogger().setLevel(_level(level))
         for key in ("tun", "listen", "ike_port", "natt_port", "control_socket", "metrics"):
             if getattr(old_d, key) != getattr(new_d, key):
                 log.warning("reload: daemon.%s changed; it takes effect on restart", key)
@@ -1489,19 +1294,21 @@ class Daemon:
             items = ((k, getattr(c, k)) for k in dir(c) if not k.startswith("_"))
         return {f"dp_{k}": v for k, v in items if isinstance(v, int) and not isinstance(v, bool)}
 
-    def _child_counters(self, child: Child, now: float) -> dict:
-        inn = child.inbound[0] if child.inbound else None
-        out = child.outbound[0] if child.outbound else None
+    def _child_counters(self, child, now: float) -> dict:
+        objs = self.driver.sas.get(child.child_id) or dpdriver.ChildSAs()
+        sas_in, sas_out = objs.inbound, objs.outbound
+        inn = sas_in[0] if sas_in else None
+        out = sas_out[0] if sas_out else None
         return {"bytes_in": _counter(inn, "bytes_in"), "packets_in": _counter(inn, "packets_in"),
                 "bytes_out": _counter(out, "bytes_out"), "packets_out": _counter(out, "packets_out"),
-                "replay_drops": sum(_counter(s, "replay_drops") for s in child.inbound),
-                "auth_failures": sum(_counter(s, "auth_failures") for s in child.inbound),
+                "replay_drops": sum(_counter(s, "replay_drops") for s in sas_in),
+                "auth_failures": sum(_counter(s, "auth_failures") for s in sas_in),
                 # beyond the contract: the other per-SA drop reasons of the data plane
-                **{k: sum(_counter(s, k) for s in child.inbound + child.outbound)
+                **{k: sum(_counter(s, k) for s in sas_in + sas_out)
                    for k in ("malformed", "pad_errors", "policy_drops", "expired_drops")},
                 **_ipcomp_status(inn, out)}
 
-    def _manual_ike_entry(self, conn, child: Child, now: float) -> dict:
+    def _manual_ike_entry(self, conn, child, now: float) -> dict:
         """Manual SAs have no IKE SA: a pseudo entry in the contract's shape, state MANUAL."""
         act = child.action
         port = 4500 if act.udp_encap else 0
@@ -1550,23 +1357,27 @@ def _safe_error(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _child_ctx(act) -> dict:
-    """Log context of a CHILD_SA's line: `site-b[3] site-b{7}` (manual SAs: no IKE SA)."""
-    return logfmt.ctx(act.connection, act.ike_id or None, act.child_id)
-
-
 def _level(name) -> int:
-    return logfmt.level_of(name)
+    return {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+            "error": logging.ERROR}.get(str(name).lower(), logging.INFO)
 
 
-def setup_logging(level: str = "info", per_subsystem=(), fmt: str = "text") -> None:
-    """One handler on stderr (vpnd/logfmt.py: subsystems, SA context, journald, JSON)."""
-    logfmt.setup(level, per_subsystem, fmt)
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s vpnd[%(process)d] %(levelname)s %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(_level(level))
+    # log_level debug is vpnd's: pyroute2 would print every netlink message (kilobytes each)
+    logging.getLogger("pyroute2").setLevel(max(logging.WARNING, _level(level)))
 
 
 def run_daemon(config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
-    logfmt.setup_from(config.daemon)
+    setup_logging(config.daemon.log_level)
     try:
         import uvloop
         runner = uvloop.run

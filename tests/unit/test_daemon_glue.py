@@ -105,19 +105,19 @@ def test_peer_moves_to_udp_keeps_sequence(daemon):
 
 
 def test_trap_acquire_queue_and_child_priority(daemon):
-    daemon._restore_trap("site-b")
+    daemon._restore_guard("site-b")
     first = packet(payload=b"first")
     assert daemon.dp.encap(first) is None
     assert daemon.dp.encap(packet(payload=b"second")) is None
     daemon._drain_events()
     # one acquire for the connection; both packets kept
     assert [c[:2] for c in daemon.ike.calls] == [("acquire", "site-b")]
-    assert len(daemon._acquire_q["site-b"][0]) == 2
+    assert len(daemon.sadb.acquire_q["site-b"][0]) == 2
     sent = []
     daemon._send_outputs = lambda outs: sent.extend(outs)
     daemon._run_actions([install(1, 0x1111, 0x2222)], rearm=False)
     assert [spi_of(o) for o in sent] == [(0x2222, 1), (0x2222, 2)]  # queued packets go first
-    assert "site-b" not in daemon._acquire_q
+    assert "site-b" not in daemon.sadb.acquire_q
     # the child's policy is ahead of the trap (which stays, re-added behind it)
     assert spi_of(daemon.dp.encap(packet())) == (0x2222, 3)
     assert ("trap", "site-b") in daemon.dp.spd.policies
@@ -129,7 +129,7 @@ def test_trap_acquire_queue_and_child_priority(daemon):
 
 def test_failed_negotiation_lets_traffic_ask_again(daemon):
     from vpnd.ike.actions import Event
-    daemon._restore_trap("site-b")
+    daemon._restore_guard("site-b")
     daemon.dp.encap(packet())
     daemon.dp.encap(packet())
     daemon._drain_events()
@@ -140,16 +140,16 @@ def test_failed_negotiation_lets_traffic_ask_again(daemon):
     assert [c[0] for c in daemon.ike.calls] == ["acquire", "acquire"]
     # a stalled negotiation: asked again after ACQUIRE_RETRY seconds, not before
     from vpnd import daemon as dmod
-    queued_at = daemon._acquire_q["site-b"][1]
+    queued_at = daemon.sadb.acquire_q["site-b"][1]
     daemon._acquire("site-b", packet(), queued_at + 1)
     assert len(daemon.ike.calls) == 2
     daemon._acquire("site-b", packet(), queued_at + dmod.ACQUIRE_RETRY + 1)
-    assert len(daemon.ike.calls) == 3 and len(daemon._acquire_q["site-b"][0]) == 3
+    assert len(daemon.ike.calls) == 3 and len(daemon.sadb.acquire_q["site-b"][0]) == 3
 
 
 def test_lifetime_and_unknown_spi_events_reach_the_core(daemon):
     daemon._run_actions([install(7, 0x1111, 0x2222)], rearm=False)
-    sa = daemon.children[7].outbound[0]
+    sa = daemon.driver.sas[7].outbound[0]
     daemon.dp.events.append(("soft_expire", sa))
     daemon.dp.events.append(("hard_expire", sa))
     daemon.dp.events.append(("unknown_spi", "esp", 0xDEAD, "10.200.0.7"))

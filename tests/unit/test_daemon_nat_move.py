@@ -70,13 +70,13 @@ def test_nat_move_keeps_every_piece_of_sa_state():
     outs = send(d, 5)  # 5000 bytes: past the soft limit (4 KiB), not the hard one
     assert d.ike.expiring == [(7, False)]
     ident_before = struct.unpack("!H", outs[-1][2][4:6])[0]
-    child = d.children[7]
+    child = d.driver.sas[7]  # the data plane SA objects of child 7
     sa_out = child.outbound[0]
     sa_in = child.inbound[0]
     sa_in.rp_top, sa_in.rp_bitmap, sa_in.packets_in = 40, 0b1011, 3
     d._run_actions([UpdateChildAddresses(7, ("10.200.0.1", 4500), ("10.200.0.99", 4501), True)],
                    rearm=False)
-    child = d.children[7]
+    child = d.driver.sas[7]  # the data plane SA objects of child 7
     out = child.outbound[0]
     assert out.seq == 5 and out.bytes_out == sa_out.bytes_out and out.packets_out == 5
     assert out.soft_fired and not out.hard_fired

@@ -9,8 +9,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+import dataclasses
+
+from vpnd import sadb
 from vpnd.config import parse_config
-from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram
+from vpnd.ike.actions import (CHILD_ACTIONS, ActivateOutbound, DeleteChildSA, Event, InstallChildSA,
+                              SendDatagram)
 from vpnd.ike.v1.core import Ikev1Core
 
 A_IP, B_IP = "10.200.0.1", "10.200.0.2"
@@ -46,6 +50,25 @@ class Net:
         self.nat_a = nat_a  # (public ip, port map) applied to A's packets as B sees them
         self.sent: list[tuple[str, SendDatagram]] = []
         self.nat_map: dict = {}
+        # each side's child actions go into the daemon's real SA table (vpnd/sadb.py)
+        self.tables = {"A": sadb.SATable(a.config), "B": sadb.SATable(b.config)}
+        # (side, child id, SPIs, action): a side sent on SPIs the other could not receive
+        self.violations: list = []
+
+    def sending(self, side) -> set[int]:
+        """SPIs the outbound policies of `side` send on."""
+        return {k.spi for c in self.tables[side].children.values() if c.policy_id is not None
+                for k in c.outbound}
+
+    def receiving(self, side) -> set[int]:
+        return {k.spi for c in self.tables[side].children.values() for k in c.inbound}
+
+    def _child_action(self, side, x) -> None:
+        self.tables[side].apply(x, self.now)
+        for me, peer in (("A", "B"), ("B", "A")):
+            lost = self.sending(me) - self.receiving(peer)
+            if lost:
+                self.violations.append((me, sorted(lost), x))
 
     def side(self, core):
         return "A" if core is self.a else "B"
@@ -78,6 +101,8 @@ class Net:
             core, x = q.pop(0)
             side = self.side(core)
             self.log.append((side, x))
+            if isinstance(x, CHILD_ACTIONS):
+                self._child_action(side, x)
             if not isinstance(x, SendDatagram):
                 continue
             self.sent.append((side, x))
@@ -116,9 +141,18 @@ class Net:
         return [x for x in self.of(side, Event) if kind is None or x.kind == kind]
 
     def installs(self, side):
-        """Completed SA pairs; a Quick Mode responder's inbound-only first half (installed with
-        message 2) is in inbound_only()."""
-        return [x for x in self.of(side, InstallChildSA) if x.outbound]
+        """Completed SA pairs, in the order they started to send (an inbound-only install
+        completed by ActivateOutbound counts as the whole pair, then); a Quick Mode
+        responder's inbound-only first half (installed with message 2) is in inbound_only()."""
+        out, first = [], {}
+        for x in self.of(side, (InstallChildSA, ActivateOutbound)):
+            if isinstance(x, InstallChildSA):
+                first[x.child_id] = x
+                if x.outbound:
+                    out.append(x)
+            elif x.child_id in first:
+                out.append(dataclasses.replace(first[x.child_id], outbound=x.outbound, replaces=x.replaces))
+        return out
 
     def inbound_only(self, side):
         return [x for x in self.of(side, InstallChildSA) if not x.outbound]

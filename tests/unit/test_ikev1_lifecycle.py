@@ -2,7 +2,8 @@
 Delete/INITIAL-CONTACT/INVALID-SPI informationals."""
 import pytest
 
-from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram, UpdateChildAddresses
+from vpnd.ike.actions import (ActivateOutbound, DeleteChildSA, Event, InstallChildSA, SendDatagram,
+                              UpdateChildAddresses)
 
 from test_ikev1_harness import A_IP, B_IP, pair
 
@@ -17,7 +18,8 @@ def test_quick_mode_rekey_make_before_break():
     assert new.replaces == first_a.child_id  # the daemon moves outbound traffic, then ...
     deleted_at = [i for i, (s, x) in enumerate(net.log) if s == "A" and isinstance(x, DeleteChildSA)
                   and x.child_id == first_a.child_id]
-    installed_at = [i for i, (s, x) in enumerate(net.log) if s == "A" and x is new]
+    installed_at = [i for i, (s, x) in enumerate(net.log) if s == "A" and x.__class__ in
+                    (InstallChildSA, ActivateOutbound) and x.child_id == new.child_id and x.outbound]
     assert deleted_at and installed_at[0] < deleted_at[0]  # ... the old pair goes after
     # the responder learned of the deletion from a Delete payload and dropped its pair too
     first_b = net.installs("B")[0]
@@ -290,7 +292,7 @@ def test_commit_bit_waits_for_connected():
     net.a._encrypted_raw = with_commit
     net.feed(net.a, net.a.initiate("site", 0.0))
     net.advance(1)
-    order = [(s, bool(x.outbound)) for s, x in net.log if isinstance(x, InstallChildSA)]
+    order = [(s, bool(x.outbound)) for s, x in net.log if isinstance(x, (InstallChildSA, ActivateOutbound))]
     # B installs inbound with message 2, outbound on HASH(3); A inbound with message 2,
     # outbound only on B's CONNECTED
     assert order == [("B", False), ("A", False), ("B", True), ("A", True)], order

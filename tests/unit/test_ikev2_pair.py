@@ -1,8 +1,9 @@
 """Two IKEv2 cores (IkeManager façades) talking in memory with a fake clock.
 
 `Pair` wires two managers through a list of datagrams that tests can drop, duplicate or
-reorder; it records InstallChildSA/DeleteChildSA/Event actions per side and checks that the
-installed CHILD_SAs of both sides fit together (SPIs and keys crosswise).
+reorder; each side's child actions go into the daemon's real SA table (vpnd/sadb.py), and
+the pair checks that the installed CHILD_SAs of both sides fit together (SPIs and keys
+crosswise).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import struct
 import pytest
 
 from vpnd.config import parse_config
-from vpnd.ike.actions import DeleteChildSA, Event, InstallChildSA, SendDatagram, UpdateChildAddresses
+from vpnd import sadb
+from vpnd.ike.actions import CHILD_ACTIONS, Event, InstallChildSA, SendDatagram, UpdateChildAddresses
 from vpnd.ike.manager import IkeManager
 
 A_IP, B_IP = "10.0.0.1", "10.0.0.2"
@@ -37,7 +39,8 @@ class Side:
         self.name = name
         self.ip = ip
         self.m = IkeManager(config, now=now)
-        self.children: dict[int, InstallChildSA] = {}
+        self.table = sadb.SATable(config)  # the daemon's SA table, without a data plane
+        self.ops: list = []  # what the table asked of the data plane, in order
         self.deleted: list[int] = []
         self.events: list[Event] = []
         self.sent: list[tuple[float, SendDatagram]] = []
@@ -46,10 +49,25 @@ class Side:
     def kinds(self):
         return [e.kind for e in self.events]
 
+    @property
+    def children(self) -> dict[int, InstallChildSA]:
+        """Installed children (their actions, outbound keys filled in once they send)."""
+        return {cid: c.action for cid, c in self.table.children.items()}
+
     def installed(self):
         """Live children; a replaced child whose inbound SA only lingers (a short grace
-        period for packets still on the way) does not count."""
-        return [c for c in self.children.values() if c.child_id not in self.m.v2.lingering]
+        period for packets still on the way, RetireChildSA) does not count."""
+        return [c.action for c in self.table.live()]
+
+    def apply(self, act, now: float) -> list:
+        """One child action through the SA table; what it asked of the data plane."""
+        ops = self.table.apply(act, now)
+        self.took(ops)
+        return ops
+
+    def took(self, ops) -> None:
+        self.ops += ops
+        self.deleted += [o.child.child_id for o in ops if isinstance(o, sadb.ChildRemoved)]
 
 
 class Pair:
@@ -82,15 +100,12 @@ class Pair:
                 self.wire.append((side, act))
                 if verdict == "dup":
                     self.wire.append((side, act))
-            elif isinstance(act, InstallChildSA):
-                side.children[act.child_id] = act
-            elif isinstance(act, DeleteChildSA):
-                side.children.pop(act.child_id, None)
-                side.deleted.append(act.child_id)
+            elif isinstance(act, CHILD_ACTIONS):
+                if isinstance(act, UpdateChildAddresses):
+                    side.updates.append(act)
+                side.apply(act, self.now)
             elif isinstance(act, Event):
                 side.events.append(act)
-            elif isinstance(act, UpdateChildAddresses):
-                side.updates.append(act)
 
     def pump(self, limit: int = 500):
         n = 0
@@ -109,15 +124,20 @@ class Pair:
         end = self.now + seconds
         self.pump()
         while True:
-            times = [t for t in (self.a.m.next_timer(), self.b.m.next_timer()) if t is not None]
+            times = [t for s in (self.a, self.b) for t in (s.m.next_timer(), s.table.next_timer())
+                     if t is not None]
             t = min(times) if times else None
             if t is None or t > end:
                 break
             self.now = max(self.now, t)
             for s in (self.a, self.b):
                 self.feed(s, s.m.handle_timer(self.now))
+                self.timer_ops(s, s.table.handle_timer(self.now))
             self.pump()
         self.now = end
+
+    def timer_ops(self, side: Side, ops) -> None:
+        side.took(ops)
 
     def up(self, side=None):
         s = side or self.a

@@ -1,17 +1,18 @@
-"""Make-before-break of IKEv2 child rekeys (RFC 7296 2.8), against a model of the data plane.
+"""Make-before-break of IKEv2 child rekeys (RFC 7296 2.8), through the daemon's SA table.
 
-Two cores talk in memory (test_ikev2_pair.Pair), one datagram at a time. After every action a
-model of each side's data plane (inbound SPIs installed, SPI its outbound policy sends on)
-is checked: neither side may ever send on an SA the other cannot receive. ESP packets sent
-just before an IKE message (up to IN_FLIGHT earlier) may be read after it (ESP and IKE come in
-on separate sockets): their SPIs must still be receivable when that message has been processed.
+Two cores talk in memory (test_ikev2_pair.Pair), one datagram at a time; each side's child
+actions go into the real SA table (vpnd/sadb.py). After every action the table of each side
+(inbound SPIs installed, SPI its outbound policy sends on) is checked: neither side may ever
+send on an SA the other cannot receive. ESP packets sent just before an IKE message (up to
+IN_FLIGHT earlier) may be read after it (ESP and IKE come in on separate sockets): their SPIs
+must still be receivable when that message has been processed.
 """
 from __future__ import annotations
 
 import pytest
 
 from test_ikev2_pair import Pair
-from vpnd.ike.actions import DeleteChildSA, InstallChildSA, SendDatagram
+from vpnd.ike.actions import SendDatagram
 from vpnd.config import Timers
 
 INBOUND_LINGER, OUTBOUND_FALLBACK = Timers().inbound_linger, Timers().outbound_fallback
@@ -19,32 +20,22 @@ INBOUND_LINGER, OUTBOUND_FALLBACK = Timers().inbound_linger, Timers().outbound_f
 IN_FLIGHT = 0.05  # one RTT of a slow link, far below INBOUND_LINGER
 
 
-class DataPlane:
-    """What the daemon does with InstallChildSA/DeleteChildSA (daemon._install_child)."""
+class View:
+    """What one side's SA table makes the data plane do: SPIs it receives on, the SPI its
+    (one) outbound policy sends on, and when the policy left an SPI."""
 
-    def __init__(self):
-        self.inbound: dict[int, int] = {}  # SPI -> child id
-        self.policy: dict[int, int] = {}  # child id -> outbound SPI (one policy: the tunnel)
-        self.holder: int | None = None
+    def __init__(self, side):
+        self.table = side.table
         self.retired: dict[int, float] = {}  # outbound SPI -> when the policy left it
 
-    def apply(self, act, now: float):
-        if isinstance(act, InstallChildSA):
-            for k in act.inbound:
-                self.inbound[k.spi] = act.child_id
-            if act.outbound:
-                # make-before-break: the outbound policy of `replaces` moves to this child
-                if self.sends_on() is not None:
-                    self.retired[self.sends_on()] = now
-                self.holder = act.child_id
-                self.policy = {act.child_id: act.outbound[0].spi}
-        elif isinstance(act, DeleteChildSA):
-            self.inbound = {s: c for s, c in self.inbound.items() if c != act.child_id}
-            if self.holder == act.child_id:
-                self.holder, self.policy = None, {}
+    @property
+    def inbound(self) -> set[int]:
+        return {k.spi for c in self.table.children.values() for k in c.inbound}
 
     def sends_on(self) -> int | None:
-        return self.policy.get(self.holder) if self.holder is not None else None
+        spis = [c.outbound[0].spi for c in self.table.children.values() if c.policy_id is not None]
+        assert len(spis) <= 1, "two outbound policies for one tunnel"
+        return spis[0] if spis else None
 
     def sent_lately(self, now: float) -> set[int]:
         """SPIs ESP packets sent until now may carry."""
@@ -55,7 +46,7 @@ class DataPlane:
 class ModelPair(Pair):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.dp = {id(self.a): DataPlane(), id(self.b): DataPlane()}
+        self.dp = {id(self.a): View(self.a), id(self.b): View(self.b)}
         self.checks = 0
         self.flight: dict[int, set[int]] = {}  # id(SendDatagram) -> ESP SPIs sent before it
         self.armed = False  # from the first tunnel on (setting it up is not make-before-break)
@@ -77,14 +68,20 @@ class ModelPair(Pair):
         self.checks += 1
 
     def feed(self, side, actions):
-        actions = list(actions)
+        view = self.dp[id(side)]
         for act in actions:
+            before = view.sends_on()
             if isinstance(act, SendDatagram):
-                self.flight[id(act)] = self.dp[id(side)].sent_lately(self.now)
-            else:
-                self.dp[id(side)].apply(act, self.now)
+                self.flight[id(act)] = view.sent_lately(self.now)
+            super().feed(side, [act])
+            if view.sends_on() != before and before is not None:
+                view.retired[before] = self.now
+            if not isinstance(act, SendDatagram):
                 self.check()
-        super().feed(side, actions)
+
+    def timer_ops(self, side, ops):
+        super().timer_ops(side, ops)
+        self.check()
 
     def pump(self, limit: int = 500):
         n = 0

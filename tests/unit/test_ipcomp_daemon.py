@@ -121,14 +121,14 @@ def test_negotiated_ipcomp_survives_rekey_and_peer_move():
         "local_ts": ["10.1.0.0/16"], "remote_ts": ["10.2.0.0/16"], "start": "none"}}})
     p = IPCompParams("deflate", 0x4100, 0x5100)
     d._run_actions([install(1, 0x1111, 0x2222, ipcomp=p)], rearm=False)
-    ipc = d.children[1].outbound[0].ipcomp
-    assert ipc.cpi == 0x5100 and d.children[1].inbound[0].ipcomp.cpi == 0x4100
+    ipc = d.driver.sas[1].outbound[0].ipcomp
+    assert ipc.cpi == 0x5100 and d.driver.sas[1].inbound[0].ipcomp.cpi == 0x4100
     d.dp.encap(packet())
     d._run_actions([UpdateChildAddresses(1, (A, 4500), ("10.200.0.99", 4500), True)], rearm=False)
-    assert d.children[1].outbound[0].ipcomp is ipc              # counters carried over
+    assert d.driver.sas[1].outbound[0].ipcomp is ipc              # counters carried over
     out = d.dp.encap(packet())
     assert out[0] == "udp" and ipc.compressed == 2
     # a rekey without IPComp (the peer no longer offered it): plain ESP
     d._run_actions([install(2, 0x3333, 0x4444, replaces=1)], rearm=False)
-    assert d.children[2].outbound[0].ipcomp is None
+    assert d.driver.sas[2].outbound[0].ipcomp is None
     assert d.dp.encap(packet())[0] == "raw"

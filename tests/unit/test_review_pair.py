@@ -16,6 +16,7 @@ import pytest
 from vpnd import esp
 from vpnd.config import ConfigError, parse_config
 from vpnd.daemon import CommandError, Daemon, setup_logging
+from vpnd.sadb import SATable
 from vpnd.status import format_status
 
 PSK = "rvw secret PSK d41d8cd98f00b204"
@@ -121,14 +122,14 @@ def capture():
 @pytest.mark.parametrize("version", [2, 1])
 def test_no_key_in_logs_status_or_errors(version, capture, monkeypatch):
     child_keys = []
-    orig = Daemon._install_child
+    orig = SATable.apply
 
-    def spy(self, act, manual=False):
-        for k in act.inbound + act.outbound:
+    def spy(self, act, now):
+        for k in getattr(act, "inbound", ()) + getattr(act, "outbound", ()):
             child_keys.extend(x for x in (k.enc_key, k.auth_key) if x)
-        return orig(self, act, manual)
+        return orig(self, act, now)
 
-    monkeypatch.setattr(Daemon, "_install_child", spy)
+    monkeypatch.setattr(SATable, "apply", spy)
     a, b = start_pair(version)
     outputs = []
     ike_keys = ike_keys_alive()

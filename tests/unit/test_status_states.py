@@ -46,7 +46,6 @@ def pair(version, b_rts="10.1.0.0/16", a_start="start", **extra):
         d._apply_connections(initial=True)
     b._start_ike()
     a._start_ike()
-    a._traps = {"ike"} if a_start == "trap" else set()
     return a, b, clock
 
 

@@ -59,13 +59,14 @@ class IPCompParams:
 
 @dataclass(frozen=True)
 class InstallChildSA:
-    """Install a negotiated CHILD_SA (IKEv2) or Quick Mode SA pair (IKEv1).
+    """Install a negotiated CHILD_SA (IKEv2) or Quick Mode SA pair (IKEv1): receive on it.
 
     `inbound`/`outbound` hold one ChildKeys per protocol of the bundle, ESP first, AH second.
-    The daemon installs inbound first, then switches outbound (make-before-break on rekey:
-    `replaces` names the child whose outbound traffic moves to this one). `outbound` may be
-    empty: inbound only (the losing SA of a simultaneous rekey, RFC 7296 2.8.1, which the
-    core deletes right after).
+    With `outbound` keys the child also sends at once, taking over the outbound policy of
+    the child `replaces` names (make-before-break on rekey). `outbound` empty: inbound only,
+    until an ActivateOutbound for this child (a rekey responder, an IKEv1 Quick Mode
+    responder before message 3), or for good (the losing SA of a simultaneous rekey,
+    RFC 7296 2.8.1, which the core deletes right after). One InstallChildSA per child id.
     """
 
     connection: str
@@ -89,8 +90,32 @@ class InstallChildSA:
     ipcomp: IPCompParams | None = None  # innermost transform of the bundle, if any
 
 
+@dataclass(frozen=True, repr=False)
+class ActivateOutbound:
+    """A child installed inbound only now sends: its outbound SAs take over the outbound
+    policy of the child `replaces` names (if that one still holds it), else get their own."""
+
+    child_id: int
+    outbound: tuple[ChildKeys, ...]
+    replaces: int | None = None
+
+    def __repr__(self) -> str:
+        return f"ActivateOutbound({self.child_id}, {self.outbound!r}, replaces={self.replaces})"
+
+
+@dataclass(frozen=True)
+class RetireChildSA:
+    """A replaced child: it no longer sends; its inbound SAs go at `at` (the caller's clock),
+    so that packets the peer sent on it just before the switch still decrypt."""
+
+    child_id: int
+    at: float
+
+
 @dataclass(frozen=True)
 class DeleteChildSA:
+    """Remove a child now (inbound SAs, its outbound policy if it still holds one)."""
+
     child_id: int
 
 
@@ -118,15 +143,8 @@ class Event:
     data: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Trace:
-    """A debug line about an IKE message or packet (vpnd/ike/trace.py), made only while the
-    core's `trace` flag is on. subsystem: "ike" (parsed/generating) or "net" (packets)."""
+CHILD_ACTIONS = (InstallChildSA, ActivateOutbound, RetireChildSA, DeleteChildSA, UpdateChildAddresses)
+"""What the SA table (vpnd/sadb.py) takes."""
 
-    subsystem: str
-    message: str
-    connection: str | None = None
-    ike_id: int | None = None
-
-
-Action = SendDatagram | InstallChildSA | DeleteChildSA | UpdateChildAddresses | Event | Trace
+Action = (SendDatagram | InstallChildSA | ActivateOutbound | RetireChildSA | DeleteChildSA
+          | UpdateChildAddresses | Event)

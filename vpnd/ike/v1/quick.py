@@ -13,7 +13,7 @@ import ipaddress
 from vpnd.ike.addresses import local_for
 from vpnd.crypto import dh
 from vpnd.ike import codec, ipcomp, liveness
-from vpnd.ike.actions import ChildKeys, DeleteChildSA, InstallChildSA, IPCompParams
+from vpnd.ike.actions import ActivateOutbound, ChildKeys, DeleteChildSA, InstallChildSA, IPCompParams
 from vpnd.ike.v1 import constants as C
 from vpnd.ike.v1 import keys, policy
 from vpnd.ike.v1 import payloads as P
@@ -225,6 +225,7 @@ class QuickMixin:
             qm.state = "QM_WAIT_CONNECTED"
             qm.retx.due = now + liveness.retransmit_wait(0, self.timers)
             self._out.append(self._qm_action(sa, qm, *self._qm_keys(sa, qm), outbound_too=False))
+            qm.inbound_installed = True
             return
         qm.state = "QM_DONE"
         self._qm_install(sa, qm, now)
@@ -344,6 +345,7 @@ class QuickMixin:
         # has the keys (as Cisco and strongSwan do); _qm_abandon removes it if it never comes.
         qm.child_id = self._new_id()
         self._out.append(self._qm_action(sa, qm, *self._qm_keys(sa, qm), outbound_too=False))
+        qm.inbound_installed = True
         self._out_send(sa, data)
 
     def _qm_r_msg3(self, sa: IsakmpSA, qm: QuickMode, hdr, plain: bytes, pls: list, now: float):
@@ -401,6 +403,7 @@ class QuickMixin:
         for spi in qm.spis_in.values():
             self._spis_in.discard(int.from_bytes(spi, "big"))
         qm.child_id = None
+        qm.inbound_installed = False
 
     def _qm_install(self, sa: IsakmpSA, qm: QuickMode, now: float) -> None:
         conn = qm.conn
@@ -457,9 +460,7 @@ class QuickMixin:
             redundant.standby = True
         self.children[child_id] = child
         desc = child.proposal()
-        # a responder's inbound half is in place since message 2: the daemon adds the
-        # outbound half to it (same child_id and inbound SPIs)
-        full = self._qm_action(sa, qm, inbound, outbound, replaces=replaces)
+        activate = ActivateOutbound(child_id, outbound, replaces)
         if qm.initiator and not qm.commit and redundant is None and replaces in self.children:
             # rekey initiator: receive now, send a moment later (timers.outbound_settle), but
             # well before the old pair expires (its Delete would drop our packets still on
@@ -471,9 +472,13 @@ class QuickMixin:
             old_exp = self.children[replaces].expire_at
             settle = self.timers.outbound_settle
             delay = settle if old_exp is None else min(settle, max(0.0, old_exp - now) / 2)
-            child.attach_at, child.attach = now + delay, full
+            child.attach_at, child.attach = now + delay, activate
+        elif qm.inbound_installed:
+            # a responder's inbound half is in place since message 2 (an initiator's since
+            # message 3 with the commit bit): it now sends too
+            self._out.append(activate)
         else:
-            self._out.append(full)
+            self._out.append(self._qm_action(sa, qm, inbound, outbound, replaces=replaces))
         spi_text = "/".join(f"{_protocol_name(x.protocol)} in {qm.spis_in[x.protocol].hex()} "
                             f"out {qm.spis_out[x.protocol].hex()}" for x in qm.chosen)
         self._event("child_up", conn.name, f"IPsec SA {qm.local_ts} <-> {qm.remote_ts} installed "

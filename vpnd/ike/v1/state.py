@@ -124,6 +124,7 @@ class QuickMode:
     life_kb: int = 0
     started: float = 0.0
     child_id: int | None = None  # responder: allocated when message 2 is sent
+    inbound_installed: bool = False  # its InstallChildSA (inbound only) went out
     ids_sent: bool = True
     per_host: bool = False
     cpi_in: int | None = None  # IPComp CPI we offered (initiator)
@@ -160,7 +161,7 @@ class Child:
     nonce_key: bytes = b""  # the lower of its Quick Mode's two nonces: tie-break between duplicates
     standby: bool = False  # REKEYED until the peer deletes it or the pair that stands in for it
     attach_at: float | None = None  # a rekey initiator's outbound half goes in then
-    attach: object = None  # the full InstallChildSA to emit at attach_at (holds keys)
+    attach: object = None  # the ActivateOutbound to emit at attach_at (holds keys)
     rekeyed_here: bool = False  # we rekeyed it: our Delete tells the peer, whoever created it
 
     def __repr__(self) -> str:
