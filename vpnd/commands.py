@@ -67,8 +67,9 @@ class Commands:
         d = self.d
         conn = self._require(name)
         if conn.manual is not None:
-            d._manual_down.discard(name)
-            if name not in d._manual and not d._install_manual(conn):
+            self._need_ike()
+            d._run_actions(d.ike.initiate(name, d._now()))
+            if not d.ike.manual.has(name):
                 raise CommandError(f"{name}: manual SA could not be installed (see the daemon's log)")
             return {"connection": name, "state": "up"}
         self._need_ike()
@@ -85,8 +86,8 @@ class Commands:
         d = self.d
         conn = self._require(name)
         if conn.manual is not None:
-            d._remove_manual(name)
-            d._manual_down.add(name)
+            self._need_ike()
+            d._run_actions(d.ike.terminate(name, d._now()))
             return {"connection": name, "state": "down"}
         self._need_ike()
         terminate = lambda: d.ike.terminate(name, d._now())  # noqa: E731

@@ -4,8 +4,8 @@ It owns no protocol logic. Packets move in bursts from file-descriptor readiness
 (no task and no log line per packet): TUN → DataPlane.encap → wire, wire → DataPlane.decap
 → TUN. The IKE core is sans-IO: the daemon feeds it datagrams and one loop timer, and
 carries out the actions it returns. Manual keying connections (the seed's ipsec-manual
-crypto maps) are turned into the same InstallChildSA actions the IKE core produces, so one
-install path serves both.
+crypto maps) are an engine behind the same façade (vpnd/ike/manual.py), whose
+InstallChildSA actions go through the same SA table (vpnd/sadb.py) as the IKE cores'.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 from vpnd import dpdriver, sadb
-from vpnd.ike.actions import (CHILD_ACTIONS, ChildKeys, Event, InstallChildSA, IPCompParams,
-                              SendDatagram, UpdateChildAddresses, hostport)
+from vpnd.ike.events import FAILURES, QUIET, EventKind
+from vpnd.ike.actions import CHILD_ACTIONS, Event, InstallChildSA, SendDatagram, UpdateChildAddresses, hostport
 from vpnd.sadb import ACQUIRE_QUEUE, ACQUIRE_RETRY  # noqa: F401  (tests read them here)
 from vpnd.commands import Commands
 from vpnd.control import CommandError, ControlServer
@@ -83,7 +82,6 @@ def with_local_addresses(config):
     The sans-IO IKE core cannot ask the kernel which source address reaches a peer, but
     needs it (NAT_DETECTION_SOURCE_IP hashes it, RFC 7296 2.23; the outer header of ESP).
     """
-    import dataclasses
     conns = []
     for c in config.connections:
         if not c.local and c.peer and c.peer != "%any":
@@ -92,43 +90,6 @@ def with_local_addresses(config):
                 c = dataclasses.replace(c, local=src)
         conns.append(c)
     return dataclasses.replace(config, connections=tuple(conns))
-
-
-def manual_install_action(conn, child_id: int, natt_port: int = 4500) -> InstallChildSA:
-    """The InstallChildSA that a manual connection stands for (the seed's ipsec-manual map)."""
-    from vpnd.proposals import describe_child
-    manual = conn.manual
-    peer = str(conn.peer)
-    local = str(conn.local) if conn.local else (source_address_towards(peer) or "0.0.0.0")
-
-    def keys(d):
-        out = []
-        if d.esp is not None:
-            e = d.esp
-            out.append(ChildKeys(spi=e.spi, protocol="esp", encryption=e.encryption,
-                                 integrity=e.integrity, enc_key=e.enc_key.value,
-                                 auth_key=e.auth_key.value))
-        if d.ah is not None:
-            out.append(ChildKeys(spi=d.ah.spi, protocol="ah", encryption=None,
-                                 integrity=d.ah.integrity, auth_key=d.ah.key.value))
-        return tuple(out)
-
-    inbound, outbound = keys(manual.inbound), keys(manual.outbound)
-    ipcomp = None
-    if conn.comp and manual.inbound.ipcomp_cpi and manual.outbound.ipcomp_cpi:
-        ipcomp = IPCompParams(conn.comp, manual.inbound.ipcomp_cpi, manual.outbound.ipcomp_cpi)
-    ref = manual.outbound if (manual.outbound.esp or manual.outbound.ah) else manual.inbound
-    if ref.esp is not None:
-        proposal = describe_child(ref.esp.encryption, ref.esp.integrity, None, manual.esn,
-                                  ah_integrity=ref.ah.integrity if ref.ah else None)
-    else:
-        proposal = "AH:" + describe_child(None, ref.ah.integrity if ref.ah else None, None, manual.esn)
-    return InstallChildSA(
-        connection=conn.name, child_id=child_id, ike_id=0, mode=conn.mode or "tunnel",
-        local=(local, natt_port), remote=(peer, natt_port), udp_encap=bool(conn.encap),
-        esn=bool(manual.esn), replay_window=int(conn.replay_window),
-        local_ts=_networks(conn.local_ts), remote_ts=_networks(conn.remote_ts),
-        inbound=inbound, outbound=outbound, proposal=proposal, ipcomp=ipcomp)
 
 
 def _ipcomp_status(inn, out) -> dict:
@@ -158,7 +119,7 @@ class Daemon:
         self.driver = dpdriver.Driver(send_queued=self._send_queued)
         # the CHILD_SAs, guards and acquire queues (sans-IO, vpnd/sadb.py)
         self.sadb = sadb.SATable(config, check=dpdriver.check)
-        self.ike = None  # vpnd.ike.manager.IkeManager when available
+        self.ike = None  # vpnd.ike.manager.IkeManager (IKEv1, IKEv2, manual keying)
         self.control = None
         self.metrics = None  # vpnd.metrics.MetricsServer with daemon.metrics
         from vpnd.monitor import Monitor
@@ -167,9 +128,6 @@ class Daemon:
         self.updown = Updown()  # connections' updown: scripts (vpnd/updown.py)
         from vpnd.watchdog import Systemd
         self.systemd = Systemd(self)  # STATUS= as tunnels change, WATCHDOG=1 (vpnd/watchdog.py)
-        self._next_child_id = 1 << 20  # manual ids: far from the IKE core's own numbering
-        self._manual: dict = {}  # connection name -> the Connection installed
-        self._manual_down: set[str] = set()  # manual connections taken down with vpnctl down
         self._static_routes: list = []
         self._steers: dict[str, str] = {}  # transport-mode name -> peer steered into the TUN
         self._timer: asyncio.Handle | None = None
@@ -298,7 +256,6 @@ class Daemon:
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGHUP, self._sighup)):
                 self.loop.add_signal_handler(sig, handler)
-            self._start_ike()
             self._apply_connections(initial=True)
             self._warn_forwarding()
             self._arm_timer()
@@ -687,10 +644,6 @@ class Daemon:
             child = self.children.get(ev[1].tag)
             if child is None:
                 return
-            if child.manual:
-                if hard:
-                    log.warning("%s: manual SA %08x reached its hard lifetime", child.connection, ev[1].spi)
-                return
             if self.ike is not None:
                 self._run_actions(self.ike.child_expiring(child.child_id, hard, now))
         elif kind == "unknown_spi":
@@ -749,6 +702,8 @@ class Daemon:
                 self._wake(child.connection, "down")
         elif isinstance(n, sadb.InstallFailed):
             log.error("%s: cannot install SA: %s", n.connection, n.reason)
+            if self.ike is not None:
+                self.ike.install_failed(n.child_id)
 
     def _send_queued(self, packets) -> None:
         self._send_outputs(self.dp.encap_many(list(packets)))
@@ -778,30 +733,27 @@ class Daemon:
                 return c
         return None
 
-    # -- manual keying -------------------------------------------------------------------
+    # -- connections ---------------------------------------------------------------------
 
     def _apply_connections(self, initial: bool = False):
-        """Install manual connections and static/trap routes; reinstall what changed."""
+        """At start: the engines (manual SAs go in, `start: start` connections are
+        initiated), then the static/guard routes and policies."""
+        self._sync_ipv6()
+        self._apply_filters({c.name: c for c in self._conns()})
+        if initial:
+            self._start_ike()
+        self._apply_static_routes()
+
+    def _sync_ipv6(self) -> None:
         set_ipv6 = getattr(self.tun, "set_ipv6", None)
         if set_ipv6 is not None:  # before routes: IPv6 routes need IPv6 on the device
             set_ipv6(self._needs_ipv6())
-        conns = {(c.name): c for c in self._conns()}
-        self._apply_filters(conns)
-        # removed or changed manual connections go first
-        for name in list(self._manual):
-            c = conns.get(name)
-            if c is None or c.manual is None or _sa_relevant(c) != _sa_relevant(self._manual[name]):
-                self._remove_manual(name)
-        self._manual_down &= set(conns)
-        for name, c in conns.items():
-            if c.manual is None or name in self._manual or name in self._manual_down:
-                continue
-            self._install_manual(c)
-        self._apply_static_routes()
 
     def _apply_filters(self, conns: dict) -> None:
         """access_group lists into the data plane; unchanged ones keep their counters."""
         from vpnd.esp.acl import ConnFilter
+        if self.dp is None:
+            return
         for name in list(self.dp.filters):
             c = conns.get(name)
             if c is None or c.access_group is None:
@@ -824,26 +776,6 @@ class Daemon:
             if c.mode == "transport" and ":" in str(c.peer or ""):
                 return True
         return False
-
-    def _install_manual(self, conn) -> bool:
-        name = conn.name
-        cid = self._next_child_id
-        self._next_child_id += 1
-        try:
-            act = manual_install_action(conn, cid)
-        except Exception as e:
-            log.error("%s: cannot build manual SA: %s", name, _safe_error(e))
-            return False
-        if self._install_child(act, manual=True) is None:
-            return False
-        self._manual[name] = conn  # frozen: a changed connection compares unequal
-        return True
-
-    def _remove_manual(self, name):
-        for cid, child in list(self.children.items()):
-            if child.manual and child.connection == name:
-                self._delete_child(cid)
-        self._manual.pop(name, None)
 
     def _outer_path(self, peer: str):
         """The kernel's path to `peer` outside the TUN: (ifindex, gateway) or None."""
@@ -895,21 +827,19 @@ class Daemon:
             kill_switch_clear()
 
     # -- IKE -----------------------------------------------------------------------------
-    # Everything IKE goes through the IkeManager façade (docs/internals.md). Without
-    # vpnd/ike/manager.py the daemon runs manual keying only.
+    # Everything IKE (and manual keying) goes through the IkeManager façade (docs/internals.md).
 
     def _start_ike(self):
-        if not any(c.manual is None for c in self._conns()):
+        """The engines behind the IkeManager façade: manual SAs go in, `start: start`
+        connections are initiated."""
+        if self.ike is not None or not self._conns():
             return
-        try:
-            from vpnd.ike.manager import IkeManager
-        except ImportError:
-            log.warning("IKE is not available in this build: only manual connections run")
-            return
+        from vpnd.ike.manager import IkeManager
         now = self._now()
         self.ike = IkeManager(with_local_addresses(self.config), now=now)
         if self.addrwatch is not None:
             self._addresses_check()  # our addresses, for the lists MOBIKE sends (RFC 4555 3.6)
+        self._run_actions(self.ike.start(now))
         for c in self._conns():
             if c.manual is None and c.start == "start":
                 self._note_attempt(c.name)
@@ -955,7 +885,7 @@ class Daemon:
         """Tell the IKE core when each child last saw traffic (idle_time, on-demand DPD)."""
         for child in self.children.values():
             objs = self.driver.sas.get(child.child_id)
-            if child.manual or objs is None:
+            if objs is None:
                 continue
             last_in = max((s.last_in or 0.0 for s in objs.inbound), default=0.0)
             last_out = max((s.last_out or 0.0 for s in objs.outbound), default=0.0)
@@ -1007,8 +937,8 @@ class Daemon:
                                  hostport(a.remote), " (UDP-encapsulated)" if a.udp_encap else "")
                 elif isinstance(a, Event):
                     self._on_event(a)
-                else:
-                    log.debug("ignoring action %s", type(a).__name__)
+                else:  # a core returned something that is not an action: a bug, reported
+                    raise TypeError(f"not an action: {type(a).__name__}")
             except Exception:  # counted, logged at most once a second; the next action runs
                 self._internal_error("error carrying out %s", type(a).__name__)
         if rearm:
@@ -1016,19 +946,19 @@ class Daemon:
 
     def _on_event(self, ev: Event):
         """An event of the IKE core: a log line; failures end a waiting vpnctl command."""
-        level = (logging.WARNING if ev.kind in FAILURE_EVENTS else
-                 logging.DEBUG if ev.kind in ("drop", "retransmit") else logging.INFO)
+        level = (logging.WARNING if ev.kind in FAILURES else
+                 logging.DEBUG if ev.kind in QUIET else logging.INFO)
         log.log(level, "%s", ev.message)
         if self.metrics is not None:
             self.metrics.metrics.on_event(ev.kind, ev.connection)
         self.monitor.on_core_event(ev, self.children)
         if not ev.connection:
             return
-        if ev.kind == "ike_rekeyed":
+        if ev.kind is EventKind.IKE_REKEYED:
             self._wake(ev.connection, "ike_rekeyed")
-        elif ev.kind == "ike_connecting":  # also the core's own restarts (DPD, rekey)
+        elif ev.kind is EventKind.IKE_CONNECTING:  # also the core's own restarts (DPD, rekey)
             self._note_attempt(ev.connection)
-        elif ev.kind in FAILURE_EVENTS:
+        elif ev.kind in FAILURES:
             self.sadb.forget_acquire(ev.connection)  # the next packet starts anew
             self._attempt.pop(ev.connection, None)
             if self._conn(ev.connection) is not None:
@@ -1156,16 +1086,19 @@ class Daemon:
         self.config = new
         self.sadb.set_config(new)
         self._sync_udp(open_only=True)
+        self._sync_ipv6()
+        self._apply_filters({c.name: c for c in self._conns()})
         if self.ike is not None:
             now = self._now()
+            # manual SAs removed or changed go, new or changed ones come (vpnd/ike/manual.py)
             self._run_actions(self.ike.reload(with_local_addresses(new), now))
             for c in self._conns():  # new `start: start` connections come up now
                 if c.manual is None and c.start == "start" and c.name not in old_names:
                     self._note_attempt(c.name)
                     self._run_actions(self.ike.initiate(c.name, now))
-        elif any(c.manual is None for c in self._conns()):
+        else:
             self._start_ike()
-        self._apply_connections()
+        self._apply_static_routes()
         self._sync_udp()
         log.info("reloaded %s: %d connection(s)", self.config_path, len(self._conns()))
         return {"reloaded": True, "connections": [c.name for c in self._conns()]}
@@ -1230,12 +1163,9 @@ class Daemon:
             name = c.name
             peer = str(c.peer)
             if c.manual is not None:
-                mine = [ch for ch in self.children.values() if ch.manual and ch.connection == name]
-                conns_out.append({"name": name, "version": c.version, "peer": peer,
-                                  "state": "up" if mine else "down", "ike_sas": 0,
-                                  "child_sas": len(mine), "keying": "manual", "last_error": None})
-                for ch in mine:
-                    ike_sas.append(self._manual_ike_entry(c, ch, now))
+                conns_out.append(ike_conn_entries.get(name) or {
+                    "name": name, "version": c.version, "peer": peer, "state": "down",
+                    "ike_sas": 0, "child_sas": 0, "keying": "manual", "last_error": None})
             else:
                 entry = ike_conn_entries.get(name)
                 if entry is None:
@@ -1308,38 +1238,6 @@ class Daemon:
                    for k in ("malformed", "pad_errors", "policy_drops", "expired_drops")},
                 **_ipcomp_status(inn, out)}
 
-    def _manual_ike_entry(self, conn, child, now: float) -> dict:
-        """Manual SAs have no IKE SA: a pseudo entry in the contract's shape, state MANUAL."""
-        act = child.action
-        port = 4500 if act.udp_encap else 0
-        protos = [k.protocol for k in act.inbound]
-        ch = {"name": act.connection, "state": "INSTALLED", "mode": act.mode,
-              "protocol": "+".join(protos) if protos else "esp", "udp_encap": act.udp_encap,
-              "spi_in": "/".join(f"{k.spi:08x}" for k in act.inbound),
-              "spi_out": "/".join(f"{k.spi:08x}" for k in act.outbound),
-              "proposal": act.proposal,
-              "local_ts": [str(n) for n in act.local_ts], "remote_ts": [str(n) for n in act.remote_ts],
-              **self._child_counters(child, now), "rekey_in_s": 0,
-              "child_id": child.child_id, "installed_s": int(now - child.installed_at)}
-        return {"connection": act.connection, "version": conn.version, "state": "MANUAL",
-                "keying": "manual",
-                "local": f"{act.local[0]}:{port}", "remote": f"{act.remote[0]}:{port}",
-                "nat_detected": False, "initiator": False, "spi_i": "0" * 16, "spi_r": "0" * 16,
-                "proposal": "manual keying", "established_s": int(now - child.installed_at),
-                "rekey_in_s": 0, "child_sas": [ch]}
-
-
-# IKE core events that end a negotiation (a waiting `vpnctl up/rekey` fails with the message)
-FAILURE_EVENTS = frozenset({"auth_failed", "no_proposal", "error", "failed", "peer_dead",
-                            "timeout", "ts_unacceptable", "rekey_failed"})
-
-
-def _sa_relevant(conn):
-    """A manual connection as far as its SAs go: an access_group change is applied to the
-    running SAs (DataPlane.set_filter); reinstalling them would restart the sequence
-    numbers the peer's replay window has already seen."""
-    return dataclasses.replace(conn, access_group=None)
-
 
 def _mss(setting, tun_mtu: int) -> int | None:
     """daemon.mss_clamp: None/off, "auto" = what fits the TUN (IPv4 + TCP headers, 40 bytes)."""
@@ -1400,4 +1298,4 @@ def run_daemon(config, config_path: str | None) -> int:
         return 1
 
 
-__all__ = ["Daemon", "run_daemon", "StartupError", "CommandError", "manual_install_action"]
+__all__ = ["Daemon", "run_daemon", "StartupError", "CommandError"]

@@ -279,7 +279,8 @@ class SATable:
                 self.check(act)
         except ValueError as e:
             return ops + [InstallFailed(act.connection, act.child_id, str(e))]
-        child = Child(act, now, manual)
+        conn = self.conn(act.connection)
+        child = Child(act, now, manual or (conn is not None and conn.manual is not None))
         if act.inbound:
             # inner packets must match the SA's selectors (RFC 4301 5.2 step 4)
             sel = act.mode == "tunnel" and act.local_ts and act.remote_ts
@@ -291,7 +292,6 @@ class SATable:
             # of it), re-added after it: equal selectors go to the earlier policy
             ops += self.restore_guard(act.connection)
         self.children[act.child_id] = child
-        conn = self.conn(act.connection)
         if self.routes and conn is not None:
             if act.mode == "tunnel":
                 for net, opts in rri_routes(conn, act.remote_ts, act.remote[0], self.outer_path):

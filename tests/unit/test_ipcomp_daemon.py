@@ -10,7 +10,8 @@ import pytest
 
 from vpnd import esp
 from vpnd.config import ConfigError, parse_config
-from vpnd.daemon import Daemon, manual_install_action
+from vpnd.daemon import Daemon
+from vpnd.ike.manual import install_action as manual_install_action
 from vpnd.ike.actions import ChildKeys, InstallChildSA, IPCompParams, UpdateChildAddresses
 from vpnd.status import format_status
 
@@ -63,7 +64,7 @@ def test_manual_pair_compresses_and_counts(comp):
     b = daemon_for(manual_conf(B, A, "10.2.0.0/16", "10.1.0.0/16", 0x2000, 0x1000,
                                0x5000, 0x4000, **extra))
     for d in (a, b):
-        d._install_manual(d.config.connections[0])
+        d._start_ike()  # the manual engine installs its SA pair
     pkt = packet()
     out = a.dp.encap(pkt)
     assert out[0] == "raw" and len(out[2]) < len(pkt)

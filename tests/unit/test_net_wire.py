@@ -85,7 +85,7 @@ def test_route_options_and_specs():
 
 def test_manual_install_action_keys_stay_hidden():
     from vpnd.config import parse_config
-    from vpnd.daemon import manual_install_action
+    from vpnd.ike.manual import install_action as manual_install_action
     cfg = parse_config({
         "daemon": {"tun": "vpnd0"},
         "connections": {"x": {

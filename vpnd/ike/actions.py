@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
+from vpnd.ike.events import EventKind
+
 Network = IPv4Network | IPv6Network
 Address = tuple[str, int]  # (ip, port)
 
@@ -133,14 +135,19 @@ class UpdateChildAddresses:
 class Event:
     """Something worth a log line and the status/control socket.
 
-    kind: "ike_up", "ike_down", "child_up", "child_down", "peer_dead", "auth_failed",
-    "no_proposal", "error", ... `message` is for humans and never contains secrets.
+    kind: an EventKind (vpnd/ike/events.py); its name as a string is taken too and checked:
+    an unknown kind raises ValueError where the Event is made. `message` is for humans and
+    never contains secrets.
     """
 
-    kind: str
+    kind: EventKind
     connection: str | None
     message: str
     data: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if type(self.kind) is not EventKind:
+            object.__setattr__(self, "kind", EventKind(self.kind))
 
 
 CHILD_ACTIONS = (InstallChildSA, ActivateOutbound, RetireChildSA, DeleteChildSA, UpdateChildAddresses)

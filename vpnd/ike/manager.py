@@ -1,8 +1,9 @@
 """IkeManager: the one façade the daemon talks to (docs/internals.md).
 
-It owns one engine per IKE version, dispatches datagrams by the version in the header
-(RFC 7296 2.5 / RFC 2408 3.1) and commands by the connection's `version`, and merges their
-status into the contract's JSON shape. Child ids are unique across both engines.
+It owns one engine per IKE version and the manual-keying engine (vpnd/ike/manual.py),
+dispatches datagrams by the version in the header (RFC 7296 2.5 / RFC 2408 3.1) and commands
+by the connection (`manual:`, else its `version`), and merges their status into the
+contract's JSON shape. Child ids are unique across all engines.
 
 IKEv1 hook: `vpnd.ike.v1.core.Ikev1Core` when present (same methods as the v2 engine, with
 `receive_datagram`, `status_ike_sas` and `connection_status`); without it IKEv1 datagrams
@@ -17,6 +18,7 @@ import os
 from vpnd.crypto.credentials import CredentialStore
 from vpnd.ike import codec
 from vpnd.ike.actions import Address, Event
+from vpnd.ike.manual import ManualEngine
 from vpnd.ike.peers import PeerRules
 from vpnd.ike.v2.engine import Ikev2Engine
 
@@ -40,6 +42,7 @@ class IkeManager:
         v1cls = _load_v1()
         self.v1 = v1cls(config, now=now, rng=rng, new_id=ids, wallclock=wallclock,
                         credentials=creds) if v1cls is not None else None
+        self.manual = ManualEngine(config, now=now, new_id=ids)
         self.drops = 0
         # the rules across versions and connections (INITIAL_CONTACT, duplicates, admin down)
         self.rules = PeerRules()
@@ -64,19 +67,31 @@ class IkeManager:
             out = fn(*args, **kw)
         return out + self.rules.take()
 
-    def _version(self, e) -> int:
+    def _version(self, e) -> int | None:
+        if e is self.manual:
+            return None
         return 1 if e is self.v1 and e is not None else 2
 
     def _engines(self):
-        return [e for e in (self.v2, self.v1) if e is not None]
+        return [e for e in (self.v2, self.v1, self.manual) if e is not None]
 
     def _for(self, name: str):
         for conn in self.config.connections:
             if conn.name == name:
+                if conn.manual is not None:
+                    return self.manual
                 if conn.version == 1:
                     return self.v1
                 return self.v2
         return self.v2
+
+    def start(self, now: float) -> list:
+        """What comes up without a negotiation at start: the manual connections' SAs."""
+        return self.manual.start(now)
+
+    def install_failed(self, child_id: int) -> None:
+        """The SA table refused a child's keys (logged by the daemon)."""
+        self.manual.install_failed(child_id)
 
     def _no_v1(self, name: str) -> list:
         return [Event("error", name, "IKEv1 is not available in this build")]
@@ -97,6 +112,8 @@ class IkeManager:
         e = self._for(connection)
         if e is None:
             return self._no_v1(connection)
+        if e is self.manual:
+            return e.initiate(connection, now)
         self.rules.set_up(connection)  # `up` ends an administrative down
         return self._call(self._version(e), e.initiate, connection, now)
 
@@ -104,6 +121,8 @@ class IkeManager:
         e = self._for(connection)
         if e is None:
             return self._no_v1(connection)
+        if e is self.manual:
+            return e.terminate(connection, now)
         # an operator's down is final: nothing re-initiates it by itself (issue 7.2)
         self.rules.set_down(connection)
         return self._call(self._version(e), e.terminate, connection, now)
@@ -118,6 +137,8 @@ class IkeManager:
         e = self._for(connection)
         if e is None:
             return self._no_v1(connection)
+        if e is self.manual:
+            return e.acquire(connection, packet, now)
         self.rules.set_up(connection)  # start: trap -- a trapped packet brings it up again
         return self._call(self._version(e), e.acquire, connection, packet, now)
 
@@ -169,9 +190,12 @@ class IkeManager:
         ike_sas: list[dict] = self.v2.status(now)
         if self.v1 is not None:
             ike_sas += self.v1.status_ike_sas(now)
+        ike_sas += self.manual.status_ike_sas(now)
         conns = []
         for conn in self.config.connections:
             if conn.manual is not None:
+                conns.append({"name": conn.name, "version": conn.version, "peer": str(conn.peer),
+                              **self.manual.connection_status(conn.name)})
                 continue
             if conn.version == 1 and self.v1 is not None:
                 conns.append({"name": conn.name, "version": 1, "peer": conn.peer,

@@ -155,7 +155,7 @@ class Ikev1Core(Phase1Mixin, QuickMixin, InfoMixin):
         self._begin(now)
         conn = self._conn(name)
         if conn is not None:
-            # a waiting `vpnctl rekey` ends on a failure event (daemon.FAILURE_EVENTS), as IKEv2's does
+            # a waiting `vpnctl rekey` ends on a failure event (ike.events.FAILURES), as IKEv2's does
             if ike:
                 if self._established_for_conn(name) is None:
                     self._event("error", name, f"connection {name} has no established ISAKMP SA to rekey")
