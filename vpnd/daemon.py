@@ -702,6 +702,8 @@ class Daemon:
                 self._wake(child.connection, "down")
         elif isinstance(n, sadb.InstallFailed):
             log.error("%s: cannot install SA: %s", n.connection, n.reason)
+            # refused by the data plane half-way: what went in comes out again
+            self._table(self.sadb.delete(n.child_id, quiet=True))
             if self.ike is not None:
                 self.ike.install_failed(n.child_id)
 

@@ -67,15 +67,23 @@ class Driver:
         self.sas: dict[int, ChildSAs] = {}  # child id -> its SA objects
 
     def run(self, ops) -> list:
-        """Carry out the data-plane and route ops in order; return the table's notes."""
+        """Carry out the data-plane and route ops in order; return the table's notes. The
+        data plane refusing a child's SAs (ValueError: say transport mode over IPv6) ends
+        the batch with an InstallFailed note: the caller takes the child out of the table."""
         notes = []
         for op in ops:
             if isinstance(op, sadb.NOTES):
                 if isinstance(op, sadb.ChildRemoved):
                     self.sas.pop(op.child.child_id, None)
                 notes.append(op)
-            else:
+                continue
+            try:
                 self.do(op)
+            except ValueError as e:
+                if not isinstance(op, (sadb.AddInbound, sadb.AddOutbound)):
+                    raise
+                notes.append(sadb.InstallFailed(op.action.connection, op.action.child_id, str(e)))
+                break
         return notes
 
     def do(self, op) -> None:

@@ -55,6 +55,9 @@ class FakeIke:
     def next_timer(self):
         return None
 
+    def install_failed(self, child_id):
+        self.calls.append(("install_failed", child_id))
+
 
 @pytest.fixture
 def daemon():
@@ -166,3 +169,20 @@ def test_install_failure_leaves_nothing(daemon):
                                                                    b"short"),)})
     daemon._run_actions([bad], rearm=False)
     assert daemon.children == {} and daemon.dp.sad == {}
+
+
+def test_data_plane_refusal_takes_the_child_out_again(daemon, caplog):
+    """The data plane refuses some SAs only when they are added (transport mode over IPv6
+    outer addresses): the SA table's child goes again and the refusal is logged, not an
+    internal error with the inbound SA left behind."""
+    key = bytes(range(20))
+    act = InstallChildSA(
+        connection="site-b", child_id=3, ike_id=1, mode="transport",
+        local=("fd00:200::1", 500), remote=("fd00:200::2", 500), udp_encap=False, esn=False,
+        replay_window=64, local_ts=(), remote_ts=(),
+        inbound=(ChildKeys(0x3333, "esp", "aes128gcm16", None, key),),
+        outbound=(ChildKeys(0x4444, "esp", "aes128gcm16", None, key),), proposal="AES_GCM_16-128")
+    with caplog.at_level("ERROR", logger="vpnd"):
+        daemon._run_actions([act], rearm=False)
+    assert daemon.children == {} and daemon.dp.sad == {} and daemon.counters["loop_errors"] == 0
+    assert any("cannot install SA" in r.getMessage() for r in caplog.records)
