@@ -4,6 +4,7 @@ block per IPsec (child) SA with its SPIs, transform and counters."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 # -- connection states (docs/daemon.md "Connection states") ------------------------------
@@ -165,3 +166,134 @@ def format_status(st: dict) -> str:
                    f"routes {', '.join(d.get('routes', [])) or '-'}")
         out.append("  drops: " + (", ".join(extra) if extra else "none"))
     return "\n".join(out) + "\n"
+
+
+# -- the daemon's status document (Daemon.status) -----------------------------------------
+
+def collect(d) -> dict:
+    """The daemon's status: the engines' entries (IkeManager.status) with the data plane's
+    counters merged in by child id, each connection's state and last error, and the
+    daemon's own counters."""
+    now = d._now()
+    conns_out, ike_sas = [], []
+    ike_status = None
+    if d.ike is not None:
+        try:
+            ike_status = d.ike.status(now)
+        except Exception:
+            logging.getLogger("vpnd").exception("IKE status failed")
+    by_spi_in = {}
+    for child in d.children.values():
+        if child.inbound:
+            by_spi_in[f"{child.inbound[0].spi:08x}"] = child
+    ike_conn_entries = {}
+    if ike_status:
+        for e in ike_status.get("connections", []):
+            ike_conn_entries[e.get("name")] = e
+        for sa in ike_status.get("ike_sas", []):
+            for ch in sa.get("child_sas", []):
+                child = d.children.get(ch.get("child_id")) or by_spi_in.get(str(ch.get("spi_in", "")))
+                if child is not None:
+                    ch.update(child_counters(d, child, now))
+                else:  # not installed here (yet): the contract's counters are still numbers
+                    for k in ("bytes_in", "packets_in", "bytes_out", "packets_out",
+                              "replay_drops", "auth_failures"):
+                        ch.setdefault(k, 0)
+            ike_sas.append(sa)
+    for c in d._conns():
+        name = c.name
+        peer = str(c.peer)
+        if c.manual is not None:
+            conns_out.append(ike_conn_entries.get(name) or {
+                "name": name, "version": c.version, "peer": peer, "state": "down",
+                "ike_sas": 0, "child_sas": 0, "keying": "manual", "last_error": None})
+        else:
+            entry = ike_conn_entries.get(name)
+            if entry is None:
+                n = sum(1 for ch in d.children.values() if ch.connection == name)
+                entry = {"name": name, "version": c.version, "peer": peer, "ike_sas": 0,
+                         "child_sas": n}
+            entry.update(_conn_state(d, c, ike_sas, now))
+            conns_out.append(entry)
+    for e in conns_out:     # access_group counters (the entries': vpnctl conns)
+        flt = d.dp.filters.get(e["name"]) if d.dp is not None else None
+        if flt is not None:
+            e["access_group"] = {k: {"permitted": a.permitted, "denied": a.denied}
+                                 for k, a in (("in", flt.inbound), ("out", flt.outbound))
+                                 if a is not None}
+    out = {"connections": conns_out, "ike_sas": ike_sas}
+    out["daemon"] = {"tun": d.tun.name if d.tun else None,
+                     "mtu": d.tun.mtu if d.tun else None,
+                     "uptime_s": int(time.monotonic() - d.started_at),
+                     "routes": d.routes.installed() if d.routes else [],
+                     "udp_ports": d.wire.udp_ports() if hasattr(d.wire, "udp_ports") else [],
+                     **d.counters, "send_errors": d.wire.send_errors if d.wire else 0,
+                     "tun_read_errors": getattr(d.tun, "read_errors", 0) if d.tun else 0,
+                     "ike_drops": int(getattr(d.ike, "drops", 0) or 0),
+                     "monitors": len(d.monitor.subscribers),  # vpnctl monitor clients
+                     **_dp_counters(d)}
+    return out
+
+def _conn_state(d, conn, ike_sas: list, now: float) -> dict:
+    """state and last_error of an IKE connection (vpnd/status.py connection_state)."""
+    name = conn.name
+    mine = [c for c in d.children.values() if c.connection == name]
+    installed = sum(1 for c in mine if c.outbound)
+    ike_states = [str(sa.get("state", "")) for sa in ike_sas
+                  if sa.get("connection") == name and sa.get("keying") != "manual"]
+    childless = any(sa.get("childless") and sa.get("connection") == name for sa in ike_sas)
+    asked = d._attempt.get(name)
+    attempt = asked is not None or any(not c.outbound for c in mine)
+    err = d._last_error.get(name)
+    state = connection_state(
+        installed=installed, ike_states=ike_states, attempt=attempt,
+        attempt_age=now - asked if asked is not None else 0.0, last_error=err,
+        trap=d.sadb.guards.get(name) == "trap", admin_down=name in d.sadb.admin_down,
+        childless=childless)
+    if err is not None:
+        err = {k: v for k, v in err.items() if k != "at"}
+        err["age_s"] = max(0, int(time.time() - d._last_error[name]["at"]))
+    return {"state": state, "last_error": err}
+
+def _dp_counters(d) -> dict:
+    c = getattr(d.dp, "counters", None)
+    if c is None:
+        return {}
+    if isinstance(c, dict):
+        items = c.items()
+    else:
+        items = ((k, getattr(c, k)) for k in dir(c) if not k.startswith("_"))
+    return {f"dp_{k}": v for k, v in items if isinstance(v, int) and not isinstance(v, bool)}
+
+def child_counters(d, child, now: float) -> dict:
+    objs = d.driver.sas.get(child.child_id)  # the data plane's SA objects of the child
+    sas_in, sas_out = (objs.inbound, objs.outbound) if objs is not None else ([], [])
+    inn = sas_in[0] if sas_in else None
+    out = sas_out[0] if sas_out else None
+    return {"bytes_in": _counter(inn, "bytes_in"), "packets_in": _counter(inn, "packets_in"),
+            "bytes_out": _counter(out, "bytes_out"), "packets_out": _counter(out, "packets_out"),
+            "replay_drops": sum(_counter(s, "replay_drops") for s in sas_in),
+            "auth_failures": sum(_counter(s, "auth_failures") for s in sas_in),
+            # beyond the contract: the other per-SA drop reasons of the data plane
+            **{k: sum(_counter(s, k) for s in sas_in + sas_out)
+               for k in ("malformed", "pad_errors", "policy_drops", "expired_drops")},
+            **_ipcomp_status(inn, out)}
+
+
+def _ipcomp_status(inn, out) -> dict:
+    """IPComp's CPIs and counters for a child's status entry (nothing without IPComp)."""
+    ci = getattr(inn, "ipcomp", None)
+    co = getattr(out, "ipcomp", None)
+    if ci is None and co is None:
+        return {}
+    return {"ipcomp": (ci or co).algorithm,
+            "cpi_in": f"{ci.cpi:04x}" if ci else "-", "cpi_out": f"{co.cpi:04x}" if co else "-",
+            "ipcomp_compressed": co.compressed if co else 0,
+            "ipcomp_uncompressed": co.uncompressed if co else 0,
+            "ipcomp_decompressed": ci.decompressed if ci else 0,
+            "ipcomp_errors": ci.decompress_errors if ci else 0}
+
+
+def _counter(sa, name: str) -> int:
+    return 0 if sa is None else int(getattr(sa, name, 0) or 0)
+

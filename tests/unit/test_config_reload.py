@@ -41,7 +41,7 @@ def test_reload_parses_off_the_event_loop(tmp_path, monkeypatch):
         return real(path)
 
     monkeypatch.setattr(vpnd.config, "load_config", slow_load)
-    monkeypatch.setattr(d, "_apply_new", lambda new: {"reloaded": True})
+    monkeypatch.setattr("vpnd.reload.apply_new", lambda d, new: {"reloaded": True})
 
     async def main():
         d.loop = asyncio.get_running_loop()

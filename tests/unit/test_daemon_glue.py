@@ -117,7 +117,7 @@ def test_trap_acquire_queue_and_child_priority(daemon):
     assert [c[:2] for c in daemon.ike.calls] == [("acquire", "site-b")]
     assert len(daemon.sadb.acquire_q["site-b"][0]) == 2
     sent = []
-    daemon._send_outputs = lambda outs: sent.extend(outs)
+    daemon.io.send_outputs = lambda outs: sent.extend(outs)
     daemon._run_actions([install(1, 0x1111, 0x2222)], rearm=False)
     assert [spi_of(o) for o in sent] == [(0x2222, 1), (0x2222, 2)]  # queued packets go first
     assert "site-b" not in daemon.sadb.acquire_q

@@ -70,13 +70,13 @@ def test_timer_arming_under_uvloop_keeps_the_whole_ike_burst():
         d.loop = asyncio.get_running_loop()
         d.ike = DueNowIke(d.loop)
         d.wire = BurstWire(5)
-        d._on_ike_socket()
+        d.io.on_ike_socket()
         assert len(d.ike.received) == 5  # no datagram of the burst was dropped
         assert d.counters["loop_errors"] == 0
         d._arm_timer()  # re-arming a due-now timer again is fine too
         await asyncio.sleep(0.01)  # the timer fires and re-arms itself
-        assert d._timer is not None
-        d._timer.cancel()
+        assert d.timer.handle is not None
+        d.timer.cancel()
 
     uvloop.run(main())
 
@@ -93,7 +93,7 @@ def test_one_failing_action_does_not_drop_the_rest():
                         SendDatagram(b"two", ("10.200.0.1", 500), ("10.200.0.2", 500))])
         assert d.wire.sent == [b"one", b"two"]
         assert d.counters["loop_errors"] == 1
-        d._timer.cancel()
+        d.timer.cancel()
 
     uvloop.run(main())
 

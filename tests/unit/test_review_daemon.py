@@ -79,7 +79,7 @@ def test_failing_reader_is_counted_and_logged_once_a_second(tmp_path, caplog):
     d.tun = RaisingTun(ValueError("a bug on the hot path"))
     with caplog.at_level(logging.ERROR, logger="vpnd"):
         for _ in range(5):
-            d._on_tun()  # must not raise
+            d.io.on_tun()  # must not raise
     assert d.counters["loop_errors"] == 5
     assert sum("error reading the TUN device" in r.getMessage() for r in caplog.records) == 1
 
@@ -95,9 +95,9 @@ def test_every_reader_is_guarded(tmp_path):
             raise RuntimeError("socket layer bug")
 
     d.wire = Broken()
-    d._on_raw(None, 50)
-    d._on_natt()
-    d._on_ike_socket()
+    d.io.on_raw(None, 50)
+    d.io.on_natt()
+    d.io.on_ike_socket()
     assert d.counters["loop_errors"] == 3
 
 
@@ -110,7 +110,7 @@ def test_tun_gone_stops_the_daemon_with_exit_2(tmp_path):
         d._stop = d.loop.create_future()
         d.loop.remove_reader = lambda fd: removed.append(fd)
         d.tun = RaisingTun(TunGone("TUN device vpnd0 was removed"))
-        d._on_tun()
+        d.io.on_tun()
         await asyncio.wait_for(d._stop, 1)
 
     asyncio.run(main())
@@ -143,7 +143,7 @@ def test_sighup_with_an_unexpected_failure_is_a_log_line(tmp_path, caplog, monke
     def bad(*a, **k):
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(d, "_reload_daemon_section", bad)
+    monkeypatch.setattr("vpnd.reload._daemon_section", bad)
     with caplog.at_level(logging.ERROR, logger="vpnd"):
         d._sighup()
     assert any("SIGHUP" in r.getMessage() for r in caplog.records)
@@ -286,7 +286,7 @@ def test_natt_socket_sorts_esp_ike_keepalive_and_garbage(tmp_path):
     d.wire = FakeNattWire([(x, peer, []) for x in datagrams])
     d.tun = FakeTun()
     d.loop = Clock()
-    d._on_natt()
+    d.io.on_natt()
     c = d.counters
     assert d.tun.written == [ipv4_udp(i) for i in range(3)]
     assert ike_seen == [b"I" * 28]
@@ -316,7 +316,7 @@ def test_send_outputs_groups_equal_udp_runs_per_peer_and_source(tmp_path):
             + [("udp", p2, b"c" * 100, s1)] * 2 + [("udp", p2, b"c" * 100, ("10.200.0.9", 4500))]
             + [("raw", "10.200.0.2", b"r" * 80), ("tun", b"icmp")]
             + [("udp", p1, b"d" * 100, s1)] * 40)
-    d._send_outputs(outs)
+    d.io.send_outputs(outs)
     assert d.wire.sent == [
         ("udp", p1, "10.200.0.1", [100, 100, 100]), ("udp", p1, "10.200.0.1", [60]),
         ("udp", p2, "10.200.0.1", [100, 100]),
@@ -389,7 +389,7 @@ def test_failing_ike_timer_keeps_ticking(tmp_path):
         d._now = lambda: d.loop.time() - 0.9  # ticks come every 0.1 s of loop time
         d._arm_timer()
         await asyncio.sleep(0.45)
-        d._timer.cancel()
+        d.timer.cancel()
 
     asyncio.run(main())
     assert d.ike.ticks >= 2 and d.counters["loop_errors"] >= 2

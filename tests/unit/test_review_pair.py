@@ -155,7 +155,7 @@ def test_no_key_in_logs_status_or_errors(version, capture, monkeypatch):
             raise ValueError("x")
 
     a.tun = BrokenTun()
-    a._on_tun()
+    a.io.on_tun()
     a.tun = None
     a._run_actions(a.ike.terminate("ike", a._now()))
     pump(a, b)
