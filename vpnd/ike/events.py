@@ -22,6 +22,9 @@ class EventKind(StrEnum):
     IKE_CHILDLESS = "ike_childless"  # IKE SA set up without a CHILD_SA (RFC 6023)
     DELETE_UNANSWERED = "delete_unanswered"  # our Delete got no answer: the SA was removed
     NAT = "nat"  # NAT detected / peer moved
+    IKE_MOVED = "ike_moved"  # MOBIKE (RFC 4555): the IKE SA and its CHILD_SAs moved
+    MOBIKE_NO_PATH = "mobike_no_path"  # MOBIKE: no address pair reaches the peer
+    MOBIKE_REFUSED = "mobike_refused"  # MOBIKE: an address update refused
     # CHILD_SAs / IPsec SAs
     CHILD_UP = "child_up"
     CHILD_DOWN = "child_down"
