@@ -5,13 +5,13 @@ without `local:` start their next IKE SA from the address the kernel uses now.""
 from __future__ import annotations
 
 import dataclasses
-import logging
 
+from vpnd import logfmt
 from vpnd import lifecycle
 from vpnd.net.addrwatch import AddressWatch, local_addresses
 from vpnd.net.tun import source_address_towards
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("daemon")
 
 ADDRESS_SETTLE = 0.3  # seconds after an address/route change before MOBIKE looks
 

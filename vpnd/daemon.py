@@ -11,17 +11,15 @@ InstallChildSA actions go through the same SA table (vpnd/sadb.py) as the IKE co
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import time
 
-from vpnd import addrsync, dpdriver, lifecycle, routesync, sadb, sanotes
+from vpnd import addrsync, dpdriver, lifecycle, logfmt, routesync, sadb, sanotes
 from vpnd import reload as reloading
 from vpnd import status as statusdoc
 from vpnd.commands import Commands
 from vpnd.control import CommandError
-from vpnd.ike.actions import CHILD_ACTIONS, Event, SendDatagram, UpdateChildAddresses
-from vpnd.ike.events import FAILURES, QUIET, EventKind
+from vpnd.ike.actions import CHILD_ACTIONS, Event, SendDatagram, Trace, UpdateChildAddresses
 from vpnd.lifecycle import StartupError, setup_logging  # noqa: F401  (imported from here)
 from vpnd.net import notify
 from vpnd.net.addrwatch import AddressWatch
@@ -29,10 +27,13 @@ from vpnd.net.routes import RouteManager
 from vpnd.net.sockets import SocketError, WireSockets
 from vpnd.net.tun import Tun, TunError, source_address_towards
 from vpnd.sadb import ACQUIRE_QUEUE, ACQUIRE_RETRY  # noqa: F401  (tests read them here)
-from vpnd.status import last_error_entry
 from vpnd.wireio import WireIO
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("daemon")
+ike_log = logfmt.logger("ike")
+esp_log = logfmt.logger("esp")
+net_log = logfmt.logger("net")
+_TRACE_LOG = {"ike": ike_log, "net": net_log}
 
 
 class Daemon:
@@ -223,7 +224,7 @@ class Daemon:
                 self._run_actions(self.ike.child_expiring(child.child_id, hard, now))
         elif kind == "unknown_spi":
             _, protocol, spi, src = ev
-            log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
+            esp_log.debug("%s packet with unknown SPI %08x from %s", protocol.upper(), spi, src)
             if self.ike is not None and protocol == "esp":
                 self._run_actions(self.ike.unknown_spi(spi, (src, self.wire.ike_port), now))
         elif kind == "acquire":
@@ -235,7 +236,7 @@ class Daemon:
         """A packet hit the trap policy of `name`: start it, keep the packet until it is up
         (vpnd/sadb.py: asked again after ACQUIRE_RETRY or after a failure)."""
         if self.sadb.acquire(name, packet, now) and self.ike is not None:
-            log.info("%s: traffic for the tunnel, initiating", name)
+            esp_log.info("traffic for the tunnel, initiating", extra=logfmt.ctx(name))
             self.monitor.publish_acquire(name, packet)
             self._note_attempt(name)
             self._run_actions(self.ike.acquire(name, packet, now))
@@ -286,6 +287,7 @@ class Daemon:
         from vpnd.ike.manager import IkeManager
         now = self._now()
         self.ike = IkeManager(lifecycle.with_local_addresses(self.config), now=now)
+        self.ike.trace = logfmt.wants_trace()
         if self.addrwatch is not None:
             addrsync.addresses_check(self)  # our addresses, for the lists MOBIKE sends (RFC 4555 3.6)
         self._run_actions(self.ike.start(now))
@@ -329,6 +331,9 @@ class Daemon:
                         sanotes.moved(self, a)
                 elif isinstance(a, Event):
                     self._on_event(a)
+                elif isinstance(a, Trace):
+                    _TRACE_LOG.get(a.subsystem, ike_log).debug(
+                        "%s", a.message, extra=logfmt.ctx(a.connection, a.ike_id))
                 else:  # a core returned something that is not an action: a bug, reported
                     raise TypeError(f"not an action: {type(a).__name__}")
             except Exception:  # counted, logged at most once a second; the next action runs
@@ -337,25 +342,8 @@ class Daemon:
             self._arm_timer()
 
     def _on_event(self, ev: Event):
-        """An event of the IKE core: a log line; failures end a waiting vpnctl command."""
-        level = (logging.WARNING if ev.kind in FAILURES else
-                 logging.DEBUG if ev.kind in QUIET else logging.INFO)
-        log.log(level, "%s", ev.message)
-        if self.metrics is not None:
-            self.metrics.metrics.on_event(ev.kind, ev.connection)
-        self.monitor.on_core_event(ev, self.children)
-        if not ev.connection:
-            return
-        if ev.kind is EventKind.IKE_REKEYED:
-            self._wake(ev.connection, "ike_rekeyed")
-        elif ev.kind is EventKind.IKE_CONNECTING:  # also the core's own restarts (DPD, rekey)
-            self._note_attempt(ev.connection)
-        elif ev.kind in FAILURES:
-            self.sadb.forget_acquire(ev.connection)  # the next packet starts anew
-            self._attempt.pop(ev.connection, None)
-            if self._conn(ev.connection) is not None:
-                self._last_error[ev.connection] = last_error_entry(ev.kind, ev.message)
-            self._fail(ev.connection, ev.message)
+        """An event of the engines (vpnd/sanotes.py): log line; failures end waiting commands."""
+        sanotes.on_event(self, ev)
 
     def _note_attempt(self, name: str) -> None:
         self._attempt[name] = self._now()
@@ -513,7 +501,7 @@ class EngineTimer:
 
 def run_daemon(config, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when start-up failed."""
-    lifecycle.setup_logging(config.daemon.log_level)
+    logfmt.setup_from(config.daemon)
     try:
         import uvloop
         runner = uvloop.run

@@ -6,14 +6,13 @@ vpnd/daemon.py calls these; they hold no state of their own."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
+from vpnd import logfmt
 from vpnd.control import ControlServer
 from vpnd.net.tun import link_mtu_towards, source_address_towards
-from vpnd.textsafe import SafeFormatter
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("daemon")
 
 DEFAULT_OUTER_MTU = 1500
 
@@ -86,21 +85,12 @@ def mss(setting, tun_mtu: int) -> int | None:
 
 
 def log_level(name) -> int:
-    return {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-            "error": logging.ERROR}.get(str(name).lower(), logging.INFO)
+    return logfmt.level_of(name)
 
 
-def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s vpnd[%(process)d] %(levelname)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.addHandler(handler)
-    root.setLevel(log_level(level))
-    # log_level debug is vpnd's: pyroute2 would print every netlink message (kilobytes each)
-    logging.getLogger("pyroute2").setLevel(max(logging.WARNING, log_level(level)))
+def setup_logging(level: str = "info", per_subsystem=(), fmt: str = "text") -> None:
+    """One handler on stderr (vpnd/logfmt.py: subsystems, SA context, journald, JSON)."""
+    logfmt.setup(level, per_subsystem, fmt)
 
 
 def drop_privileges(d) -> None:

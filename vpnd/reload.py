@@ -5,14 +5,13 @@ manual SAs added, changed, removed), routes and guards."""
 
 from __future__ import annotations
 
-import logging
 
-from vpnd import lifecycle, routesync
+from vpnd import lifecycle, logfmt, routesync
 from vpnd.control import CommandError
 from vpnd.net import notify
 from vpnd.net.tun import TunError
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("daemon")
 
 
 def on_sighup(d):
@@ -102,8 +101,11 @@ def apply_new(d, new) -> dict:
 
 def _daemon_section(d, new):
     old_d, new_d = d.config.daemon, new.daemon
-    level = new_d.log_level
-    logging.getLogger().setLevel(lifecycle.log_level(level))
+    logfmt.apply_levels(new_d.log_level, new_d.log_subsystems)
+    if new_d.log_format != old_d.log_format:
+        logfmt.reformat(new_d.log_format)
+    if d.ike is not None:
+        d.ike.trace = logfmt.wants_trace()
     for key in ("tun", "listen", "ike_port", "natt_port", "control_socket", "metrics"):
         if getattr(old_d, key) != getattr(new_d, key):
             log.warning("reload: daemon.%s changed; it takes effect on restart", key)

@@ -5,13 +5,13 @@ access_group filters, and the start-up warning about IP forwarding."""
 
 from __future__ import annotations
 
-import logging
 
+from vpnd import logfmt
 from vpnd import sadb
 from vpnd.net.routes import RouteOptions, kill_switch_clear, kill_switch_sync
 from vpnd.net.tun import outer_path, source_address_towards
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("daemon")
 _networks = sadb.networks
 
 

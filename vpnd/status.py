@@ -181,7 +181,7 @@ def collect(d) -> dict:
         try:
             ike_status = d.ike.status(now)
         except Exception:
-            logging.getLogger("vpnd").exception("IKE status failed")
+            logging.getLogger("vpnd.daemon").exception("IKE status failed")
     by_spi_in = {}
     for child in d.children.values():
         if child.inbound:

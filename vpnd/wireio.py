@@ -5,14 +5,14 @@ the daemon (Daemon._ike_receive), data plane events to Daemon._drain_events."""
 
 from __future__ import annotations
 
-import logging
 
+from vpnd import logfmt
 from vpnd import addrsync
 from vpnd.esp.natt import NON_ESP_MARKER, classify_udp4500
 from vpnd.net.sockets import SocketError, local_address
 from vpnd.net.tun import TunGone
 
-log = logging.getLogger("vpnd")
+log = logfmt.logger("net")
 
 
 def _any_of(addr) -> str:

@@ -150,8 +150,19 @@ class Event:
             object.__setattr__(self, "kind", EventKind(self.kind))
 
 
+@dataclass(frozen=True)
+class Trace:
+    """A debug line about an IKE message or packet (vpnd/ike/trace.py), made only while the
+    core's `trace` flag is on. subsystem: "ike" (parsed/generating) or "net" (packets)."""
+
+    subsystem: str
+    message: str
+    connection: str | None = None
+    ike_id: int | None = None
+
+
 CHILD_ACTIONS = (InstallChildSA, ActivateOutbound, RetireChildSA, DeleteChildSA, UpdateChildAddresses)
 """What the SA table (vpnd/sadb.py) takes."""
 
 Action = (SendDatagram | InstallChildSA | ActivateOutbound | RetireChildSA | DeleteChildSA
-          | UpdateChildAddresses | Event)
+          | UpdateChildAddresses | Event | Trace)

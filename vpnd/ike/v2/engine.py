@@ -15,9 +15,9 @@ import struct
 
 from vpnd.crypto.auth import AuthError
 from vpnd.crypto.credentials import Credentials, CredentialStore
-from vpnd.ike import codec, liveness
+from vpnd.ike import codec, liveness, trace
 from vpnd.ike.actions import (NAT_KEEPALIVE, ActivateOutbound, Address, ChildKeys, DeleteChildSA,
-                              Event, InstallChildSA, RetireChildSA, SendDatagram,
+                              Event, InstallChildSA, RetireChildSA, SendDatagram, Trace,
                               UpdateChildAddresses)
 from vpnd.ike.codec import CodecError, Encrypted, Header
 from vpnd.ike import limits
@@ -85,6 +85,10 @@ class Ikev2Engine:
         # our addresses as the daemon last reported them (MOBIKE, ike/v2/mobike.py);
         # None: not known (no address lists sent)
         self.local_addrs: frozenset | None = None
+        # debug lines per message (vpnd/ike/trace.py): off unless the daemon logs them
+        self.trace = False
+        self._ctx: IkeSa | None = None  # the SA the current input is about (log context)
+        self._rx = None  # (local, remote, size) of the datagram being taken, until traced
 
     # ------------------------------------------------------------------ helpers for exchanges
 
@@ -95,11 +99,41 @@ class Ikev2Engine:
         self._out.append(action)
 
     def event(self, kind: str, conn: str | None, message: str, **data) -> None:
+        if "ike_id" not in data and conn is not None:
+            sa = self._event_sa(conn, data.get("child_id"))
+            if sa is not None:
+                data["ike_id"] = sa.ike_id
         self._out.append(Event(kind, conn, message, data))
+
+    def _event_sa(self, conn: str, child_id) -> IkeSa | None:
+        """The IKE SA an event of `conn` is about, for its log line's `site-b[3]`: the one
+        holding its child, else the SA whose input runs now, else the only one of conn."""
+        if child_id is not None:
+            for sa in self.sas.values():
+                if child_id in sa.children:
+                    return sa
+        if self._ctx is not None and self.hosts(self._ctx, conn):
+            return self._ctx
+        found = [sa for sa in self.sas.values() if self.hosts(sa, conn) and sa.state != "DEAD"]
+        return found[0] if len(found) == 1 else None
 
     def take(self) -> list:
         out, self._out = self._out, []
+        ctx, self._ctx = self._ctx, None
+        if self.trace and ctx is not None:  # lines made before the SA was known (a new responder SA)
+            out = [Trace(a.subsystem, a.message, ctx.conn.name, ctx.ike_id)
+                   if isinstance(a, Trace) and a.ike_id is None else a for a in out]
         return out
+
+    def trace_message(self, verb: str, sa: IkeSa | None, exchange: int, response: bool, mid: int,
+                      payloads) -> None:
+        """`parsed IKE_AUTH response 1 [ IDr AUTH SA TSi TSr ]` (inner payloads of SK)."""
+        text = trace.message(verb, exchange, 2, response, mid, trace.v2_payloads(payloads))
+        name, ike_id = (sa.conn.name, sa.ike_id) if sa else (None, None)
+        if verb == "parsed" and self._rx is not None:
+            self._out.append(trace.net(trace.packet(False, *self._rx), name, ike_id))
+            self._rx = None
+        self._out.append(trace.ike(text, name, ike_id))
 
     def unauth_event(self, what: str, source: str, now: float, kind: str, conn: str | None,
                      message: str, **data) -> None:
@@ -192,6 +226,8 @@ class Ikev2Engine:
 
     def register(self, sa: IkeSa) -> None:
         self.sas[sa.ike_id] = sa
+        if self._ctx is None:  # a responder's new SA: its IKE_SA_INIT lines are about it
+            self._ctx = sa
         self.by_spi[sa.our_spi] = sa
 
     def forget(self, sa: IkeSa) -> None:
@@ -204,10 +240,26 @@ class Ikev2Engine:
                     del d[k]
 
     def send(self, data: bytes, sa: IkeSa | None = None, *, local: Address | None = None,
-             remote: Address | None = None, now: float | None = None) -> None:
+             remote: Address | None = None, now: float | None = None, resent: bool = False) -> None:
+        if self.trace:
+            self._trace_send(data, sa, local or sa.local, remote or sa.remote, resent)
         self._out.append(SendDatagram(data, local or sa.local, remote or sa.remote))
         if sa is not None and now is not None:
             sa.last_sent = now
+
+    def _trace_send(self, data: bytes, sa: IkeSa | None, local: Address, remote: Address,
+                    resent: bool) -> None:
+        name, ike_id = (sa.conn.name, sa.ike_id) if sa is not None else (None, None)
+        if data == NAT_KEEPALIVE:
+            self._out.append(trace.net(f"sending keep-alive to {trace.where(remote)}", name, ike_id))
+            return
+        if not resent and len(data) >= codec.HEADER_LEN and data[16] not in (c.PT_SK, c.PT_SKF):
+            # unprotected (IKE_SA_INIT and its error answers); SK messages were traced when built
+            mid = struct.unpack_from("!I", data, 20)[0]
+            labels = trace.chain(data, data[16], codec.HEADER_LEN, 2)
+            self._out.append(trace.ike(trace.message("generating", data[18], 2, bool(data[19] & c.FLAG_R),
+                                                     mid, labels), name, ike_id))
+        self._out.append(trace.net(trace.packet(True, local, remote, len(data)), name, ike_id))
 
     def header(self, sa: IkeSa, exchange: int, mid: int, response: bool) -> Header:
         return Header(sa.spi_i, sa.spi_r, 0, 2, 0, exchange, sa.flags(response), mid)
@@ -286,6 +338,8 @@ class Ikev2Engine:
                 continue
             mid = sa.mid_out
             sa.mid_out += 1
+            if self.trace:
+                self.trace_message("generating", sa, task.exchange, False, mid, payloads)
             data = protect(self.header(sa, task.exchange, mid, False), payloads, sa.crypto_out, self.rng)
             timeouts = task.timeouts(self, sa) if hasattr(task, "timeouts") else self.retransmit_timeouts(sa)
             sa.pending = Request(mid, task.exchange, data, task, now, now + timeouts[0], timeouts)
@@ -295,6 +349,8 @@ class Ikev2Engine:
     def respond(self, sa: IkeSa, exchange: int, mid: int, payloads: list, now: float,
                 path: tuple | None = None) -> None:
         """path: (local, remote) to answer on, when not the SA's (a MOBIKE path check)."""
+        if self.trace:
+            self.trace_message("generating", sa, exchange, True, mid, payloads)
         data = protect(self.header(sa, exchange, mid, True), payloads, sa.crypto_out, self.rng)
         sa.last_response = (mid, data)
         if path is not None:
@@ -356,8 +412,8 @@ class Ikev2Engine:
             return
 
     def activate_outbound(self, sa: IkeSa, child: ChildSa, why: str) -> None:
-        """Move outbound traffic to a child installed with defer_outbound (ActivateOutbound:
-        its inbound SA stays as it is)."""
+        """Move outbound traffic to a child installed with defer_outbound: the daemon gets the
+        same InstallChildSA again, now with the outbound keys (inbound stays as it is)."""
         if child.out_pending is None:
             return
         keys, replaces = child.out_pending
@@ -478,6 +534,9 @@ class Ikev2Engine:
     # ------------------------------------------------------------------ receive path
 
     def receive(self, data: bytes, local: Address, remote: Address, now: float) -> list:
+        # its `received packet` line comes with its `parsed` one: a datagram that parses as
+        # nothing of ours (a spoofed flood, issue 8) costs no line, even at debug
+        self._rx = (local, remote, len(data)) if self.trace else None
         try:
             self._receive(data, local, remote, now)
         except CodecError as e:
@@ -530,6 +589,8 @@ class Ikev2Engine:
             raise
         h = msg.header
         if h.exchange == c.IKE_SA_INIT:
+            if self.trace:
+                self.trace_message("parsed", None, h.exchange, h.is_response, h.message_id, msg.payloads)
             if not h.is_response:
                 if h.spi_r != bytes(8):
                     self.drops += 1
@@ -540,6 +601,7 @@ class Ikev2Engine:
                 if sa is None or not sa.initiator or sa.state != "CONNECTING":
                     self.drops += 1
                     return
+                self._ctx = sa
                 exchange_init.on_response(self, sa, msg, data, local, remote, now)
             return
         # everything else is protected: find the SA by our SPI (2.21.4: unknown SPI -> drop)
@@ -551,6 +613,7 @@ class Ikev2Engine:
         if sa.initiator == h.is_initiator:
             self.drops += 1  # our own flags reflected back
             return
+        self._ctx = sa
         if not msg.payloads or not isinstance(msg.payloads[-1], Encrypted) or len(msg.payloads) != 1:
             self.drops += 1
             return
@@ -568,6 +631,8 @@ class Ikev2Engine:
             except codec.CodecError:
                 # authenticated but malformed: treat as a failed exchange
                 payloads = [Notify(c.N_INVALID_SYNTAX)]
+            if self.trace:
+                self.trace_message("parsed", sa, h.exchange, True, h.message_id, payloads)
             sa.pending = None
             sa.last_recv = now
             self._maybe_peer_moved(sa, local, remote, now)
@@ -581,7 +646,11 @@ class Ikev2Engine:
             except codec.CodecError:
                 self.drops += 1
                 return
-            self.send(sa.last_response[1], sa, now=now)
+            if self.trace:
+                self._out.append(trace.net(trace.packet(False, *self._rx), sa.conn.name, sa.ike_id))
+                self._out.append(trace.ike(f"received retransmit of request {h.message_id}, retransmitting "
+                                           "response", sa.conn.name, sa.ike_id))
+            self.send(sa.last_response[1], sa, now=now, resent=True)
             return
         if h.message_id != sa.mid_in or sa.state == "FAILED":
             self.drops += 1
@@ -609,6 +678,8 @@ class Ikev2Engine:
             return
         sa.mid_in += 1
         sa.last_recv = now
+        if self.trace:
+            self.trace_message("parsed", sa, h.exchange, False, h.message_id, payloads)
         self._maybe_peer_moved(sa, local, remote, now)
         sa.request_path = (local, remote)
         if h.exchange == c.IKE_AUTH:
@@ -894,6 +965,7 @@ class Ikev2Engine:
         return self.take()
 
     def _timers_of(self, sa: IkeSa, now: float) -> None:
+        self._ctx = sa
         if sa.state == "FAILED":
             if now >= sa.expire_at:
                 self.forget(sa)
@@ -927,7 +999,7 @@ class Ikev2Engine:
                 return
             req.tries += 1
             req.next_at = now + req.timeouts[req.tries]
-            self.send(req.data, sa, now=now)
+            self.send(req.data, sa, now=now, resent=True)
             self.event("retransmit", sa.conn.name,
                        f"retransmit {req.tries} of {c.EXCHANGE_NAMES.get(req.exchange)} request {req.mid}")
         if sa.state == "CONNECTING":
