@@ -81,6 +81,38 @@ def test_timer_arming_under_uvloop_keeps_the_whole_ike_burst():
     uvloop.run(main())
 
 
+class CountingIke(DueNowIke):
+    """next_timer() looks at every SA in the real cores: count how often it is asked."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.asked = 0
+
+    def next_timer(self):
+        self.asked += 1
+        return self.loop.time() + 30
+
+
+def test_a_burst_rearms_the_timer_once():
+    """Issue 8 (bench/dos): with 1000 half-open ISAKMP SAs, next_timer() per datagram made a
+    Main Mode message-1 flood cost 20 ms a datagram and the configured peer waited seconds;
+    a burst of 16 datagrams now re-arms the timer once, after the burst."""
+    d = make_daemon()
+
+    async def main():
+        d.loop = asyncio.get_running_loop()
+        d.ike = CountingIke(d.loop)
+        d.wire = BurstWire(16)
+        d.io.on_ike_socket()
+        assert len(d.ike.received) == 16
+        await asyncio.sleep(0)
+        assert d.ike.asked == 1
+        assert d.timer.handle is not None
+        d.timer.cancel()
+
+    uvloop.run(main())
+
+
 def test_one_failing_action_does_not_drop_the_rest():
     d = make_daemon()
 
@@ -93,6 +125,7 @@ def test_one_failing_action_does_not_drop_the_rest():
                         SendDatagram(b"two", ("10.200.0.1", 500), ("10.200.0.2", 500))])
         assert d.wire.sent == [b"one", b"two"]
         assert d.counters["loop_errors"] == 1
+        await asyncio.sleep(0)  # the timer is re-armed once this turn of the loop is done
         d.timer.cancel()
 
     uvloop.run(main())
