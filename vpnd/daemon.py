@@ -343,19 +343,13 @@ class Daemon:
             self._arm_timer_soon()
 
     def _arm_timer_soon(self) -> None:
-        """_arm_timer() once this turn of the loop is done: the core's next_timer() looks at
-        every SA (O(n)), so a burst of datagrams re-arms once, not once per datagram (a Main
-        Mode message-1 flood holding 1000 half-open SAs made that 20 ms per datagram)."""
-        if self._rearm_due:
-            return
+        """_arm_timer() once this turn of the loop is done: next_timer() looks at every SA,
+        so a burst re-arms once (1000 half-open ISAKMP SAs: 20 ms a datagram, issue 8)."""
         if self.loop is None:
-            self._arm_timer()
-            return
-        self._rearm_due = True
-        try:
+            return self._arm_timer()
+        if not self._rearm_due:
+            self._rearm_due = True
             self.loop.call_soon(self._rearm)
-        except RuntimeError:  # the loop is closing: nothing will fire anyway
-            self._rearm_due = False
 
     def _rearm(self) -> None:
         self._rearm_due = False
