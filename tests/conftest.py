@@ -19,3 +19,15 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
+
+
+def pytest_sessionstart(session):
+    # A polite stop (SIGTERM from CI or a supervisor) unwinds like Ctrl-C, so fixtures tear
+    # down what they built (namespaces, daemons). SIGKILL cannot be caught: the next
+    # topology removes what a dead test process left (tests/netns/topology.reap_orphans).
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop)

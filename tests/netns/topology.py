@@ -19,7 +19,10 @@ With nat=True gwb sees gwa as 10.200.0.254 (`topo.gwa_public`).
 
 Every namespace is named PREFIX-ROLE-SUFFIX (suffix unique per Topology). Teardown kills
 what this module started (by PID) and whatever still runs inside the namespaces, then
-deletes them; it runs from __exit__, so also when the test fails.
+deletes them; it runs from __exit__, so also when the test fails. A test process that is
+killed outright (SIGKILL, a stopped CI job) runs no teardown: each topology records its
+owner in OWNERS, and the next topology built on the machine removes what a dead owner
+left (its namespaces, the processes inside them, its scratch directory).
 """
 from __future__ import annotations
 
@@ -48,6 +51,63 @@ WAN6_A, WAN6_B = "fd00:200::1", "fd00:200::2"
 
 class TopologyError(RuntimeError):
     pass
+
+
+OWNERS = Path("/run/vpnd-test-netns")   # one JSON file per live topology: who owns what
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat): a recycled PID differs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _teardown(names, workdir: Path | None) -> None:
+    """Kill whatever runs in the namespaces (TERM, then KILL), delete them and the dir."""
+    for name in names:
+        r = _sh(["ip", "netns", "pids", name], check=False)
+        pids = [int(x) for x in r.stdout.split()]
+        for pid in pids:
+            _kill_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            time.sleep(0.05)
+        for pid in pids:
+            _kill_pid(pid, signal.SIGKILL)
+    for name in names:
+        _sh(["ip", "netns", "del", name], check=False)
+    if workdir is not None and os.environ.get("KEEP_NETNS_WORKDIR") != "1":
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def reap_orphans() -> list[str]:
+    """Remove the topologies whose owning process is gone; returns their namespaces."""
+    reaped: list[str] = []
+    try:
+        entries = list(OWNERS.glob("*.json"))
+    except OSError:
+        return reaped
+    for f in entries:
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if _start_time(rec.get("pid", 0)) == rec.get("start"):
+            continue                                   # its owner still runs
+        claim = f.with_suffix(".reaping")
+        try:
+            f.rename(claim)                            # one reaper per record (xdist workers)
+        except OSError:
+            continue
+        _teardown(rec.get("ns", []), Path(rec["workdir"]) if rec.get("workdir") else None)
+        claim.unlink(missing_ok=True)
+        reaped += rec.get("ns", [])
+    return reaped
 
 
 def _sh(argv: list[str], *, check: bool = True, timeout: float = 30, input: bytes | None = None
@@ -161,16 +221,19 @@ class Topology:
     def build(self) -> None:
         if os.geteuid() != 0:
             raise TopologyError("network namespaces need root")
+        reap_orphans()
         suffix = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
         roles = ["hosta", "gwa", "gwb", "hostb"] + (["nat"] if self.nat else [])
         if self.workdir is None:
             import tempfile
             self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-{suffix}-"))
             self._tmp_owned = True
+        self._owner = OWNERS / f"{self.prefix}-{suffix}.json"
         for role in roles:
             name = f"{self.prefix}-{role}-{suffix}"
-            _sh(["ip", "netns", "add", name])
             self.ns[role] = name          # recorded at once so close() removes it on failure
+            self._record_owner()          # before the namespace exists: a kill now leaves nothing
+            _sh(["ip", "netns", "add", name])
             self.ip(role, "link set lo up")
             # No IPv6: keeps router solicitations and ND out of the captures.
             self.run(role, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
@@ -247,28 +310,24 @@ class Topology:
     def _addr(self, role: str, dev: str, cidr: str) -> None:
         self.ip(role, f"addr add {cidr} dev {dev}")
 
+    def _record_owner(self) -> None:
+        OWNERS.mkdir(mode=0o700, exist_ok=True)
+        tmp = self._owner.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid()),
+                                   "ns": list(self.ns.values()),
+                                   "workdir": str(self.workdir) if self._tmp_owned else None}))
+        tmp.rename(self._owner)
+
     def close(self) -> None:
         """Kill what we started and what runs in our namespaces, delete the namespaces."""
         for p in self.procs:
             _terminate(p)
         self.procs.clear()
-        for name in self.ns.values():
-            r = _sh(["ip", "netns", "pids", name], check=False)
-            pids = [int(x) for x in r.stdout.split()]
-            for pid in pids:
-                _kill_pid(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 3
-            while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if _alive(p)]
-                time.sleep(0.05)
-            for pid in pids:
-                _kill_pid(pid, signal.SIGKILL)
-        for name in self.ns.values():
-            _sh(["ip", "netns", "del", name], check=False)
+        _teardown(list(self.ns.values()), self.workdir if self._tmp_owned else None)
         self.ns.clear()
-        if self._tmp_owned and self.workdir and os.environ.get("KEEP_NETNS_WORKDIR") != "1":
-            import shutil
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
+            owner.unlink(missing_ok=True)
 
     # ---- running things ----------------------------------------------------------
     def _nsname(self, role_or_ns: str) -> str:
