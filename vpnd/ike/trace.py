@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 
 from vpnd.ike.actions import Address, Trace
+from vpnd.ike.v2 import constants as c
 
 # IKEv2 payload types (RFC 7296 3.2, RFC 7383 2.5) -> label
 V2_PAYLOADS = {33: "SA", 34: "KE", 35: "IDi", 36: "IDr", 37: "CERT", 38: "CERTREQ", 39: "AUTH",
@@ -25,13 +26,8 @@ V2_PAYLOADS = {33: "SA", 34: "KE", 35: "IDi", 36: "IDr", 37: "CERT", 38: "CERTRE
 # Status types get short labels (the common ones appear in every exchange); error types are
 # spelled out, they are what an operator looks for.
 V2_NOTIFIES = {
-    1: "UNSUPPORTED_CRITICAL_PAYLOAD", 4: "INVALID_IKE_SPI", 5: "INVALID_MAJOR_VERSION",
-    7: "INVALID_SYNTAX", 9: "INVALID_MESSAGE_ID", 11: "INVALID_SPI", 14: "NO_PROPOSAL_CHOSEN",
-    17: "INVALID_KE_PAYLOAD", 24: "AUTHENTICATION_FAILED", 34: "SINGLE_PAIR_REQUIRED",
-    35: "NO_ADDITIONAL_SAS", 36: "INTERNAL_ADDRESS_FAILURE", 37: "FAILED_CP_REQUIRED",
-    38: "TS_UNACCEPTABLE", 39: "INVALID_SELECTORS", 40: "UNACCEPTABLE_ADDRESSES",
-    41: "UNEXPECTED_NAT_DETECTED", 42: "USE_ASSIGNED_HoA", 43: "TEMPORARY_FAILURE",
-    44: "CHILD_SA_NOT_FOUND",
+    **c.NOTIFY_NAMES,                               # the error types, named where they are defined
+    42: "USE_ASSIGNED_HoA",
     16384: "INIT_CONTACT", 16385: "SET_WINSIZE", 16386: "ADD_TS_POSS", 16387: "IPCOMP_SUP",
     16388: "NATD_S_IP", 16389: "NATD_D_IP", 16390: "COOKIE", 16391: "USE_TRANSP",
     16392: "HTTP_CERT_LOOK", 16393: "REKEY_SA", 16394: "ESP_TFC_PAD_N", 16395: "NON_FIRST_FRAG",
